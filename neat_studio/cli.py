@@ -1,0 +1,229 @@
+"""python -m neat_studio <command>: everything the web UI does, from a shell."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def _studio(args):
+    from .config import Workspace
+    from .studio import Studio
+
+    ws = Workspace.from_env(getattr(args, "workspace", None))
+    return Studio(ws, db_path=getattr(args, "db", None), model_spec=getattr(args, "model", None) or "default")
+
+
+def _bar(desc):
+    bar = tqdm(desc=desc, unit="it", file=sys.stderr, disable=not sys.stderr.isatty() and os.environ.get("CI"))
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, progress
+
+
+def _print(obj):
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+def cmd_init(args):
+    with _studio(args) as st:
+        _print(st.init(actor=args.actor, force=args.force))
+
+
+def cmd_import(args):
+    with _studio(args) as st:
+        kw = {"prompt_column": args.prompt_column}
+        if args.split:
+            kw["split"] = args.split
+        if args.tag:
+            kw["tags"] = args.tag
+        _print(st.import_file(args.path, args.format, actor=args.actor, **kw))
+
+
+def cmd_export(args):
+    with _studio(args) as st:
+        filters = {}
+        if args.split:
+            filters["split"] = args.split
+        if args.annotated_only:
+            filters["annotated_only"] = True
+        n = st.export(args.kind, args.out, **filters)
+        _print({"written": n, "path": str(args.out), "kind": args.kind})
+
+
+def cmd_snapshot(args):
+    with _studio(args) as st:
+        filters = {"annotated_only": args.annotated_only, "include_imported": not args.no_imported}
+        if args.split:
+            filters["split"] = args.split
+        if args.tag:
+            filters["tags"] = args.tag
+        m = st.snapshot(actor=args.actor, **filters)
+        _print({"snapshot_id": m["snapshot_id"], "sha256": m["sha256"], "counts": m["counts"],
+                "path": str(st.workspace.snapshots / m["snapshot_id"])})
+
+
+def cmd_generate(args):
+    with _studio(args) as st:
+        if args.prompt_id:
+            ids = args.prompt_id
+        else:
+            ids = [p["id"] for p in st.store.list_prompts(tag=args.tag, split=args.split, limit=args.limit)]
+        if not ids:
+            raise SystemExit("error: no prompts matched (import or init first)")
+        params = {k: v for k, v in (("k", args.k), ("temperature", args.temperature), ("top_p", args.top_p),
+                                    ("max_new_tokens", args.max_new_tokens), ("seed", args.seed)) if v is not None}
+        bar, progress = _bar("generating")
+        rows = st.generate(ids, system_ref=args.system, params=params, actor=args.actor, progress=progress)
+        bar.close()
+        _print({"prompts": len(ids), "responses": len(rows), "origin": rows[0]["origin"] if rows else None,
+                "model_id": rows[0]["model_id"] if rows else None})
+
+
+def cmd_library(args):
+    with _studio(args) as st:
+        s = st.store
+        if args.action == "list":
+            _print(s.list_system_prompts(kind=args.kind))
+        elif args.action == "show":
+            _print(s.resolve_ref(args.ref))
+        elif args.action == "versions":
+            _print(s.list_versions(args.ref))
+        elif args.action == "save":
+            text = Path(args.file).read_text(encoding="utf-8") if args.file else args.text
+            params = json.loads(args.params) if args.params else None
+            v = s.save_system_prompt(args.ref, args.kind or "negative", text, params, author=args.actor,
+                                     tags=args.tag)
+            _print({"name": args.ref, "version": v})
+        elif args.action == "diff":
+            from .library import diff_versions
+
+            print(diff_versions(s, args.ref, args.a, args.b))
+
+
+def cmd_annotate(args):
+    """Save a ranking: --ranking 'id1,id2;id3' means id1 and id2 tie for best, id3 is worse."""
+    with _studio(args) as st:
+        if args.ranking is None:
+            _print({"prompt": st.store.get_prompt(args.prompt_id), "responses": st.store.list_responses(args.prompt_id)})
+            return
+        ranking = [[x.strip() for x in g.split(",") if x.strip()] for g in args.ranking.split(";") if g.strip()]
+        marks = dict(m.split("=", 1) for m in (args.mark or []))
+        aid = st.store.save_annotation(args.prompt_id, args.annotator, ranking, marks=marks, comment=args.comment or "")
+        _print({"annotation_id": aid})
+
+
+def cmd_serve(args):
+    from .ui.app import launch
+
+    launch(workspace=args.workspace, db=args.db, model=args.model, host=args.host, port=args.port,
+           auth_file=args.auth_file, share=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m neat_studio",
+                                description="NEAT Studio: negative-prompt-driven alignment of language models.")
+    p.add_argument("--workspace", help="workspace folder (default: $NEAT_STUDIO_HOME or ./data)")
+    p.add_argument("--db", help="DuckDB file (default: <workspace>/studio.duckdb)")
+    p.add_argument("--actor", default=os.environ.get("USER", "local"), help="who is acting (audit log)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("init", help="create the workspace and load seed prompts, presets and guidelines")
+    s.add_argument("--force", action="store_true", help="load the seed data again (adds only what is missing)")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("import", help="import prompts / preference data (hh-rlhf, trl, jsonl, csv, parquet, hf)")
+    s.add_argument("path", help="file, HF dataset folder (load_from_disk) or hub name with --format hub")
+    s.add_argument("--format", default="auto", choices=["auto", "hh_rlhf", "trl", "jsonl", "csv", "parquet",
+                                                         "hf_disk", "hub"])
+    s.add_argument("--prompt-column", default="prompt", help="column holding the prompt (jsonl/csv/parquet)")
+    s.add_argument("--split", choices=["train", "dev", "test"], help="split to assign to imported prompts")
+    s.add_argument("--tag", action="append", help="tag to add to every imported prompt (repeatable)")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("export", help="export curated rankings")
+    s.add_argument("kind", choices=["trl", "listwise", "parquet"])
+    s.add_argument("out", type=Path)
+    s.add_argument("--split", choices=["train", "dev", "test"])
+    s.add_argument("--annotated-only", action="store_true", help="only prompts a human annotated")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("snapshot", help="freeze curated data into a snapshot that training reads")
+    s.add_argument("--split", choices=["train", "dev", "test"], default="train")
+    s.add_argument("--tag", action="append")
+    s.add_argument("--annotated-only", action="store_true")
+    s.add_argument("--no-imported", action="store_true", help="leave out imported dataset rankings")
+    s.set_defaults(func=cmd_snapshot)
+
+    s = sub.add_parser("generate", help="sample responses for stored prompts under a system prompt")
+    s.add_argument("--system", help="system prompt reference name@version (latest if no @); none = plain policy")
+    s.add_argument("--model", help="model spec: default, tiny, a local path or a run directory")
+    s.add_argument("--prompt-id", action="append", help="prompt id (repeatable); default: --limit prompts")
+    s.add_argument("--tag")
+    s.add_argument("--split", choices=["train", "dev", "test"])
+    s.add_argument("--limit", type=int, default=8)
+    s.add_argument("--k", type=int)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--max-new-tokens", type=int)
+    s.add_argument("--seed", type=int)
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("library", help="negative/positive system prompt library (immutable versions)")
+    s.add_argument("action", choices=["list", "show", "versions", "save", "diff"])
+    s.add_argument("ref", nargs="?", help="name or name@version")
+    s.add_argument("--kind", choices=["negative", "positive"])
+    s.add_argument("--text")
+    s.add_argument("--file")
+    s.add_argument("--params", help='JSON, e.g. {"temperature": 0.9, "k": 2}')
+    s.add_argument("--tag", action="append")
+    s.add_argument("--a", type=int, help="diff: first version")
+    s.add_argument("--b", type=int, help="diff: second version")
+    s.set_defaults(func=cmd_library)
+
+    s = sub.add_parser("annotate", help="show a prompt's candidates, or save a ranking with ties")
+    s.add_argument("prompt_id")
+    s.add_argument("--annotator", default=os.environ.get("USER", "local"))
+    s.add_argument("--ranking", help="groups best first, ';' between groups, ',' inside a tie group")
+    s.add_argument("--mark", action="append", help="RESPONSE_ID=pos|neg|neutral")
+    s.add_argument("--comment")
+    s.set_defaults(func=cmd_annotate)
+
+    s = sub.add_parser("serve", help="start the web studio")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--model", default="default", help="policy model: default, tiny, HF name or local path")
+    s.add_argument("--auth-file", help="users file (JSON/YAML with hashed passwords and roles); enables login")
+    s.set_defaults(func=cmd_serve)
+
+    for register in _plugins():
+        register(sub)
+    return p
+
+
+def _plugins():
+    """Sub-command groups that live next to the code they drive."""
+    from .neat.cli import register as train
+    from .scoring.cli import register as scoring
+
+    return [train, scoring]
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rv = args.func(args)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return int(rv or 0)
