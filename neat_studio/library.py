@@ -22,3 +22,24 @@ def diff_versions(store, name: str, a: int | None, b: int | None) -> str:
     if va is None or vb is None:
         raise ValueError(f"{name} has versions 1..{latest}; asked for {a} and {b}")
     return diff_text(va["text"], vb["text"], f"{name}@{a}", f"{name}@{b}")
+
+
+def word_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """Word-level diff of two prompt texts as segments `(op, text)`, op in "equal" | "delete" | "insert".
+    Whitespace is kept with the word before it, so joining the "equal"+"insert" texts gives `b` back and
+    joining "equal"+"delete" gives `a` back."""
+    import re
+
+    ta = re.findall(r"\S+\s*|\s+", a or "")
+    tb = re.findall(r"\S+\s*|\s+", b or "")
+    out: list[tuple[str, str]] = []
+    sm = difflib.SequenceMatcher(a=ta, b=tb, autojunk=False)
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op == "equal":
+            out.append(("equal", "".join(ta[i1:i2])))
+        else:
+            if i2 > i1:
+                out.append(("delete", "".join(ta[i1:i2])))
+            if j2 > j1:
+                out.append(("insert", "".join(tb[j1:j2])))
+    return out

@@ -1,0 +1,291 @@
+"""Batched, seeded sampling with optional system prompts, and streaming chat.
+
+How it works (a small decoding loop over the model's forward pass, rather than ``model.generate``):
+
+* Prompts are rendered with the chat template (:func:`neat_studio.models.encode_chat`, ``system`` replaces or inserts
+  the system turn), sorted by token length (longest first, so batches hold similar lengths and little padding) and
+  cut into batches of at most ``batch_size`` sequences (prompts x k).
+* Each batch is LEFT padded; position ids come from the attention mask, so a prompt's tokens are identical alone or
+  in a batch. The prompt is run once (prefill; only the last position's logits are computed) and its KV cache is
+  repeated k times for the k samples (prompt KV reuse instead of k copies of the prompt).
+* Decoding keeps only unfinished rows: a row that emits an end-of-turn/eos token leaves the batch (its KV cache rows
+  are dropped), so a batch costs what its live rows cost, not what its longest answer costs.
+* Sampling: temperature, then nucleus (top-p) filtering, then one uniform draw per row and step from that row's own
+  ``torch.Generator``. Every sample has its own seed, derived from ``params.seed``, the prompt's position in the
+  call and the sample index (:func:`sample_seed`), recorded in ``Sample.seed``. Hence the same call reproduces
+  exactly, a sample does not depend on which other prompts share its batch (up to float rounding of padded
+  batches), and the global torch RNG is neither used nor disturbed (safe next to other threads).
+* ``temperature == 0`` means greedy decoding (``do_sample`` is False); the seed is then irrelevant but recorded.
+* Text: the generated tokens before the first end-of-turn token, decoded without special tokens, stripped.
+
+``stream_chat`` runs the same loop for one conversation and yields the growing text; it produces exactly the text
+``generate`` returns for the same messages/params (sample 0), and stops decoding as soon as the consumer stops
+iterating (closing the generator cancels the generation, no thread is left running).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Iterator, Sequence
+
+from .models import LoadedModel, encode_chat, end_of_turn_ids, model_max_length
+
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class GenParams:
+    """Sampling parameters. ``temperature == 0`` is greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    k: int = 1          # samples per prompt
+    seed: int = 0
+
+    def __post_init__(self):
+        self.temperature = float(self.temperature)
+        self.top_p = float(self.top_p)
+        if isinstance(self.max_new_tokens, bool) or int(self.max_new_tokens) != self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if isinstance(self.k, bool) or int(self.k) != self.k:
+            raise ValueError(f"k must be an integer, got {self.k!r}")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed:
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        self.max_new_tokens, self.k, self.seed = int(self.max_new_tokens), int(self.k), int(self.seed)
+        if not (0.0 <= self.temperature <= 100.0):
+            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    def to_dict(self) -> dict:
+        """The five fields (``GenParams(**p.to_dict()) == p``); ``do_sample`` follows from temperature."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "GenParams":
+        """Build from a dict, ignoring keys that are not fields (e.g. ``do_sample`` or a prompt's other params)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+
+@dataclass
+class Sample:
+    text: str
+    seed: int             # this sample's own seed (see sample_seed)
+    params: dict          # GenParams.to_dict() of the call
+    n_tokens: int         # tokens generated, the end-of-turn token included when reached
+    sample_index: int = 0  # 0..k-1
+    finish_reason: str = "stop"  # "stop": ended with an end-of-turn/eos token; "length": hit max_new_tokens
+
+
+def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of sample `sample_index` of the prompt at `prompt_index` in a call with ``params.seed == seed``:
+    63 bits of SHA-256 over the three numbers (so consecutive base seeds give unrelated samples)."""
+    d = hashlib.sha256(f"neat-studio:{int(seed)}:{int(prompt_index)}:{int(sample_index)}".encode()).digest()
+    return int.from_bytes(d[:8], "big") & ((1 << 63) - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------------------------
+def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, params: GenParams | None = None,
+             batch_size: int = 8, progress: Progress = None) -> list[list[Sample]]:
+    """k samples for each prompt (messages, or a plain string = one user turn), in input order.
+
+    ``batch_size`` is the number of sequences decoded together (prompts x k; a prompt's k samples stay in one
+    batch, so a batch holds ``max(1, batch_size // k)`` prompts). ``progress(done_prompts, total_prompts)`` is called
+    after every batch. Raises ValueError for malformed messages or a prompt longer than the model's context."""
+    import torch
+
+    params = params or GenParams()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    tok, model = lm.tokenizer, lm.model
+    encoded = [encode_chat(tok, p, system=system) for p in prompts]
+    max_len = model_max_length(lm)
+    for i, ids in enumerate(encoded):
+        if len(ids) >= max_len:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens; the model's context is {max_len} tokens")
+    k = params.k
+    per_batch = max(1, batch_size // k)
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+    results: list[list[Sample] | None] = [None] * len(encoded)
+    pd = params.to_dict()
+    done = 0
+    with torch.inference_mode():
+        for b in range(0, len(order), per_batch):
+            idx = order[b:b + per_batch]
+            seeds = [sample_seed(params.seed, i, j) for i in idx for j in range(k)]
+            max_new = min(params.max_new_tokens, max_len - max(len(encoded[i]) for i in idx))
+            outs = _decode_batch(lm, [encoded[i] for i in idx], k=k, params=params, seeds=seeds, max_new=max_new)
+            for n, i in enumerate(idx):
+                results[i] = [
+                    Sample(text=text, seed=seeds[n * k + j], params=dict(pd), n_tokens=n_tok, sample_index=j,
+                           finish_reason=reason)
+                    for j, (text, n_tok, reason) in enumerate(outs[n * k:(n + 1) * k])]
+            done += len(idx)
+            if progress is not None:
+                progress(done, len(encoded))
+    return results  # type: ignore[return-value]
+
+
+def stream_chat(lm: LoadedModel, messages, params: GenParams | None = None, system: str | None = None
+                ) -> Iterator[str]:
+    """Yield the growing reply text to `messages` (each item is the whole text so far; the last one equals
+    ``generate(lm, [messages], system=system, params=params)[0][0].text``). Uses sample 0's seed of that call."""
+    import torch
+
+    params = params or GenParams()
+    tok = lm.tokenizer
+    ids = encode_chat(tok, messages, system=system)
+    max_len = model_max_length(lm)
+    if len(ids) >= max_len:
+        raise ValueError(f"the conversation has {len(ids)} tokens; the model's context is {max_len} tokens")
+    max_new = min(params.max_new_tokens, max_len - len(ids))
+    stops = set(end_of_turn_ids(tok))
+    generated: list[int] = []
+    last = ""
+    with torch.inference_mode():
+        for _rows, toks in _decode_steps(lm.model, [ids], k=1, params=params, seeds=[sample_seed(params.seed, 0, 0)],
+                                         max_new=max_new, stop_ids=stops, pad_id=_pad_id(tok)):
+            t = int(toks[0])
+            if t in stops:
+                break
+            generated.append(t)
+            text = tok.decode(generated, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an unfinished multi-byte character: wait for its next byte(s)
+                continue
+            text = text.strip()
+            if text != last:
+                last = text
+                yield text
+    final = tok.decode(generated, skip_special_tokens=True).strip()
+    if final != last:
+        yield final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the decoding loop
+# ---------------------------------------------------------------------------------------------------------------
+def _pad_id(tok) -> int:
+    for v in (tok.pad_token_id, tok.eos_token_id, 0):
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _decode_batch(lm: LoadedModel, prompt_ids: list[list[int]], *, k: int, params: GenParams, seeds: list[int],
+                  max_new: int) -> list[tuple[str, int, str]]:
+    """(text, n_tokens, finish_reason) for each of len(prompt_ids) * k rows (row = prompt * k + sample)."""
+    tok = lm.tokenizer
+    stops = set(end_of_turn_ids(tok))
+    rows = len(prompt_ids) * k
+    out_tokens: list[list[int]] = [[] for _ in range(rows)]
+    for active, toks in _decode_steps(lm.model, prompt_ids, k=k, params=params, seeds=seeds, max_new=max_new,
+                                      stop_ids=stops, pad_id=_pad_id(tok)):
+        for r, t in zip(active, toks.tolist()):
+            out_tokens[r].append(t)
+    res = []
+    for toks in out_tokens:
+        stop_at = next((n for n, t in enumerate(toks) if t in stops), None)
+        body = toks if stop_at is None else toks[:stop_at]
+        text = tok.decode(body, skip_special_tokens=True).strip()
+        res.append((text, len(toks) if stop_at is None else stop_at + 1, "length" if stop_at is None else "stop"))
+    return res
+
+
+def _decode_steps(model, prompt_ids: list[list[int]], *, k: int, params: GenParams, seeds: list[int], max_new: int,
+                  stop_ids: set[int], pad_id: int):
+    """Yield (active_rows, next_tokens) per decoding step; rows that emitted a stop token leave the batch.
+
+    Must run under torch.inference_mode(). Row r = prompt r // k, sample r % k; seeds[r] seeds row r."""
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    n_prompts = len(prompt_ids)
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((n_prompts, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n_prompts, width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):  # left padding
+        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[i, width - len(p):] = 1
+    input_ids, attn = input_ids.to(device), attn.to(device)
+    position_ids = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)
+
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1, :]
+    next_pos = position_ids[:, -1] + 1
+    if k > 1:  # prompt KV reuse: one prefill, k decoding rows per prompt
+        cache.batch_repeat_interleave(k)
+        logits = logits.repeat_interleave(k, dim=0)
+        attn = attn.repeat_interleave(k, dim=0)
+        next_pos = next_pos.repeat_interleave(k, dim=0)
+    rows = n_prompts * k
+    gens = []
+    if params.do_sample:
+        for s in seeds[:rows]:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(int(s))
+            gens.append(g)
+    active = list(range(rows))
+    stop_t = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if stop_ids else None
+    for step in range(max_new):
+        toks = _pick(logits, params, [gens[r] for r in active] if gens else None)
+        yield active, toks
+        if step == max_new - 1:
+            break
+        finished = torch.isin(toks, stop_t) if stop_t is not None else torch.zeros_like(toks, dtype=torch.bool)
+        if bool(finished.all()):
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            attn, next_pos, toks = attn[keep], next_pos[keep], toks[keep]
+            active = [active[i] for i in keep.tolist()]
+        attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=-1)
+        out = model(input_ids=toks[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+
+
+def _pick(logits, params: GenParams, gens):
+    """Next token per row: argmax when greedy; else temperature, top-p and an inverse-CDF draw from each row's
+    generator (one uniform number per row and step)."""
+    import torch
+
+    if not params.do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_p < 1.0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        cum = probs.cumsum(dim=-1)
+        probs = probs.masked_fill((cum - probs) > params.top_p, 0.0)  # keep the smallest prefix reaching top_p
+    else:
+        sorted_idx = None
+        probs = torch.softmax(logits, dim=-1)
+    cum = probs.cumsum(dim=-1)
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float32) for g in gens]).to(logits.device)
+    x = (u * cum[:, -1]).unsqueeze(-1)
+    choice = torch.searchsorted(cum, x, right=True).squeeze(-1)
+    choice = torch.minimum(choice, (probs > 0).sum(dim=-1) - 1 if sorted_idx is not None else
+                           torch.full_like(choice, probs.shape[-1] - 1))
+    if sorted_idx is not None:
+        return sorted_idx.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+    return choice

@@ -1,0 +1,218 @@
+"""NeatConfig: every knob of a training run, with help text (the CLI and the UI read the `help` metadata)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+METHODS = ("neat", "rrhf", "sft", "dpo")
+RANKINGS = ("rule", "reward")
+DTYPES = ("auto", "bf16", "fp32")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; raised before any training with one clear message."""
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class NeatConfig:
+    # what to train
+    model: str = _f("default", "policy model spec: default | tiny | local HF dir | run dir | cached hub name")
+    method: str = _f("neat", "neat (negative-prompt samples) | rrhf (curated + plain samples) | sft (NLL on best) "
+                             "| dpo (TRL DPOTrainer on pairs from the same rankings)", choices=METHODS)
+    snapshot: str = _f("", "snapshot directory (data.jsonl + manifest.json)")
+    negatives: list = _f([], "negative system prompts, name@version (name alone = latest in the snapshot manifest)")
+    positives: list = _f([], "positive system prompts (NEAT-PP), name@version")
+    # sampling per round
+    k: int = _f(2, "plain policy samples per prompt and round (neat, rrhf)")
+    k_neg: int = _f(2, "samples per prompt and round under EACH negative prompt (neat)")
+    k_pos: int = _f(0, "samples per prompt and round under each positive prompt (0 = none)")
+    rounds: int = _f(2, "rounds: sample from the current policy, rank, train `epochs` epochs")
+    temperature: float = _f(0.8, "sampling temperature of the online samples")
+    top_p: float = _f(0.95, "nucleus sampling of the online samples")
+    gen_batch_size: int = _f(8, "prompts per generation batch")
+    max_new_tokens: int = _f(96, "generation length of the online samples (<= max_response_len)")
+    ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
+                      choices=RANKINGS)
+    scorer_path: str = _f("", "reward scorer directory (ranking=reward)")
+    # optimisation
+    epochs: int = _f(1, "epochs over the round's lists per round")
+    lr: float = _f(1e-5, "peak learning rate (AdamW)")
+    warmup_ratio: float = _f(0.05, "share of all optimizer steps spent in linear warmup (cosine decay after)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
+    batch_size: int = _f(2, "lists (prompts) per micro-batch and process")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = rounds x epochs x steps per epoch)")
+    margin: float = _f(0.0, "hinge margin m of the ranking loss")
+    sft_weight: float = _f(1.0, "lambda: weight of the NLL of the best response(s)")
+    dpo_beta: float = _f(0.1, "beta of the dpo baseline")
+    max_prompt_len: int = _f(256, "prompt tokens kept (longer prompts keep their END)")
+    max_response_len: int = _f(128, "response tokens kept (longer responses are cut)")
+    prompt_cache: bool = _f(False, "score a list by running its prompt once and reusing the KV cache for its "
+                                   "responses (same result; see trainer.py for when it pays)")
+    # parameter-efficient
+    lora: bool = _f(False, "train LoRA adapters instead of all weights (merged into final/)")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    # run
+    dtype: str = _f("auto", "compute dtype: bf16 (autocast, fp32 master weights) | fp32 | auto (bf16 where the "
+                            "CPU has bf16 matrix instructions or on GPU)", choices=DTYPES)
+    seed: int = _f(0, "seed of shuffling, sampling and initialisation")
+    save_every: int = _f(0, "checkpoint every N optimizer steps (0 = at the end of each round only)")
+    keep_checkpoints: int = _f(2, "checkpoints kept (newest first; 0 = keep all)")
+    output_dir: str = _f("", "run directory (default: <workspace>/runs/<timestamp>-<method>)")
+
+    # -- (de)serialisation --------------------------------------------------------------------------------
+    @classmethod
+    def fields_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "NeatConfig":
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        cfg = cls()
+        for k, v in d.items():
+            setattr(cfg, k, _coerce(k, v))
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "NeatConfig":
+        try:
+            d = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"config {path} must be a mapping of key: value")
+        return cls.from_dict(d)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def apply_overrides(self, items: list[str] | None) -> "NeatConfig":
+        """`["lr=1e-5", "negatives=toxic@1,rude", "lora=true"]` -> set in place (values parsed as YAML)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        for item in items or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value")
+            k, v = item.split("=", 1)
+            k = k.strip().replace("-", "_")
+            if k not in known:
+                raise ConfigError(f"unknown config key {k!r} in override {item!r}")
+            try:
+                val = yaml.safe_load(v) if v.strip() else ""
+            except yaml.YAMLError:
+                val = v
+            if _is_list(k) and isinstance(val, str):
+                val = [x.strip() for x in val.split(",") if x.strip()]
+            setattr(self, k, _coerce(k, val))
+        return self
+
+    def validate(self) -> "NeatConfig":
+        """Checks that need no model and no data; `trainer.preflight` checks the rest."""
+        def bad(msg):
+            raise ConfigError(msg)
+
+        if self.method not in METHODS:
+            bad(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.ranking not in RANKINGS:
+            bad(f"ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
+        if self.dtype not in DTYPES:
+            bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if not self.snapshot:
+            bad("no snapshot given (--snapshot DIR)")
+        if self.method in ("neat", "rrhf") and self.k < 1:
+            bad(f"k (plain samples per prompt) must be >= 1 for method {self.method}, got {self.k}")
+        if self.method == "neat":
+            if not self.negatives:
+                bad("method neat needs at least one negative prompt (--negative name@version)")
+            if self.k_neg < 1:
+                bad(f"k_neg (samples per negative prompt) must be >= 1, got {self.k_neg}")
+        if self.k_pos < 0 or self.k < 0 or self.k_neg < 0:
+            bad("k, k_neg and k_pos must be >= 0")
+        if self.k_pos > 0 and not self.positives:
+            bad("k_pos > 0 needs at least one positive prompt (positives)")
+        if self.ranking == "reward" and not self.scorer_path:
+            bad("ranking=reward needs scorer_path (a trained reward scorer directory)")
+        for name in ("rounds", "epochs", "batch_size", "grad_accum", "max_prompt_len", "max_response_len",
+                     "max_new_tokens", "gen_batch_size", "lora_r"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 0 or self.save_every < 0 or self.keep_checkpoints < 0:
+            bad("max_steps, save_every and keep_checkpoints must be >= 0")
+        if not self.lr > 0:
+            bad(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            bad(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.margin < 0 or self.sft_weight < 0 or self.weight_decay < 0:
+            bad("margin, sft_weight and weight_decay must be >= 0")
+        if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
+            bad(f"temperature must be in (0, 5] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        if self.max_new_tokens > self.max_response_len:
+            bad(f"max_new_tokens ({self.max_new_tokens}) exceeds max_response_len ({self.max_response_len}): "
+                "samples would be cut before training")
+        if not 0 <= self.lora_dropout < 1:
+            bad(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        return self
+
+
+def _is_list(name: str) -> bool:
+    return name in ("negatives", "positives")
+
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(NeatConfig)}
+
+
+def _coerce(name: str, v):
+    t = _TYPES[name]
+    t = {"str": str, "int": int, "float": float, "bool": bool, "list": list}.get(t, t) if isinstance(t, str) else t
+    try:
+        if t is list:
+            if v is None:
+                return []
+            if isinstance(v, str):
+                return [x.strip() for x in v.split(",") if x.strip()]
+            return [str(x) for x in v]
+        if t is bool:
+            if isinstance(v, str):
+                if v.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if v.lower() in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(v)
+            return bool(v)
+        if t is int:
+            if isinstance(v, float) and not v.is_integer():
+                raise ValueError(v)
+            if isinstance(v, bool):
+                raise ValueError(v)
+            return int(v)
+        if t is float:
+            if isinstance(v, bool):
+                raise ValueError(v)
+            return float(v)
+        if t is str:
+            return "" if v is None else str(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {v!r} as {t.__name__}") from None
+    return v
+

@@ -1,0 +1,79 @@
+"""The NEAT / RRHF loss, small enough to read in one sitting.
+
+For one prompt x with responses y_1..y_n and ranks r (lower = better, equal = tie):
+
+    p_i    = (1/|y_i|) * sum_t log pi(y_i,t | x, y_i,<t)        |y_i| = the response's OWN token count
+    L_rank = sum_{(i, j): r_i > r_j} max(0, p_i - p_j + margin)  tied pairs contribute nothing
+    L_sft  = mean over the best (rank == min rank) responses of -p_best
+    L      = L_rank + sft_weight * L_sft
+
+Per list L_rank is a SUM over its pairs (as in the design); a batch of lists is AVERAGED over lists, so the
+learning rate does not depend on the batch size. Prompt and padding tokens never count: `mask` selects the
+response tokens. Two bugs of RRHF's reference code are avoided on purpose and tested: normalising by the
+padded length instead of the response's length, and taking the NLL of the first batch item instead of the
+best response of each list.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor):
+    """Summed log-probs of the masked tokens of each row.
+
+    logits [B, T, V] are ALIGNED with labels [B, T]: logits[b, t] is the distribution that scores labels[b, t]
+    (the caller does the usual one-position shift). mask [B, T] is 1 on counted (response) tokens.
+    Returns (sum_logp [B] float32, n_tokens [B] float32).
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tok = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    m = mask.to(tok.dtype)
+    return (tok * m).sum(-1), m.sum(-1)
+
+
+def rrhf_rank_loss(p: torch.Tensor, ranks: torch.Tensor, margin: float = 0.0):
+    """Hinge over every ordered pair of one list. p [n], ranks [n] (lower = better).
+
+    Returns (loss = sum over pairs i-worse-than-j of max(0, p_i - p_j + margin), n_pairs, n_correct), where a
+    pair is correct when the better response has the strictly higher p.
+    """
+    worse = ranks[:, None] > ranks[None, :]           # worse[i, j]: i is ranked below j
+    diff = p[:, None] - p[None, :]                     # p_i - p_j
+    loss = (F.relu(diff + margin) * worse).sum()
+    return loss, int(worse.sum()), int(((diff < 0) & worse).sum())
+
+
+def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.Tensor, ranks: torch.Tensor,
+              margin: float = 0.0, sft_weight: float = 1.0, is_negative: torch.Tensor | None = None) -> dict:
+    """Loss of a micro-batch holding several lists, flattened.
+
+    sum_logp, n_tokens: [R] from `sequence_logprobs`; list_index [R]: which list each response belongs to;
+    ranks [R]: rank inside its list; is_negative [R] (bool, optional): marks negative-prompt samples, only for
+    the p_gap metric. Returns a dict: loss, rank_loss, sft_loss (tensors, mean over lists), n_pairs, n_correct,
+    p_best_sum / n_best and p_neg_sum / n_neg (floats for p_gap), n_lists.
+    """
+    p = sum_logp / n_tokens.clamp_min(1)
+    rank_losses, sft_losses = [], []
+    n_pairs = n_correct = n_best = n_neg = 0
+    p_best_sum = p_neg_sum = 0.0
+    lists = torch.unique(list_index, sorted=True)
+    for li in lists.tolist():
+        sel = list_index == li
+        p_l, r_l = p[sel], ranks[sel]
+        rl, n, c = rrhf_rank_loss(p_l, r_l, margin)
+        best = r_l == r_l.min()
+        rank_losses.append(rl)
+        sft_losses.append(-p_l[best].mean())
+        n_pairs, n_correct = n_pairs + n, n_correct + c
+        p_best_sum += float(p_l[best].detach().sum())
+        n_best += int(best.sum())
+        if is_negative is not None:
+            neg = is_negative[sel]
+            p_neg_sum += float(p_l[neg].detach().sum())
+            n_neg += int(neg.sum())
+    rank_loss = torch.stack(rank_losses).mean()
+    sft_loss = torch.stack(sft_losses).mean()
+    return {"loss": rank_loss + sft_weight * sft_loss, "rank_loss": rank_loss, "sft_loss": sft_loss,
+            "n_pairs": n_pairs, "n_correct": n_correct, "p_best_sum": p_best_sum, "n_best": n_best,
+            "p_neg_sum": p_neg_sum, "n_neg": n_neg, "n_lists": len(lists)}

@@ -1,0 +1,172 @@
+"""One NEAT round's data: snapshot rows + online samples -> ranked lists.
+
+Pure python (no torch): how a round's lists are built and ranked, and how they are scheduled into steps.
+
+Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = best, equal = tie):
+- curated responses keep their human (snapshot) ranks;
+- plain policy samples (and positive-prompt samples) are NOT trusted to beat any curated answer: when the prompt
+  has >= 2 curated non-negative groups they TIE with the worst of them (so they lose to the better curated
+  answers and make no claim against the worst one); with one curated non-negative group they go right below it;
+  with none they are the top group. Plain and positive samples tie with each other (ordering them is the
+  reward scorer's job);
+- negative-prompt samples (online) are the bottom group, tied among themselves: every one ranks below every
+  non-negative response of the prompt (curated responses whose origin is `negative:*` keep their human rank).
+Reward rule (`ranking="reward"`): a scorer object with `.score(prompts, responses) -> scores` (higher = better)
+scores curated and online responses. Curated groups keep their human order; each gets the threshold
+t_g = min(mean score of groups 0..g) (monotone). An online sample with score s ties with group g when s == t_g,
+else sits between the groups whose thresholds are above and below s; online samples between the same two
+groups are ordered by score (equal scores tie). Without curated responses online samples are ranked by score.
+
+Within a list, exact duplicate texts (after stripping) are kept once, at their first occurrence in the order
+curated, plain, positive, negative (a negative prompt that changed nothing did not produce a negative); empty
+responses are dropped (they have no tokens to score).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+NEG, POS = "negative:", "positive:"
+
+
+@dataclass
+class RankedList:
+    prompt_id: str
+    prompt: list            # messages (the PLAIN prompt: scoring never sees a negative system prompt)
+    responses: list         # texts
+    ranks: list             # ints, dense, lower = better
+    origins: list           # policy | negative:<ref> | positive:<ref> | dataset:* | human | ...
+    curated: list = field(default_factory=list)  # bool per response: from the snapshot
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RankedList":
+        return cls(**d)
+
+    @property
+    def is_negative(self) -> list:
+        return [o.startswith(NEG) for o in self.origins]
+
+
+def dense(keys: list) -> list[int]:
+    """Sort keys -> dense ranks (0 = smallest key; equal keys share a rank)."""
+    order = {k: i for i, k in enumerate(sorted(set(keys)))}
+    return [order[k] for k in keys]
+
+
+def _dedupe(items):
+    seen, out = set(), []
+    for it in items:
+        t = it[0].strip()
+        if not t or t in seen:
+            continue
+        seen.add(t)
+        out.append(it)
+    return out
+
+
+def curated_items(row: dict, best_only: bool = False):
+    """[(text, origin, rank)] of a snapshot row, ranks densified; `best_only` keeps the best group."""
+    ranks = dense(list(row["ranks"]))
+    items = [(t, o, r) for t, o, r in zip(row["responses"], row["origins"], ranks)]
+    if best_only:
+        items = [it for it in items if it[2] == 0]
+    return items
+
+
+def rank_rule(curated, online) -> list:
+    """curated: [(text, origin, rank)]; online: [(text, origin)] -> keys (sortable) for curated + online."""
+    nonneg = sorted({r for _, o, r in curated if not o.startswith(NEG)})
+    if len(nonneg) >= 2:
+        mid = float(nonneg[-1])
+    elif len(nonneg) == 1:
+        mid = nonneg[0] + 0.5
+    else:
+        mid = -1.0
+    keys = [float(r) for _, _, r in curated]
+    for _, o in online:
+        keys.append(math.inf if o.startswith(NEG) else mid)
+    return keys
+
+
+def rank_reward(curated, online, scores) -> list:
+    """Keys from scores (one per curated + online item, in that order; higher = better); see module doc."""
+    n_c = len(curated)
+    s_c, s_o = [float(x) for x in scores[:n_c]], [float(x) for x in scores[n_c:]]
+    groups = sorted({r for _, _, r in curated})
+    if not groups:
+        return [(0.0, -s) for s in s_o]
+    means = [sum(s for s, (_, _, r) in zip(s_c, curated) if r == g) / sum(1 for *_, r in curated if r == g)
+             for g in groups]
+    thr, run = [], math.inf
+    for m in means:
+        run = min(run, m)
+        thr.append(run)
+    keys = [(float(groups.index(r)), 0.0) for _, _, r in curated]
+    for s in s_o:
+        tie = [i for i, t in enumerate(thr) if t == s]
+        if tie:
+            keys.append((float(tie[0]), 0.0))
+        else:
+            above = sum(1 for t in thr if t > s)       # groups better than this sample
+            keys.append((above - 0.5, -s))
+    return keys
+
+
+def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None) -> RankedList | None:
+    """One prompt's list. online: [(text, origin)] in the order plain, positive, negative."""
+    cur = _dedupe(curated_items(row, best_only=(method == "sft")))
+    texts = {t.strip() for t, *_ in cur}
+    onl = [it for it in _dedupe(list(online)) if it[0].strip() not in texts]
+    if method == "sft":
+        onl = []
+    if not cur and not onl:
+        return None
+    if ranking == "reward" and onl:
+        prompts = [row["prompt"]] * (len(cur) + len(onl))
+        scores = list(scorer.score(prompts, [t for t, *_ in cur] + [t for t, _ in onl]))
+        keys = rank_reward(cur, onl, scores)
+    else:
+        keys = rank_rule(cur, onl)
+        keys = [(k, 0.0) for k in keys]
+    return RankedList(prompt_id=str(row["prompt_id"]), prompt=row["prompt"],
+                      responses=[t for t, *_ in cur] + [t for t, _ in onl],
+                      ranks=dense(keys), origins=[o for _, o, _ in cur] + [o for _, o in onl],
+                      curated=[True] * len(cur) + [False] * len(onl))
+
+
+# -- scheduling ---------------------------------------------------------------------------------------------
+def steps_per_epoch(n_lists: int, batch_size: int, world: int, grad_accum: int) -> int:
+    g = batch_size * world * grad_accum
+    return max(1, math.ceil(n_lists / g))
+
+
+def epoch_schedule(lengths: list[int], batch_size: int, world: int, grad_accum: int, seed: int,
+                   megabatch_steps: int = 8) -> list:
+    """Length-grouped schedule of one epoch: steps[s][rank][micro] -> list indices (batch_size each).
+
+    Lists are shuffled (seeded), the order is padded by wrapping around so every process gets the same number
+    of micro-batches, and within windows of `megabatch_steps` steps lists are sorted by length so a micro-batch
+    holds lists of similar length (less padding); the steps of a window are then shuffled again. Micro-batch m
+    of a step goes to process m % world, so the longest lists do not all land on one process.
+    """
+    n = len(lengths)
+    g = batch_size * world * grad_accum
+    n_steps = steps_per_epoch(n, batch_size, world, grad_accum)
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    order = (order * (n_steps * g // max(n, 1) + 1))[: n_steps * g]
+    steps = []
+    for w0 in range(0, n_steps, megabatch_steps):
+        window = order[w0 * g: (w0 + megabatch_steps) * g]
+        window.sort(key=lambda i: -lengths[i])
+        chunk = [window[s * g: (s + 1) * g] for s in range(len(window) // g)]
+        rng.shuffle(chunk)
+        for step in chunk:
+            micro = [step[m * batch_size: (m + 1) * batch_size] for m in range(world * grad_accum)]
+            steps.append([[micro[m] for m in range(len(micro)) if m % world == r] for r in range(world)])
+    return steps

@@ -1,0 +1,690 @@
+"""NEAT trainer: rounds of (sample from the current policy -> rank -> ranking loss + NLL -> checkpoint).
+
+Method (arXiv 2410.12194 in the RRHF form of arXiv 2304.05302; see docs/ARCHITECTURE.md and loss.py):
+1. Sample. Each round the CURRENT policy writes `k` plain answers per training prompt, `k_neg` answers under
+   each negative system prompt and `k_pos` under each positive one (NEAT-PP), with neat_studio.generation.
+   Each process samples for its share of the prompts (rows[rank::world]); the samples are gathered so every
+   process holds the whole round. The round's ranked lists are written to `rounds/round-<r>.json`.
+2. Rank (rounds.py): curated ranks are kept; online samples are placed by the `rule` (negatives at the bottom,
+   plain samples tied with the worst curated non-negative group) or by a reward scorer (`ranking=reward`).
+3. Train `epochs` epochs on the lists: L = sum over pairs of max(0, p_worse - p_better + margin)
+   + sft_weight * mean over the best responses of -p_best; p is the mean response-token log-prob with the
+   PLAIN prompt as context (the negative system prompt is never shown to the scorer). Summed over the pairs of a
+   list, averaged over the lists of a batch. No reference model.
+4. Checkpoint at the end of each round (and every `save_every` steps); the new policy samples the next round.
+
+Methods: `neat` (above), `rrhf` (curated + plain samples, no negative prompts), `sft` (best curated responses,
+rank loss 0, NLL only); `dpo` lives in neat_studio/baselines.py.
+
+Engineering choices:
+- accelerate: the model is wrapped (DDP under `accelerate launch`, gloo on CPU); optimizer and scheduler are
+  plain torch objects (not `accelerator.prepare`d, whose scheduler steps once per process), so the schedule is
+  exact and identical on all processes. Gradient accumulation uses `no_sync` on all but the last micro-batch.
+- dtype bf16 = autocast with fp32 master weights (pure bf16 weights cannot take 1e-5-sized updates);
+  `auto` picks bf16 on a GPU or on a CPU with bf16 matrix instructions (avx512_bf16 / amx_bf16), else fp32.
+- A list (all responses of one prompt) is one padded block of rows, right padding; micro-batches hold
+  `batch_size` lists of similar length (rounds.epoch_schedule). The prompt is tokenized once per list.
+  With `prompt_cache=True` the prompt runs once and its KV cache is repeated for the list's responses (the
+  gradient flows through the cache, so the result equals the plain path; tested). It saves the prompt's
+  share of the compute but runs lists one at a time; measured on this 2-core CPU it pays only for long prompts
+  and short answers, so the default is off (numbers in the module's report / tests).
+- Cosine schedule with linear warmup over ALL optimizer steps of the run (one optimizer for all rounds).
+- Checkpoint `checkpoints/step-N/`: model (save_pretrained; LoRA: the adapter), optimizer, scheduler, RNG state
+  of every process and the position (round, epoch, step in epoch, global step); written to a temp dir and
+  renamed, so a half-written checkpoint is never resumed. `final/`: save_pretrained + tokenizer, LoRA merged.
+- SIGTERM/SIGINT: the current step finishes, a checkpoint is written, a `stopped` event, exit 0. The flag is
+  summed across processes with the step's metrics, so all processes stop at the same step.
+- Resume continues from the newest checkpoint; a round's lists are read back from `rounds/round-<r>.json`
+  when they were sampled by the checkpoint's weights, so resumed and uninterrupted runs match (tested).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import shutil
+import signal
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, NeatConfig
+from .loss import neat_loss, sequence_logprobs
+from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
+
+log = logging.getLogger("neat_studio.neat")
+
+STATE = "state.json"
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+def read_snapshot(path: str | Path) -> tuple[list[dict], dict, str]:
+    """(rows, manifest, sha256 of data.jsonl) of a snapshot directory; ConfigError when unusable."""
+    d = Path(path)
+    data, man = d / "data.jsonl", d / "manifest.json"
+    if not data.is_file() or not man.is_file():
+        raise ConfigError(f"snapshot {d} not found (needs data.jsonl and manifest.json)")
+    raw = data.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        manifest = json.loads(man.read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"snapshot {d} is not valid JSON: {e}") from None
+    if manifest.get("sha256") and manifest["sha256"] != sha:
+        raise ConfigError(f"snapshot {d}: data.jsonl does not match the sha256 in manifest.json (modified?)")
+    return rows, manifest, sha
+
+
+def resolve_prompt(manifest: dict, ref: str, kind: str) -> dict:
+    """`name@version` or `name` (latest) -> the manifest's prompt_library entry (+ "ref": "name@version")."""
+    name, _, ver = str(ref).partition("@")
+    lib = [e for e in manifest.get("prompt_library") or [] if e.get("name") == name]
+    if ver:
+        lib = [e for e in lib if str(e.get("version")) == ver]
+    if not lib:
+        have = sorted({f"{e.get('name')}@{e.get('version')}" for e in manifest.get("prompt_library") or []
+                       if e.get("kind") == kind})
+        raise ConfigError(f"{kind} prompt {ref!r} is not in the snapshot's prompt library "
+                          f"(available: {', '.join(have) or 'none'})")
+    e = max(lib, key=lambda e: int(e.get("version") or 0))
+    if e.get("kind", kind) != kind:
+        raise ConfigError(f"prompt {ref!r} is a {e.get('kind')} prompt, not a {kind} prompt")
+    return {**e, "ref": f"{e['name']}@{e['version']}"}
+
+
+def bf16_supported() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(cfg: NeatConfig) -> bool:
+    return cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported())
+
+
+@dataclasses.dataclass
+class Prepared:
+    cfg: NeatConfig
+    rows: list
+    manifest: dict
+    sha256: str
+    negatives: list      # resolved prompt_library entries
+    positives: list
+    lm: object           # models.LoadedModel
+    scorer: object = None
+
+
+def preflight(cfg: NeatConfig, workspace=None, lm=None) -> Prepared:
+    """Every check that can fail before training: config, snapshot, prompt refs, model, lengths, scorer."""
+    cfg.validate()
+    rows, manifest, sha = read_snapshot(cfg.snapshot)
+    train_rows = [r for r in rows if r.get("split", "train") == "train" and r.get("responses")]
+    if not train_rows:
+        raise ConfigError(f"snapshot {cfg.snapshot} has no training rows (split=train with >= 1 response)")
+    for r in train_rows:
+        if not (len(r["responses"]) == len(r["ranks"]) == len(r["origins"])):
+            raise ConfigError(f"snapshot row {r.get('prompt_id')}: responses, ranks and origins differ in length")
+    negs = [resolve_prompt(manifest, ref, "negative") for ref in cfg.negatives] if cfg.method == "neat" else []
+    poss = ([resolve_prompt(manifest, ref, "positive") for ref in cfg.positives]
+            if cfg.method in ("neat", "rrhf") and cfg.k_pos > 0 else [])
+    scorer = None
+    if cfg.ranking == "reward" and cfg.method in ("neat", "rrhf"):
+        try:
+            from ..scoring.reward import RewardScorer
+
+            scorer = RewardScorer.load(cfg.scorer_path)
+        except Exception as e:  # noqa: BLE001 - any failure here is a configuration problem
+            raise ConfigError(f"reward scorer {cfg.scorer_path!r} cannot be loaded: {e}") from None
+    if lm is None:
+        from ..models import load_model
+
+        try:
+            lm = load_model(cfg.model, workspace=workspace, dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"model {cfg.model!r} cannot be loaded: {type(e).__name__}: {e}") from None
+    max_pos = getattr(lm.model.config, "max_position_embeddings", None)
+    if max_pos and cfg.max_prompt_len + cfg.max_response_len > max_pos:
+        raise ConfigError(f"max_prompt_len + max_response_len = {cfg.max_prompt_len + cfg.max_response_len} "
+                          f"exceeds the model's maximum length {max_pos}")
+    return Prepared(cfg, train_rows, manifest, sha, negs, poss, lm, scorer)
+
+
+# -- encoding -------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class EncodedList:
+    prompt_ids: list
+    response_ids: list   # list[list[int]]
+    ranks: list
+    is_negative: list
+
+    @property
+    def cost(self) -> int:  # tokens of the padded block (what a micro-batch costs)
+        return len(self.response_ids) * (len(self.prompt_ids) + max(len(r) for r in self.response_ids))
+
+
+def encode_list(tokenizer, lst: RankedList, max_prompt_len: int, max_response_len: int) -> EncodedList | None:
+    from ..models import encode_prompt_and_response
+
+    prompt_ids, resp, ranks, neg = None, [], [], []
+    for text, rank, is_neg in zip(lst.responses, lst.ranks, lst.is_negative):
+        p, r = encode_prompt_and_response(tokenizer, lst.prompt, text)
+        r = list(r)[:max_response_len]
+        if not r:
+            continue
+        prompt_ids = list(p)[-max_prompt_len:] if prompt_ids is None else prompt_ids
+        resp.append(r)
+        ranks.append(rank)
+        neg.append(is_neg)
+    if not resp:
+        return None
+    return EncodedList(prompt_ids, resp, ranks, neg)
+
+
+def collate(lists: list[EncodedList], pad_id: int) -> dict:
+    """Right-padded block: one row per response, prompt + response; resp_mask marks response tokens."""
+    rows = [(li, el.prompt_ids, r) for li, el in enumerate(lists) for r in el.response_ids]
+    T = max(len(p) + len(r) for _, p, r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), T), dtype=torch.long)
+    rmask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, (_, p, r) in enumerate(rows):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        att[i, : len(p) + len(r)] = 1
+        rmask[i, len(p): len(p) + len(r)] = 1
+    return {
+        "input_ids": ids, "attention_mask": att, "resp_mask": rmask,
+        "start": min(len(el.prompt_ids) for el in lists),
+        "list_index": torch.tensor([li for li, _, _ in rows]),
+        "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
+        "is_negative": torch.tensor([n for el in lists for n in el.is_negative], dtype=torch.bool),
+        "n_tokens": int(att.sum()),
+    }
+
+
+def collate_cached(lists: list[EncodedList], pad_id: int) -> dict:
+    """Per list: the prompt once ([1, P]) and its responses right-padded ([n, R])."""
+    parts = []
+    for el in lists:
+        R = max(len(r) for r in el.response_ids)
+        ids = torch.full((len(el.response_ids), R), pad_id, dtype=torch.long)
+        m = torch.zeros_like(ids)
+        for i, r in enumerate(el.response_ids):
+            ids[i, : len(r)] = torch.tensor(r)
+            m[i, : len(r)] = 1
+        parts.append({"prompt_ids": torch.tensor([el.prompt_ids]), "resp_ids": ids, "resp_mask": m})
+    n_tok = sum(len(el.prompt_ids) + sum(len(r) for r in el.response_ids) for el in lists)
+    return {
+        "parts": parts,
+        "list_index": torch.tensor([li for li, el in enumerate(lists) for _ in el.response_ids]),
+        "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
+        "is_negative": torch.tensor([n for el in lists for n in el.is_negative], dtype=torch.bool),
+        "n_tokens": n_tok,
+    }
+
+
+class ListScorer(torch.nn.Module):
+    """Wraps the causal LM: batch -> (sum of response-token log-probs, response token count) per response.
+
+    One forward of this module per micro-batch, so DDP sees one forward per backward even when the prompt
+    cache path calls the LM twice per list.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict):
+        if "parts" in batch:
+            return self._cached(batch["parts"])
+        s = batch["start"] - 1                              # first position that predicts a response token
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        logits = out.logits[:, s:-1]
+        return sequence_logprobs(logits, batch["input_ids"][:, s + 1:], batch["resp_mask"][:, s + 1:])
+
+    def _cached(self, parts):
+        sums, ns = [], []
+        for part in parts:
+            n = part["resp_ids"].shape[0]
+            out = self.model(input_ids=part["prompt_ids"], use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(n)
+            P = part["prompt_ids"].shape[1]
+            att = torch.cat([torch.ones(n, P, dtype=part["resp_mask"].dtype), part["resp_mask"]], dim=1)
+            out2 = self.model(input_ids=part["resp_ids"], attention_mask=att, past_key_values=cache, use_cache=True)
+            logits = torch.cat([out.logits[:, -1:].expand(n, 1, -1), out2.logits[:, :-1]], dim=1)
+            s, c = sequence_logprobs(logits, part["resp_ids"], part["resp_mask"])
+            sums.append(s)
+            ns.append(c)
+        return torch.cat(sums), torch.cat(ns)
+
+
+# -- the trainer ----------------------------------------------------------------------------------------------
+class Stop(Exception):
+    pass
+
+
+class NeatTrainer:
+    def __init__(self, cfg: NeatConfig, run_dir: str | Path, *, resume: bool = False, workspace=None,
+                 stop_after: int | None = None, prepared: Prepared | None = None):
+        """`stop_after`: behave as if SIGTERM arrived during step N (checkpoint + stopped event)."""
+        from accelerate import Accelerator
+
+        self.cfg, self.run_dir, self.resume, self.stop_after = cfg, Path(run_dir), resume, stop_after
+        self.bf16 = use_bf16(cfg)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if self.bf16 else "no")
+        self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
+        self._stop_signal = None
+        self.prep = prepared or preflight(cfg, workspace=workspace)
+        self.lm = self.prep.lm
+        self.tok = self.lm.tokenizer
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
+
+    # .. setup ..
+    def _log(self, obj: dict):
+        if self.main:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(obj) + "\n")
+
+    def _setup(self):
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        model = self.lm.model.float()
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                     lora_dropout=cfg.lora_dropout, target_modules="all-linear",
+                                                     task_type="CAUSAL_LM"))
+        model.train()
+        self.model = model
+        n_lists = len(self.prep.rows)
+        self.spe = steps_per_epoch(n_lists, cfg.batch_size, self.world, cfg.grad_accum)
+        total = cfg.rounds * cfg.epochs * self.spe
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+        from transformers import get_cosine_schedule_with_warmup
+
+        warm = int(round(cfg.warmup_ratio * self.total_steps))
+        self.sched = get_cosine_schedule_with_warmup(self.opt, warm, self.total_steps)
+        self.scorer = self.acc.prepare_model(ListScorer(model))
+        self.pos = {"round": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "round_start_step": 0}
+        if self.resume:
+            self._load_checkpoint()
+
+    # .. checkpoints ..
+    def _ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        return latest_checkpoint(self.run_dir)
+
+    def _save_checkpoint(self) -> Path:
+        step = self.pos["global_step"]
+        final = self._ckpt_root() / f"step-{step}"
+        tmp = self._ckpt_root() / f".step-{step}.tmp"
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "numpy": _np_state()}, tmp / f"rng-{self.rank}.pt")
+        if self.main:
+            self.model.save_pretrained(tmp)
+            self.tok.save_pretrained(tmp)
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
+            (tmp / STATE).write_text(json.dumps({**self.pos, "world": self.world, "lora": self.cfg.lora,
+                                                 "time": time.time()}))
+        self.acc.wait_for_everyone()
+        if self.main:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            if self.cfg.keep_checkpoints:
+                cks = sorted((p for p in self._ckpt_root().glob("step-*") if (p / STATE).exists()),
+                             key=lambda p: int(p.name.split("-")[1]))
+                for old in cks[: -self.cfg.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+            self._log({"event": "checkpoint", "step": step, "round": self.pos["round"], "path": str(final)})
+        self.acc.wait_for_everyone()
+        return final
+
+    def _load_checkpoint(self):
+        ck = self.latest_checkpoint()
+        if ck is None:
+            return
+        from safetensors.torch import load_file
+
+        state = json.loads((ck / STATE).read_text())
+        if self.cfg.lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, load_file(ck / "adapter_model.safetensors"))
+        else:
+            sd = {}
+            for f in sorted(ck.glob("*.safetensors")):
+                sd.update(load_file(f))
+            missing, unexpected = self.model.load_state_dict(sd, strict=False)
+            tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+            if unexpected or any(k not in tied and "lm_head" not in k for k in missing):
+                raise RuntimeError(f"checkpoint {ck} does not fit the model: missing {missing}, "
+                                   f"unexpected {unexpected}")
+        self.opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=False))
+        self.sched.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
+        rng = ck / f"rng-{self.rank}.pt"
+        if rng.exists():
+            r = torch.load(rng, weights_only=False)
+            random.setstate(r["python"])
+            torch.set_rng_state(r["torch"])
+            _np_state(r["numpy"])
+        self.pos = {k: state[k] for k in ("round", "epoch", "step_in_epoch", "global_step", "round_start_step")}
+        self._log({"event": "resumed", "step": self.pos["global_step"], "round": self.pos["round"],
+                   "checkpoint": str(ck)})
+
+    # .. a round's data ..
+    def _round_file(self, r: int) -> Path:
+        return self.run_dir / "rounds" / f"round-{r}.json"
+
+    def _round_lists(self, r: int) -> list[RankedList]:
+        f = self._round_file(r)
+        if f.exists():
+            d = json.loads(f.read_text(encoding="utf-8"))
+            if d.get("start_step") == self.pos["round_start_step"]:
+                return [RankedList.from_dict(x) for x in d["lists"]]
+        t0 = time.time()
+        online = self._sample(r) if self.cfg.method in ("neat", "rrhf") else {}
+        lists = []
+        for row in self.prep.rows:
+            lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
+                             self.prep.scorer)
+            if lst is not None:
+                lists.append(lst)
+        if self.main:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"round": r, "start_step": self.pos["round_start_step"],
+                                       "gen_s": round(time.time() - t0, 3),
+                                       "lists": [x.to_dict() for x in lists]}, ensure_ascii=False))
+            tmp.replace(f)
+        self.acc.wait_for_everyone()
+        return lists
+
+    def _sample(self, r: int) -> dict:
+        """{prompt_id: [(text, origin)]} in the order plain, positive, negative; sampled by this process for
+        rows[rank::world] and gathered."""
+        from accelerate.utils import gather_object
+
+        from ..generation import GenParams, generate
+
+        cfg = self.cfg
+        rows = self.prep.rows[self.rank::self.world]
+        specs = [("policy", None, cfg.k, {})]
+        specs += [(POS + e["ref"], e.get("text"), cfg.k_pos, e.get("params") or {}) for e in self.prep.positives]
+        specs += [(NEG + e["ref"], e.get("text"), cfg.k_neg, e.get("params") or {}) for e in self.prep.negatives]
+        out = {str(row["prompt_id"]): [] for row in rows}
+        model = self.acc.unwrap_model(self.scorer).model
+        model.eval()
+        lm = _with_model(self.lm, model)
+
+        def progress(done, total):
+            if self._stop_signal is not None:
+                raise Stop()
+
+        try:
+            for j, (origin, system, k, params) in enumerate(specs):
+                if k <= 0 or not rows:
+                    continue
+                gp = GenParams(temperature=float(params.get("temperature", cfg.temperature)),
+                               top_p=float(params.get("top_p", cfg.top_p)), max_new_tokens=cfg.max_new_tokens,
+                               k=k, seed=_seed(cfg.seed, r, j, self.rank))
+                with self.acc.autocast():
+                    res = generate(lm, [row["prompt"] for row in rows], system=system, params=gp,
+                                   batch_size=cfg.gen_batch_size, progress=progress)
+                for row, samples in zip(rows, res):
+                    out[str(row["prompt_id"])] += [(s.text, origin) for s in samples]
+        finally:
+            model.train()
+        merged = {}
+        for part in gather_object([out]):
+            merged.update(part)
+        return merged
+
+    # .. training ..
+    def _step(self, micro: list[list[EncodedList]]) -> dict:
+        cfg = self.cfg
+        agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
+               "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0}
+        for m, lists in enumerate(micro):
+            batch = (collate_cached if cfg.prompt_cache else collate)(lists, self.pad_id)
+            sync = m == len(micro) - 1
+            with (nullcontext() if sync else self.acc.no_sync(self.scorer)):
+                sum_logp, n_tok = self.scorer(batch)
+                out = neat_loss(sum_logp, n_tok, batch["list_index"], batch["ranks"], cfg.margin,
+                                cfg.sft_weight, batch["is_negative"])
+                self.acc.backward(out["loss"] / len(micro))
+            n = out["n_lists"]
+            for k in ("loss", "rank_loss", "sft_loss"):
+                agg[k] += float(out[k].detach()) * n
+            for k in ("n_lists", "n_pairs", "n_correct", "p_best_sum", "n_best", "p_neg_sum", "n_neg"):
+                agg[k] += out[k] if k != "n_lists" else n
+            agg["tokens"] += batch["n_tokens"]
+        if cfg.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return agg
+
+    def _reduce(self, agg: dict, stop: bool) -> dict:
+        keys = list(agg)
+        t = torch.tensor([float(agg[k]) for k in keys] + [1.0 if stop else 0.0], dtype=torch.float64)
+        if self.world > 1:
+            t = self.acc.reduce(t.to(self.acc.device), "sum").cpu()
+        vals = dict(zip(keys, t[:-1].tolist()))
+        vals["stop"] = t[-1].item() > 0
+        return vals
+
+    def _install_signals(self):
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+
+        old = {}
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def run(self) -> dict:
+        """Train; returns {"status": "finished"|"stopped", "step", "final"|"checkpoint"}."""
+        old = self._install_signals()
+        try:
+            return self._run()
+        except Exception as e:
+            self._log({"event": "error", "step": getattr(self, "pos", {}).get("global_step"),
+                       "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]})
+            raise
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _run(self) -> dict:
+        cfg = self.cfg
+        self._setup()
+        t_start, steps_here, saved_at = time.time(), 0, None
+        while self.pos["round"] < cfg.rounds and self.pos["global_step"] < self.total_steps:
+            r = self.pos["round"]
+            if self.pos["epoch"] == 0 and self.pos["step_in_epoch"] == 0:
+                self.pos["round_start_step"] = self.pos["global_step"]
+            t0 = time.time()
+            try:
+                lists = self._round_lists(r)
+            except Stop:
+                return self._stopped(self._stop_signal)
+            enc = [e for e in (encode_list(self.tok, x, cfg.max_prompt_len, cfg.max_response_len) for x in lists)
+                   if e is not None]
+            if self.pos["epoch"] == 0 and self.pos["step_in_epoch"] == 0:
+                self._log({"event": "round_start", "round": r, "step": self.pos["global_step"],
+                           "n_lists": len(enc), "n_responses": sum(len(e.response_ids) for e in enc),
+                           "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
+                           "sample_s": round(time.time() - t0, 3)})
+            scheds = {}
+            while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
+                e = self.pos["epoch"]
+                if e not in scheds:
+                    scheds[e] = epoch_schedule([x.cost for x in enc], cfg.batch_size, self.world, cfg.grad_accum,
+                                               seed=_seed(cfg.seed, r, e, "epoch"))
+                sched = scheds[e]
+                ts = time.time()
+                agg = self._step([[enc[i] for i in mb] for mb in sched[self.pos["step_in_epoch"]][self.rank]])
+                # advance the position first: a checkpoint written now resumes at the NEXT step
+                self.pos["global_step"] += 1
+                self.pos["step_in_epoch"] += 1
+                if self.pos["step_in_epoch"] >= len(sched):
+                    self.pos.update(epoch=e + 1, step_in_epoch=0)
+                    if e + 1 >= cfg.epochs:
+                        self.pos.update(round=r + 1, epoch=0)
+                steps_here += 1
+                step = self.pos["global_step"]
+                wants_stop = self._stop_signal is not None or (self.stop_after is not None and step >= self.stop_after)
+                v = self._reduce(agg, wants_stop)
+                dt, elapsed = time.time() - ts, time.time() - t_start
+                nl = max(v["n_lists"], 1)
+                self._log({
+                    "step": step, "round": r, "epoch": e,
+                    "loss": v["loss"] / nl, "rank_loss": v["rank_loss"] / nl, "sft_loss": v["sft_loss"] / nl,
+                    "rank_acc": v["n_correct"] / v["n_pairs"] if v["n_pairs"] else None,
+                    "p_gap": (v["p_best_sum"] / v["n_best"] - v["p_neg_sum"] / v["n_neg"]) if v["n_neg"] else None,
+                    "lr": self.sched.get_last_lr()[0], "tokens_per_s": round(v["tokens"] / max(dt, 1e-9), 2),
+                    "elapsed_s": round(elapsed, 3),
+                    "eta_s": round(elapsed / steps_here * (self.total_steps - step), 3),
+                    "total_steps": self.total_steps})
+                if v["stop"]:
+                    return self._stopped(self._stop_signal or "stop_after")
+                if cfg.save_every and step % cfg.save_every == 0:
+                    self._save_checkpoint()
+                    saved_at = step
+            if saved_at != self.pos["global_step"]:
+                self._save_checkpoint()
+                saved_at = self.pos["global_step"]
+        final = self._save_final()
+        self._log({"event": "finished", "step": self.pos["global_step"], "final": str(final),
+                   "elapsed_s": round(time.time() - t_start, 3)})
+        return {"status": "finished", "step": self.pos["global_step"], "final": str(final)}
+
+    def _stopped(self, reason) -> dict:
+        ck = self._save_checkpoint()
+        self._log({"event": "stopped", "step": self.pos["global_step"], "reason": reason, "checkpoint": str(ck)})
+        return {"status": "stopped", "step": self.pos["global_step"], "checkpoint": str(ck)}
+
+    def _save_final(self) -> Path:
+        final = self.run_dir / "final"
+        if self.main:
+            model = self.model
+            if self.cfg.lora:
+                model = model.merge_and_unload()
+            shutil.rmtree(final, ignore_errors=True)
+            model.save_pretrained(final)
+            self.tok.save_pretrained(final)
+            (final / "neat_training.json").write_text(json.dumps({
+                "method": self.cfg.method, "base_model": self.cfg.model,
+                "base_model_id": getattr(self.lm, "model_id", None), "snapshot_sha256": self.prep.sha256,
+                "steps": self.pos["global_step"], "lora_merged": self.cfg.lora}, indent=2))
+        self.acc.wait_for_everyone()
+        return final
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+def _np_state(state=None):
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return None
+    if state is None:
+        return np.random.get_state()
+    np.random.set_state(state)
+
+
+def _with_model(lm, model):
+    if dataclasses.is_dataclass(lm):
+        return dataclasses.replace(lm, model=model)
+    try:
+        return lm._replace(model=model)
+    except AttributeError:
+        lm.model = model
+        return lm
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    cks = [p for p in (Path(run_dir) / "checkpoints").glob("step-*") if (p / STATE).exists()]
+    return max(cks, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def new_run_dir(cfg: NeatConfig, workspace=None) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    from ..config import Workspace
+
+    ws = workspace or Workspace.from_env()
+    return ws.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
+
+
+def prepare_run_dir(cfg: NeatConfig, run_dir: Path, sha256: str, main: bool = True) -> None:
+    if not main:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(run_dir / "config.yaml")
+    (run_dir / "snapshot.sha256").write_text(sha256 + "\n")
+
+
+def train(cfg: NeatConfig, *, resume: str | Path | None = None, workspace=None, stop_after: int | None = None,
+          lm=None) -> dict:
+    """Run (or resume) a training run. Returns {"status", "step", "run_dir", "final"|"checkpoint"}.
+
+    `resume`: a run directory; its config.yaml is used (the given cfg is ignored) and training continues from
+    its newest checkpoint. Raises ConfigError before any training when the run cannot work.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"cannot resume {run_dir}: no config.yaml (not a run directory)")
+        cfg = NeatConfig.from_yaml(run_dir / "config.yaml")
+    else:
+        run_dir = new_run_dir(cfg, workspace)
+        cfg.output_dir = str(run_dir)
+    if cfg.method == "dpo":
+        from ..baselines import train_dpo
+
+        return train_dpo(cfg, run_dir, workspace=workspace, resume=resume is not None, lm=lm)
+    prep = preflight(cfg, workspace=workspace, lm=lm)
+    if resume is not None:
+        have = (run_dir / "snapshot.sha256").read_text().strip() if (run_dir / "snapshot.sha256").exists() else None
+        if have and have != prep.sha256:
+            raise ConfigError(f"snapshot {cfg.snapshot} changed since the run started (sha256 {prep.sha256[:12]} "
+                              f"!= {have[:12]})")
+    t = NeatTrainer(cfg, run_dir, resume=resume is not None, workspace=workspace, stop_after=stop_after,
+                    prepared=prep)
+    if resume is None:
+        prepare_run_dir(cfg, run_dir, prep.sha256, t.main)
+    t.acc.wait_for_everyone()
+    out = t.run()
+    return {**out, "run_dir": str(run_dir)}
+

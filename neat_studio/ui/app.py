@@ -1,0 +1,122 @@
+"""The NEAT Studio web app (Gradio 6): `build_app(studio, auth=None)` and `launch(...)` (`python -m neat_studio serve`).
+
+Tabs are modules of this package, each with `build(ctx) -> dict[str, component]` and NO business logic: they call
+`ctx.studio` (neat_studio.studio.Studio). To add a tab, add its module to `TABS`; a module that does not exist yet
+(train.py, compare.py are written separately) is skipped, so the app always starts.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from .auth import UserDB, load_auth
+from .common import Ctx, esc
+
+log = logging.getLogger(__name__)
+
+# (tab label, module name, elem_id). Order = order of the tabs.
+TABS: list[tuple[str, str, str]] = [
+    ("Prompts", "prompts", "tab-prompts"),
+    ("Negative Prompt Studio", "studio_tab", "tab-studio"),
+    ("Annotate", "annotate", "tab-annotate"),
+    ("Data", "data", "tab-data"),
+    ("Train", "train", "tab-train"),        # neat_studio/ui/train.py (another engineer)
+    ("Compare", "compare", "tab-compare"),  # neat_studio/ui/compare.py (another engineer)
+]
+
+CSS_PATH = Path(__file__).with_name("studio.css")
+
+
+def _load_tab(module: str):
+    name = f"{__package__}.{module}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return None  # tab not written yet
+        raise
+
+
+class StudioBlocks(gr.Blocks):
+    """gr.Blocks whose `launch()` defaults to the studio's auth, theme, CSS and safe server settings, so
+    `build_app(...).launch(prevent_thread_lock=True, server_port=p)` in a test behaves like `serve`."""
+
+    neat_auth: UserDB | None = None
+
+    def launch(self, *args, **kwargs):
+        if self.neat_auth is not None:
+            kwargs.setdefault("auth", self.neat_auth.check)
+            kwargs.setdefault("auth_message", "NEAT Studio: sign in with your studio account.")
+        kwargs.setdefault("css_paths", [CSS_PATH])
+        kwargs.setdefault("theme", gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"))
+        kwargs.setdefault("ssr_mode", False)
+        kwargs.setdefault("footer_links", [])
+        kwargs.setdefault("show_error", True)
+        kwargs.setdefault("mcp_server", False)
+        return super().launch(*args, **kwargs)
+
+
+def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
+    """The whole UI on top of one `Studio`. `auth`: a UserDB (login required) or None (single local user)."""
+    ctx = Ctx(studio=studio, auth=auth)
+    with StudioBlocks(title="NEAT Studio", analytics_enabled=False, fill_width=True) as demo:
+        demo.neat_auth = auth
+        with gr.Row(elem_id="neat-header", equal_height=True):
+            gr.HTML("<div class='neat-brand'><b>NEAT Studio</b> <span>negative-prompt-driven alignment"
+                    "</span></div>", js_on_load=None, elem_id="neat-brand")
+            who = gr.HTML("", js_on_load=None, elem_id="neat-who")
+        shows = []
+        with gr.Tabs(elem_id="neat-tabs") as tabs:
+            for label, module, elem_id in TABS:
+                mod = _load_tab(module)
+                if mod is None:
+                    continue
+                with gr.Tab(label, id=module, elem_id=elem_id) as tab:
+                    comps = mod.build(ctx) or {}
+                ctx.components.update({f"{module}.{k}": v for k, v in comps.items() if not k.startswith("_")})
+                if "_on_show" in comps:
+                    spec = comps["_on_show"]
+                    fn, inputs, outputs = spec if len(spec) == 3 else (spec[0], None, spec[1])
+                    tab.select(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
+                    shows.append((fn, inputs, outputs))
+        ctx.components["tabs"] = tabs
+
+        def whoami(request: gr.Request):
+            user, role = ctx.user(request), ctx.role(request)
+            logout = " · <a href='logout'>sign out</a>" if ctx.auth is not None else ""
+            admin = role == "admin"
+            return [f"<div class='neat-who'>{esc(user)} <span class='neat-role'>{esc(role)}</span>{logout}</div>"] + \
+                [gr.update(visible=admin) for _ in ctx.admin_only]
+
+        demo.load(whoami, inputs=None, outputs=[who, *ctx.admin_only], show_progress="hidden")
+        for fn, inputs, outputs in shows:
+            demo.load(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
+    demo.neat_ctx = ctx
+    return demo
+
+
+def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0.1", port: int = 7860,
+           auth_file=None, share: bool = False, block: bool = True):
+    """Start the studio (what `python -m neat_studio serve` runs)."""
+    from ..config import Workspace
+    from ..studio import Studio
+
+    auth = load_auth(auth_file)
+    studio = Studio(Workspace.from_env(workspace), db_path=db, model_spec=model or "default")
+    try:
+        if studio.store.count_prompts() == 0 and not studio.store.get_setting("seeded"):
+            studio.init(actor="system")
+    except Exception as e:  # noqa: BLE001 - seeding is a convenience; the app still starts empty
+        log.warning("seeding the workspace failed: %s", e)
+    demo = build_app(studio, auth=auth)
+    print(f"NEAT Studio: workspace {studio.workspace.root}, model {model}, "
+          f"{'login required (' + str(len(auth.users)) + ' users)' if auth else 'single local user (no login)'}")
+    demo.queue(default_concurrency_limit=1)
+    try:
+        return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block)
+    finally:
+        if block:
+            studio.close()

@@ -1,0 +1,120 @@
+"""Shared helpers for the tab modules: the context object, identity/roles, safe rendering of untrusted text.
+
+Everything a user, a dataset or a model wrote is UNTRUSTED. It is shown either in components that render text as
+text (Textbox, Dataframe with datatype "str", Code) or, inside gr.HTML, only after `esc()`.
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from .auth import LOCAL_USER, UserDB
+
+
+def esc(text: Any) -> str:
+    """HTML-escape anything (quotes too, so the result is safe inside attribute values)."""
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def esc_pre(text: Any) -> str:
+    """Escaped text for a `white-space: pre-wrap` block."""
+    return esc(text)
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def prompt_text(messages) -> str:
+    """The last user turn of a messages list (what a table shows)."""
+    if isinstance(messages, str):
+        return messages
+    for m in reversed(messages or []):
+        if m.get("role") == "user":
+            return m.get("content", "")
+    return (messages or [{}])[-1].get("content", "") if messages else ""
+
+
+def short(text: str, n: int = 140) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def parse_tags(value) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = value
+    else:
+        items = str(value).replace(";", ",").split(",")
+    out = []
+    for t in items:
+        t = str(t).strip()
+        if t and t not in out:
+            out.append(t)
+    return out
+
+
+def json_text(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+
+
+@dataclass
+class Ctx:
+    """What every tab's `build(ctx)` receives.
+
+    - `studio`: the service layer (the ONLY thing tabs call for data).
+    - `auth`: the user database, or None (single local user with the admin role).
+    - `admin_only`: components that only admins see (hidden for annotators on page load). Server-side checks
+      (`require_admin`) guard the handlers too: hiding is cosmetic, the check is the protection.
+    - `components`: every tab's returned components by "tab.name", so tabs can wire cross-tab refreshes.
+    A tab that wants fresh data whenever it is opened returns `"_on_show": (fn, inputs, outputs)` (or
+    `(fn, outputs)`); app.py wires it to the tab's select event and to page load.
+    """
+
+    studio: Any
+    auth: UserDB | None = None
+    admin_only: list = field(default_factory=list)
+    components: dict = field(default_factory=dict)
+
+    # -- identity ----------------------------------------------------------------------------------------------
+    def user(self, request: gr.Request | None) -> str:
+        if self.auth is None:
+            return LOCAL_USER
+        name = getattr(request, "username", None) if request is not None else None
+        if not name:
+            raise gr.Error("Not signed in.")
+        return name
+
+    def role(self, request: gr.Request | None) -> str:
+        if self.auth is None:
+            return "admin"
+        return self.auth.role(self.user(request)) or "annotator"
+
+    def is_admin(self, request: gr.Request | None) -> bool:
+        try:
+            return self.role(request) == "admin"
+        except gr.Error:
+            return False
+
+    def require_admin(self, request: gr.Request | None, what: str = "do this") -> str:
+        user = self.user(request)
+        if self.role(request) != "admin":
+            raise gr.Error(f"Only admins can {what} (you are signed in as {user}, annotator).")
+        return user
+
+
+def error_box(message: str) -> str:
+    return f"<div class='neat-error' role='alert'><b>Error.</b> {esc(message)}</div>"
+
+
+def ok_box(message: str) -> str:
+    return f"<div class='neat-ok' role='status'>{esc(message)}</div>"

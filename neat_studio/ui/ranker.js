@@ -1,0 +1,217 @@
+// NEAT Studio ranker: keyboard-first ranking with ties. Runs as the js_on_load of the Annotate tab's gr.HTML.
+// State lives in the DOM (data-rank / data-mark on each card), so a re-render from the server (next prompt,
+// reload) resets it. Only whole commands go to the server (submit, skip, edit, previous): trigger('click', {...}).
+//
+// Keys: 1-9 select a response, then 1-9 set its rank group (same group = tie) · Esc clear selection ·
+// P / N / 0 mark the selected response pos / neg / neutral · A accept the AI suggestion · U undo ·
+// H show/hide origins · E edit the selected response · F flag · C comment · Enter submit · S skip · B previous.
+(function () {
+  const ORIGIN_KEY = "neat-show-origins";
+  const W = window;
+  const root = () => element.querySelector(".neat-ranker");
+  const cards = () => Array.from(element.querySelectorAll(".neat-card"));
+  const itemId = () => (root() ? root().dataset.item : "");
+  W.__neatRanker = W.__neatRanker || { item: null, undo: [], sel: null };
+  const S = W.__neatRanker;
+
+  function snapshot() {
+    return cards().map((c) => [c.dataset.rank || "", c.dataset.mark || ""]);
+  }
+  function restore(snap) {
+    cards().forEach((c, i) => {
+      if (!snap[i]) return;
+      c.dataset.rank = snap[i][0];
+      c.dataset.mark = snap[i][1];
+    });
+  }
+  function pushUndo() {
+    S.undo.push(snapshot());
+    if (S.undo.length > 200) S.undo.shift();
+  }
+  function label(i) { return "#" + (i + 1); }
+
+  function rankingText() {
+    const groups = {};
+    cards().forEach((c, i) => {
+      const g = c.dataset.rank;
+      if (g) (groups[g] = groups[g] || []).push(label(i));
+    });
+    const keys = Object.keys(groups).map(Number).sort((a, b) => a - b);
+    return keys.map((g) => groups[g].join(" = ")).join("  >  ");
+  }
+
+  function paint(msg) {
+    const r = root();
+    if (!r) return;
+    const show = localStorage.getItem(ORIGIN_KEY) === "1";
+    r.classList.toggle("neat-show-origins", show);
+    const ob = r.querySelector('[data-cmd="origins"]');
+    if (ob) ob.textContent = show ? "Hide origins (H)" : "Show origins (H)";
+    let unranked = 0;
+    cards().forEach((c, i) => {
+      const sel = S.sel === i;
+      c.classList.toggle("neat-selected", sel);
+      c.setAttribute("aria-selected", sel ? "true" : "false");
+      const rb = c.querySelector(".neat-rank-badge");
+      if (rb) rb.textContent = c.dataset.rank ? "rank " + c.dataset.rank : "unranked";
+      c.classList.toggle("neat-ranked", !!c.dataset.rank);
+      if (!c.dataset.rank) unranked++;
+      const mb = c.querySelector(".neat-mark-badge");
+      if (mb) {
+        mb.textContent = c.dataset.mark || "";
+        mb.dataset.mark = c.dataset.mark || "";
+      }
+    });
+    const st = r.querySelector(".neat-rk-status");
+    if (st) {
+      const rt = rankingText();
+      let text = msg || (S.sel !== null
+        ? "Response " + label(S.sel) + " selected: press 1-9 for its rank group (same number = tie), P/N/0 to mark, Esc to cancel."
+        : "Press 1-9 to select a response.");
+      text += "   Ranking: " + (rt || "(none yet)");
+      if (unranked) text += "   ·  " + unranked + " unranked";
+      st.textContent = text;
+    }
+  }
+
+  function sync() {
+    const it = itemId();
+    if (it !== S.item) {
+      S.item = it;
+      S.undo = [];
+      S.sel = null;
+    }
+    paint();
+  }
+
+  function state() {
+    const ranks = {}, marks = {};
+    cards().forEach((c) => {
+      if (c.dataset.rank) ranks[c.dataset.rid] = parseInt(c.dataset.rank, 10);
+      if (c.dataset.mark) marks[c.dataset.rid] = c.dataset.mark;
+    });
+    return { item: itemId(), ranks: ranks, marks: marks };
+  }
+
+  function send(cmd, extra) {
+    if (!root() || !itemId()) return;
+    trigger("click", Object.assign({ cmd: cmd }, state(), extra || {}));
+  }
+
+  function setRank(g) {
+    if (S.sel === null) return;
+    const c = cards()[S.sel];
+    if (!c) return;
+    pushUndo();
+    c.dataset.rank = String(g);
+    S.sel = null;
+    paint();
+  }
+  function setMark(m) {
+    if (S.sel === null) { paint("Select a response first (1-9), then P / N / 0."); return; }
+    const c = cards()[S.sel];
+    pushUndo();
+    c.dataset.mark = c.dataset.mark === m ? "" : m;
+    paint();
+  }
+  function undo() {
+    if (!S.undo.length) { paint("Nothing to undo."); return; }
+    restore(S.undo.pop());
+    S.sel = null;
+    paint("Undone.");
+  }
+  function acceptSuggestion() {
+    const r = root();
+    if (!r || !r.dataset.suggest) { paint("No AI suggestion for this prompt."); return; }
+    let groups;
+    try { groups = JSON.parse(r.dataset.suggest); } catch (e) { return; }
+    pushUndo();
+    const pos = {};
+    groups.forEach((g, gi) => g.forEach((rid) => { pos[rid] = gi + 1; }));
+    cards().forEach((c) => { c.dataset.rank = pos[c.dataset.rid] ? String(pos[c.dataset.rid]) : ""; });
+    S.sel = null;
+    paint("AI suggestion applied (U to undo).");
+  }
+  function toggleOrigins() {
+    localStorage.setItem(ORIGIN_KEY, localStorage.getItem(ORIGIN_KEY) === "1" ? "0" : "1");
+    paint();
+  }
+  function clickIn(sel) {
+    const el = document.querySelector(sel);
+    if (el) el.click();
+  }
+
+  function onKey(e) {
+    if (!element.isConnected || element.offsetParent === null || !root()) return;  // tab hidden
+    const t = e.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) {
+      if (e.key === "Escape" && t.blur) t.blur();
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const k = e.key;
+    let handled = true;
+    if (/^[1-9]$/.test(k)) {
+      const n = parseInt(k, 10);
+      if (S.sel === null) {
+        if (n <= cards().length) { S.sel = n - 1; paint(); } else { paint("There is no response #" + n + "."); }
+      } else {
+        setRank(n);
+      }
+    } else if (k === "Escape") { S.sel = null; paint(); }
+    else if (k === "Enter") { send("submit"); }
+    else if (k === "s" || k === "S") { send("skip"); }
+    else if (k === "u" || k === "U") { undo(); }
+    else if (k === "a" || k === "A") { acceptSuggestion(); }
+    else if (k === "h" || k === "H") { toggleOrigins(); }
+    else if (k === "p" || k === "P") { setMark("pos"); }
+    else if (k === "n" || k === "N") { setMark("neg"); }
+    else if (k === "0") { setMark("neutral"); }
+    else if (k === "b" || k === "B") { send("prev"); }
+    else if (k === "e" || k === "E") {
+      if (S.sel === null) { paint("Select a response first (1-9), then E to edit it."); }
+      else { send("edit", { rid: cards()[S.sel].dataset.rid }); }
+    }
+    else if (k === "f" || k === "F") { clickIn("#ann-flag input"); }
+    else if (k === "c" || k === "C") {
+      const ta = document.querySelector("#ann-comment textarea");
+      if (ta) ta.focus();
+    }
+    else if (k === "?") { const h = element.querySelector(".neat-rk-keys"); if (h) h.open = !h.open; }
+    else { handled = false; }
+    if (handled) e.preventDefault();
+  }
+
+  function onClick(e) {
+    const b = e.target.closest("[data-cmd]");
+    if (b && element.contains(b)) {
+      const cmd = b.dataset.cmd;
+      if (cmd === "rank") setRank(parseInt(b.dataset.g, 10));
+      else if (cmd === "mark") setMark(b.dataset.m);
+      else if (cmd === "undo") undo();
+      else if (cmd === "accept") acceptSuggestion();
+      else if (cmd === "origins") toggleOrigins();
+      else if (cmd === "clear") { pushUndo(); cards().forEach((c) => { c.dataset.rank = ""; }); paint(); }
+      else if (cmd === "edit") send("edit", { rid: b.dataset.rid });
+      else send(cmd);
+      e.preventDefault();
+      return;
+    }
+    const c = e.target.closest(".neat-card");
+    if (c && element.contains(c)) {
+      const i = cards().indexOf(c);
+      S.sel = S.sel === i ? null : i;
+      paint();
+    }
+  }
+
+  if (W.__neatKeyHandler) document.removeEventListener("keydown", W.__neatKeyHandler);
+  W.__neatKeyHandler = onKey;
+  document.addEventListener("keydown", onKey);
+  element.addEventListener("click", onClick);
+  if (typeof watch === "function") watch("value", sync);
+  // the value can also change without a watch callback (first render): poll the item id cheaply
+  const mo = new MutationObserver(() => { if (itemId() !== S.item) sync(); });
+  mo.observe(element, { childList: true, subtree: true });
+  sync();
+})();

@@ -1,0 +1,112 @@
+"""Exact values of the NEAT loss on small hand-computed tensors."""
+import math
+
+import pytest
+import torch
+
+from neat_studio.neat.loss import neat_loss, rrhf_rank_loss, sequence_logprobs
+
+L3 = math.log(3.0)
+
+
+def test_sequence_logprobs_counts_only_masked_tokens():
+    # row 0: positions 1, 2 are response tokens: log(3/4) + log(1/2); position 0 (prompt) is ignored
+    logits = torch.tensor([[[0.0, 0.0], [L3, 0.0], [0.0, 0.0]],
+                           [[0.0, L3], [5.0, -5.0], [7.0, 1.0]]])
+    labels = torch.tensor([[1, 0, 1], [1, 0, 0]])
+    mask = torch.tensor([[0, 1, 1], [1, 0, 0]])
+    s, n = sequence_logprobs(logits, labels, mask)
+    assert s.tolist() == pytest.approx([math.log(3 / 8), math.log(3 / 4)], abs=1e-6)
+    assert n.tolist() == [2.0, 1.0]
+
+
+def test_padding_does_not_change_p():
+    logits = torch.tensor([[[0.0, 0.0], [L3, 0.0]]])
+    labels = torch.tensor([[1, 0]])
+    mask = torch.tensor([[1, 1]])
+    s, n = sequence_logprobs(logits, labels, mask)
+    # the same row with 3 padded positions (arbitrary logits, pad label, mask 0)
+    logits_p = torch.cat([logits, torch.tensor([[[9.0, -9.0], [-3.0, 4.0], [0.5, 0.1]]])], dim=1)
+    labels_p = torch.tensor([[1, 0, 1, 1, 1]])
+    mask_p = torch.tensor([[1, 1, 0, 0, 0]])
+    s2, n2 = sequence_logprobs(logits_p, labels_p, mask_p)
+    assert (s2 / n2).item() == pytest.approx((s / n).item(), abs=1e-7)
+    assert (s2 / n2).item() == pytest.approx((math.log(0.5) + math.log(0.75)) / 2, abs=1e-6)
+    assert n2.item() == 2.0  # the response's own length, not the padded length 5
+
+
+def test_rank_loss_correct_order_is_zero_with_margin_zero():
+    p, ranks = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([0, 1, 2])
+    loss, n_pairs, n_correct = rrhf_rank_loss(p, ranks, 0.0)
+    assert (loss.item(), n_pairs, n_correct) == (0.0, 3, 3)
+
+
+def test_rank_loss_reversed_list_exact():
+    p, ranks = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([2, 1, 0])
+    loss, n_pairs, n_correct = rrhf_rank_loss(p, ranks, 0.0)
+    # (0 below 1): 1, (0 below 2): 2, (1 below 2): 1
+    assert loss.item() == pytest.approx(4.0)
+    assert (n_pairs, n_correct) == (3, 0)
+    loss_m, _, _ = rrhf_rank_loss(p, ranks, 0.5)
+    assert loss_m.item() == pytest.approx(5.5)
+
+
+def test_rank_loss_margin_on_correct_order():
+    p, ranks = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([0, 1, 2])
+    loss, _, _ = rrhf_rank_loss(p, ranks, 1.5)
+    # pairs (1<0): -1+1.5=0.5, (2<0): -2+1.5 -> 0, (2<1): -1+1.5=0.5
+    assert loss.item() == pytest.approx(1.0)
+
+
+def test_rank_loss_ties_contribute_nothing():
+    p, ranks = torch.tensor([-1.0, -3.0, -2.0]), torch.tensor([0, 0, 1])
+    loss, n_pairs, n_correct = rrhf_rank_loss(p, ranks, 0.0)
+    # tied pair (0, 1) ignored although p differs; (2 below 0): 0; (2 below 1): -2 - -3 = 1
+    assert loss.item() == pytest.approx(1.0)
+    assert (n_pairs, n_correct) == (2, 1)
+    loss, n_pairs, _ = rrhf_rank_loss(p, torch.tensor([3, 3, 3]), 1.0)
+    assert (loss.item(), n_pairs) == (0.0, 0)
+
+
+def test_rank_loss_all_equal_scores():
+    p, ranks = torch.tensor([-1.0, -1.0, -1.0]), torch.tensor([0, 1, 2])
+    loss, n_pairs, n_correct = rrhf_rank_loss(p, ranks, 0.0)
+    assert (loss.item(), n_pairs, n_correct) == (0.0, 3, 0)  # equal p is not "correct"
+    loss, _, _ = rrhf_rank_loss(p, ranks, 0.1)
+    assert loss.item() == pytest.approx(0.3)
+
+
+def _two_lists():
+    # list 0: p = [-1, -2, -3] (lengths 2, 3, 1), the BEST is item 1 (not the first item)
+    # list 1: p = [-1, -1], two tied best responses of lengths 4 and 1
+    sum_logp = torch.tensor([-2.0, -6.0, -3.0, -4.0, -1.0], requires_grad=True)
+    n_tok = torch.tensor([2.0, 3.0, 1.0, 4.0, 1.0])
+    list_index = torch.tensor([0, 0, 0, 1, 1])
+    ranks = torch.tensor([1, 0, 2, 0, 0])
+    neg = torch.tensor([False, False, True, False, False])
+    return sum_logp, n_tok, list_index, ranks, neg
+
+
+def test_neat_loss_exact_and_nll_on_the_best_response():
+    sum_logp, n_tok, li, ranks, neg = _two_lists()
+    out = neat_loss(sum_logp, n_tok, li, ranks, margin=0.0, sft_weight=0.5, is_negative=neg)
+    # list 0: rank = (p0 - p1) = 1 (other pairs correct), sft = -p1 = 2; list 1: rank 0, sft = mean(1, 1) = 1
+    assert out["rank_loss"].item() == pytest.approx(0.5)
+    assert out["sft_loss"].item() == pytest.approx(1.5)
+    assert out["loss"].item() == pytest.approx(0.5 + 0.5 * 1.5)
+    assert (out["n_pairs"], out["n_correct"], out["n_lists"]) == (3, 2, 2)
+    assert (out["n_best"], out["n_neg"]) == (3, 1)
+    assert out["p_best_sum"] == pytest.approx(-2 - 1 - 1)
+    assert out["p_neg_sum"] == pytest.approx(-3)
+    # gradient of the SFT term alone: only on the best responses, 1/(n_tok * n_best * n_lists)
+    sum_logp.grad = None
+    neat_loss(sum_logp, n_tok, li, ranks, sft_weight=1.0)["sft_loss"].backward()
+    g = sum_logp.grad.tolist()
+    assert g == pytest.approx([0.0, -1 / (3 * 2), 0.0, -1 / (4 * 2 * 2), -1 / (1 * 2 * 2)])
+
+
+def test_neat_loss_rank_gradient_pushes_the_right_pair():
+    sum_logp, n_tok, li, ranks, _ = _two_lists()
+    neat_loss(sum_logp, n_tok, li, ranks, sft_weight=0.0)["loss"].backward()
+    # only the violated pair (0 below 1) of list 0 is active: d/dp0 = +1, d/dp1 = -1; mean over 2 lists
+    assert sum_logp.grad.tolist() == pytest.approx([1 / 2 / 2, -1 / 3 / 2, 0.0, 0.0, 0.0])

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from neat_studio.scoring.neardup import dedupe_indices, near_duplicates
+
+
+def test_near_duplicates_constructed_vectors():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 384)).astype(np.float32)
+    noisy = base[1] + 0.05 * rng.normal(size=384).astype(np.float32)  # near copy of row 1
+    v = np.vstack([base, noisy[None], base[0][None] * 3.0])  # row 5 = row 0 scaled (cosine 1)
+    pairs = near_duplicates(v, threshold=0.92)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 5), (1, 4)]
+    assert all(s >= 0.92 for *_, s in pairs)
+    assert pytest.approx(pairs[0][2], abs=1e-5) == 1.0
+    assert dedupe_indices(v, 0.92) == [0, 1, 2, 3]
+
+
+def test_dedupe_keeps_first_and_chains_through_dropped_rows():
+    # b ~ a (0.95), c ~ b (0.95) but c !~ a (cos ~0.81): keep-first drops b, keeps c (its only dup was dropped)
+    a = np.array([1.0, 0.0, 0.0])
+    t = np.arccos(0.95)
+    b = np.array([np.cos(t), np.sin(t), 0.0])
+    c = np.array([np.cos(2 * t), np.sin(2 * t), 0.0])
+    v = np.vstack([a, b, c])
+    assert [(i, j) for i, j, _ in near_duplicates(v, 0.92)] == [(0, 1), (1, 2)]
+    assert dedupe_indices(v, 0.92) == [0, 2]
+
+
+def test_blockwise_matches_dense():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(50, 8)).astype(np.float32)
+    v[30] = v[3] + 0.01
+    v[41] = v[7] * 2
+    dense = near_duplicates(v, 0.9, block=1000)
+    small = near_duplicates(v, 0.9, block=7)
+    assert [(i, j) for i, j, _ in dense] == [(i, j) for i, j, _ in small]
+    assert (3, 30) in [(i, j) for i, j, _ in dense] and (7, 41) in [(i, j) for i, j, _ in dense]
+
+
+def test_real_embeddings_paraphrase_vs_unrelated():
+    from neat_studio.scoring.embeddings import Embedder
+
+    texts = [
+        "How do I bake a chocolate cake at home?",
+        "How can I bake a chocolate cake at home?",          # near copy of 0
+        "What is the capital city of France?",
+        "Which city is the capital of France?",              # paraphrase of 2
+        "How do I make a chocolate cake at home?",           # near copy of 0
+        "Explain how photosynthesis works in plants.",       # unrelated
+        "Write a poem about the ocean at night.",            # unrelated
+    ]
+    v = Embedder.get().encode(texts)
+    pairs = {(i, j) for i, j, _ in near_duplicates(v, 0.92)}
+    assert (0, 1) in pairs and (2, 3) in pairs and (0, 4) in pairs
+    assert not any(5 in p or 6 in p for p in pairs)
+    assert not any((i in (0, 1, 4)) != (j in (0, 1, 4)) for i, j in pairs)  # never across topics
+    assert dedupe_indices(v, 0.92) == [0, 2, 5, 6]
