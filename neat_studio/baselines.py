@@ -143,16 +143,18 @@ def train_dpo(cfg: NeatConfig, run_dir: str | Path, *, workspace=None, resume: b
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm or 1e9, seed=cfg.seed, data_seed=cfg.seed,
-        beta=cfg.dpo_beta, max_length=cfg.max_prompt_len + cfg.max_response_len, truncation_mode="keep_end",
-        bf16=use_bf16(cfg), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        beta=cfg.dpo_beta, max_length=cfg.max_prompt_len + cfg.max_response_len, 
+        bf16=use_bf16(cfg), use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
         logging_steps=1, save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
     )
     cb = _callback_class()(run_dir, total)
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
                          processing_class=prep.lm.tokenizer, callbacks=[cb], peft_config=peft_config)
+    from transformers import PrinterCallback, TrainerCallback
+
+    trainer.remove_callback(PrinterCallback)
     if stop_after is not None:
-        from transformers import TrainerCallback
 
         class _StopAt(TrainerCallback):
             def on_step_end(self, a, state, control, **kw):

@@ -10,7 +10,6 @@ shared public data (--data-root, default ../shared/data).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

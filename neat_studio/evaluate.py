@@ -137,7 +137,8 @@ def md_escape(text: str, max_chars: int | None = 400) -> str:
 
 # -- log-probabilities of responses ------------------------------------------------------------------------------
 def response_logprobs(lm, items: Sequence[tuple[list[dict], str]], *, batch_size: int = 8,
-                      max_length: int | None = None, max_response_tokens: int = 256, progress: Callable[[int, int], None] | None = None
+                      max_length: int | None = None, max_response_tokens: int = 256,
+                      progress: Callable[[int, int], None] | None = None
                       ) -> list[float]:
     """p = mean log π(response token | prompt via chat template, earlier response tokens) per (messages, response).
 
@@ -514,6 +515,10 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
+def _ci(ci) -> str:
+    return "–" if not ci else f"{_pct(ci[0])} – {_pct(ci[1])}"
+
+
 def _num(x, nd=3) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
@@ -539,7 +544,8 @@ def render_markdown(report: dict) -> str:
     if report["sets"]:
         L += ["## Prompt sets", "", "| set | n | expected | sources |", "|---|---|---|---|"]
         for name, s in report["sets"].items():
-            L.append(f"| {md_escape(name)} | {s['n']} | {md_escape(', '.join(f'{k}: {v}' for k, v in s['expected'].items()))} | "
+            exp = ", ".join(f"{k}: {v}" for k, v in s["expected"].items())
+            L.append(f"| {md_escape(name)} | {s['n']} | {md_escape(exp)} | "
                      f"{md_escape(', '.join(f'{k} ({v})' for k, v in s['sources'].items()), 300)} |")
         L.append("")
 
@@ -566,20 +572,21 @@ def render_markdown(report: dict) -> str:
                 ci = x["expected_behaviour_ci95"]
                 L.append(f"| {md_escape(m['label'])} | {md_escape(name)} | {x['n']} | {_pct(x['refusal_rate'])} | "
                          f"{_pct(x['compliance_rate'])} | {_pct(x['over_refusal_rate'])} | "
-                         f"{_pct(x['expected_behaviour_rate'])} ({_pct(ci[0]) if ci else '–'}–{_pct(ci[1]) if ci else '–'}) | "
+                         f"{_pct(x['expected_behaviour_rate'])} ({_ci(ci)}) | "
                          f"{_num(x['mean_reward'])} | {_num(x['mean_tokens'], 1)} | {_num(x['mean_words'], 1)} |")
         L.append("")
 
     if any(report["results"][m["label"]]["pairs"] for m in report["models"]):
         L += ["## Ranking accuracy on preference pairs", "",
               "p = length-normalised log-probability of the response given the prompt (chat template).", "",
-              "| model | pairs | accuracy (95 % CI) | mean p(chosen) − p(rejected) | skipped |", "|---|---|---|---|---|"]
+              "| model | pairs | accuracy (95 % CI) | mean p(chosen) − p(rejected) | skipped |",
+              "|---|---|---|---|---|"]
         for m in report["models"]:
             x = report["results"][m["label"]]["pairs"]
             if x:
                 ci = x["ranking_accuracy_ci95"]
                 L.append(f"| {md_escape(m['label'])} | {x['n']} | {_pct(x['ranking_accuracy'])} "
-                         f"({_pct(ci[0]) if ci else '–'}–{_pct(ci[1]) if ci else '–'}) | {_num(x['mean_margin'], 4)} | "
+                         f"({_ci(ci)}) | {_num(x['mean_margin'], 4)} | "
                          f"{x['n_skipped']} |")
         L.append("")
 

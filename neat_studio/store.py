@@ -126,6 +126,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+_SHARED: dict[str, tuple[threading.RLock, dict[str, int]]] = {}
+_SHARED_GUARD = threading.Lock()
+
+
 class SchemaError(RuntimeError):
     """The database file has a schema this code cannot use (newer version, or not a studio database)."""
 
@@ -334,9 +338,18 @@ class Store:
         self.db_path = Path(db_path)
         if str(db_path) != ":memory:":
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        # Store objects of one process on the same file share a lock and the insertion counters
+        # (table -> last seq handed out; this process is the only writer of the file).
+        key = str(db_path) if str(db_path) == ":memory:" else str(self.db_path.resolve())
+        with _SHARED_GUARD:
+            if key == ":memory:" or key not in _SHARED:
+                shared = (threading.RLock(), {})
+                if key != ":memory:":
+                    _SHARED[key] = shared
+            else:
+                shared = _SHARED[key]
+        self._lock, self._seq_cache = shared
         self._tx_depth = 0
-        self._seq_cache: dict[str, int] = {}  # table -> last seq handed out (this process is the only writer)
         try:
             self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(str(db_path))
         except duckdb.IOException as e:
@@ -346,7 +359,9 @@ class Store:
                     f"write it; close the other app or CLI first). DuckDB said: {e}") from e
             raise
         try:
-            self._migrate(MIGRATIONS if migrations is None else migrations)
+            with self._lock:
+                self._seq_cache.clear()  # re-read from the file: another process may have written it meanwhile
+                self._migrate(MIGRATIONS if migrations is None else migrations)
         except BaseException:
             self._con.close()
             self._con = None
@@ -609,8 +624,11 @@ class Store:
                "responses": "n_responses DESC, p.seq ASC"}
 
     def _prompt_where(self, search=None, tag=None, source=None, split=None, status=None,
-                      annotator=None) -> tuple[str, list]:
+                      annotator=None, min_responses=None) -> tuple[str, list]:
         where, params = ["TRUE"], []
+        if min_responses:
+            where.append("(SELECT count(*) FROM responses r WHERE r.prompt_id = p.id) >= ?")
+            params.append(int(min_responses))
         if search:
             where.append("contains(lower(p.text), lower(?))")
             params.append(str(search))
@@ -645,13 +663,13 @@ class Store:
     def list_prompts(self, search: str | None = None, tag: str | list[str] | None = None,
                      source: str | None = None, split: str | None = None, status: str | None = None,
                      annotator: str | None = None, limit: int = 50, offset: int = 0,
-                     order: str = "created") -> list[dict]:
-        """Prompts matching all filters, with `n_responses` and `n_annotators` (human). `status`:
-        'annotated' | 'unannotated' | 'flagged' (by `annotator` if given, else by any human).
-        `order`: created | newest | text | responses."""
+                     order: str = "created", min_responses: int | None = None) -> list[dict]:
+        """Prompts matching all filters, with `n_responses` and `n_annotators` (human). `search`: substring of
+        the last user turn (case-insensitive). `tag`: any of. `status`: 'annotated' | 'unannotated' | 'flagged'
+        (by `annotator` if given, else by any human). `order`: created | newest | text | responses."""
         if order not in self._ORDERS:
             raise ValueError(f"order must be one of {sorted(self._ORDERS)}, got {order!r}")
-        where, params = self._prompt_where(search, tag, source, split, status, annotator)
+        where, params = self._prompt_where(search, tag, source, split, status, annotator, min_responses)
         sql = f"""SELECT p.*,
             (SELECT count(*) FROM responses r WHERE r.prompt_id = p.id) AS n_responses,
             (SELECT count(DISTINCT a.annotator) FROM annotations a WHERE a.prompt_id = p.id
@@ -659,8 +677,10 @@ class Store:
             FROM prompts p WHERE {where} ORDER BY {self._ORDERS[order]} LIMIT ? OFFSET ?"""
         return [self._prompt_out(r) for r in self._rows(sql, params + [int(limit), int(offset)])]
 
-    def count_prompts(self, search=None, tag=None, source=None, split=None, status=None, annotator=None) -> int:
-        where, params = self._prompt_where(search, tag, source, split, status, annotator)
+    def count_prompts(self, search=None, tag=None, source=None, split=None, status=None, annotator=None,
+                      min_responses=None) -> int:
+        """Number of prompts `list_prompts` would return with the same filters and no limit."""
+        where, params = self._prompt_where(search, tag, source, split, status, annotator, min_responses)
         return self._one(f"SELECT count(*) FROM prompts p WHERE {where}", params)
 
     def set_tags(self, prompt_ids: Iterable[str], tags: Iterable[str] | str, actor: str,
@@ -745,7 +765,7 @@ class Store:
         author = _req_str(author, "author")
         with self._tx() as con:
             latest = _first(con.execute("SELECT version, kind, text, params FROM system_prompts WHERE name = ? "
-                                 "ORDER BY version DESC LIMIT 1", [name]))
+                                        "ORDER BY version DESC LIMIT 1", [name]))
             if latest:
                 if latest[1] != kind:
                     raise ValueError(f"system prompt {name!r} is a {latest[1]} prompt; choose another name for "
@@ -1186,8 +1206,9 @@ class Store:
         run_id = _short_id()
         with self._tx() as con:
             if require_idle:
-                act = _first(con.execute("SELECT id, status FROM runs WHERE list_contains(?::VARCHAR[], status) LIMIT 1",
-                                  [list(ACTIVE_RUN_STATUSES)]))
+                act = _first(con.execute(
+                    "SELECT id, status FROM runs WHERE list_contains(?::VARCHAR[], status) LIMIT 1",
+                    [list(ACTIVE_RUN_STATUSES)]))
                 if act:
                     raise RuntimeError(f"run {act[0]} is {act[1]}; one training run at a time")
             con.execute("INSERT INTO runs (id, name, method, status, config, snapshot_id, run_dir, created_at, "
@@ -1232,8 +1253,8 @@ class Store:
                 con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in sorted(fields))} WHERE id = ?",
                             vals + [run_id])
             self._audit(con, actor, "update_run", "run", run_id,
-                        {k: (fields[k] if k not in ("config", "final_metrics", "started_at", "finished_at")
-                             else "...") for k in fields})
+                        {k: _iso(v) if isinstance(v, datetime) else (str(v) if isinstance(v, Path) else v)
+                         for k, v in fields.items()})
         return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> dict | None:

@@ -266,13 +266,16 @@ class Studio:
 
     def run_preview(self, negative_ref: str, prompt_ids: list[str], *, normal_ref: str | None = None,
                     params: dict | None = None, seed: int = 0, actor: str = "local"):
-        """Generate a preview prompt by prompt. A generator: yields `("row", i, n, row)` after each prompt and
+        """Generate a preview prompt by prompt. A generator: yields `("partial", i, n, row)` while a prompt's
+        responses stream in (k == 1 streams token by token), `("row", i, n, row)` when prompt i is done, and
         finally `("done", n, n, preview)` with the metrics computed and the preview saved (per version).
 
         row = {"prompt_id", "prompt", "normal": [sample], "negative": [sample]}; sample = {"text", "seed",
         "params", "n_tokens"}. `params` override the version's stored generation parameters; `seed` fixes every
         sample so the same preview can be reproduced."""
-        from .generation import GenParams, generate
+        import time
+
+        from .generation import GenParams, generate, sample_seed, stream_chat
 
         neg = self.store.resolve_ref(negative_ref)
         if neg["kind"] != "negative":
@@ -299,10 +302,24 @@ class Studio:
         n = len(prompt_ids)
         for i, pid in enumerate(prompt_ids):
             msgs = prompts[pid]["messages"]
-            normal = generate(lm, [msgs], system=pos["text"] if pos else None, params=gparams)[0]
-            negative = generate(lm, [msgs], system=neg["text"], params=gparams)[0]
-            row = {"prompt_id": pid, "prompt": msgs,
-                   "normal": [_sample_dict(s) for s in normal], "negative": [_sample_dict(s) for s in negative]}
+            row = {"prompt_id": pid, "prompt": msgs, "normal": [], "negative": []}
+            for side, system in (("normal", pos["text"] if pos else None), ("negative", neg["text"])):
+                if gparams.k == 1:
+                    # stream (same text as generate's sample 0 for this prompt and seed)
+                    last_emit, text = 0.0, ""
+                    for text in stream_chat(lm, msgs, gparams, system=system):
+                        row[side] = [{"text": text, "seed": sample_seed(gparams.seed, 0, 0),
+                                      "params": gparams.to_dict(), "n_tokens": None, "streaming": True}]
+                        now = time.monotonic()
+                        if now - last_emit > 0.2:
+                            last_emit = now
+                            yield ("partial", i, n, row)
+                    n_tok = len(lm.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+                    row[side] = [{"text": text, "seed": sample_seed(gparams.seed, 0, 0),
+                                  "params": gparams.to_dict(), "n_tokens": n_tok}]
+                else:
+                    row[side] = [_sample_dict(s) for s in generate(lm, [msgs], system=system, params=gparams)[0]]
+                yield ("partial", i, n, row)
             rows.append(row)
             yield ("row", i + 1, n, row)
         from datetime import datetime, timezone
@@ -510,6 +527,275 @@ class Studio:
         n = self.export(kind, path, **filters)
         self.store.log_event(actor, "export", "export", path.name, {"kind": kind, "written": n, "filters": filters})
         return {"path": str(path), "written": n, "kind": kind}
+
+    # -- training & compare (jobs) --
+    # Services of the Train and Compare tabs (neat_studio/ui/train.py, compare.py). neat_studio.jobs.JobRunner
+    # supervises the trainer subprocess; compare models are cached here (at most COMPARE_CACHE at a time).
+    COMPARE_CACHE = 2
+    COMPARE_VOTES = ("A", "B", "tie", "both_bad")
+
+    @property
+    def jobs(self):
+        """The workspace's JobRunner, created on first use; it re-attaches runs left running by an earlier app."""
+        lock = self.__dict__.setdefault("_jobs_lock", threading.Lock())
+        with lock:
+            if self.__dict__.get("_jobs") is None:
+                from .jobs import JobRunner
+
+                runner = JobRunner(self)
+                runner.reattach()
+                self.__dict__["_jobs"] = runner
+            return self.__dict__["_jobs"]
+
+    def close_jobs(self) -> None:
+        """Stop supervising (trainers keep running and are re-attached by the next app)."""
+        runner = self.__dict__.get("_jobs")
+        if runner is not None:
+            runner.close(detach=True)
+
+    def training_options(self) -> dict:
+        """Choices and defaults of the Train tab: methods, prompt versions, tags, base models, NeatConfig defaults
+        and help text."""
+        from .neat.config import METHODS, NeatConfig
+
+        allv = self.store.all_system_prompt_versions()
+        return {"methods": list(METHODS),
+                "negatives": [v["ref"] for v in allv if v["kind"] == "negative"],
+                "positives": [v["ref"] for v in allv if v["kind"] == "positive"],
+                "tags": self.store.prompt_tags(), "models": self.model_choices(),
+                "defaults": NeatConfig().to_dict(), "help": NeatConfig.fields_help()}
+
+    def training_data_count(self, config: dict) -> int:
+        """Training prompts (rows with >= 2 ranked responses, split train) the config's data filters select."""
+        _, filters, _, _ = self.jobs.split_config(config)
+        return len(self.store.listwise_rows(**filters))
+
+    def estimate_training(self, config: dict) -> dict:
+        """`jobs.estimate_time` for the config on the data it would freeze now (+ "n_prompts")."""
+        n = self.training_data_count(config)
+        return {**self.jobs.estimate_time(config, n), "n_prompts": n}
+
+    def start_training(self, config: dict, actor: str = "local") -> str:
+        return self.jobs.start(config, actor=actor)
+
+    def stop_training(self, run_id: str, actor: str = "local") -> dict:
+        return self.jobs.stop(run_id, actor=actor)
+
+    def resume_training(self, run_id: str, actor: str = "local") -> str:
+        return self.jobs.resume(run_id, actor=actor)
+
+    def training_status(self, run_id: str) -> dict:
+        return self.jobs.poll(run_id)
+
+    def training_runs(self, limit: int = 50) -> list[dict]:
+        """Run history, newest first, with duration_s (started -> finished, or -> now while running)."""
+        from datetime import datetime, timezone
+
+        out = []
+        now = datetime.now(timezone.utc)
+        for r in self.store.list_runs(limit=limit):
+            def t(v):
+                return datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
+            s, f = t(r.get("started_at")), t(r.get("finished_at"))
+            r["duration_s"] = (((f or now) - s).total_seconds() if s else None)
+            out.append(r)
+        return out
+
+    def run_report(self, run_id: str) -> dict:
+        """A run's evaluation report (run_dir/report/) and its config: {"markdown", "charts", "report", "path",
+        "config_yaml"}; markdown is None when the run has not been evaluated yet."""
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise ValueError(f"unknown run id {run_id!r}")
+        d = Path(run["run_dir"]) if run.get("run_dir") else None
+        rep = d / "report" if d else None
+        out = {"path": str(rep) if rep else None, "markdown": None, "charts": [], "report": None,
+               "config_yaml": None}
+        if d is not None and (d / "config.yaml").exists():
+            out["config_yaml"] = (d / "config.yaml").read_text(encoding="utf-8")
+        if rep is not None and (rep / "report.md").exists():
+            out["markdown"] = (rep / "report.md").read_text(encoding="utf-8")
+            out["charts"] = sorted(str(p) for p in rep.rglob("*.png"))
+            try:
+                import json as _json
+
+                out["report"] = _json.loads((rep / "report.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        """(label, spec) of the models one can train from or compare: the base model(s), every finished run's
+        final model and the newest checkpoint of every other run."""
+        from .jobs import JobRunner
+
+        out = [("default (SmolLM2-135M-Instruct)", "default")]
+        if self.model_spec not in ("default", "tiny"):
+            out.append((f"current generator ({self.model_spec})", self.model_spec))
+        for r in self.store.list_runs(limit=100):
+            d = Path(r["run_dir"]) if r.get("run_dir") else None
+            if d is None:
+                continue
+            if (d / "final" / "config.json").exists():
+                out.append((f"run {r['id']} · {r['name']} (final)", str(d)))
+            else:
+                ck = JobRunner.latest_checkpoint(d)
+                if ck is not None:
+                    out.append((f"run {r['id']} · {r['name']} ({ck.name}, {r['status']})", str(ck)))
+        out.append(("tiny (random test model)", "tiny"))
+        return out
+
+    def compare_model(self, spec: str):
+        """A loaded model for the Compare tab (cached; the generation policy is reused when it is the same spec)."""
+        from collections import OrderedDict
+
+        from .models import load_model
+
+        spec = (spec or "").strip()
+        if not spec:
+            raise ValueError("choose a model (base, a run, or an HF name / local path)")
+        lock = self.__dict__.setdefault("_cmp_lock", threading.Lock())
+        cache = self.__dict__.setdefault("_cmp_cache", OrderedDict())
+        with lock:
+            if spec == self.model_spec and self._lm is not None:
+                return self._lm
+            if spec in cache:
+                cache.move_to_end(spec)
+                return cache[spec]
+            lm = load_model(spec, workspace=self.workspace)
+            cache[spec] = lm
+            while len(cache) > self.COMPARE_CACHE:
+                cache.popitem(last=False)
+            return lm
+
+    def compare_info(self, spec: str) -> dict:
+        lm = self.compare_model(spec)
+        return {"spec": spec, "model_id": lm.model_id, "fingerprint": lm.fingerprint}
+
+    def compare_stream(self, spec_a: str, spec_b: str, history_a: list[dict], history_b: list[dict], user_text: str,
+                       params: dict | None = None):
+        """Send the same user turn to both models (same sampling settings and seed); yields (text_a, text_b) as
+        both replies grow (the two generations advance in turns)."""
+        from .generation import GenParams, stream_chat
+
+        text = (user_text or "").strip()
+        if not text:
+            raise ValueError("write a message first")
+        fields = {k: v for k, v in (params or {}).items() if k in ("temperature", "top_p", "max_new_tokens", "seed")}
+        gp = GenParams(**fields)
+        lma, lmb = self.compare_model(spec_a), self.compare_model(spec_b)
+        turn = {"role": "user", "content": text}
+        gens = [stream_chat(lma, list(history_a or []) + [turn], gp), stream_chat(lmb, list(history_b or []) + [turn], gp)]
+        texts, done = ["", ""], [False, False]
+        while not all(done):
+            for i in (0, 1):
+                if not done[i]:
+                    try:
+                        texts[i] = next(gens[i])
+                    except StopIteration:
+                        done[i] = True
+            yield texts[0], texts[1]
+
+    def save_compare_vote(self, history_a: list[dict], history_b: list[dict], spec_a: str, spec_b: str, vote: str,
+                          annotator: str, params: dict | None = None) -> dict:
+        """Store a Compare vote as a ranking annotation so it flows into the next snapshot / export.
+
+        `history_x`: side x's conversation ending with its assistant reply to the last user turn. The prompt stored
+        is the conversation before that reply, as the PREFERRED side saw it (A for tie / both bad; in a one-turn
+        chat both sides saw the same). Both replies are stored as responses with origin `compare:<model_id>`;
+        ranking: A -> [[a], [b]], B -> [[b], [a]], tie -> [[a, b]], both_bad -> [[a, b]] with both marked neg.
+        The latest vote of a user on a prompt replaces their earlier one (as in Annotate)."""
+        if vote not in self.COMPARE_VOTES:
+            raise ValueError(f"vote must be one of {', '.join(self.COMPARE_VOTES)}, got {vote!r}")
+        ha, hb = list(history_a or []), list(history_b or [])
+        if len(ha) < 2 or len(hb) < 2 or ha[-1].get("role") != "assistant" or hb[-1].get("role") != "assistant":
+            raise ValueError("nothing to vote on yet: send a message so both models answer")
+        if ha[-2].get("content") != hb[-2].get("content"):
+            raise ValueError("the two sides answered different messages; send the same message again")
+        context = (hb if vote == "B" else ha)[:-1]
+        ia, ib = self.compare_info(spec_a), self.compare_info(spec_b)
+        pid = self.store.add_prompts([{"messages": context, "source": "compare", "tags": ["compare"],
+                                       "split": "train"}], actor=annotator)[0]
+        gp = {k: v for k, v in (params or {}).items() if k in ("temperature", "top_p", "max_new_tokens", "seed")}
+        rows = []
+        for info, h in ((ia, ha), (ib, hb)):
+            mid = "".join(c if not c.isspace() else "_" for c in info["model_id"])[:200] or "model"
+            rows.append({"prompt_id": pid, "text": h[-1].get("content") or "", "origin": f"compare:{mid}",
+                         "model_id": info["model_id"], "seed": gp.get("seed"),
+                         "params": {**gp, "spec": info["spec"], "fingerprint": info["fingerprint"]}})
+        a, b = self.store.add_responses(rows, actor=annotator)
+        marks = {}
+        if a == b:
+            if vote in ("A", "B"):
+                raise ValueError("both answers are identical; vote tie or both bad")
+            ranking = [[a]]
+        else:
+            ranking = {"A": [[a], [b]], "B": [[b], [a]]}.get(vote, [[a, b]])
+        if vote == "both_bad":
+            marks = {a: "neg", b: "neg"}
+        comment = (f"compare vote {vote}: A={ia['model_id']} ({ia['fingerprint']}) vs "
+                   f"B={ib['model_id']} ({ib['fingerprint']})")
+        aid = self.store.save_annotation(pid, annotator, ranking, marks=marks, comment=comment)
+        return {"prompt_id": pid, "response_ids": [a, b], "annotation_id": aid, "ranking": ranking, "marks": marks,
+                "vote": vote}
+
+    def eval_set_choices(self) -> list[str]:
+        """Standard evaluation sets whose files are present (evalsets.DEFAULT_SOURCES under the shared data)."""
+        from .evalsets import DEFAULT_SOURCES, SET_NAMES, default_data_root
+
+        root = default_data_root()
+        return [n for n in SET_NAMES if all((root / rel).exists() for rel in DEFAULT_SOURCES.get(n, []))]
+
+    def start_evaluation(self, specs: list[str], sets: list[str] | dict, *, out_dir: str | Path | None = None,
+                         actor: str = "local", **kw) -> str:
+        """Run `evaluate.evaluate(specs, sets, out_dir, **kw)` in a background thread; returns an eval id for
+        `evaluation_status`. `sets`: standard names or {name: file}. Default out_dir:
+        <workspace>/reports/<time>-<eval id>."""
+        import time as _time
+        import uuid
+
+        specs = [s for s in specs if s]
+        if not specs:
+            raise ValueError("choose at least one model")
+        sets = dict(sets) if isinstance(sets, dict) else {s: s for s in sets}
+        if not sets and not kw.get("pairs_path"):
+            raise ValueError("choose at least one evaluation set")
+        eid = uuid.uuid4().hex[:8]
+        out = Path(out_dir) if out_dir else self.workspace.root / "reports" / f"{_time.strftime('%Y%m%d-%H%M%S')}-{eid}"
+        jobs = self.__dict__.setdefault("_eval_jobs", {})
+        job = {"id": eid, "status": "running", "stage": "starting", "done": 0, "total": 0, "out_dir": str(out),
+               "specs": specs, "sets": sets, "error": None, "report": None, "started": _time.time()}
+        jobs[eid] = job
+        self.store.log_event(actor, "start_evaluation", "evaluation", eid, {"specs": specs, "sets": list(sets),
+                                                                          "out_dir": str(out)})
+
+        def progress(stage, done, total):
+            job.update(stage=stage, done=done, total=total)
+
+        def work():
+            from .evaluate import evaluate
+
+            try:
+                job["report"] = evaluate(specs, sets, out, workspace=self.workspace, progress=progress, **kw)
+                job["status"] = "done"
+            except Exception as e:  # noqa: BLE001 - shown to the user in plain words
+                job.update(status="failed", error=f"{type(e).__name__}: {e}")
+            job["finished"] = _time.time()
+
+        threading.Thread(target=work, daemon=True, name=f"neat-eval-{eid}").start()
+        return eid
+
+    def evaluation_status(self, eval_id: str) -> dict:
+        """{"status": running|done|failed, "stage", "done", "total", "error", "out_dir", "markdown", "charts"}."""
+        job = self.__dict__.get("_eval_jobs", {}).get(eval_id)
+        if job is None:
+            raise ValueError(f"unknown evaluation {eval_id!r}")
+        out = {k: v for k, v in job.items() if k != "report"}
+        d = Path(job["out_dir"])
+        out["markdown"] = (d / "report.md").read_text(encoding="utf-8") if job["status"] == "done" and \
+            (d / "report.md").exists() else None
+        out["charts"] = sorted(str(p) for p in d.rglob("*.png")) if job["status"] == "done" else []
+        return out
 
 
 def _sample_dict(s) -> dict:

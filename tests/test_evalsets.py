@@ -71,7 +71,8 @@ def test_set_file_roundtrip_limit_and_split(tmp_path):
 
 
 def test_sample_rows_is_stratified_by_source():
-    rows = E.make_rows([f"a{i}" for i in range(100)], "refuse", "big") + E.make_rows(["b1", "b2", "b3"], "refuse", "small")
+    rows = E.make_rows([f"a{i}" for i in range(100)], "refuse", "big")
+    rows += E.make_rows(["b1", "b2", "b3"], "refuse", "small")
     got = E.sample_rows(rows, 6, seed=0)
     assert sum(r["source"] == "small" for r in got) == 3
 

@@ -152,7 +152,10 @@ def test_list_prompts_filters_status_and_order(st):
     assert [p["id"] for p in st.list_prompts(status="unannotated", annotator="alice")] == [pid2]
     assert [p["id"] for p in st.list_prompts(status="unannotated", annotator="bob")] == [pid1, pid2]
     assert st.count_prompts(status="annotated", annotator="alice") == 1
-    listed = st.list_prompts(limit=1, offset=1)
+    st.add_prompts([{"text": "no responses yet"}], actor="t")
+    assert st.count_prompts(min_responses=2) == 2 and st.count_prompts() == 3
+    assert [p["id"] for p in st.list_prompts(min_responses=1, status="unannotated")] == [pid2]
+    listed = st.list_prompts(limit=1, offset=1, min_responses=2)
     assert [p["id"] for p in listed] == [pid2] and listed[0]["n_responses"] == 3
     assert st.set_tags([pid2], ["x"], actor="t", mode="remove") == 1
     assert st.get_prompt(pid2)["tags"] == ["y"]
@@ -289,7 +292,8 @@ def test_latest_annotation_per_annotator_counts(st):
     assert st.listwise_rows(min_responses=1) == []
     prog = st.annotator_progress()
     assert len(prog) == 1
-    assert (prog[0]["annotator"], prog[0]["done"], prog[0]["annotations"], prog[0]["flagged_ever"]) == ("alice", 1, 3, 1)
+    assert (prog[0]["annotator"], prog[0]["done"], prog[0]["annotations"], prog[0]["flagged_ever"]) == \
+        ("alice", 1, 3, 1)
 
 
 @pytest.mark.parametrize("ranking,msg", [
@@ -492,3 +496,32 @@ def test_reopen_keeps_everything(tmp_path):
         assert s.listwise_rows()[0]["response_ids"] == [rids[1], rids[0]]
         assert s.resolve_ref("toxic@1")["text"] == "x"
     assert s.closed
+
+
+def test_two_store_objects_on_one_file_share_lock_and_counters(tmp_path):
+    path = tmp_path / "shared.duckdb"
+    a, b = Store(path), Store(path)
+    try:
+        assert a._lock is b._lock
+        pid, rids = _prompt_with_responses(a)
+        ids = [s.save_annotation(pid, f"u{i}", [[rids[0]], [rids[1]]]) for i, s in enumerate([a, b, a, b])]
+        assert len(set(ids)) == 4 and a.counts()["annotations"] == 4 == b.counts()["annotations"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_second_process_gets_a_clear_locked_error(tmp_path):
+    import subprocess
+    import sys
+
+    from neat_studio.config import REPO_ROOT
+
+    path = tmp_path / "locked.duckdb"
+    with Store(path):
+        code = ("import sys; from neat_studio.store import Store, StoreLockedError\n"
+                "try:\n    Store(sys.argv[1])\nexcept StoreLockedError as e:\n    print('LOCKED', e)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                             cwd=REPO_ROOT, timeout=60)
+    assert out.stdout.startswith("LOCKED the studio database"), out.stderr[-500:]
+    assert "open in another process" in out.stdout

@@ -167,7 +167,7 @@ class NeatConfig:
             bad("margin, sft_weight and weight_decay must be >= 0")
         if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
             bad(f"temperature must be in (0, 5] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
-        if self.max_new_tokens > self.max_response_len:
+        if self.method in ("neat", "rrhf") and self.max_new_tokens > self.max_response_len:
             bad(f"max_new_tokens ({self.max_new_tokens}) exceeds max_response_len ({self.max_response_len}): "
                 "samples would be cut before training")
         if not 0 <= self.lora_dropout < 1:

@@ -268,6 +268,22 @@ class ListScorer(torch.nn.Module):
         return torch.cat(sums), torch.cat(ns)
 
 
+@torch.no_grad()
+def score_responses(model, tokenizer, prompt, responses: list[str], max_prompt_len: int = 256,
+                    max_response_len: int = 128) -> list[float]:
+    """p (mean response-token log-prob, plain prompt as context) of each response: what the loss ranks."""
+    lst = RankedList("x", prompt, list(responses), [0] * len(responses), ["policy"] * len(responses))
+    enc = encode_list(tokenizer, lst, max_prompt_len, max_response_len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was = model.training
+    model.eval()
+    try:
+        s, n = ListScorer(model)(collate([enc], pad))
+    finally:
+        model.train(was)
+    return (s / n).tolist()
+
+
 # -- the trainer ----------------------------------------------------------------------------------------------
 class Stop(Exception):
     pass
@@ -283,6 +299,9 @@ class NeatTrainer:
         self.bf16 = use_bf16(cfg)
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if self.bf16 else "no")
         self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         self._stop_signal = None
         self.prep = prepared or preflight(cfg, workspace=workspace)
         self.lm = self.prep.lm
@@ -358,7 +377,7 @@ class NeatTrainer:
                              key=lambda p: int(p.name.split("-")[1]))
                 for old in cks[: -self.cfg.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
-            self._log({"event": "checkpoint", "step": step, "round": self.pos["round"], "path": str(final)})
+            self._log({"event": "checkpoint", "step": step, "path": str(final), "position": dict(self.pos)})
         self.acc.wait_for_everyone()
         return final
 
@@ -483,13 +502,14 @@ class NeatTrainer:
             agg["tokens"] += batch["n_tokens"]
         if cfg.max_grad_norm > 0:
             self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        agg["lr"] = self.sched.get_last_lr()[0]  # the rate this step used
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return agg
 
     def _reduce(self, agg: dict, stop: bool) -> dict:
-        keys = list(agg)
+        keys = [k for k in agg if k != "lr"]
         t = torch.tensor([float(agg[k]) for k in keys] + [1.0 if stop else 0.0], dtype=torch.float64)
         if self.world > 1:
             t = self.acc.reduce(t.to(self.acc.device), "sum").cpu()
@@ -569,7 +589,7 @@ class NeatTrainer:
                     "loss": v["loss"] / nl, "rank_loss": v["rank_loss"] / nl, "sft_loss": v["sft_loss"] / nl,
                     "rank_acc": v["n_correct"] / v["n_pairs"] if v["n_pairs"] else None,
                     "p_gap": (v["p_best_sum"] / v["n_best"] - v["p_neg_sum"] / v["n_neg"]) if v["n_neg"] else None,
-                    "lr": self.sched.get_last_lr()[0], "tokens_per_s": round(v["tokens"] / max(dt, 1e-9), 2),
+                    "lr": agg["lr"], "tokens_per_s": round(v["tokens"] / max(dt, 1e-9), 2),
                     "elapsed_s": round(elapsed, 3),
                     "eta_s": round(elapsed / steps_here * (self.total_steps - step), 3),
                     "total_steps": self.total_steps})
@@ -581,9 +601,15 @@ class NeatTrainer:
             if saved_at != self.pos["global_step"]:
                 self._save_checkpoint()
                 saved_at = self.pos["global_step"]
+        from accelerate.utils import gather_object
+
+        from ..models import fingerprint
+
+        # every process's weights: equal under data parallelism (the test of the 2-process run checks it)
+        prints = gather_object([fingerprint(self.acc.unwrap_model(self.scorer).model)])
         final = self._save_final()
         self._log({"event": "finished", "step": self.pos["global_step"], "final": str(final),
-                   "elapsed_s": round(time.time() - t_start, 3)})
+                   "elapsed_s": round(time.time() - t_start, 3), "fingerprints": prints})
         return {"status": "finished", "step": self.pos["global_step"], "final": str(final)}
 
     def _stopped(self, reason) -> dict:

@@ -292,7 +292,7 @@ def train_scorer(pairs_or_rows, out_dir: str | Path | None, seed: int = 0, epoch
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss)
+            tot += float(loss.detach())
             nb += 1
         net.eval()
         with torch.no_grad():

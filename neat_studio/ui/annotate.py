@@ -104,13 +104,14 @@ def build(ctx: Ctx) -> dict:
     st = ctx.studio
     with gr.Row():
         with gr.Column(scale=4, min_width=600):
-            with gr.Row(equal_height=True):
-                q_tag = gr.Dropdown(label="Tag", choices=[], value=None, scale=1, elem_id="ann-tag")
-                q_split = gr.Dropdown(label="Split", choices=["", "train", "dev", "test"], value="", scale=1)
-                q_source = gr.Dropdown(label="Source", choices=[], value=None, scale=1)
-                q_search = gr.Textbox(label="Text contains", scale=1, max_lines=1)
-                q_all = gr.Checkbox(label="include prompts I annotated", value=False, scale=1,
-                                    elem_id="ann-include-done")
+            with gr.Accordion("Queue filters", open=False):
+                with gr.Row(equal_height=True):
+                    q_tag = gr.Dropdown(label="Tag", choices=[], value=None, scale=1, elem_id="ann-tag")
+                    q_split = gr.Dropdown(label="Split", choices=["", "train", "dev", "test"], value="", scale=1)
+                    q_source = gr.Dropdown(label="Source", choices=[], value=None, scale=1)
+                    q_search = gr.Textbox(label="Text contains (Enter)", scale=1, max_lines=1)
+                    q_all = gr.Checkbox(label="include prompts I annotated", value=False, scale=1,
+                                        elem_id="ann-include-done")
             with gr.Row(equal_height=True):
                 open_id = gr.Dropdown(label="My annotated prompts (newest first)", choices=[], value=None, scale=3,
                                       allow_custom_value=True, elem_id="ann-open")

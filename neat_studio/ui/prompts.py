@@ -7,7 +7,7 @@ import gradio as gr
 from .common import Ctx, error_box, ok_box, parse_tags, prompt_text, short
 
 PAGE = 50
-COLUMNS = ["id", "prompt", "tags", "source", "split", "responses", "annotators"]
+COLUMNS = ["id", "prompt", "tags", "source", "split", "resp.", "annot."]
 STATUS = {"any": None, "not annotated by anyone": "unannotated", "annotated": "annotated", "flagged": "flagged",
           "not annotated by me": "unannotated:me", "annotated by me": "annotated:me"}
 FORMATS = ["auto", "hh_rlhf", "trl", "listwise", "jsonl", "csv", "parquet"]
@@ -35,7 +35,7 @@ def build(ctx: Ctx) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             table = gr.Dataframe(headers=COLUMNS, datatype="str", interactive=False, wrap=True, max_height=420,
-                                 column_widths=["11%", "45%", "14%", "12%", "6%", "6%", "6%"],
+                                 column_widths=["140px", "42%", "15%", "14%", "60px", "60px", "66px"],
                                  elem_id="prompts-table")
             with gr.Row():
                 prev_btn = gr.Button("◀ Previous", size="sm", scale=0, min_width=110)

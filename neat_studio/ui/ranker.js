@@ -95,6 +95,8 @@
 
   function send(cmd, extra) {
     if (!root() || !itemId()) return;
+    S.sel = null;
+    paint();
     trigger("click", Object.assign({ cmd: cmd }, state(), extra || {}));
   }
 
@@ -209,7 +211,8 @@
   W.__neatKeyHandler = onKey;
   document.addEventListener("keydown", onKey);
   element.addEventListener("click", onClick);
-  if (typeof watch === "function") watch("value", sync);
+  // a server render (next prompt, edit saved, reload) starts a fresh selection and undo history
+  if (typeof watch === "function") watch("value", () => { S.item = null; sync(); });
   // the value can also change without a watch callback (first render): poll the item id cheaply
   const mo = new MutationObserver(() => { if (itemId() !== S.item) sync(); });
   mo.observe(element, { childList: true, subtree: true });

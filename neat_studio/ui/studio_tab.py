@@ -42,8 +42,9 @@ def preview_html(rows: list[dict], normal_label: str, neg_label: str, seed: int 
             out.append(f"<div class='neat-pv-col neat-{cls}'><div class='neat-pv-label'>{label}</div>")
             for s in r[side]:
                 out.append(f"<div class='neat-pv-text'>{esc(s['text']) or '<i>(empty)</i>'}"
-                           f"<div class='neat-pv-meta'>seed {esc(s.get('seed'))} · {esc(s.get('n_tokens'))} tokens"
-                           f"</div></div>")
+                           f"<div class='neat-pv-meta'>seed {esc(s.get('seed'))}"
+                           f"{' · ' + esc(s.get('n_tokens')) + ' tokens' if s.get('n_tokens') is not None else ''}"
+                           f"{' · streaming…' if s.get('streaming') else ''}</div></div>")
             out.append("</div>")
         out.append("</div></div>")
     return "".join(out)
@@ -244,7 +245,10 @@ def build(ctx: Ctx) -> dict:
             yield (ok_box(f"Generating {len(pids)} prompt(s) with seed {sd}…"), "",
                    preview_html([], "", "", sd, 0, len(pids)), None, gr.update())
             for kind_, i, total, payload in gen:
-                if kind_ == "row":
+                if kind_ == "partial":
+                    yield (gr.update(), "", preview_html(rows + [payload], normal_ref or NONE_NORMAL, ref, sd, i,
+                                                         total), None, gr.update())
+                elif kind_ == "row":
                     rows.append(payload)
                     progress((i, total), desc=f"prompt {i}/{total}")
                     yield (gr.update(), "", preview_html(rows, normal_ref or NONE_NORMAL, ref, sd, i, total),

@@ -1,0 +1,769 @@
+"""Training jobs: start, supervise, stop, resume and re-attach the trainer subprocess of a workspace.
+
+`JobRunner(studio)` is owned by one app process (the one holding the store). A job is one training run:
+
+- `start(config, actor) -> run_id`: freezes a snapshot (studio.snapshot) with the config's data filters, records
+  the run (store.create_run, atomically refused while another run is queued/running), creates
+  `workspace.runs/<run_id>/` and launches ``[sys.executable, "-m", "neat_studio", "train", --snapshot, --out,
+  --method, --negative.., --set key=value..]`` with `subprocess.Popen` (no shell), stdout+stderr appended to
+  `RUN_DIR/train.log`, in a NEW SESSION (its own process group: a Ctrl-C of the app does not reach it and an app
+  restart leaves it running). pid and status "running" go to the store.
+- A supervisor thread waits for the process and writes the outcome (finished / stopped / failed + plain-words
+  error, final metrics) to the store. What happened is read from the `metrics.jsonl` events written SINCE this
+  launch (the byte offset at launch is kept in `RUN_DIR/studio_launch.json`), then from the exit code.
+- `stop(run_id)`: SIGTERM to the process group (the trainer finishes its step, checkpoints, logs "stopped",
+  exits 0). When it is still alive after `stop_timeout` seconds: SIGKILL, recorded in the audit log and in the
+  run's `error` ("killed after N s"); the run is then "stopped" at its last checkpoint (if any).
+- `resume(run_id)`: a stopped or failed run with a checkpoint continues in the same run directory
+  (`train --resume RUN_DIR`), same run id.
+- `poll(run_id) -> dict`: status, progress fraction, ETA, metric rows (metrics.jsonl parsed incrementally;
+  a torn last line is left for the next poll), events, last log lines and the error in plain words.
+- `reattach()` (called once when the app starts): every run marked queued/running whose pid is alive AND whose
+  command line is the one we launched (psutil) is supervised again (polled, since it is no longer our child);
+  otherwise the run is closed from its events (finished/stopped/error written before the app came back) or
+  marked "failed" with "process vanished".
+
+`estimate_time(config, n_prompts)` is a documented heuristic (see its docstring).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import REPO_ROOT
+
+LAUNCH_FILE = "studio_launch.json"
+LOG_FILE = "train.log"
+METRICS_FILE = "metrics.jsonl"
+ACTIVE = ("queued", "running")
+TERMINAL_EVENTS = ("finished", "stopped", "error")
+METRIC_KEYS = ("step", "round", "epoch", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap", "lr", "tokens_per_s",
+               "elapsed_s", "eta_s", "total_steps")
+# keys of a job config that choose the data (snapshot filters), not trainer settings
+DATA_KEYS = ("split", "tags", "annotated_only", "include_imported", "min_responses", "exclude_flagged")
+STUDIO_KEYS = ("name", "data", "snapshot_id")
+
+
+class JobError(RuntimeError):
+    """A job request that cannot be done now (another run is active, nothing to resume, ...); says why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading a run directory
+# ---------------------------------------------------------------------------------------------------------------
+class MetricsReader:
+    """Incremental, thread-safe reader of `metrics.jsonl`: only complete lines are parsed (a torn last line is
+    read again on the next call); unparsable complete lines are counted and skipped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._offset = 0
+        self._ino = None
+        self.rows: list[dict] = []      # metric rows, in file order
+        self.events: list[dict] = []    # event rows, each with "_offset" (byte offset of the line)
+        self.bad_lines = 0
+
+    def read(self) -> "MetricsReader":
+        with self._lock:
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                self._reset(None)
+                return self
+            if st.st_ino != self._ino or st.st_size < self._offset:
+                self._reset(st.st_ino)
+            if st.st_size == self._offset:
+                return self
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(st.st_size - self._offset)
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                return self  # only a torn line so far
+            pos = self._offset
+            for raw in chunk[: end + 1].split(b"\n")[:-1]:
+                line_off = pos
+                pos += len(raw) + 1
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except (ValueError, UnicodeDecodeError):
+                    self.bad_lines += 1
+                    continue
+                if not isinstance(obj, dict):
+                    self.bad_lines += 1
+                elif "event" in obj:
+                    self.events.append({**obj, "_offset": line_off})
+                elif "step" in obj:
+                    self.rows.append(obj)
+            self._offset += end + 1
+            return self
+
+    def _reset(self, ino):
+        self._ino, self._offset, self.rows, self.events, self.bad_lines = ino, 0, [], [], 0
+
+    def curve(self) -> list[dict]:
+        """Metric rows by step, the LAST row of a step winning (a resumed run may repeat steps)."""
+        by_step: dict[int, dict] = {}
+        for r in self.rows:
+            try:
+                by_step[int(r["step"])] = r
+            except (TypeError, ValueError, KeyError):
+                continue
+        return [by_step[s] for s in sorted(by_step)]
+
+
+def parse_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """(metric rows, events) of a metrics.jsonl file, tolerating a torn last line."""
+    r = MetricsReader(path).read()
+    return r.curve(), r.events
+
+
+def tail_lines(path: str | Path, n: int = 30, max_bytes: int = 64_000) -> list[str]:
+    """The last `n` lines of a text file (decoded leniently); [] when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    lines = [ln.rstrip() for ln in text.split("\n")]
+    # tqdm progress bars rewrite a line with \r: keep the last state of each
+    lines = [ln.split("\r")[-1] for ln in lines]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[-n:]
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): ?(.*)$")
+
+
+def explain_error(log_lines: list[str], events: list[dict] | None = None, exit_code: int | None = None) -> str:
+    """The reason a training process failed, in plain words, from its `error` event or its log."""
+    msg = ""
+    for e in reversed(events or []):
+        if e.get("event") == "error" and e.get("message"):
+            msg = str(e["message"])
+            break
+    if not msg:
+        for ln in reversed(log_lines):
+            s = ln.strip()
+            if s.startswith("error:"):          # neat_studio.cli prints "error: <message>" and exits 2
+                msg = s[len("error:"):].strip()
+                break
+            m = _EXC_LINE.match(s)
+            if m:
+                msg = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}".rstrip(": ")
+                break
+    low = (msg + "\n" + "\n".join(log_lines[-10:])).lower()
+    if "out of memory" in low or "memoryerror" in low or exit_code in (-signal.SIGKILL, 137) and not msg:
+        hint = ("The training process ran out of memory or was killed by the system. Try a smaller batch size, "
+                "shorter max lengths, fewer samples per prompt, or LoRA.")
+        return hint + (f" ({msg})" if msg else "")
+    m = re.match(r"(?:ModelLoadError|ConfigError): (.*)", msg)
+    if m:
+        msg = m.group(1)
+    m = re.match(r"ModuleNotFoundError: No module named '([^']+)'", msg)
+    if m:
+        return f"A required Python module is missing: {m.group(1)} (is the trainer installed in this environment?)"
+    if msg:
+        return msg
+    if exit_code is not None and exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"The training process was killed by {name}."
+    tail = next((ln.strip() for ln in reversed(log_lines) if ln.strip() and not ln.startswith("[studio]")), "")
+    code = f" with exit code {exit_code}" if exit_code is not None else ""
+    return f"The training process ended{code}" + (f"; its log ends with: {tail}" if tail else " without a message.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# time estimate
+# ---------------------------------------------------------------------------------------------------------------
+CPU_FLOPS = 2.0e10          # sustained fp32 matmul FLOP/s of a 2-core CPU with torch (measured order of magnitude)
+GEN_EFFICIENCY = 0.15       # share of CPU_FLOPS reached by token-by-token decoding (small batches, python overhead)
+STEP_OVERHEAD_S = 0.05      # python/optimizer overhead per training step
+DECODE_OVERHEAD_S = 0.004   # per decoding step of a batch
+STARTUP_S = 20.0           # process start, imports (torch, transformers, accelerate), model load
+PROMPT_TOKENS = 48          # typical prompt length (tokens) of the studio's data
+CURATED_PER_LIST = 2        # typical curated responses per prompt
+
+
+def model_params(spec: str, workspace=None) -> tuple[float, str]:
+    """(approximate parameter count, how it was found) for a model spec, without loading weights."""
+    if spec == "tiny":
+        return 2.0e5, "tiny test model"
+    if spec == "default":
+        return 1.35e8, "SmolLM2-135M"
+    p = Path(str(spec)).expanduser()
+    for cand in (p / "config.json", p / "final" / "config.json"):
+        if cand.is_file():
+            try:
+                c = json.loads(cand.read_text())
+                h, L = int(c.get("hidden_size") or c.get("n_embd")), int(c.get("num_hidden_layers") or c.get("n_layer"))
+                v, inter = int(c.get("vocab_size") or 0), int(c.get("intermediate_size") or 4 * h)
+                return float(L * (4 * h * h + 3 * h * inter) + v * h), f"from {cand.name}"
+            except (ValueError, TypeError, OSError):
+                break
+    return 1.35e8, "unknown size, assumed 135M parameters"
+
+
+def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
+    """Rough wall time of a run on this CPU (2 cores, fp32), ±3x. Heuristic:
+
+    - steps = rounds x epochs x ceil(n_prompts / (batch_size x grad_accum)), capped by max_steps;
+    - each round SAMPLES online answers (neat: k plain + k_neg per negative + k_pos per positive; rrhf: k plain;
+      sft / dpo: none): n_prompts x samples x max_new_tokens tokens at 2·N FLOPs per token and GEN_EFFICIENCY of
+      CPU_FLOPS, plus DECODE_OVERHEAD_S per decoding step of a generation batch;
+    - each optimizer step TRAINS on batch_size x grad_accum lists of (curated + online) responses of
+      (PROMPT_TOKENS + min(max_new_tokens, max_response_len)) tokens at 6·N FLOPs per token (dpo: 2 responses,
+      plus a reference forward pass = 8·N) at CPU_FLOPS, plus STEP_OVERHEAD_S;
+    - plus STARTUP_S; N = parameter count (config.json of a local model; 135M for `default`).
+
+    Returns {"seconds", "steps", "sampling_s", "training_s", "startup_s", "params", "text"}."""
+    def g(k, d):
+        v = config.get(k, d)
+        return d if v in (None, "") else v
+
+    method = g("method", "neat")
+    n = max(int(n_prompts or 0), 0)
+    bs, acc = max(int(g("batch_size", 2)), 1), max(int(g("grad_accum", 1)), 1)
+    rounds, epochs = max(int(g("rounds", 2)), 1), max(int(g("epochs", 1)), 1)
+    spe = math.ceil(n / (bs * acc)) if n else 0
+    steps = rounds * epochs * spe
+    if int(g("max_steps", 0) or 0) > 0:
+        steps = min(steps, int(g("max_steps", 0)))
+    negs, poss = list(g("negatives", []) or []), list(g("positives", []) or [])
+    k, k_neg, k_pos = int(g("k", 2)), int(g("k_neg", 2)), int(g("k_pos", 0))
+    online = {"neat": k + k_neg * len(negs) + k_pos * len(poss), "rrhf": k + (k_pos * len(poss))}.get(method, 0)
+    new_tok = int(g("max_new_tokens", 96))
+    resp_tok = min(new_tok, int(g("max_response_len", 128)))
+    params, how = model_params(str(g("model", "default")), workspace)
+    # rounds actually reached when max_steps cuts the run short
+    rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))
+    gen_batch = max(int(g("gen_batch_size", 8)), 1)
+    gen_tokens = n * online * new_tok
+    sampling = rounds_run * (gen_tokens * 2 * params / (CPU_FLOPS * GEN_EFFICIENCY)
+                             + math.ceil(n * online / gen_batch) * new_tok * DECODE_OVERHEAD_S) if online else 0.0
+    per_list = {"sft": 1, "dpo": 2}.get(method, CURATED_PER_LIST + online)
+    flops_tok = 8 if method == "dpo" else 6
+    step_tokens = bs * acc * per_list * (PROMPT_TOKENS + resp_tok)
+    training = steps * (step_tokens * flops_tok * params / CPU_FLOPS + STEP_OVERHEAD_S)
+    total = STARTUP_S + sampling + training
+    text = (f"about {fmt_duration(total)} ({steps} steps; sampling ~{fmt_duration(sampling)}, training "
+            f"~{fmt_duration(training)}; {how}; rough, ±3x)") if n else "no training data matches the filters"
+    return {"seconds": round(total, 1), "steps": steps, "sampling_s": round(sampling, 1),
+            "training_s": round(training, 1), "startup_s": STARTUP_S, "params": params, "text": text}
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = max(0, int(round(float(s))))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the runner
+# ---------------------------------------------------------------------------------------------------------------
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        p = psutil.Process(int(pid))
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ...
+        return False
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        import psutil
+
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p.cmdline()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class JobRunner:
+    """Supervises the training subprocess of one workspace (see the module docstring)."""
+
+    def __init__(self, studio, *, stop_timeout: float = 180.0, trainer_cmd: list[str] | None = None,
+                 poll_interval: float = 1.0):
+        """`trainer_cmd`: the command prefix that runs `neat_studio train` (default
+        ``[sys.executable, "-m", "neat_studio"]``); `stop_timeout`: seconds between SIGTERM and SIGKILL."""
+        self.studio = studio
+        self.store = studio.store
+        self.workspace = studio.workspace
+        self.stop_timeout = float(stop_timeout)
+        self.trainer_cmd = list(trainer_cmd or [sys.executable, "-m", "neat_studio"])
+        self.poll_interval = poll_interval
+        self._lock = threading.RLock()
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._stops: dict[str, dict] = {}
+        self._readers: dict[str, MetricsReader] = {}
+        self._closed = False
+
+    # .. public API ..........................................................................................
+    def start(self, config: dict, actor: str = "local") -> str:
+        """Freeze a snapshot and launch a training run; returns the run id. JobError when another run is active;
+        ValueError for a config that cannot work (nothing is recorded then)."""
+        train_cfg, filters, name, snapshot_id = self.split_config(config)
+        with self._lock:
+            self._refuse_if_active()
+            if snapshot_id:
+                snap = self.store.get_snapshot(snapshot_id)
+                if snap is None:
+                    raise ValueError(f"unknown snapshot {snapshot_id!r}")
+                snap_dir = Path(snap["path"])
+            else:
+                manifest = self.studio.snapshot(actor=actor, **filters)
+                snapshot_id = manifest["snapshot_id"]
+                snap_dir = Path(manifest.get("path") or self.workspace.snapshots / snapshot_id)
+            record = {**train_cfg, "data": filters, "snapshot_path": str(snap_dir)}
+            try:
+                run_id = self.store.create_run(name or f"{train_cfg['method']} on {snapshot_id}", train_cfg["method"],
+                                               record, actor=actor, snapshot_id=snapshot_id, status="queued",
+                                               require_idle=True)
+            except RuntimeError as e:
+                raise JobError(f"{e}. Stop it or wait for it to finish.") from None
+            run_dir = self.workspace.runs / run_id
+            argv = self.trainer_cmd + ["--workspace", str(self.workspace.root), "train", "--snapshot", str(snap_dir),
+                                       "--out", str(run_dir), "--method", train_cfg["method"]]
+            for ref in train_cfg.get("negatives") or []:
+                argv += ["--negative", ref]
+            for k, v in train_cfg.items():
+                if k in ("method", "negatives", "snapshot", "output_dir"):
+                    continue
+                argv += ["--set", f"{k}={json.dumps(v)}"]
+            try:
+                run_dir.mkdir(parents=True, exist_ok=False)
+                proc = self._launch(run_id, run_dir, argv, actor)
+            except OSError as e:
+                self.store.update_run(run_id, actor=actor, status="failed", run_dir=str(run_dir),
+                                      error=f"the trainer could not be started: {e}")
+                raise JobError(f"the trainer could not be started: {e}") from None
+            self.store.update_run(run_id, actor=actor, status="running", pid=proc.pid, run_dir=str(run_dir))
+            self._supervise(run_id, proc=proc)
+        return run_id
+
+    def stop(self, run_id: str, actor: str = "local", *, wait: bool = False, timeout: float | None = None) -> dict:
+        """Ask a running job to stop (SIGTERM; SIGKILL after `timeout` or the runner's stop_timeout). Returns
+        immediately with the run's poll() unless `wait`."""
+        run = self._get(run_id)
+        if run["status"] not in ACTIVE:
+            raise JobError(f"run {run_id} is not running (status {run['status']})")
+        timeout = self.stop_timeout if timeout is None else float(timeout)
+        pid = run.get("pid")
+        with self._lock:
+            if run_id in self._stops:
+                return self.poll(run_id)
+            if not self._is_ours(run):
+                self._finish(run_id, None)
+                return self.poll(run_id)
+            self._stops[run_id] = {"at": time.time(), "actor": actor, "killed": False, "timeout": timeout}
+        self.store.log_event(actor, "stop_run", "run", run_id, {"pid": pid, "signal": "SIGTERM", "timeout_s": timeout})
+        self._append_log(run_id, f"[studio] stop requested by {actor}: SIGTERM sent to pid {pid}")
+        self._signal(pid, signal.SIGTERM)
+        threading.Thread(target=self._escalate, args=(run_id, pid, timeout), daemon=True,
+                         name=f"neat-stop-{run_id}").start()
+        if wait:
+            self.wait(run_id, timeout=timeout + 30)
+        return self.poll(run_id)
+
+    def resume(self, run_id: str, actor: str = "local") -> str:
+        """Continue a stopped or failed run from its newest checkpoint in the same run directory."""
+        run = self._get(run_id)
+        with self._lock:
+            if run["status"] in ACTIVE:
+                raise JobError(f"run {run_id} is already {run['status']}")
+            if run["status"] == "finished":
+                raise JobError(f"run {run_id} has finished; start a new run to train further")
+            self._refuse_if_active()
+            run_dir = Path(run.get("run_dir") or self.workspace.runs / run_id)
+            if self.latest_checkpoint(run_dir) is None:
+                raise JobError(f"run {run_id} has no checkpoint to resume from (it stopped before its first "
+                               "checkpoint); start a new run instead")
+            argv = self.trainer_cmd + ["--workspace", str(self.workspace.root), "train", "--resume", str(run_dir)]
+            try:
+                proc = self._launch(run_id, run_dir, argv, actor)
+            except OSError as e:
+                raise JobError(f"the trainer could not be started: {e}") from None
+            self.store.update_run(run_id, actor=actor, status="running", pid=proc.pid, error=None, finished_at=None)
+            self.store.log_event(actor, "resume_run", "run", run_id, {"pid": proc.pid})
+            self._supervise(run_id, proc=proc)
+        return run_id
+
+    def poll(self, run_id: str, n_log: int = 30) -> dict:
+        """Everything the UI shows about a run (see the module docstring)."""
+        run = self._get(run_id)
+        run_dir = Path(run["run_dir"]) if run.get("run_dir") else None
+        reader = self._reader(run_id, run_dir)
+        rows = reader.curve() if reader else []
+        events = [{k: v for k, v in e.items() if k != "_offset"} for e in (reader.events if reader else [])]
+        log = tail_lines(run_dir / LOG_FILE, n_log) if run_dir else []
+        status = run["status"]
+        last = rows[-1] if rows else {}
+        total = last.get("total_steps") or (run.get("final_metrics") or {}).get("total_steps")
+        step = last.get("step", 0) or 0
+        if status == "finished":
+            progress = 1.0
+        elif total:
+            progress = max(0.0, min(1.0, step / total))
+        else:
+            progress = 0.0
+        eta = None
+        if status in ACTIVE and last.get("eta_s") is not None:
+            age = max(0.0, time.time() - self._mtime(run_dir / METRICS_FILE)) if run_dir else 0.0
+            eta = max(0.0, float(last["eta_s"]) - age)
+        error = run.get("error")
+        if status == "failed" and not error:
+            error = explain_error(log, events)
+        stop = self._stops.get(run_id)
+        phase = self._phase(status, rows, events, stop)
+        return {"run_id": run_id, "status": status, "phase": phase, "stopping": bool(stop) and status in ACTIVE,
+                "progress": progress, "step": step, "total_steps": total, "eta_s": eta,
+                "elapsed_s": last.get("elapsed_s"), "metrics": rows, "events": events, "log_tail": log,
+                "error": error, "final_metrics": run.get("final_metrics"), "run_dir": str(run_dir) if run_dir else None,
+                "checkpoint": str(self.latest_checkpoint(run_dir) or "") or None if run_dir else None,
+                "final": str(run_dir / "final") if run_dir and (run_dir / "final" / "config.json").exists() else None,
+                "method": run.get("method"), "name": run.get("name"), "config": run.get("config"),
+                "snapshot_id": run.get("snapshot_id"), "pid": run.get("pid"), "started_at": run.get("started_at"),
+                "finished_at": run.get("finished_at"), "bad_lines": reader.bad_lines if reader else 0}
+
+    def reattach(self, actor: str = "system") -> list[dict]:
+        """On app start: supervise our still-running trainers again; close runs whose process is gone.
+        Returns [{"run_id", "action": "reattached" | "closed", "status"}]."""
+        out = []
+        for run in self.store.list_runs(limit=1000):
+            if run["status"] not in ACTIVE:
+                continue
+            rid = run["id"]
+            with self._lock:
+                if rid in self._threads and self._threads[rid].is_alive():
+                    continue
+                if self._is_ours(run):
+                    self._supervise(rid, pid=int(run["pid"]))
+                    out.append({"run_id": rid, "action": "reattached", "status": run["status"]})
+                    continue
+            st = self._finish(rid, None, actor=actor)
+            out.append({"run_id": rid, "action": "closed", "status": st})
+        return out
+
+    def wait(self, run_id: str, timeout: float | None = None) -> dict:
+        """Block until the run is no longer active (or timeout); returns poll()."""
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            t = self._threads.get(run_id)
+            if t is not None:
+                t.join(timeout=0.2 if deadline is None else max(0.0, min(0.2, deadline - time.time())))
+            run = self._get(run_id)
+            if run["status"] not in ACTIVE and (t is None or not t.is_alive()):
+                return self.poll(run_id)
+            if deadline is not None and time.time() >= deadline:
+                return self.poll(run_id)
+            if t is None:
+                time.sleep(0.2)
+
+    def estimate_time(self, config: dict, n_prompts: int) -> dict:
+        return estimate_time(config, n_prompts, self.workspace)
+
+    def active(self) -> dict | None:
+        return self.store.active_run()
+
+    def close(self, *, detach: bool = True) -> None:
+        """Stop supervising (the app is shutting down). Trainers keep running (they are in their own session)
+        and are re-attached by the next app; with detach=False they are stopped (SIGTERM) first."""
+        with self._lock:
+            self._closed = True
+            procs = dict(self._procs)
+        if not detach:
+            for rid, p in procs.items():
+                if p.poll() is None:
+                    self._signal(p.pid, signal.SIGTERM)
+
+    @staticmethod
+    def latest_checkpoint(run_dir: str | Path | None) -> Path | None:
+        if not run_dir:
+            return None
+        cks = [p for p in (Path(run_dir) / "checkpoints").glob("step-*") if (p / "state.json").exists()]
+        return max(cks, key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1,
+                   default=None)
+
+    # .. config ...............................................................................................
+    def split_config(self, config: dict) -> tuple[dict, dict, str | None, str | None]:
+        """A job config -> (trainer settings (NeatConfig keys, validated), snapshot filters, run name, snapshot id).
+
+        Job config = NeatConfig keys (model, method, negatives, positives, rounds, lr, ...) plus `data` (snapshot
+        filters: split, tags, annotated_only, include_imported, min_responses, exclude_flagged; data keys may also be
+        given at the top level), `name` and optionally `snapshot_id` (reuse a frozen snapshot). Negative/positive
+        refs are pinned to name@version from the library. ValueError when it cannot work."""
+        from .neat.config import NeatConfig
+
+        config = dict(config or {})
+        filters = dict(config.pop("data", None) or {})
+        for k in DATA_KEYS:
+            if k in config:
+                filters[k] = config.pop(k)
+        filters.setdefault("split", "train")
+        if filters.get("tags") in ([], "", None):
+            filters.pop("tags", None)
+        name = (config.pop("name", None) or "").strip() or None
+        snapshot_id = config.pop("snapshot_id", None) or None
+        config.pop("snapshot", None)
+        config.pop("output_dir", None)
+        config = {k: v for k, v in config.items() if v is not None}
+        cfg = NeatConfig.from_dict({**config, "snapshot": "<frozen at start>"})  # ConfigError (a ValueError)
+        for key, kind in (("negatives", "negative"), ("positives", "positive")):
+            pinned = []
+            for ref in getattr(cfg, key):
+                sp = self.store.resolve_ref(ref)  # ValueError for an unknown name/version
+                if sp["kind"] != kind:
+                    raise ValueError(f"{sp['ref']} is a {sp['kind']} prompt, not a {kind} prompt")
+                pinned.append(f"{sp['name']}@{sp['version']}")
+            setattr(cfg, key, pinned)
+        cfg.validate()
+        d = cfg.to_dict()
+        d.pop("snapshot")
+        d.pop("output_dir")
+        # only what differs from the defaults travels as --set (plus the essentials), so the run's config.yaml
+        # is the trainer's own full record
+        defaults = NeatConfig().to_dict()
+        keep = {"model", "method", "negatives", "positives"}
+        train_cfg = {k: v for k, v in d.items() if k in keep or v != defaults.get(k)}
+        return train_cfg, filters, name, snapshot_id
+
+    # .. internals ............................................................................................
+    def _get(self, run_id: str) -> dict:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise ValueError(f"unknown run id {run_id!r}")
+        return run
+
+    def _refuse_if_active(self) -> None:
+        act = self.store.active_run()
+        if act:
+            raise JobError(f"run {act['id']} ({act['name']}) is {act['status']}: one training run at a time per "
+                           "workspace. Stop it or wait for it to finish.")
+
+    def _launch(self, run_id: str, run_dir: Path, argv: list[str], actor: str) -> subprocess.Popen:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = run_dir / METRICS_FILE
+        offset = metrics.stat().st_size if metrics.exists() else 0
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["NEAT_STUDIO_HOME"] = str(self.workspace.root)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1")):
+            env.setdefault(k, v)
+        with open(run_dir / LOG_FILE, "ab") as log:
+            log.write(f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} {actor} launches: "
+                      f"{' '.join(argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=str(REPO_ROOT), env=env, start_new_session=True, close_fds=True)
+        (run_dir / LAUNCH_FILE).write_text(json.dumps({"run_id": run_id, "pid": proc.pid, "argv": argv,
+                                                       "metrics_offset": offset, "started": time.time()}))
+        with self._lock:
+            self._procs[run_id] = proc
+            self._stops.pop(run_id, None)
+        return proc
+
+    def _supervise(self, run_id: str, proc: subprocess.Popen | None = None, pid: int | None = None) -> None:
+        t = threading.Thread(target=self._watch, args=(run_id, proc, pid), daemon=True, name=f"neat-job-{run_id}")
+        self._threads[run_id] = t
+        t.start()
+
+    def _watch(self, run_id: str, proc: subprocess.Popen | None, pid: int | None) -> None:
+        rc = None
+        if proc is not None:
+            rc = proc.wait()
+        else:
+            while _pid_alive(pid) and not self._closed:
+                time.sleep(self.poll_interval)
+            if self._closed:
+                return
+        if self._closed and proc is not None:
+            return
+        try:
+            self._finish(run_id, rc)
+        except Exception as e:  # noqa: BLE001 - never let the supervisor die silently
+            try:
+                self.store.update_run(run_id, status="failed", error=f"supervisor error: {type(e).__name__}: {e}")
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _launch_info(self, run_dir: Path | None) -> dict:
+        try:
+            return json.loads((run_dir / LAUNCH_FILE).read_text()) if run_dir else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _is_ours(self, run: dict) -> bool:
+        """The run's pid is alive and runs the command we launched for it (not a reused pid)."""
+        pid = run.get("pid")
+        if not _pid_alive(pid):
+            return False
+        cmd = _cmdline(pid)
+        if not cmd:
+            return False
+        run_dir = run.get("run_dir")
+        info = self._launch_info(Path(run_dir)) if run_dir else {}
+        if info.get("argv") and info.get("pid") == pid:
+            return cmd == info["argv"]
+        return bool(run_dir) and str(run_dir) in cmd and "train" in cmd and any("neat_studio" in c for c in cmd)
+
+    def _finish(self, run_id: str, rc: int | None, actor: str = "system") -> str:
+        """Write the outcome of the run's last launch to the store; returns the status."""
+        run = self._get(run_id)
+        run_dir = Path(run["run_dir"]) if run.get("run_dir") else None
+        info = self._launch_info(run_dir)
+        offset = int(info.get("metrics_offset") or 0)
+        rows, events = (parse_metrics(run_dir / METRICS_FILE) if run_dir else ([], []))
+        mine = [e for e in events if e.get("_offset", 0) >= offset]
+        term = next((e for e in reversed(mine) if e.get("event") in TERMINAL_EVENTS), None)
+        stop = self._stops.get(run_id)
+        log = tail_lines(run_dir / LOG_FILE, 60) if run_dir else []
+        error = None
+        if term is not None and term["event"] == "finished":
+            status = "finished"
+        elif term is not None and term["event"] == "stopped":
+            status = "stopped"
+        elif term is not None and term["event"] == "error":
+            status, error = "failed", explain_error(log, [term], rc)
+        elif stop is not None:
+            status = "stopped"
+            ck = self.latest_checkpoint(run_dir)
+            where = f"; it can resume from {ck.name}" if ck else "; there is no checkpoint to resume from"
+            if stop.get("killed"):
+                error = f"did not stop within {stop['timeout']:.0f} s after SIGTERM and was killed (SIGKILL){where}"
+            elif rc not in (0, None):
+                error = f"stopped before it could write a checkpoint (exit code {rc}){where}"
+        elif rc == 0 and run_dir and (run_dir / "final" / "config.json").exists():
+            status = "finished"
+        elif rc is None:
+            status = "failed"
+            why = explain_error(log, events=None) if any(
+                _EXC_LINE.match(ln.strip()) or ln.strip().startswith("error:") for ln in log) else ""
+            error = "process vanished" + (f" ({why})" if why else " (the app found no live trainer for this run)")
+        else:
+            status = "failed"
+            error = explain_error(log, mine, rc)
+            if rc and f"exit code {rc}" not in error:
+                error += f" (exit code {rc})"
+        fm = None
+        if rows:
+            last = rows[-1]
+            fm = {k: last.get(k) for k in ("step", "total_steps", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap",
+                                           "elapsed_s")}
+            tps = [r["tokens_per_s"] for r in rows if isinstance(r.get("tokens_per_s"), (int, float))]
+            fm["tokens_per_s"] = round(sum(tps) / len(tps), 2) if tps else None
+        if run_dir:
+            ck = self.latest_checkpoint(run_dir)
+            fm = {**(fm or {}), "checkpoint": str(ck) if ck else None,
+                  "final": str(run_dir / "final") if (run_dir / "final" / "config.json").exists() else None}
+        fields: dict[str, Any] = {"status": status, "final_metrics": fm, "error": error}
+        self.store.update_run(run_id, actor=actor, **fields)
+        self._append_log(run_id, f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run {status}"
+                         + (f" (exit code {rc})" if rc is not None else "") + (f": {error}" if error else ""))
+        with self._lock:
+            self._procs.pop(run_id, None)
+            self._stops.pop(run_id, None)
+        return status
+
+    def _escalate(self, run_id: str, pid: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            proc = self._procs.get(run_id)
+            alive = (proc.poll() is None) if proc is not None else _pid_alive(pid)
+            if not alive:
+                return
+            time.sleep(0.2)
+        proc = self._procs.get(run_id)
+        if (proc.poll() is None) if proc is not None else _pid_alive(pid):
+            st = self._stops.get(run_id)
+            if st is not None:
+                st["killed"] = True
+            self._append_log(run_id, f"[studio] no exit {timeout:.0f} s after SIGTERM: SIGKILL to pid {pid}")
+            self.store.log_event("system", "kill_run", "run", run_id, {"pid": pid, "signal": "SIGKILL",
+                                                                       "after_s": timeout})
+            self._signal(pid, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(pid: int | None, sig) -> None:
+        if not pid:
+            return
+        try:
+            os.killpg(int(pid), sig)   # the trainer leads its own process group (start_new_session)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(int(pid), sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _append_log(self, run_id: str, line: str) -> None:
+        run = self.store.get_run(run_id)
+        if run and run.get("run_dir"):
+            try:
+                with open(Path(run["run_dir"]) / LOG_FILE, "a", encoding="utf-8") as f:
+                    f.write(line.rstrip("\n") + "\n")
+            except OSError:
+                pass
+
+    def _reader(self, run_id: str, run_dir: Path | None) -> MetricsReader | None:
+        if run_dir is None:
+            return None
+        with self._lock:
+            r = self._readers.get(run_id)
+            if r is None or r.path != run_dir / METRICS_FILE:
+                r = self._readers[run_id] = MetricsReader(run_dir / METRICS_FILE)
+        return r.read()
+
+    @staticmethod
+    def _mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return time.time()
+
+    @staticmethod
+    def _phase(status: str, rows: list[dict], events: list[dict], stop: dict | None) -> str:
+        if status not in ACTIVE:
+            return status
+        if stop:
+            return "stopping (finishing the step and writing a checkpoint)"
+        last_ev = events[-1] if events else None
+        if not rows and not events:
+            return "starting: loading the model and data, sampling round 0"
+        if last_ev and last_ev.get("event") == "resumed" and (not rows or rows[-1].get("step", 0) <= last_ev.get("step", 0)):
+            return f"resumed at step {last_ev.get('step')}; sampling / training"
+        if last_ev and last_ev.get("event") == "checkpoint" and rows and rows[-1].get("step") == last_ev.get("step"):
+            nxt = (rows[-1].get("round", 0) or 0) + 1
+            return f"checkpoint at step {last_ev.get('step')}; sampling round {nxt} or finishing"
+        return "training"

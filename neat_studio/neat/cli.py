@@ -1,0 +1,88 @@
+"""`python -m neat_studio train ...` (registered by neat_studio.cli) and `python -m neat_studio.neat.cli ...`
+(the same command standalone, e.g. for `accelerate launch --num_processes 2 --cpu -m neat_studio.neat.cli`).
+
+Precedence of settings: NeatConfig defaults < --config file < explicit flags < --set key=value.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("train", help="train a policy with NEAT (or rrhf / sft / dpo) on a snapshot",
+                              description="Train on a frozen snapshot; writes a run directory (config.yaml, "
+                                          "metrics.jsonl, checkpoints/, final/).")
+    add_arguments(s)
+    s.set_defaults(func=cmd_train)
+    return s
+
+
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    from .config import METHODS
+
+    s.add_argument("--snapshot", help="snapshot directory (data.jsonl + manifest.json)")
+    s.add_argument("--config", help="YAML file with NeatConfig keys")
+    s.add_argument("--method", choices=METHODS)
+    s.add_argument("--model", help="model spec: default, tiny, a local HF dir or a run dir")
+    s.add_argument("--negative", action="append", help="negative prompt name@version (repeatable)")
+    s.add_argument("--positive", action="append", help="positive prompt name@version (repeatable, NEAT-PP)")
+    s.add_argument("--out", help="run directory to create (default: <workspace>/runs/<time>-<method>)")
+    s.add_argument("--resume", help="continue the run in RUN_DIR from its newest checkpoint (uses its config)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set lr=1e-5 --set lora=true")
+    s.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+
+
+def build_config(args):
+    from .config import NeatConfig
+
+    cfg = NeatConfig.from_yaml(args.config) if args.config else NeatConfig()
+    for key, val in (("snapshot", args.snapshot), ("method", args.method), ("model", args.model),
+                     ("output_dir", args.out)):
+        if val is not None:
+            setattr(cfg, key, val)
+    if args.negative:
+        cfg.negatives = list(args.negative)
+    if args.positive:
+        cfg.positives = list(args.positive)
+    cfg.apply_overrides(args.set)
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from ..config import Workspace
+    from .trainer import train
+
+    ws = Workspace.from_env(getattr(args, "workspace", None))
+    if args.resume:
+        result = train(None, resume=args.resume, workspace=ws)
+    else:
+        cfg = build_config(args)
+        if args.show_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        result = train(cfg, workspace=ws)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    from .config import ConfigError
+
+    p = argparse.ArgumentParser(prog="python -m neat_studio.neat.cli", description=__doc__.splitlines()[0])
+    p.add_argument("--workspace", help="workspace folder (default: $NEAT_STUDIO_HOME or ./data)")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return cmd_train(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Data tab: counts, per-annotator progress, inter-annotator agreement (Kendall tau-b, pairwise agreement on
+shared prompts), exports (TRL pairs, listwise JSONL, parquet) and snapshot creation for training."""
+from __future__ import annotations
+
+import pandas as pd
+import gradio as gr
+
+from .common import Ctx, error_box, esc, fmt_num, ok_box, parse_tags
+
+COUNT_LABELS = [("prompts", "prompts"), ("responses", "responses"), ("annotations", "human annotations"),
+                ("annotated_prompts", "annotated prompts"), ("annotators", "annotators"),
+                ("imported_rankings", "imported rankings"), ("system_prompts", "system prompts"),
+                ("system_prompt_versions", "prompt versions"), ("snapshots", "snapshots"), ("runs", "runs")]
+
+
+def counts_html(c: dict) -> str:
+    cells = "".join(f"<div class='neat-stat'><div class='neat-stat-n'>{esc(c.get(k, 0))}</div>"
+                    f"<div class='neat-stat-l'>{esc(label)}</div></div>" for k, label in COUNT_LABELS)
+    return f"<div class='neat-stats'>{cells}</div>"
+
+
+def agreement_md(a: dict) -> str:
+    if not a["shared_prompts"]:
+        return ("**Agreement**: no prompt has been ranked by two or more annotators yet. Agreement is computed on "
+                "prompts ranked by several people (their latest annotations).")
+    return (f"**Agreement** on {a['shared_prompts']} shared prompt(s): Kendall τ-b **{fmt_num(a['kendall_tau'])}**, "
+            f"pairwise agreement **{fmt_num(a['pairwise_agreement'])}** (1 = identical rankings, ties included).")
+
+
+def build(ctx: Ctx) -> dict:
+    st = ctx.studio
+    refresh = gr.Button("Refresh", size="sm", elem_id="data-refresh")
+    counts = gr.HTML("", js_on_load=None, elem_id="data-counts")
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("### Annotators")
+            people = gr.Dataframe(headers=["annotator", "prompts done", "of", "annotations", "flagged", "last"],
+                                  datatype="str", interactive=False, wrap=True, max_height=300, elem_id="data-people")
+        with gr.Column():
+            gr.Markdown("### Agreement")
+            agree = gr.Markdown("", elem_id="data-agreement")
+            pairs = gr.Dataframe(headers=["annotator A", "annotator B", "shared prompts", "Kendall τ-b",
+                                          "pairwise agreement"], datatype="str", interactive=False, max_height=260,
+                                 elem_id="data-pairs")
+    with gr.Row():
+        with gr.Column() as exp_col:
+            gr.Markdown("### Export")
+            with gr.Row():
+                ex_split = gr.Dropdown(["", "train", "dev", "test"], value="", label="Split")
+                ex_annot = gr.Checkbox(label="only prompts a human annotated", value=False)
+            with gr.Row():
+                ex_trl = gr.Button("TRL pairs (JSONL)", size="sm", elem_id="data-export-trl")
+                ex_list = gr.Button("Listwise JSONL", size="sm", elem_id="data-export-listwise")
+                ex_pq = gr.Button("Parquet", size="sm", elem_id="data-export-parquet")
+            ex_msg = gr.HTML("", js_on_load=None, elem_id="data-export-msg")
+            ex_file = gr.File(label="Download", interactive=False, elem_id="data-export-file")
+        with gr.Column() as snap_col:
+            gr.Markdown("### Snapshot for training")
+            with gr.Row():
+                sn_split = gr.Dropdown(["train", "dev", "test"], value="train", label="Split")
+                sn_tags = gr.Textbox(label="Tags (any of; comma separated)")
+            with gr.Row():
+                sn_annot = gr.Checkbox(label="only human-annotated prompts", value=False)
+                sn_imported = gr.Checkbox(label="include imported dataset rankings", value=True)
+            sn_btn = gr.Button("Create snapshot", variant="primary", size="sm", elem_id="data-snapshot")
+            sn_msg = gr.HTML("", js_on_load=None, elem_id="data-snapshot-msg")
+            snaps = gr.Dataframe(headers=["snapshot", "created", "rows", "sha256"], datatype="str",
+                                 interactive=False, max_height=220, elem_id="data-snapshots")
+    ctx.admin_only += [exp_col, snap_col]
+
+    def _snaps():
+        rows = []
+        for s in st.store.list_snapshots()[:50]:
+            c = s.get("counts") or {}
+            rows.append([s.get("snapshot_id", s.get("id", "")), str(s.get("created_at", ""))[:19].replace("T", " "),
+                         str(c.get("rows", c.get("prompts", ""))), str(s.get("sha256", ""))[:16]])
+        return pd.DataFrame(rows, columns=["snapshot", "created", "rows", "sha256"])
+
+    def load(request: gr.Request):
+        c = st.store.counts()
+        prog = st.annotation_progress(None)
+        total = prog["total"]
+        ppl = pd.DataFrame([[p["annotator"], str(p["done"]), str(total), str(p["annotations"]),
+                             str(p.get("flagged_ever", 0)), str(p.get("last_at") or "")[:19].replace("T", " ")]
+                            for p in prog["per_annotator"]],
+                           columns=["annotator", "prompts done", "of", "annotations", "flagged", "last"])
+        a = st.agreement()
+        pdf = pd.DataFrame([[x["a"], x["b"], str(x["prompts"]), fmt_num(x["kendall_tau"]),
+                             fmt_num(x["pairwise_agreement"])] for x in a["pairs"]],
+                           columns=["annotator A", "annotator B", "shared prompts", "Kendall τ-b",
+                                    "pairwise agreement"])
+        return counts_html(c), ppl, agreement_md(a), pdf, _snaps()
+
+    outs = [counts, people, agree, pairs, snaps]
+    refresh.click(load, None, outs)
+
+    def export(kind):
+        def run(sp, annot, request: gr.Request):
+            actor = ctx.require_admin(request, "export data")
+            filters = {}
+            if sp:
+                filters["split"] = sp
+            if annot:
+                filters["annotated_only"] = True
+            try:
+                r = st.export_file(kind, actor=actor, **filters)
+            except (ValueError, OSError) as e:
+                return error_box(f"Export failed: {e}"), None
+            what = "pairs" if kind == "trl" else "rows"
+            return ok_box(f"Wrote {r['written']} {what} to {r['path']}"), r["path"]
+        return run
+
+    ex_trl.click(export("trl"), [ex_split, ex_annot], [ex_msg, ex_file])
+    ex_list.click(export("listwise"), [ex_split, ex_annot], [ex_msg, ex_file])
+    ex_pq.click(export("parquet"), [ex_split, ex_annot], [ex_msg, ex_file])
+
+    def snapshot(sp, tags, annot, imported, request: gr.Request):
+        actor = ctx.require_admin(request, "create snapshots")
+        filters = {"split": sp or None, "annotated_only": bool(annot), "include_imported": bool(imported)}
+        if parse_tags(tags):
+            filters["tags"] = parse_tags(tags)
+        try:
+            m = st.snapshot(actor=actor, **filters)
+        except (ValueError, OSError) as e:
+            return error_box(f"Snapshot not created: {e}"), gr.update()
+        return ok_box(f"Snapshot {m['snapshot_id']} created (sha256 {m['sha256'][:16]}…, counts "
+                      f"{m.get('counts')}). Training reads it from {st.workspace.snapshots / m['snapshot_id']}."), \
+            _snaps()
+
+    sn_btn.click(snapshot, [sn_split, sn_tags, sn_annot, sn_imported], [sn_msg, snaps])
+
+    return {"refresh": refresh, "counts": counts, "people": people, "agreement": agree, "pairs": pairs,
+            "export_trl": ex_trl, "export_listwise": ex_list, "export_parquet": ex_pq, "export_file": ex_file,
+            "snapshot": sn_btn, "_on_show": (load, outs)}

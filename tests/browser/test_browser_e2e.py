@@ -1,0 +1,122 @@
+"""End to end in a real browser (Debian chromium), tiny model, tmp workspace:
+create a negative prompt, edit it (v2 + diff), preview 3 prompts, add to pool, edit a response (new human
+response), rank 3 responses with a tie using only the keyboard, reload and see the saved ranking; screenshots."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.live import field, open_tab, ranker_state, shot, start_app, stop_app, wait_text
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    a = start_app(tmp_path_factory.mktemp("e2e"))
+    yield a
+    stop_app(a)
+
+
+def test_full_flow(app, browser, page_errors):
+    st = app.studio
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = page_errors(ctx.new_page())
+    page.goto(app.url)
+    page.wait_for_selector("#prompts-table")
+    wait_text(page.locator("#prompts-summary"), r"72 prompt")
+    shot(page, "prompts")
+
+    # -- create a negative prompt, then edit it: version 2 and a diff ---------------------------------------
+    open_tab(page, "Negative Prompt Studio")
+    page.locator("#lib-new").click()
+    field(page, "lib-name").fill("curt")
+    field(page, "lib-text").fill("Answer in a curt and dismissive way.")
+    field(page, "lib-tags").fill("tone, test")
+    field(page, "lib-maxtok").fill("12")
+    field(page, "lib-k").fill("1")
+    page.locator("#lib-save").click()
+    wait_text(page.locator("#lib-save-msg"), r"Saved curt@1")
+    field(page, "lib-text").fill("Answer in a curt, rude and dismissive way.")
+    page.locator("#lib-save").click()
+    wait_text(page.locator("#lib-save-msg"), r"Saved curt@2")
+    assert [v["version"] for v in st.store.list_versions("curt")] == [1, 2]
+    assert st.store.get_system_prompt("curt", 1)["text"] == "Answer in a curt and dismissive way."  # immutable
+    wait_text(page.locator("#lib-versions"), r"2")
+    diff = page.locator("#lib-diff")
+    wait_text(diff, r"curt@1")
+    assert "rude" in diff.locator("ins").all_inner_texts()[0]
+    assert "curt," in " ".join(diff.locator("ins").all_inner_texts()) or "curt" in diff.inner_text()
+    assert "+Answer in a curt, rude" in field(page, "lib-diff-raw").input_value()
+
+    # -- preview on 3 prompts, streamed, seeded; then add to pool ------------------------------------------
+    assert "curt@2" in field(page, "pv-neg").input_value()
+    field(page, "pv-seed").fill("7")
+    page.locator("#pv-run").click()
+    wait_text(page.locator("#pv-msg"), r"Preview of curt@2 saved", timeout=120)
+    assert page.locator("#pv-out .neat-pv-row").count() == 3
+    assert "seed" in page.locator("#pv-out .neat-preview-head").inner_text()
+    wait_text(page.locator("#pv-compare"), r"curt@2")
+    wait_text(page.locator("#pv-metrics"), r"undesirability")
+    pv = st.get_preview("curt@2")
+    assert pv["seed"] == 7 and len(pv["prompt_ids"]) == 3 and pv["metrics"]["n"] == 3
+    page.locator("#pv-out").scroll_into_view_if_needed()
+    shot(page, "negative_prompt_studio")
+    page.locator("#pv-pool").click()
+    wait_text(page.locator("#pv-msg"), r"Added 6 new candidate")
+    origins = sorted({r["origin"] for pid in pv["prompt_ids"] for r in st.store.list_responses(pid)})
+    assert origins == ["negative:curt@2", "policy"]
+
+    # -- annotate: edit one response (E), then rank 3 responses with a tie, keyboard only ------------------
+    open_tab(page, "Annotate")
+    page.wait_for_selector("#ann-ranker .neat-card")
+    pid = page.locator("#ann-ranker .neat-ranker").get_attribute("data-item")
+    assert pid in pv["prompt_ids"]
+    assert page.locator("#ann-ranker .neat-card").count() == 2
+    assert not page.locator("#ann-ranker .neat-origin").first.is_visible()  # origins hidden by default
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("h")
+    assert page.locator("#ann-ranker .neat-origin").first.is_visible()
+    page.keyboard.press("h")
+    page.keyboard.press("1")
+    page.keyboard.press("e")
+    page.wait_for_selector("#ann-edit-box", state="visible")
+    field(page, "ann-edit-text").fill("A short, polite and helpful answer.")
+    page.locator("#ann-edit-save").click()
+    wait_text(page.locator("#ann-msg"), r"new human response")
+    page.wait_for_function("document.querySelectorAll('#ann-ranker .neat-card').length === 3")
+    assert any(r["origin"] == "human" for r in st.store.list_responses(pid))
+    # keys: select #1 -> group 1, #2 -> group 1 (tie), #3 -> group 2, Enter
+    page.locator("body").click(position={"x": 5, "y": 5})
+    for k in ["1", "1", "2", "1", "3", "3", "u", "3", "2"]:  # includes a mistake undone with U
+        page.keyboard.press(k)
+    cards = ranker_state(page)
+    assert [c["rank"] for c in cards] == ["1", "1", "2"]
+    shot(page, "annotate")
+    page.keyboard.press("Enter")
+    wait_text(page.locator("#ann-msg"), rf"Saved prompt {pid}: #1 = #2\s+>\s+#3")
+    ann = st.store.latest_annotation(pid, "local")
+    expect = [sorted([cards[0]["rid"], cards[1]["rid"]]), [cards[2]["rid"]]]
+    assert [sorted(g) for g in ann["ranking"]] == expect
+    # the next prompt is loaded
+    page.wait_for_function(f"document.querySelector('#ann-ranker .neat-ranker').dataset.item !== '{pid}'")
+
+    # -- reload: the saved ranking is there -----------------------------------------------------------------
+    page.reload()
+    page.wait_for_selector("#prompts-table")
+    open_tab(page, "Annotate")
+    page.wait_for_selector("#ann-ranker .neat-card")
+    dd = field(page, "ann-open")
+    dd.fill(pid)
+    page.locator("#ann-open-btn").click()
+    page.wait_for_function(f"document.querySelector('#ann-ranker .neat-ranker').dataset.item === '{pid}'")
+    after = {c["rid"]: c["rank"] for c in ranker_state(page)}
+    assert after == {c["rid"]: c["rank"] for c in cards}
+    assert "saved" in page.locator("#ann-ranker .neat-rk-top").inner_text()
+
+    # -- data tab: counts and the annotator ---------------------------------------------------------------
+    open_tab(page, "Data")
+    wait_text(page.locator("#data-people"), r"local")
+    shot(page, "data")
+    errors = [e for e in page_errors.events if not e.startswith("console-error:Failed to load resource")]
+    assert errors == []
+    ctx.close()

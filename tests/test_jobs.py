@@ -1,0 +1,281 @@
+"""Training jobs (neat_studio.jobs) driving the REAL trainer subprocess on the tiny model, plus Compare votes.
+
+One workspace per module (runs are shared between tests to keep the module at ~2 minutes: every trainer process
+pays ~15-20 s of imports)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from neat_studio.jobs import (JobError, JobRunner, MetricsReader, estimate_time, explain_error, parse_metrics,
+                              tail_lines)
+
+FAST = {"model": "tiny", "method": "neat", "negatives": ["rude"], "rounds": 1, "epochs": 1, "batch_size": 2,
+        "k": 1, "k_neg": 1, "max_new_tokens": 8, "max_response_len": 16, "max_prompt_len": 32}
+# ~hundreds of tiny steps: long enough to stop mid-run, short enough to resume to the end
+LONG = {**FAST, "batch_size": 1, "epochs": 150}
+
+
+def seed_data(studio, n=4):
+    recs = [{"messages": [{"role": "user", "content": f"question {i}?"}], "source": "t", "tags": ["t"],
+             "split": "train",
+             "responses": [{"text": f"good answer {i}", "origin": "dataset:chosen", "rank": 0},
+                           {"text": f"bad answer {i}", "origin": "dataset:rejected", "rank": 1}]} for i in range(n)]
+    studio.store.import_records(recs, actor="t")
+    studio.store.save_system_prompt("rude", "negative", "Be rude and unhelpful.", {}, author="t")
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    from neat_studio.config import Workspace
+    from neat_studio.studio import Studio
+
+    ws = Workspace(tmp_path_factory.mktemp("jobs") / "ws").ensure()
+    st = Studio(ws, model_spec="tiny")
+    seed_data(st)
+    yield st
+    runner = st.__dict__.get("_jobs")
+    if runner is not None:  # never leave a trainer behind
+        for r in st.store.list_runs():
+            if r["status"] in ("running", "queued") and r.get("pid"):
+                JobRunner._signal(r["pid"], signal.SIGKILL)
+        runner.close()
+    st.close()
+
+
+@pytest.fixture(scope="module")
+def finished_run(studio):
+    rid = studio.start_training(FAST, actor="alice")
+    p = studio.jobs.wait(rid, timeout=180)
+    assert p["status"] == "finished", p["error"] or p["log_tail"]
+    return rid
+
+
+def wait_for(pred, timeout=120, every=0.2):
+    t = time.time() + timeout
+    while time.time() < t:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+# -- pure helpers ------------------------------------------------------------------------------------------------
+def test_metrics_reader_tolerates_torn_and_bad_lines(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"event": "round_start", "round": 0}\n{"step": 1, "loss": 2.0, "total_steps": 3}\n'
+                 'not json\n{"step": 2, "loss": 1.5, "tot')
+    r = MetricsReader(f).read()
+    assert [x["step"] for x in r.curve()] == [1] and r.bad_lines == 1 and r.events[0]["event"] == "round_start"
+    with open(f, "a") as fh:  # the torn line completes
+        fh.write('al_steps": 3}\n{"step": 2, "loss": 1.4, "total_steps": 3}\n')
+    r.read()
+    curve = r.curve()
+    assert [x["step"] for x in curve] == [1, 2] and curve[-1]["loss"] == 1.4  # repeated step: last wins
+    rows, events = parse_metrics(f)
+    assert len(rows) == 2 and len(events) == 1
+    f.write_text('{"step": 9}\n')  # truncated / replaced file: start over
+    assert [x["step"] for x in r.read().curve()] == [9]
+
+
+def test_explain_error_plain_words(tmp_path):
+    assert explain_error([], [{"event": "error", "message": "ValueError: boom"}]) == "ValueError: boom"
+    log = ["Traceback (most recent call last):", '  File "x"', "error: model 'nope' cannot be loaded: no such dir"]
+    assert explain_error(log) == "model 'nope' cannot be loaded: no such dir"
+    assert "missing: foo" in explain_error(["ModuleNotFoundError: No module named 'foo'"])
+    assert "out of memory" in explain_error(["RuntimeError: CUDA out of memory"])
+    assert "SIGSEGV" in explain_error([], exit_code=-signal.SIGSEGV)
+    p = tmp_path / "log"
+    p.write_text("a\nb\rc\n\n")
+    assert tail_lines(p, 5) == ["a", "c"]
+
+
+def test_estimate_time_scales_with_work():
+    small = estimate_time({"model": "tiny", "method": "sft", "rounds": 1}, 4)
+    big = estimate_time({"model": "default", "method": "neat", "negatives": ["a@1"], "rounds": 2}, 200)
+    assert small["steps"] == 2 and small["sampling_s"] == 0
+    assert big["seconds"] > small["seconds"] and big["sampling_s"] > 0 and big["steps"] == 200
+    capped = estimate_time({"model": "default", "method": "neat", "negatives": ["a@1"], "max_steps": 5}, 200)
+    assert capped["steps"] == 5 and capped["seconds"] < big["seconds"]
+    assert estimate_time({}, 0)["text"] == "no training data matches the filters"
+
+
+def test_bad_config_is_refused_before_anything_is_recorded(studio):
+    n = len(studio.store.list_runs())
+    with pytest.raises(ValueError, match="negative"):
+        studio.start_training({**FAST, "negatives": []}, actor="alice")
+    with pytest.raises(ValueError):
+        studio.start_training({**FAST, "negatives": ["no-such-prompt"]}, actor="alice")
+    with pytest.raises(ValueError, match="nothing to snapshot"):
+        studio.start_training({**FAST, "tags": ["no-such-tag"]}, actor="alice")
+    assert len(studio.store.list_runs()) == n
+
+
+# -- the real trainer --------------------------------------------------------------------------------------------
+def test_two_step_run_finishes_with_metrics(studio, finished_run):
+    p = studio.training_status(finished_run)
+    assert p["status"] == "finished" and p["progress"] == 1.0 and p["error"] is None
+    assert [r["step"] for r in p["metrics"]] == [1, 2] and p["total_steps"] == 2
+    for k in ("loss", "rank_loss", "rank_acc", "p_gap", "eta_s"):
+        assert k in p["metrics"][-1]
+    assert any(e["event"] == "finished" for e in p["events"])
+    run = studio.store.get_run(finished_run)
+    assert run["finished_at"] and run["started_at"] and run["snapshot_id"]
+    assert run["final_metrics"]["step"] == 2 and run["final_metrics"]["final"].endswith("final")
+    assert run["config"]["negatives"] == ["rude@1"]  # refs pinned to a version
+    d = Path(run["run_dir"])
+    assert d == studio.workspace.runs / finished_run and (d / "final" / "config.json").exists()
+    assert (d / "train.log").exists() and "launches" in (d / "train.log").read_text()
+    hist = studio.training_runs()
+    assert hist[0]["id"] == finished_run and hist[0]["duration_s"] > 0
+    assert any(spec == str(d) for _, spec in studio.model_choices())
+
+
+def test_second_start_refused_stop_and_resume(studio, finished_run):
+    rid = studio.start_training(LONG, actor="alice")
+    with pytest.raises(JobError, match=rid):
+        studio.start_training(FAST, actor="bob")
+    with pytest.raises(JobError, match="already running"):
+        studio.resume_training(rid, actor="alice")
+    wait_for(lambda: studio.training_status(rid)["metrics"], timeout=120)
+    p = studio.training_status(rid)
+    assert p["status"] == "running" and 0 < p["progress"] < 1 and p["eta_s"] is not None
+    studio.stop_training(rid, actor="alice")
+    assert studio.training_status(rid)["stopping"]
+    p = studio.jobs.wait(rid, timeout=120)
+    assert p["status"] == "stopped", p["log_tail"]
+    assert any(e["event"] == "stopped" for e in p["events"]) and p["checkpoint"]
+    stopped_at = p["step"]
+    assert 0 < stopped_at < p["total_steps"]
+    assert any(a["action"] == "stop_run" for a in studio.store.audit(entity="run"))
+
+    studio.resume_training(rid, actor="alice")
+    assert studio.store.get_run(rid)["status"] == "running" and studio.store.get_run(rid)["error"] is None
+    p = studio.jobs.wait(rid, timeout=180)
+    assert p["status"] == "finished", p["error"] or p["log_tail"]
+    assert p["step"] == p["total_steps"] and p["progress"] == 1.0
+    assert [r["step"] for r in p["metrics"]] == list(range(1, p["total_steps"] + 1))
+    assert any(e["event"] == "resumed" for e in p["events"])
+    with pytest.raises(JobError, match="finished"):
+        studio.resume_training(rid, actor="alice")
+
+
+def test_vanished_process_is_marked_failed_on_reattach(studio, finished_run):
+    from neat_studio.studio import Studio
+
+    rid = studio.start_training(LONG, actor="alice")
+    pid = studio.store.get_run(rid)["pid"]
+    # the app goes away (its supervisor stops), then the trainer dies while nobody watches
+    studio.jobs.close()
+    time.sleep(1.0)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not studio.jobs._procs.get(rid) or studio.jobs._procs[rid].poll() is not None, timeout=30)
+    assert studio.store.get_run(rid)["status"] == "running"  # nobody recorded anything
+    studio.__dict__["_jobs"] = None  # a new app process: a fresh runner re-attaches
+    runner = studio.jobs
+    run = studio.store.get_run(rid)
+    assert run["status"] == "failed" and "process vanished" in run["error"]
+    assert runner.poll(rid)["error"].startswith("process vanished")
+    assert isinstance(studio, Studio)
+
+
+def test_reattach_keeps_a_live_trainer(studio, finished_run):
+    rid = studio.start_training(LONG, actor="alice")
+    studio.jobs.close()
+    studio.__dict__["_jobs"] = None
+    runner = JobRunner(studio)
+    out = runner.reattach()
+    assert {"run_id": rid, "action": "reattached", "status": "running"} in out
+    studio.__dict__["_jobs"] = runner
+    runner.stop(rid, actor="alice")   # a re-attached (not our child) trainer still stops cleanly
+    p = runner.wait(rid, timeout=120)
+    assert p["status"] == "stopped"
+
+
+def test_pid_reuse_is_not_our_trainer(studio, finished_run):
+    """A run marked running whose pid belongs to some other process is closed, not re-attached."""
+    rid = studio.store.create_run("ghost", "neat", {}, actor="t", status="running",
+                                  run_dir=str(studio.workspace.runs / "ghost"))
+    studio.store.update_run(rid, pid=os.getpid())  # alive, but it is pytest, not a trainer
+    out = JobRunner(studio).reattach()
+    assert {"run_id": rid, "action": "closed", "status": "failed"} in out
+    assert "process vanished" in studio.store.get_run(rid)["error"]
+
+
+def test_failing_run_shows_its_error_and_store_stays_consistent(studio, finished_run):
+    rid = studio.start_training({**FAST, "model": "/no/such/model-dir"}, actor="alice")
+    p = studio.jobs.wait(rid, timeout=120)
+    assert p["status"] == "failed"
+    assert "/no/such/model-dir" in p["error"] and "exit code 2" in p["error"]
+    run = studio.store.get_run(rid)
+    assert run["error"] == p["error"] and run["finished_at"] and studio.store.active_run() is None
+    with pytest.raises(JobError, match="no checkpoint"):
+        studio.resume_training(rid, actor="alice")
+    # the workspace is free again
+    assert studio.jobs.active() is None
+
+
+def test_stop_escalates_to_sigkill(studio, finished_run, monkeypatch):
+    """A trainer that ignores SIGTERM is killed after the timeout and the kill is recorded."""
+    rid = studio.start_training(LONG, actor="alice")
+    pid = studio.store.get_run(rid)["pid"]
+    wait_for(lambda: studio.training_status(rid)["metrics"], timeout=120)
+    os.kill(pid, signal.SIGSTOP)  # a hung trainer: it cannot handle SIGTERM
+    try:
+        studio.jobs.stop(rid, actor="alice", timeout=1.0)
+        p = studio.jobs.wait(rid, timeout=60)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert p["status"] == "stopped" and "SIGKILL" in p["error"]
+    assert any(a["action"] == "kill_run" for a in studio.store.audit(entity="run"))
+
+
+# -- compare -----------------------------------------------------------------------------------------------------
+def test_compare_fingerprints_and_vote_flow_into_export(studio, finished_run, tmp_path):
+    run_dir = studio.store.get_run(finished_run)["run_dir"]
+    base, trained = studio.compare_info("tiny"), studio.compare_info(run_dir)
+    assert base["fingerprint"] != trained["fingerprint"]
+    assert studio.compare_info("tiny")["fingerprint"] == base["fingerprint"]
+    assert studio.compare_info(str(Path(run_dir) / "final"))["fingerprint"] == trained["fingerprint"]
+
+    params = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 6, "seed": 3}
+    outs = list(studio.compare_stream("tiny", run_dir, [], [], "Hello <b>there</b>", params))
+    ta, tb = outs[-1]
+    assert outs and isinstance(ta, str) and isinstance(tb, str)
+    # same model + same seed on both sides -> same text
+    same = list(studio.compare_stream("tiny", "tiny", [], [], "Hello <b>there</b>", params))[-1]
+    assert same[0] == same[1]
+    ta, tb = ta or "(empty a)", tb or "(empty b)"
+    if ta == tb:
+        tb += " (b)"
+    user = {"role": "user", "content": "Hello <b>there</b>"}
+    ha, hb = [user, {"role": "assistant", "content": ta}], [user, {"role": "assistant", "content": tb}]
+    v = studio.save_compare_vote(ha, hb, "tiny", run_dir, "B", annotator="carol", params=params)
+    a, b = v["response_ids"]
+    assert v["ranking"] == [[b], [a]]
+    resp = {r["id"]: r for r in studio.store.list_responses(v["prompt_id"])}
+    assert resp[a]["origin"] == f"compare:{base['model_id']}" and resp[b]["origin"].startswith("compare:")
+    assert resp[b]["params"]["fingerprint"] == trained["fingerprint"]
+    rows = {r["prompt_id"]: r for r in studio.store.listwise_rows()}
+    row = rows[v["prompt_id"]]
+    assert row["annotators"] == ["carol"] and row["ranks"][row["response_ids"].index(b)] == 0
+    out = tmp_path / "pairs.jsonl"
+    n = studio.export("trl", out)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert n >= 1 and any(tb in json.dumps(x) and ta in json.dumps(x) for x in lines)
+
+    bad = studio.save_compare_vote(ha, hb, "tiny", run_dir, "both_bad", annotator="carol")
+    assert bad["marks"] == {a: "neg", b: "neg"} and bad["ranking"] == [[a, b]]
+    with pytest.raises(ValueError):
+        studio.save_compare_vote(ha, hb, "tiny", run_dir, "maybe", annotator="carol")
+    with pytest.raises(ValueError, match="nothing to vote"):
+        studio.save_compare_vote([], [], "tiny", run_dir, "A", annotator="carol")

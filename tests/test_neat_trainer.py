@@ -1,0 +1,388 @@
+"""NEAT trainer on the tiny model: ranking rules, scheduling, config, padding/KV-cache equivalence, parameter
+updates (full and LoRA), learning a toy task, resume equivalence, SIGTERM, bad configs, 2-process DDP."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from neat_studio.neat.config import ConfigError, NeatConfig
+from neat_studio.neat.rounds import build_list, epoch_schedule, rank_reward, rank_rule, dense
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A toy task the tiny model learns in a few steps: "Sure, here is..." answers are good, "I am sorry..." are bad.
+GOOD = ["Sure, here is a short answer: the capital of France is Paris.",
+        "Sure, here is a short answer: it is sunny and warm."]
+BAD = ["I am sorry, but I cannot help with that request.", "I am sorry, I cannot help."]
+TRAIN_Q = ["What is the weather like today?", "Please explain how to bake bread.", "How do I learn to program?",
+           "Write a poem about the sea.", "What is the capital of Italy?", "Thank you, what is the capital of France?"]
+HELD_Q = ["What is the capital of Rome?", "How do I bake a poem?", "Please write about the weather.",
+          "Explain the sea to the user.", "What do I learn today?", "Write a short answer about bread."]
+HELD_GOOD = ["Sure, here is a short answer: the sea is wide and blue.", "Sure, here is a short answer: bake it."]
+HELD_BAD = ["I am sorry, but I cannot help with that.", "I am sorry, I cannot answer that request."]
+LIBRARY = [{"name": "rude", "kind": "negative", "version": 1, "text": "Answer rudely and refuse.", "params": {}},
+           {"name": "rude", "kind": "negative", "version": 2, "text": "Be rude.", "params": {}},
+           {"name": "kind", "kind": "positive", "version": 1, "text": "Be kind.", "params": {}}]
+
+
+def make_snapshot(d, rows, library=LIBRARY) -> Path:
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (d / "data.jsonl").write_bytes(data)
+    (d / "manifest.json").write_text(json.dumps({
+        "snapshot_id": d.name, "sha256": hashlib.sha256(data).hexdigest(), "created_at": "2025-01-01T00:00:00Z",
+        "filters": {}, "counts": {"prompts": len(rows)}, "prompt_library": library}))
+    return d
+
+
+def toy_rows(questions=TRAIN_Q, good=GOOD, bad=BAD, split="train"):
+    return [{"prompt_id": f"{split}{i}", "prompt": [{"role": "user", "content": q}],
+             "responses": [good[i % len(good)], bad[i % len(bad)]], "ranks": [0, 1],
+             "origins": ["dataset:chosen", "dataset:rejected"], "response_ids": [f"r{i}a", f"r{i}b"],
+             "annotators": ["import:test"], "split": split, "tags": []} for i, q in enumerate(questions)]
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory):
+    return make_snapshot(tmp_path_factory.mktemp("snap") / "s1", toy_rows())
+
+
+def cfg_for(tiny_model_dir, snap, out, **kw):
+    base = dict(model=str(tiny_model_dir), method="neat", snapshot=str(snap), negatives=["rude@1"], k=1, k_neg=1,
+                rounds=1, epochs=1, batch_size=2, lr=1e-3, warmup_ratio=0.0, dtype="fp32", max_new_tokens=8,
+                max_response_len=32, max_prompt_len=64, output_dir=str(out), seed=0)
+    base.update(kw)
+    return NeatConfig(**base)
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- ranking rules (pure) ----------------------------------------------------------------------------------
+def test_rule_ranking_places_online_samples():
+    row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}],
+           "responses": ["best", "mid", "worst"], "ranks": [0, 3, 7],
+           "origins": ["dataset:chosen", "human", "dataset:rejected"]}
+    online = [("plain1", "policy"), ("pos", "positive:kind@1"), ("neg1", "negative:rude@1"),
+              ("neg2", "negative:rude@1"), ("best", "negative:rude@1"), ("", "policy")]
+    lst = build_list(row, online, "neat")
+    # duplicate of a curated answer and the empty sample are dropped; plain/positive tie with the worst curated
+    # non-negative group; negatives at the bottom, tied
+    assert lst.responses == ["best", "mid", "worst", "plain1", "pos", "neg1", "neg2"]
+    assert lst.ranks == [0, 1, 2, 2, 2, 3, 3]
+    assert lst.curated == [True, True, True, False, False, False, False]
+    # one curated group: plain samples go right below it; a curated negative-origin answer keeps its rank
+    row1 = {**row, "responses": ["good", "bad neg"], "ranks": [0, 1], "origins": ["human", "negative:rude@1"]}
+    assert build_list(row1, [("p", "policy"), ("n", "negative:rude@2")], "neat").ranks == [0, 2, 1, 3]
+    # no curated non-negative answer: plain samples are the top group
+    assert rank_rule([], [("p", "policy"), ("n", "negative:x@1")]) == [-1.0, float("inf")]
+    # sft keeps only the best curated group and ignores online samples
+    assert build_list(row, online, "sft").responses == ["best"]
+
+
+def test_reward_ranking_merges_scores_with_curated_ranks():
+    class Scorer:
+        def __init__(self, table):
+            self.table = table
+
+        def score(self, prompts, responses):
+            assert len(prompts) == len(responses)
+            return [self.table[r] for r in responses]
+
+    row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}], "responses": ["A", "B", "C"],
+           "ranks": [0, 1, 1], "origins": ["human", "human", "human"]}
+    # group means: g0 = 5, g1 = (1 + 3) / 2 = 2
+    table = {"A": 5.0, "B": 1.0, "C": 3.0, "x": 9.0, "y": 2.0, "z": 0.5, "w": 0.5, "v": 4.0}
+    online = [("x", "policy"), ("y", "policy"), ("z", "negative:r@1"), ("w", "policy"), ("v", "policy")]
+    lst = build_list(row, online, "neat", "reward", Scorer(table))
+    # x above A; v between g0 and g1; y ties with g1 (score == threshold 2); z and w tie below g1
+    assert dict(zip(lst.responses, lst.ranks)) == {"x": 0, "A": 1, "v": 2, "B": 3, "C": 3, "y": 3, "z": 4, "w": 4}
+    # thresholds are monotone (running min) when a worse curated group scores higher: t = [1, 1], so a sample
+    # scoring 2 beats both groups, one scoring 0 loses to both; the human order of A over B is kept
+    keys = rank_reward([("A", "h", 0), ("B", "h", 1)], [("o", "policy"), ("u", "policy")], [1.0, 3.0, 2.0, 0.0])
+    assert dense(keys) == [1, 2, 0, 3]
+
+
+def test_epoch_schedule_is_length_grouped_and_balanced():
+    lengths = [5, 50, 7, 48, 6, 52, 8, 49, 1]
+    s = epoch_schedule(lengths, batch_size=2, world=2, grad_accum=1, seed=3)
+    assert s == epoch_schedule(lengths, batch_size=2, world=2, grad_accum=1, seed=3)
+    assert len(s) == 3 and all(len(step) == 2 and all(len(m) == 1 for m in step) for step in s)
+    seen = [i for step in s for rank in step for mb in rank for i in mb]
+    assert len(seen) == 12 and set(seen) == set(range(9))  # padded by wrapping around, every list used
+    for step in s:
+        for rank in step:
+            for mb in rank:
+                assert len(mb) == 2
+    # within a step, lists are sorted by length: micro-batches pair long with long
+    one = epoch_schedule(lengths[:8], batch_size=2, world=1, grad_accum=2, seed=0)
+    for step in one:
+        a, b = step[0]
+        assert min(lengths[i] for i in a) >= max(lengths[i] for i in b)
+
+
+# -- config ----------------------------------------------------------------------------------------------
+def test_config_yaml_overrides_and_help(tmp_path):
+    cfg = NeatConfig(snapshot="s", negatives=["toxic@1"])
+    cfg.apply_overrides(["lr=2e-5", "negatives=toxic@1,rude", "lora=true", "k=3", "margin=0.5"])
+    assert (cfg.lr, cfg.negatives, cfg.lora, cfg.k, cfg.margin) == (2e-5, ["toxic@1", "rude"], True, 3, 0.5)
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert NeatConfig.from_yaml(tmp_path / "c.yaml") == cfg
+    assert all(NeatConfig.fields_help().values())
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'"):
+        cfg.apply_overrides(["lrr=1"])
+    with pytest.raises(ConfigError, match="k: cannot use 'many' as int"):
+        cfg.apply_overrides(["k=many"])
+    (tmp_path / "bad.yaml").write_text("nonsense: 1\n")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        NeatConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+# -- scoring: padding and the prompt KV cache ----------------------------------------------------------------
+def test_padding_and_prompt_cache_give_the_same_p(tiny_model_dir):
+    from neat_studio.models import load_model
+    from neat_studio.neat.rounds import RankedList
+    from neat_studio.neat.trainer import ListScorer, collate, collate_cached, encode_list
+
+    lm = load_model(str(tiny_model_dir))
+    torch.manual_seed(0)
+    lists = [RankedList("a", [{"role": "user", "content": "What is the weather like today?"}],
+                        [GOOD[0], BAD[1], "ok"], [0, 1, 2], ["h", "h", "policy"]),
+             RankedList("b", [{"role": "user", "content": "Write a poem about the sea."}], [GOOD[1], BAD[0]],
+                        [0, 1], ["h", "h"])]
+    enc = [encode_list(lm.tokenizer, x, 64, 32) for x in lists]
+    pad = lm.tokenizer.pad_token_id
+    scorer = ListScorer(lm.model)
+    with torch.no_grad():
+        s, n = scorer(collate(enc, pad))
+        s_c, n_c = scorer(collate_cached(enc, pad))
+        alone = []
+        for el in enc:
+            for i in range(len(el.response_ids)):
+                one = type(el)(el.prompt_ids, [el.response_ids[i]], [0], [False])
+                a, b = scorer(collate([one], pad))
+                alone.append((a / b).item())
+    p = (s / n).tolist()
+    assert n.tolist() == [len(r) for el in enc for r in el.response_ids]  # own length, not padded
+    assert p == pytest.approx(alone, abs=1e-5)  # padding and batching do not change p
+    assert (s_c / n_c).tolist() == pytest.approx(p, abs=1e-5)  # the prompt-cache path gives the same p
+    # and the same gradient
+    lm.model.zero_grad()
+    s, n = scorer(collate(enc, pad))
+    (s / n).sum().backward()
+    g_full = [q.grad.clone() for q in lm.model.parameters()]
+    lm.model.zero_grad()
+    s, n = scorer(collate_cached(enc, pad))
+    (s / n).sum().backward()
+    for g, q in zip(g_full, lm.model.parameters()):
+        torch.testing.assert_close(q.grad, g, atol=1e-5, rtol=1e-4)
+
+
+# -- parameter updates -----------------------------------------------------------------------------------
+def _trainer(tiny_model_dir, snap, out, **kw):
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import NeatTrainer, encode_list, preflight
+
+    cfg = cfg_for(tiny_model_dir, snap, out, **kw)
+    t = NeatTrainer(cfg, out, prepared=preflight(cfg, lm=load_model(str(tiny_model_dir))))
+    t._setup()
+    lists = t._round_lists(0)
+    enc = [encode_list(t.tok, x, cfg.max_prompt_len, cfg.max_response_len) for x in lists]
+    return t, enc
+
+
+def test_full_finetune_changes_every_parameter(tiny_model_dir, snap, tmp_path):
+    t, enc = _trainer(tiny_model_dir, snap, tmp_path / "run", method="rrhf", k=1)
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    assert all(p.requires_grad for p in t.model.parameters())
+    agg = t._step([enc[:3], enc[3:]])  # one optimizer step, 2 micro-batches
+    assert agg["n_lists"] == 6 and agg["n_pairs"] > 0
+    unchanged = [n for n, p in t.model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+
+
+def test_lora_trains_adapters_and_freezes_the_base(tiny_model_dir, snap, tmp_path):
+    t, enc = _trainer(tiny_model_dir, snap, tmp_path / "run", method="sft", lora=True, lora_r=4)
+    named = dict(t.model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in named.items()}
+    t._step([enc[:3]])
+    t._step([enc[3:]])  # lora_B starts at 0, so lora_A gets its first gradient in step 2
+    for n, p in t.model.named_parameters():
+        if n in trainable:
+            assert not torch.equal(p, before[n]), f"LoRA parameter {n} did not change"
+        else:
+            assert torch.equal(p, before[n]), f"frozen parameter {n} changed"
+
+
+# -- learning a toy task -----------------------------------------------------------------------------------
+def test_rounds_learn_the_toy_task(tiny_model_dir, snap, tmp_path):
+    from neat_studio.generation import GenParams, generate
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import score_responses, train
+
+    held = toy_rows(HELD_Q, HELD_GOOD, HELD_BAD, split="dev")
+    base = load_model(str(tiny_model_dir))
+    negs = generate(base, [r["prompt"] for r in held], system=LIBRARY[0]["text"],
+                    params=GenParams(temperature=0.8, top_p=0.95, max_new_tokens=16, k=2, seed=11))
+
+    def evaluate(model, tok):
+        acc, gap = 0, 0.0
+        for row, ns in zip(held, negs):
+            p = score_responses(model, tok, row["prompt"], row["responses"] + [s.text for s in ns], 64, 32)
+            acc += p[0] > p[1]
+            gap += p[0] - sum(p[2:]) / len(p[2:])
+        return acc / len(held), gap / len(held)
+
+    acc0, gap0 = evaluate(base.model, base.tokenizer)
+    out = tmp_path / "run"
+    res = train(cfg_for(tiny_model_dir, snap, out, rounds=3, epochs=2, k=1, k_neg=2, lr=2e-3), lm=base)
+    assert res["status"] == "finished"
+    trained = load_model(str(out))  # a run dir resolves to final/
+    acc1, gap1 = evaluate(trained.model, trained.tokenizer)
+    assert acc0 < 1.0 and acc1 == 1.0
+    assert gap1 > gap0 + 1.0  # chosen answers pull away from the negative-prompt samples
+    m = read_metrics(out)
+    steps = [x for x in m if "step" in x and "event" not in x]
+    assert [x["step"] for x in steps] == list(range(1, 19)) and steps[-1]["total_steps"] == 18
+    assert steps[-1]["p_gap"] > steps[0]["p_gap"]
+    keys = {"step", "round", "epoch", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap", "lr", "tokens_per_s",
+            "elapsed_s", "eta_s", "total_steps"}
+    assert all(keys <= set(x) for x in steps)
+    events = [x["event"] for x in m if "event" in x]
+    assert events == ["round_start", "checkpoint"] * 3 + ["finished"]
+    assert (out / "config.yaml").exists() and (out / "snapshot.sha256").read_text().strip() == \
+        json.loads((snap / "manifest.json").read_text())["sha256"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-12", "step-18"]  # keep_checkpoints=2
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    assert {o for lst in r0["lists"] for o in lst["origins"]} >= {"policy", "negative:rude@1"}
+
+
+# -- resume ------------------------------------------------------------------------------------------------
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, snap, tmp_path):
+    from safetensors.torch import load_file
+
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import train
+
+    kw = dict(rounds=2, epochs=1, batch_size=1, grad_accum=2, lr=1e-3, warmup_ratio=0.2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = train(cfg_for(tiny_model_dir, snap, a, **kw), lm=load_model(str(tiny_model_dir)))
+    rb = train(cfg_for(tiny_model_dir, snap, b, **kw), lm=load_model(str(tiny_model_dir)), stop_after=4)
+    assert ra["step"] == 6 and rb == {"status": "stopped", "step": 4, "checkpoint": str(b / "checkpoints/step-4"),
+                                      "run_dir": str(b)}
+    stopped = read_metrics(b)[-1]
+    assert stopped["event"] == "stopped" and stopped["step"] == 4
+    rc = train(None, resume=b, lm=load_model(str(tiny_model_dir)))  # mid-round 1: its lists are read back
+    assert rc["status"] == "finished" and rc["step"] == 6
+    wa, wb = load_file(a / "final/model.safetensors"), load_file(b / "final/model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5)
+    ma = [x for x in read_metrics(a) if "loss" in x]
+    mb = [x for x in read_metrics(b) if "loss" in x]
+    assert [x["step"] for x in mb] == [1, 2, 3, 4, 5, 6]
+    assert [x["loss"] for x in mb] == pytest.approx([x["loss"] for x in ma], rel=1e-5)
+    assert [x["lr"] for x in mb] == pytest.approx([x["lr"] for x in ma])
+
+
+# -- SIGTERM -----------------------------------------------------------------------------------------------
+def test_sigterm_checkpoints_and_stops(tiny_model_dir, snap, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "neat_studio.neat.cli", "--workspace", str(tmp_path / "ws"),
+           "--snapshot", str(snap), "--method", "sft", "--model", str(tiny_model_dir), "--out", str(out),
+           "--set", "rounds=500", "--set", "dtype=fp32", "--set", "max_response_len=32"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            m = out / "metrics.jsonl"
+            if m.exists() and '"step": 2,' in m.read_text():
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["status"] == "stopped"
+    m = read_metrics(out)
+    last = m[-1]
+    assert last["event"] == "stopped" and last["reason"] == "SIGTERM"
+    step = last["step"]
+    assert max(x["step"] for x in m if "loss" in x) == step  # the step in flight was finished, then it stopped
+    ck = out / "checkpoints" / f"step-{step}"
+    assert (ck / "model.safetensors").exists() and (ck / "optimizer.pt").exists()
+    assert json.loads((ck / "state.json").read_text())["global_step"] == step
+    assert not (out / "final").exists()
+
+
+# -- bad configs -----------------------------------------------------------------------------------------
+def test_bad_configs_fail_before_training(tiny_model_dir, snap, tmp_path, capsys):
+    from neat_studio.neat.cli import main
+    from neat_studio.neat.trainer import train
+
+    empty = make_snapshot(tmp_path / "empty", [])
+    cases = [
+        (dict(model=str(tmp_path / "nope")), "model .* cannot be loaded"),
+        (dict(snapshot=str(empty)), "has no training rows"),
+        (dict(snapshot=str(tmp_path / "missing")), "not found"),
+        (dict(negatives=["toxic@1"]), r"negative prompt 'toxic@1' is not in the snapshot's prompt library "
+                                      r"\(available: rude@1, rude@2\)"),
+        (dict(negatives=["rude@7"]), "'rude@7' is not in"),
+        (dict(negatives=["kind"]), "'kind' is a positive prompt"),
+        (dict(k=0), r"k \(plain samples per prompt\) must be >= 1"),
+        (dict(negatives=[]), "needs at least one negative prompt"),
+        (dict(max_prompt_len=400, max_response_len=200), "exceeds the model's maximum length 512"),
+        (dict(max_new_tokens=64, max_response_len=32), "max_new_tokens .* exceeds max_response_len"),
+        (dict(ranking="reward"), "needs scorer_path"),
+        (dict(method="dpo", snapshot=str(make_snapshot(tmp_path / "one", [
+            {**toy_rows()[0], "responses": ["a"], "ranks": [0], "origins": ["human"]}]))), "no ranked pairs"),
+    ]
+    for i, (kw, msg) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        with pytest.raises(ConfigError, match=msg):
+            train(cfg_for(tiny_model_dir, snap, out, **kw))
+        assert not out.exists()  # nothing was written: no training started
+    rc = main(["--snapshot", str(snap), "--model", str(tiny_model_dir), "--negative", "toxic", "--out",
+               str(tmp_path / "cli")])
+    assert rc == 2 and "error: negative prompt 'toxic' is not in" in capsys.readouterr().err
+
+
+# -- two processes -------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_process_ddp_ranks_agree(tiny_model_dir, snap, tmp_path):
+    out = tmp_path / "ddp"
+    accel = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accel), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "neat_studio.neat.cli",
+           "--workspace", str(tmp_path / "ws"), "--snapshot", str(snap), "--model", str(tiny_model_dir),
+           "--negative", "rude@1", "--out", str(out), "--set", "max_steps=2", "--set", "k=1", "--set", "k_neg=1",
+           "--set", "batch_size=1", "--set", "max_new_tokens=8", "--set", "max_response_len=32",
+           "--set", "dtype=fp32", "--set", "lr=1e-3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = read_metrics(out)
+    steps = [x for x in m if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2] and steps[0]["total_steps"] == 2
+    fin = m[-1]
+    assert fin["event"] == "finished" and len(fin["fingerprints"]) == 2
+    assert fin["fingerprints"][0] == fin["fingerprints"][1]  # both processes hold the same weights
+    assert (out / "final" / "model.safetensors").exists()
+    # each list of the round was sampled by one of the two processes and gathered by both
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    assert len(r0["lists"]) == 6 and all("policy" in lst["origins"] for lst in r0["lists"])
