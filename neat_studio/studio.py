@@ -314,9 +314,8 @@ class Studio:
                         if now - last_emit > 0.2:
                             last_emit = now
                             yield ("partial", i, n, row)
-                    n_tok = len(lm.tokenizer.encode(text, add_special_tokens=False)) if text else 0
                     row[side] = [{"text": text, "seed": sample_seed(gparams.seed, 0, 0),
-                                  "params": gparams.to_dict(), "n_tokens": n_tok}]
+                                  "params": gparams.to_dict(), "n_tokens": None}]  # not reported by streaming
                 else:
                     row[side] = [_sample_dict(s) for s in generate(lm, [msgs], system=system, params=gparams)[0]]
                 yield ("partial", i, n, row)

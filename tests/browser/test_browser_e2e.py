@@ -18,6 +18,10 @@ def app(tmp_path_factory):
 
 
 def test_full_flow(app, browser, page_errors):
+    import time
+    T = time.time()
+    def lap(name):
+        print(f'{name}: {time.time() - T:.1f}s', flush=True)
     st = app.studio
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     page = page_errors(ctx.new_page())
@@ -25,6 +29,7 @@ def test_full_flow(app, browser, page_errors):
     page.wait_for_selector("#prompts-table")
     wait_text(page.locator("#prompts-summary"), r"72 prompt")
     shot(page, "prompts")
+    lap("prompts")
 
     # -- create a negative prompt, then edit it: version 2 and a diff ---------------------------------------
     open_tab(page, "Negative Prompt Studio")
@@ -48,6 +53,7 @@ def test_full_flow(app, browser, page_errors):
     assert "curt," in " ".join(diff.locator("ins").all_inner_texts()) or "curt" in diff.inner_text()
     assert "+Answer in a curt, rude" in field(page, "lib-diff-raw").input_value()
 
+    lap("library")
     # -- preview on 3 prompts, streamed, seeded; then add to pool ------------------------------------------
     assert "curt@2" in field(page, "pv-neg").input_value()
     field(page, "pv-seed").fill("7")
@@ -61,6 +67,7 @@ def test_full_flow(app, browser, page_errors):
     assert pv["seed"] == 7 and len(pv["prompt_ids"]) == 3 and pv["metrics"]["n"] == 3
     page.locator("#pv-out").scroll_into_view_if_needed()
     shot(page, "negative_prompt_studio")
+    lap("preview")
     page.locator("#pv-pool").click()
     wait_text(page.locator("#pv-msg"), r"Added 6 new candidate")
     origins = sorted({r["origin"] for pid in pv["prompt_ids"] for r in st.store.list_responses(pid)})
@@ -100,6 +107,7 @@ def test_full_flow(app, browser, page_errors):
     # the next prompt is loaded
     page.wait_for_function(f"document.querySelector('#ann-ranker .neat-ranker').dataset.item !== '{pid}'")
 
+    lap("annotate")
     # -- reload: the saved ranking is there -----------------------------------------------------------------
     page.reload()
     page.wait_for_selector("#prompts-table")
@@ -119,4 +127,5 @@ def test_full_flow(app, browser, page_errors):
     shot(page, "data")
     errors = [e for e in page_errors.events if not e.startswith("console-error:Failed to load resource")]
     assert errors == []
+    lap("end")
     ctx.close()
