@@ -122,6 +122,38 @@ def cmd_annotate(args):
         _print({"annotation_id": aid})
 
 
+def cmd_backup(args):
+    """Consistent copy of the store (+ parquet export). While the app runs it owns the file, so the copy is
+    made by the app process itself through its API (`--server`)."""
+    from .config import Workspace
+    from .store import Store, StoreLockedError
+
+    ws = Workspace.from_env(args.workspace)
+    db = Path(args.db) if args.db else ws.db_path
+    out = Path(args.out).resolve()
+    parquet = out.with_suffix("") if args.parquet else None
+    if parquet is not None:
+        parquet = parquet.with_name(parquet.name + "-parquet")
+    try:
+        store = Store(db)
+    except StoreLockedError:
+        from gradio_client import Client
+
+        client = Client(args.server, verbose=False, auth=tuple(args.auth.split(":", 1)) if args.auth else None)
+        _print(client.predict(str(out), bool(args.parquet), api_name="/backup"))
+        return
+    with store:
+        _print(store.backup(out, parquet_dir=parquet, actor=args.actor))
+
+
+def cmd_restore(args):
+    from .config import Workspace
+    from .store import Store
+
+    ws = Workspace.from_env(args.workspace)
+    _print(Store.restore(args.backup, Path(args.db) if args.db else ws.db_path))
+
+
 def cmd_serve(args):
     from .ui.app import launch
 
@@ -205,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--auth-file", help="users file (JSON/YAML with hashed passwords and roles); enables login")
     s.set_defaults(func=cmd_serve)
 
+    s = sub.add_parser("backup", help="write a consistent copy of the store (works while the app runs)")
+    s.add_argument("out", help="new .duckdb file to write")
+    s.add_argument("--parquet", action="store_true", help="also export every table as parquet beside it")
+    s.add_argument("--server", default="http://127.0.0.1:7860", help="running app to ask when the file is in use")
+    s.add_argument("--auth", help="user:password for a server with login enabled")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="replace the store by a backup (stop the app first; the old file is kept)")
+    s.add_argument("backup")
+    s.set_defaults(func=cmd_restore)
+
     for register in _plugins():
         register(sub)
     return p
@@ -221,9 +264,12 @@ def _plugins():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .models import ModelLoadError
+    from .store import SchemaError, StoreLockedError
+
     try:
         rv = args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, ModelLoadError, SchemaError, StoreLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return int(rv or 0)

@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import time
 import random
 import re
 import threading
@@ -421,6 +424,72 @@ class Store:
                 pass
             self._con.close()
             self._con = None
+
+    def backup(self, dest: str | Path, *, parquet_dir: str | Path | None = None, actor: str = "system") -> dict:
+        """Write a consistent copy of the whole database to `dest` (a new DuckDB file) while the store stays
+        in use: the copy is made under the store lock inside DuckDB (ATTACH + COPY FROM DATABASE), so no
+        write can interleave. With `parquet_dir`, also an EXPORT DATABASE in parquet (schema.sql + one file
+        per table) that any tool can read. The file is written to a temporary name and renamed at the end."""
+        dest = Path(dest).resolve()
+        if dest.exists():
+            raise ValueError(f"backup target {dest} already exists; choose a new file name")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + f".tmp-{uuid.uuid4().hex[:8]}")
+        with self._lock:
+            self._check_open()
+            con = self._con
+            con.execute("CHECKPOINT")
+            src = _first(con.execute("SELECT current_database()"))[0]
+            alias = f"bk_{uuid.uuid4().hex[:8]}"
+            con.execute(f"ATTACH ? AS {alias}", [str(tmp)])
+            try:
+                con.execute(f'COPY FROM DATABASE "{src}" TO {alias}')
+            finally:
+                con.execute(f"DETACH {alias}")
+            if parquet_dir is not None:
+                pdir = Path(parquet_dir).resolve()
+                if pdir.exists() and any(pdir.iterdir()):
+                    tmp.unlink(missing_ok=True)
+                    raise ValueError(f"parquet export folder {pdir} is not empty")
+                quoted = str(pdir).replace("'", "''")  # EXPORT takes no bound parameter; a quoted literal
+                con.execute(f"EXPORT DATABASE '{quoted}' (FORMAT parquet)")
+            counts = self.counts()
+        os.replace(tmp, dest)
+        self.log_event(actor, "backup", "database", None, {"dest": str(dest), "parquet_dir":
+                                                            str(parquet_dir) if parquet_dir else None})
+        return {"path": str(dest), "parquet_dir": str(parquet_dir) if parquet_dir else None,
+                "schema_version": self.schema_version, "counts": counts}
+
+    @staticmethod
+    def restore(backup: str | Path, db_path: str | Path) -> dict:
+        """Replace the database file `db_path` by the backup file. Only while no process has `db_path` open
+        (the app must be stopped). The backup is validated first (a studio database, a schema this code can
+        open); the current file is kept beside it as `<name>.before-restore-<time>`, so nothing is lost."""
+        backup, db_path = Path(backup).resolve(), Path(db_path).resolve()
+        if not backup.is_file():
+            raise ValueError(f"backup file {backup} does not exist")
+        probe = Store(backup)  # raises SchemaError for a foreign or newer-version file
+        try:
+            counts = probe.counts()
+        finally:
+            probe.close()
+        kept = None
+        if db_path.exists():
+            try:
+                duckdb.connect(str(db_path)).close()  # fails when another process holds the file
+            except duckdb.IOException as e:
+                raise StoreLockedError(f"{db_path} is open in another process; stop the app before restoring "
+                                       f"({e})") from e
+            kept = db_path.with_name(db_path.name + ".before-restore-" + time.strftime("%Y%m%d-%H%M%S"))
+            os.replace(db_path, kept)
+            wal = db_path.with_name(db_path.name + ".wal")
+            if wal.exists():
+                os.replace(wal, kept.with_name(kept.name + ".wal"))
+        tmp = db_path.with_name(db_path.name + ".restoring")
+        shutil.copyfile(backup, tmp)
+        os.replace(tmp, db_path)
+        return {"restored": str(db_path), "from": str(backup), "previous_kept_as": str(kept) if kept else None,
+                "counts": counts}
 
     @property
     def closed(self) -> bool:
