@@ -19,6 +19,7 @@ DPO, kept comparable with the listwise methods:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -128,7 +129,7 @@ def train_dpo(cfg: NeatConfig, run_dir: str | Path, *, workspace=None, resume: b
     if not resume:
         prepare_run_dir(cfg, run_dir, prep.sha256)
     hf_logging.disable_progress_bar()
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun/accelerate launch; the process group comes later
     steps = cfg.rounds * cfg.epochs * steps_per_epoch(len(prep.rows), cfg.batch_size, world, cfg.grad_accum)
     total = min(steps, cfg.max_steps) if cfg.max_steps else steps
     model = prep.lm.model.float()

@@ -226,8 +226,13 @@ def _decode_steps(model, prompt_ids: list[list[int]], *, k: int, params: GenPara
     position_ids = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)
 
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    try:  # only the last position's logits are needed (saves vocab x prompt_len of lm_head work)
+        out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+    except TypeError:  # an architecture without logits_to_keep
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, past_key_values=cache,
+                    use_cache=True)
     logits = out.logits[:, -1, :]
     next_pos = position_ids[:, -1] + 1
     if k > 1:  # prompt KV reuse: one prefill, k decoding rows per prompt

@@ -9,6 +9,7 @@ Model specs accepted by :func:`load_model`:
 * ``"tiny"``     a tiny random Llama + small byte-level BPE tokenizer (:func:`build_tiny_model`), built on first use
   under ``workspace.model_cache / "tiny"``. For tests and smoke runs.
 * a local path   a Hugging Face model directory (``config.json`` ...), or a training run directory holding ``final/``.
+* a run id       the name of a run directory under ``workspace.runs`` (loads its ``final/``).
 * a hub name     e.g. ``"HuggingFaceTB/SmolLM2-360M-Instruct"``: loaded only from the local Hugging Face cache; the
   network is never used.
 
@@ -31,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +58,7 @@ _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "
 _ROLES = ("system", "user", "assistant")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEFAULT_LOCK = threading.Lock()
 
 
 class ModelLoadError(RuntimeError):
@@ -113,7 +116,8 @@ def load_model(spec: str | os.PathLike = "default", *, workspace=None, dtype=Non
     torch_dtype = _parse_dtype(dtype)
 
     if spec_str == "default":
-        path = ensure_default_cache(workspace)
+        with _DEFAULT_LOCK:  # one conversion per process even when two threads ask at once
+            path = ensure_default_cache(workspace)
         return _load_dir(path, model_id=DEFAULT_MODEL_ID, spec=spec_str, dtype=torch_dtype, device=device)
     if spec_str == "tiny":
         path = build_tiny_model(Path(workspace.model_cache) / TINY_MODEL_ID)
@@ -122,6 +126,10 @@ def load_model(spec: str | os.PathLike = "default", *, workspace=None, dtype=Non
     local = Path(spec_str).expanduser()
     if local.exists():
         path, model_id = resolve_model_dir(local)
+        return _load_dir(path, model_id=model_id, spec=spec_str, dtype=torch_dtype, device=device)
+    run = Path(workspace.runs) / spec_str
+    if not _looks_like_path(spec_str) and "/" not in spec_str and run.is_dir():  # a run id of this workspace
+        path, model_id = resolve_model_dir(run)
         return _load_dir(path, model_id=model_id, spec=spec_str, dtype=torch_dtype, device=device)
     if _looks_like_path(spec_str) or not _HUB_NAME.match(spec_str):
         raise ModelLoadError(f"model path does not exist: {local.resolve()} (spec {spec_str!r}). Pass an existing "
@@ -183,8 +191,8 @@ def _hub_snapshot(name: str) -> Path:
         p = Path(snapshot_download(name, local_files_only=True))
     except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
         raise ModelLoadError(
-            f"model {name!r} is neither a local path nor in the local Hugging Face cache. NEAT Studio runs with the "
-            "network off (HF_HUB_OFFLINE=1), so it cannot be downloaded: pass a local model directory (or a run "
+            f"model {name!r} is not a local path and not in the local Hugging Face cache; the network is off in "
+            "NEAT Studio (HF_HUB_OFFLINE=1), so it cannot be downloaded. Pass a local model directory (or a run "
             f"directory), 'default' or 'tiny'. ({type(e).__name__})") from None
     if not (p / "config.json").is_file():
         raise ModelLoadError(f"the local Hugging Face cache holds {name!r} at {p} but without config.json "

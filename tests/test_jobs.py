@@ -17,8 +17,8 @@ from neat_studio.jobs import (JobError, JobRunner, MetricsReader, estimate_time,
 
 FAST = {"model": "tiny", "method": "neat", "negatives": ["rude"], "rounds": 1, "epochs": 1, "batch_size": 2,
         "k": 1, "k_neg": 1, "max_new_tokens": 8, "max_response_len": 16, "max_prompt_len": 32}
-# ~hundreds of tiny steps: long enough to stop mid-run, short enough to resume to the end
-LONG = {**FAST, "batch_size": 1, "epochs": 150}
+# 120 tiny steps: long enough to stop mid-run, short enough to resume to the end
+LONG = {**FAST, "batch_size": 1, "epochs": 30}
 
 
 def seed_data(studio, n=4):

@@ -357,6 +357,11 @@ def test_bad_configs_fail_before_training(tiny_model_dir, snap, tmp_path, capsys
         with pytest.raises(ConfigError, match=msg):
             train(cfg_for(tiny_model_dir, snap, out, **kw))
         assert not out.exists()  # nothing was written: no training started
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="already holds a run: resume it"):
+        train(cfg_for(tiny_model_dir, snap, used))
     rc = main(["--snapshot", str(snap), "--model", str(tiny_model_dir), "--negative", "toxic", "--out",
                str(tmp_path / "cli")])
     assert rc == 2 and "error: negative prompt 'toxic' is not in" in capsys.readouterr().err
@@ -367,7 +372,9 @@ def test_bad_configs_fail_before_training(tiny_model_dir, snap, tmp_path, capsys
 def test_two_process_ddp_ranks_agree(tiny_model_dir, snap, tmp_path):
     out = tmp_path / "ddp"
     accel = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accel), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+    # accelerate 1.15 routes `--cpu` to its single-process launcher (multi-process CPU there means mpirun);
+    # `--multi_gpu` starts torchrun, and without CUDA every process trains on the CPU over gloo
+    cmd = [str(accel), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "neat_studio.neat.cli",
            "--workspace", str(tmp_path / "ws"), "--snapshot", str(snap), "--model", str(tiny_model_dir),
            "--negative", "rude@1", "--out", str(out), "--set", "max_steps=2", "--set", "k=1", "--set", "k_neg=1",

@@ -43,16 +43,18 @@ def test_real_embeddings_paraphrase_vs_unrelated():
 
     texts = [
         "How do I bake a chocolate cake at home?",
-        "How can I bake a chocolate cake at home?",          # near copy of 0
+        "How can I bake a chocolate cake at home?",          # 1: paraphrase of 0
         "What is the capital city of France?",
-        "Which city is the capital of France?",              # paraphrase of 2
-        "How do I make a chocolate cake at home?",           # near copy of 0
-        "Explain how photosynthesis works in plants.",       # unrelated
-        "Write a poem about the ocean at night.",            # unrelated
+        "Which city is the capital of France?",              # 3: paraphrase of 2
+        "how do i bake a chocolate cake at home",            # 4: case/punctuation copy of 0
+        "Explain how photosynthesis works in plants.",       # 5: unrelated
+        "Write a poem about the ocean at night.",
+        "Write a short poem about the ocean at night.",      # 7: small edit of 6
+        "Write a poem about the mountains in the morning.",  # 8: same task, different subject
     ]
     v = Embedder.get().encode(texts)
     pairs = {(i, j) for i, j, _ in near_duplicates(v, 0.92)}
-    assert (0, 1) in pairs and (2, 3) in pairs and (0, 4) in pairs
-    assert not any(5 in p or 6 in p for p in pairs)
-    assert not any((i in (0, 1, 4)) != (j in (0, 1, 4)) for i, j in pairs)  # never across topics
-    assert dedupe_indices(v, 0.92) == [0, 2, 5, 6]
+    assert pairs == {(0, 1), (0, 4), (1, 4), (2, 3), (6, 7)}
+    assert dedupe_indices(v, 0.92) == [0, 2, 5, 6, 8]
+    sims = v @ v.T
+    assert sims[0, 2] < 0.5 and sims[5, 6] < 0.5  # unrelated texts are far below the threshold

@@ -93,3 +93,55 @@ def test_ranking_from_scores_groups_ties():
     assert ranking_from_scores([0.0, 2.0, 1.95, -1.0], eps=0.1) == [[1, 2], [0], [3]]
     assert ranking_from_scores([0.0, 2.0, 1.95, -1.0], eps=0.0) == [[1], [2], [0], [3]]
     assert ranking_from_scores([1.0, 1.0], eps=0.0) == [[0, 1]]
+
+
+# -- real data (../shared/data) -------------------------------------------------------------------------------------
+# Embedding is the expensive part (2 CPU cores); each subset is embedded once per module and the features reused.
+
+@pytest.fixture(scope="module")
+def hh_subset():
+    from neat_studio.scoring.datasets import load_hh_pairs
+
+    rows = load_hh_pairs(shared("derived", "hh_rlhf_harmless_test_pairs.jsonl"))[:1000]
+    return rows, embed_pairset(build_pairset(rows))
+
+
+@pytest.fixture(scope="module")
+def coconot_subset():
+    from neat_studio.scoring.datasets import load_coconot_pref
+
+    rows = load_coconot_pref(shared("coconot", "coconot_pref.jsonl"))[:COCONOT_N]
+    return rows, embed_pairset(build_pairset(rows))
+
+
+COCONOT_N = 300
+
+
+def test_scorer_beats_chance_on_heldout_hh_pairs(hh_subset, tmp_path):
+    """First 1000 HH-RLHF harmless test pairs, split 50/50 BY PROMPT, seed 0. Measured dev accuracy 0.608
+    (seeds 0-4: 0.592-0.622); on all 2,308 pairs with an 80/20 split: 0.633 mean over 5 seeds (0.607-0.664)."""
+    rows, feats = hh_subset
+    m = train_scorer(rows, tmp_path, seed=0, dev_fraction=0.5, features=feats)
+    assert m["n_dev_pairs"] >= 450 and m["n_train_pairs"] >= 450
+    assert m["dev_acc"] >= 0.56, m
+    # reload from disk: the saved scorer reproduces the reported dev accuracy on the prompt-held-out pairs
+    ps = build_pairset(rows)
+    dev_pairs = ps.pairs[split_prompts(len(ps.prompts), 0.5, 0)[ps.pair_prompt]]
+    sc = RewardScorer.load(m["path"])
+    from neat_studio.scoring.reward import pairwise_accuracy
+
+    assert round(pairwise_accuracy(sc.forward(feats), dev_pairs), 4) == m["dev_acc"]
+    assert len(dev_pairs) == m["n_dev_pairs"]
+
+
+def test_scorer_on_coconot_over_refusal_pairs(coconot_subset):
+    """CoCoNot preference pairs (comply with benign look-alike prompts > over-refuse / weaker answer).
+    First 300 pairs split 50/50 by prompt, seed 0: measured 0.879 (seeds 0-4: 0.865-0.893); all 927 pairs with an
+    80/20 split: 0.883 mean over 5 seeds (0.864-0.898)."""
+    rows, feats = coconot_subset
+    m = train_scorer(rows, None, seed=0, dev_fraction=0.5, features=feats)
+    assert m["n_dev_pairs"] >= 120
+    assert m["dev_acc"] >= COCONOT_BOUND, m
+
+
+COCONOT_BOUND = 0.80

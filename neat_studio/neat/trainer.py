@@ -388,6 +388,9 @@ class NeatTrainer:
         from safetensors.torch import load_file
 
         state = json.loads((ck / STATE).read_text())
+        if state.get("world", 1) != self.world:
+            raise ConfigError(f"checkpoint {ck} was written by {state.get('world')} process(es); resume it with the "
+                              f"same number (got {self.world}): the step schedule depends on it")
         if self.cfg.lora:
             from peft import set_peft_model_state_dict
 
@@ -459,7 +462,9 @@ class NeatTrainer:
         lm = _with_model(self.lm, model)
 
         def progress(done, total):
-            if self._stop_signal is not None:
+            # one process alone may abort its sampling (a signal between batches); with several processes
+            # the flag is honoured at the next step instead (the others would wait in gather_object)
+            if self._stop_signal is not None and self.world == 1:
                 raise Stop()
 
         try:
@@ -695,11 +700,14 @@ def train(cfg: NeatConfig, *, resume: str | Path | None = None, workspace=None, 
         cfg = NeatConfig.from_yaml(run_dir / "config.yaml")
     else:
         run_dir = new_run_dir(cfg, workspace)
+        if (run_dir / "metrics.jsonl").exists() or (run_dir / "config.yaml").exists():
+            raise ConfigError(f"run directory {run_dir} already holds a run: resume it (--resume {run_dir}) or "
+                              "choose another --out")
         cfg.output_dir = str(run_dir)
     if cfg.method == "dpo":
         from ..baselines import train_dpo
 
-        return train_dpo(cfg, run_dir, workspace=workspace, resume=resume is not None, lm=lm)
+        return train_dpo(cfg, run_dir, workspace=workspace, resume=resume is not None, lm=lm, stop_after=stop_after)
     prep = preflight(cfg, workspace=workspace, lm=lm)
     if resume is not None:
         have = (run_dir / "snapshot.sha256").read_text().strip() if (run_dir / "snapshot.sha256").exists() else None

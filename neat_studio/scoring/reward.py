@@ -35,14 +35,15 @@ SCORER_FORMAT = 1
 class ScorerConfig:
     hidden: int = 128
     dropout: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    epochs: int = 20
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    epochs: int = 10
     batch_size: int = 64
     seed: int = 0
     dev_fraction: float = 0.2
     model_id: str = MODEL_ID
     prompt_text: str = "last_user_turn"
+    threads: int = 1  # torch threads while training: the head is tiny, more threads only add sync overhead
     extra: dict = field(default_factory=dict)
 
 
@@ -270,6 +271,43 @@ def train_scorer(pairs_or_rows, out_dir: str | Path | None, seed: int = 0, epoch
     feats = features if features is not None else embed_pairset(ps, encode)
     t_embed = time.time() - t0
 
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    try:
+        net, history, t_train = _fit(torch, feats, tr_pairs, dv_pairs, cfg, seed, progress)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+    params = {"w1": net[0].weight.detach().numpy(), "b1": net[0].bias.detach().numpy(),
+              "w2": net[3].weight.detach().numpy(), "b2": net[3].bias.detach().numpy()}
+    conf = asdict(cfg)
+    with torch.no_grad():
+        scores = net(torch.as_tensor(feats, dtype=torch.float32)).squeeze(-1).numpy()
+    if len(dv_pairs):
+        d = scores[dv_pairs[:, 0]] - scores[dv_pairs[:, 1]]
+        dev_loss = float(np.mean(np.logaddexp(0.0, -d)))
+    metrics = {
+        "n_rows": len(rows), "n_prompts": len(ps.prompts), "n_train_prompts": int((~dev_mask).sum()),
+        "n_dev_prompts": int(dev_mask.sum()), "n_train_pairs": int(len(tr_pairs)), "n_dev_pairs": int(len(dv_pairs)),
+        "train_acc": round(pairwise_accuracy(scores, tr_pairs), 4),
+        "dev_acc": round(pairwise_accuracy(scores, dv_pairs), 4) if len(dv_pairs) else None,
+        "dev_loss": round(dev_loss, 4) if len(dv_pairs) else None,
+        "score_std": round(float(np.std(scores)), 4),
+        "embed_s": round(t_embed, 2), "train_s": round(t_train, 2), "history": history,
+    }
+    if out_dir is not None:
+        path = save_scorer(params, conf, metrics, out_dir)
+        metrics["scorer_version"] = path.name
+        metrics["path"] = str(path)
+    else:
+        metrics["scorer_version"] = _version(params, conf)
+    metrics["scorer"] = RewardScorer(params, conf, metrics["scorer_version"],
+                                     Path(metrics["path"]) if "path" in metrics else None,
+                                     {k: v for k, v in metrics.items() if k != "history"}, encode)
+    return metrics
+
+
+def _fit(torch, feats, tr_pairs, dv_pairs, cfg: ScorerConfig, seed: int, progress):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     X = torch.as_tensor(feats, dtype=torch.float32)
@@ -305,34 +343,7 @@ def train_scorer(pairs_or_rows, out_dir: str | Path | None, seed: int = 0, epoch
         if progress:
             progress(rec)
     t_train = time.time() - t1
-
-    params = {"w1": net[0].weight.detach().numpy(), "b1": net[0].bias.detach().numpy(),
-              "w2": net[3].weight.detach().numpy(), "b2": net[3].bias.detach().numpy()}
-    conf = asdict(cfg)
-    with torch.no_grad():
-        scores = net(X).squeeze(-1).numpy()
-    if len(dv_pairs):
-        d = scores[dv_pairs[:, 0]] - scores[dv_pairs[:, 1]]
-        dev_loss = float(np.mean(np.logaddexp(0.0, -d)))
-    metrics = {
-        "n_rows": len(rows), "n_prompts": len(ps.prompts), "n_train_prompts": int((~dev_mask).sum()),
-        "n_dev_prompts": int(dev_mask.sum()), "n_train_pairs": int(len(tr_pairs)), "n_dev_pairs": int(len(dv_pairs)),
-        "train_acc": round(pairwise_accuracy(scores, tr_pairs), 4),
-        "dev_acc": round(pairwise_accuracy(scores, dv_pairs), 4) if len(dv_pairs) else None,
-        "dev_loss": round(dev_loss, 4) if len(dv_pairs) else None,
-        "score_std": round(float(np.std(scores)), 4),
-        "embed_s": round(t_embed, 2), "train_s": round(t_train, 2), "history": history,
-    }
-    if out_dir is not None:
-        path = save_scorer(params, conf, metrics, out_dir)
-        metrics["scorer_version"] = path.name
-        metrics["path"] = str(path)
-    else:
-        metrics["scorer_version"] = _version(params, conf)
-    metrics["scorer"] = RewardScorer(params, conf, metrics["scorer_version"],
-                                     Path(metrics["path"]) if "path" in metrics else None,
-                                     {k: v for k, v in metrics.items() if k != "history"}, encode)
-    return metrics
+    return net, history, t_train
 
 
 def evaluate_scorer(scorer: RewardScorer, pairs_or_rows, features: np.ndarray | None = None) -> dict:

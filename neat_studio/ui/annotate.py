@@ -112,11 +112,12 @@ def build(ctx: Ctx) -> dict:
                     q_search = gr.Textbox(label="Text contains (Enter)", scale=1, max_lines=1)
                     q_all = gr.Checkbox(label="include prompts I annotated", value=False, scale=1,
                                         elem_id="ann-include-done")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 open_id = gr.Dropdown(label="My annotated prompts (newest first)", choices=[], value=None, scale=3,
                                       allow_custom_value=True, elem_id="ann-open")
-                open_btn = gr.Button("Open", size="sm", scale=0, min_width=80, elem_id="ann-open-btn")
-                next_btn = gr.Button("Next in queue", size="sm", scale=0, min_width=130, elem_id="ann-next")
+                with gr.Column(scale=1, min_width=140):
+                    open_btn = gr.Button("Open", size="sm", elem_id="ann-open-btn")
+                    next_btn = gr.Button("Next in queue", size="sm", elem_id="ann-next")
             msg = gr.HTML("", js_on_load=None, elem_id="ann-msg")
             ranker = gr.HTML(ranker_html(None, message="Loading…"), js_on_load=RANKER_JS, elem_id="ann-ranker",
                              padding=False)

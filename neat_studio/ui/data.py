@@ -29,12 +29,15 @@ def agreement_md(a: dict) -> str:
 
 def build(ctx: Ctx) -> dict:
     st = ctx.studio
-    refresh = gr.Button("Refresh", size="sm", elem_id="data-refresh")
+    with gr.Row():
+        gr.Markdown("Counts, progress and agreement use each annotator's latest annotation.",
+                    elem_classes=["neat-help"])
+        refresh = gr.Button("Refresh", size="sm", elem_id="data-refresh", scale=0, min_width=100)
     counts = gr.HTML("", js_on_load=None, elem_id="data-counts")
     with gr.Row():
         with gr.Column():
             gr.Markdown("### Annotators")
-            people = gr.Dataframe(headers=["annotator", "prompts done", "of", "annotations", "flagged", "last"],
+            people = gr.Dataframe(headers=["annotator", "done", "of", "saves", "flagged", "last"],
                                   datatype="str", interactive=False, wrap=True, max_height=300, elem_id="data-people")
         with gr.Column():
             gr.Markdown("### Agreement")
@@ -83,7 +86,7 @@ def build(ctx: Ctx) -> dict:
         ppl = pd.DataFrame([[p["annotator"], str(p["done"]), str(total), str(p["annotations"]),
                              str(p.get("flagged_ever", 0)), str(p.get("last_at") or "")[:19].replace("T", " ")]
                             for p in prog["per_annotator"]],
-                           columns=["annotator", "prompts done", "of", "annotations", "flagged", "last"])
+                           columns=["annotator", "done", "of", "saves", "flagged", "last"])
         a = st.agreement()
         pdf = pd.DataFrame([[x["a"], x["b"], str(x["prompts"]), fmt_num(x["kendall_tau"]),
                              fmt_num(x["pairwise_agreement"])] for x in a["pairs"]],

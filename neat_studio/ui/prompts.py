@@ -194,7 +194,7 @@ def build(ctx: Ctx) -> dict:
             return ok_box(f"This prompt already exists ({r['id']}); tags merged."), gr.update()
         return ok_box(f"Added prompt {r['id']}."), ""
 
-    add_btn.click(add, [add_text, add_system, add_tags, add_split], [add_msg, add_text]).then(
+    add_btn.click(add, [add_text, add_system, add_tags, add_split], [add_msg, add_text], api_name="add_prompt").then(
         facets, None, [tag, source, emb_info]).then(first_page, inputs=inputs[:-1], outputs=[page, *outputs])
 
     def do_import(f, fmt, col, sp, tags, request: gr.Request, progress=gr.Progress()):
@@ -223,7 +223,7 @@ def build(ctx: Ctx) -> dict:
         progress(1.0, desc="done")
         return ok_box("Imported: " + ", ".join(f"{k} {v}" for k, v in report.items() if not isinstance(v, bool)))
 
-    imp_btn.click(do_import, [imp_file, imp_fmt, imp_col, imp_split, imp_tags], imp_msg).then(
+    imp_btn.click(do_import, [imp_file, imp_fmt, imp_col, imp_split, imp_tags], imp_msg, api_name="import_file").then(
         facets, None, [tag, source, emb_info]).then(first_page, inputs=inputs[:-1], outputs=[page, *outputs])
 
     def embed(request: gr.Request, progress=gr.Progress()):

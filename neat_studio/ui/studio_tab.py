@@ -220,7 +220,8 @@ def build(ctx: Ctx) -> dict:
                 gr.update(choices=[NONE_NORMAL] + pos))
 
     save_btn.click(save, [name, kind, text, tags, temperature, top_p, max_tokens, k, kind_filter],
-                   [save_msg, current, lib, versions, va, vb, diff_out, diff_raw, neg_ref, normal_ref])
+                   [save_msg, current, lib, versions, va, vb, diff_out, diff_raw, neg_ref, normal_ref],
+                   api_name="save_library_prompt")
 
     # -- preview -------------------------------------------------------------------------------------------
     def cmp_df():

@@ -1,0 +1,384 @@
+"""Train tab: configure and start a training run (NEAT / RRHF / SFT / DPO) on a frozen snapshot of the curated
+data, watch it live (progress, ETA, loss / rank-loss / rank-accuracy / p-gap curves, log, errors in plain words),
+stop / resume it, and browse the run history with each run's report.
+
+No business logic here: everything goes through `ctx.studio` (training_options, estimate_training,
+start_training, stop_training, resume_training, training_status, training_runs, run_report, start_evaluation,
+evaluation_status). The run itself is a subprocess supervised by neat_studio.jobs, so a page reload or an app
+restart re-attaches to it (the page shows the active run on load)."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import pandas as pd
+
+from .common import Ctx, error_box, esc, fmt_num, ok_box
+
+HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
+                   "loss", "rank acc", "p-gap", "config", "error"]
+# (key, label, kind, CPU-sane default or None = NeatConfig default, min)
+HYPER = [
+    ("rounds", "rounds", int, 1, 1),
+    ("epochs", "epochs per round", int, 1, 1),
+    ("k", "k (plain samples)", int, 1, 0),
+    ("k_neg", "k_neg (per negative)", int, 1, 0),
+    ("k_pos", "k_pos (per positive)", int, 0, 0),
+    ("lr", "learning rate", float, None, 0),
+    ("batch_size", "batch size (lists)", int, 2, 1),
+    ("grad_accum", "grad accumulation", int, None, 1),
+    ("max_steps", "max steps (0 = all)", int, 0, 0),
+    ("max_new_tokens", "max new tokens (samples)", int, 48, 1),
+    ("max_prompt_len", "max prompt tokens", int, 192, 1),
+    ("max_response_len", "max response tokens", int, 96, 1),
+    ("margin", "margin", float, None, 0),
+    ("sft_weight", "sft weight (λ)", float, None, 0),
+    ("save_every", "checkpoint every N steps", int, 0, 0),
+    ("seed", "seed", int, None, 0),
+]
+
+
+# -- rendering (pure; every dynamic string escaped) --------------------------------------------------------------
+def fmt_dur(s) -> str:
+    from ..jobs import fmt_duration
+
+    return fmt_duration(s)
+
+
+def progress_html(p: dict | None) -> str:
+    if not p:
+        return "<div class='neat-empty' id='train-progress-empty'>No run selected. Configure a run and press " \
+               "<b>Start training</b>, or pick one from the history.</div>"
+    pct = max(0.0, min(1.0, float(p.get("progress") or 0.0))) * 100
+    status = p.get("status") or ""
+    total = p.get("total_steps")
+    eta = p.get("eta_s")
+    parts = [f"<b>{esc(status)}</b>", f"step {esc(p.get('step') or 0)} / {esc(total if total else '?')}",
+             f"{pct:.0f} %"]
+    if status in ("running", "queued"):
+        parts.append(f"ETA {esc(fmt_dur(eta)) if eta is not None else 'estimating…'}")
+        parts.append(esc(p.get("phase") or ""))
+    elif p.get("elapsed_s") is not None:
+        parts.append(f"trained {esc(fmt_dur(p.get('elapsed_s')))}")
+    color = {"failed": "#c0392b", "stopped": "#b7791f", "finished": "#2f855a"}.get(status, "#4f46e5")
+    return (f"<div class='neat-train-progress' id='train-progress-box' data-status='{esc(status)}' "
+            f"data-step='{esc(p.get('step') or 0)}' data-run='{esc(p.get('run_id'))}'>"
+            f"<div style='font-size:.9rem;margin-bottom:4px'>run <code>{esc(p.get('run_id'))}</code> · "
+            f"{esc(p.get('name') or '')} · {' · '.join(parts)}</div>"
+            f"<div role='progressbar' aria-valuemin='0' aria-valuemax='100' aria-valuenow='{pct:.0f}' "
+            f"style='background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden'>"
+            f"<div style='width:{pct:.1f}%;background:{color};height:100%;transition:width .5s'></div></div></div>")
+
+
+def curves_figure(rows: list[dict], keys: list[tuple[str, str]], title: str):
+    """A small matplotlib figure of metric rows (x = step). Points are drawn too, so 1-2 steps show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=90)
+    drawn = False
+    for key, label in keys:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and r.get("step") is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", markersize=3 if len(xs) > 30 else 5, linewidth=1.4, label=label)
+            drawn = True
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if rows:
+        steps = [r["step"] for r in rows if r.get("step") is not None]
+        if steps and max(steps) - min(steps) < 4:   # few steps: integer ticks, a little margin
+            ax.set_xticks(sorted(set(steps)))
+            ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
+    if drawn:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                color="#888")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def history_df(runs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        cfg = r.get("config") or {}
+        fm = r.get("final_metrics") or {}
+        short_cfg = ", ".join(f"{k}={v}" for k, v in cfg.items()
+                              if k not in ("model", "method", "data", "snapshot_path") and v not in ([], "", None))
+        steps = f"{fm.get('step')}/{fm.get('total_steps')}" if fm.get("step") is not None else ""
+        rows.append([r["id"], r.get("name") or "", r["status"], r.get("method") or "", str(cfg.get("model", "")),
+                     r.get("snapshot_id") or "", (r.get("started_at") or r.get("created_at") or "")[:19].replace("T", " "),
+                     fmt_dur(r.get("duration_s")) if r.get("duration_s") is not None else "", steps,
+                     fmt_num(fm.get("loss")), fmt_num(fm.get("rank_acc")), fmt_num(fm.get("p_gap")), short_cfg,
+                     r.get("error") or ""])
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def run_choices(runs: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{r['id']} · {r.get('name') or ''} · {r['status']}", r["id"]) for r in runs]
+
+
+# -- the tab ---------------------------------------------------------------------------------------------------
+def build(ctx: Ctx) -> dict:
+    st = ctx.studio
+    st.jobs  # create the job runner now: re-attaches runs left running by an earlier app process
+    opts = st.training_options()
+    helps, defaults = opts["help"], opts["defaults"]
+
+    gr.Markdown("### New training run")
+    with gr.Row():
+        base = gr.Dropdown(label="Base model", choices=opts["models"], value="default", allow_custom_value=True,
+                           scale=3, elem_id="train-model",
+                           info="default (SmolLM2-135M-Instruct), a previous run's model, or an HF name / local path")
+        method = gr.Radio(opts["methods"], value="neat", label="Method", scale=2, elem_id="train-method",
+                          info=helps.get("method"))
+    with gr.Row():
+        negs = gr.Dropdown(label="Negative prompt versions", choices=opts["negatives"], multiselect=True,
+                           value=opts["negatives"][-1:] if opts["negatives"] else [], elem_id="train-negatives",
+                           info=helps.get("negatives"))
+        poss = gr.Dropdown(label="Positive prompt versions (optional, NEAT-PP)", choices=opts["positives"],
+                           multiselect=True, value=[], elem_id="train-positives",
+                           info="used when k_pos > 0: " + helps.get("positives", ""))
+    with gr.Row():
+        annotated_only = gr.Checkbox(False, label="Annotated only (prompts a human ranked)", elem_id="train-annotated")
+        imported = gr.Checkbox(True, label="Include imported ranked pairs", elem_id="train-imported")
+        tags = gr.Dropdown(label="Only prompts with these tags (empty = all)", choices=opts["tags"], multiselect=True,
+                           value=[], elem_id="train-tags")
+    hyper = []
+    with gr.Accordion("Hyper-parameters (defaults are sized for a 2-core CPU)", open=False):
+        for i in range(0, len(HYPER), 4):
+            with gr.Row():
+                for key, label, kind, dflt, lo in HYPER[i:i + 4]:
+                    v = defaults.get(key) if dflt is None else dflt
+                    hyper.append(gr.Number(value=v, label=label, precision=0 if kind is int else None, minimum=lo,
+                                           info=helps.get(key), elem_id=f"train-{key}"))
+        with gr.Row():
+            lora = gr.Checkbox(False, label="LoRA adapters", info=helps.get("lora"), elem_id="train-lora")
+            name = gr.Textbox(label="Run name (optional)", max_lines=1, elem_id="train-name")
+    estimate = gr.Markdown("", elem_id="train-estimate")
+    with gr.Row():
+        start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        resume_btn = gr.Button("Resume", elem_id="train-resume")
+    for b in (start_btn, stop_btn, resume_btn):
+        ctx.admin_only.append(b)
+    msg = gr.HTML("", js_on_load=None, elem_id="train-msg")
+
+    gr.Markdown("### Run")
+    with gr.Row():
+        run_sel = gr.Dropdown(label="Run shown", choices=[], value=None, elem_id="train-run", scale=4)
+        refresh_btn = gr.Button("Refresh", size="sm", scale=0, min_width=90, elem_id="train-refresh")
+    prog = gr.HTML(progress_html(None), js_on_load=None, elem_id="train-progress")
+    with gr.Row():
+        loss_plot = gr.Plot(label="loss / rank loss", elem_id="train-loss-plot")
+        acc_plot = gr.Plot(label="rank accuracy", elem_id="train-acc-plot")
+        gap_plot = gr.Plot(label="p-gap (best − negative)", elem_id="train-gap-plot")
+    err = gr.HTML("", js_on_load=None, elem_id="train-error")
+    log = gr.Textbox(label="Last log lines", lines=8, max_lines=14, interactive=False, elem_id="train-log")
+    timer = gr.Timer(2.0)
+    plot_key = gr.State(None)
+    hist_key = gr.State(None)
+
+    gr.Markdown("### Run history")
+    history = gr.Dataframe(headers=HISTORY_COLUMNS, datatype="str", interactive=False, wrap=True, max_height=320,
+                           elem_id="train-history")
+    with gr.Row():
+        report_btn = gr.Button("Open report of the shown run", size="sm", elem_id="train-report")
+        eval_btn = gr.Button("Evaluate shown run vs its base model", size="sm", elem_id="train-evaluate")
+    ctx.admin_only.append(eval_btn)
+    report_msg = gr.HTML("", js_on_load=None, elem_id="train-report-msg")
+    report_md = gr.Markdown("", elem_id="train-report-md")
+    report_gallery = gr.Gallery(label="charts", columns=3, height="auto", visible=False, elem_id="train-report-charts")
+    config_code = gr.Code(label="config.yaml", language="yaml", interactive=False, visible=False,
+                          elem_id="train-config")
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def config_from(bm, md, ng, ps, ao, im, tg, lr_, nm, *hv):
+        cfg = {"model": (bm or "").strip() or "default", "method": md, "negatives": list(ng or []),
+               "positives": list(ps or []), "lora": bool(lr_), "name": (nm or "").strip() or None,
+               "data": {"annotated_only": bool(ao), "include_imported": bool(im), "tags": list(tg or []),
+                        "split": "train"}}
+        for (key, _, kind, _, _), v in zip(HYPER, hv):
+            if v is not None and v != "":
+                cfg[key] = kind(v)
+        if md != "neat":
+            cfg["negatives"] = []
+        if not cfg.get("k_pos"):
+            cfg["positives"] = []
+        return cfg
+
+    cfg_inputs = [base, method, negs, poss, annotated_only, imported, tags, lora, name, *hyper]
+
+    def do_estimate(*args):
+        try:
+            e = st.estimate_training(config_from(*args))
+        except ValueError as ex:
+            return f"⚠ {esc(ex)}"
+        return (f"**Estimated time:** {esc(e['text'])} · {e['n_prompts']} training prompt(s) match the data filters")
+
+    def view(run_id, key=None):
+        """(progress, loss fig, acc fig, gap fig, error, log, plot key, stop/resume interactivity)."""
+        if not run_id:
+            return (progress_html(None), gr.update(), gr.update(), gr.update(), "", "", key,
+                    gr.update(interactive=False), gr.update(interactive=False))
+        try:
+            p = st.training_status(run_id)
+        except ValueError as ex:
+            return (error_box(str(ex)), gr.update(), gr.update(), gr.update(), "", "", key,
+                    gr.update(interactive=False), gr.update(interactive=False))
+        rows = p["metrics"]
+        new_key = (run_id, len(rows), rows[-1]["step"] if rows else None, p["status"])
+        if new_key != key:
+            figs = (curves_figure(rows, [("loss", "loss"), ("rank_loss", "rank loss"), ("sft_loss", "sft loss")],
+                                  "loss"),
+                    curves_figure(rows, [("rank_acc", "rank accuracy")], "rank accuracy"),
+                    curves_figure(rows, [("p_gap", "p-gap")], "p-gap (mean log-prob best − negative)"))
+        else:
+            figs = (gr.update(), gr.update(), gr.update())
+        e = ""
+        if p["error"]:
+            e = error_box(("Run failed: " if p["status"] == "failed" else "") + p["error"])
+        active = p["status"] in ("running", "queued")
+        can_resume = p["status"] in ("stopped", "failed") and bool(p.get("checkpoint"))
+        return (progress_html(p), *figs, e, "\n".join(p["log_tail"]), new_key,
+                gr.update(interactive=active and not p["stopping"]), gr.update(interactive=can_resume))
+
+    view_outs = [prog, loss_plot, acc_plot, gap_plot, err, log, plot_key, stop_btn, resume_btn]
+
+    def hist():
+        runs = st.training_runs()
+        return runs, history_df(runs)
+
+    def on_show(neg_value):
+        """Page load / tab opened: the active run (else the newest), fresh choices; re-attached runs show up."""
+        runs, df = hist()
+        act = st.jobs.active()
+        sel = act["id"] if act else (runs[0]["id"] if runs else None)
+        o = st.training_options()
+        neg_value = [v for v in (neg_value or []) if v in o["negatives"]] or o["negatives"][-1:]
+        return (gr.update(choices=run_choices(runs), value=sel), df, *view(sel),
+                gr.update(choices=o["models"]), gr.update(choices=o["negatives"], value=neg_value),
+                gr.update(choices=o["positives"]), gr.update(choices=o["tags"]))
+
+    show_outs = [run_sel, history, *view_outs, base, negs, poss, tags]
+
+    def start(data: dict, request: gr.Request):
+        """`data`: {component: value} of the run selector and the config inputs (set-style inputs)."""
+        actor = ctx.require_admin(request, "start training")
+        shown = data.get(run_sel)
+        try:
+            cfg = config_from(*[data.get(c) for c in cfg_inputs])
+            rid = st.start_training(cfg, actor=actor)
+        except (ValueError, RuntimeError) as ex:
+            return (error_box(f"Not started: {ex}"), gr.update(), gr.update(), *view(shown))
+        runs, df = hist()
+        return (ok_box(f"Started run {rid}. It runs in the background; you can reload the page or leave."),
+                gr.update(choices=run_choices(runs), value=rid), df, *view(rid))
+
+    def stop(run_id, request: gr.Request):
+        actor = ctx.require_admin(request, "stop training")
+        if not run_id:
+            return error_box("No run selected."), *view(None)
+        try:
+            st.stop_training(run_id, actor=actor)
+        except (ValueError, RuntimeError) as ex:
+            return error_box(str(ex)), *view(run_id)
+        return ok_box(f"Stopping run {run_id}: it finishes its step and writes a checkpoint."), *view(run_id)
+
+    def resume(run_id, request: gr.Request):
+        actor = ctx.require_admin(request, "resume training")
+        if not run_id:
+            return (error_box("No run selected."), gr.update(), gr.update(), *view(None))
+        try:
+            st.resume_training(run_id, actor=actor)
+        except (ValueError, RuntimeError) as ex:
+            return (error_box(f"Not resumed: {ex}"), gr.update(), gr.update(), *view(run_id))
+        runs, df = hist()
+        return (ok_box(f"Resumed run {run_id} from its last checkpoint."),
+                gr.update(choices=run_choices(runs), value=run_id), df, *view(run_id))
+
+    def tick(run_id, key, hkey):
+        """Every 2 s: the shown run; the history and the run list only when a run or a status changed."""
+        out = list(view(run_id, key))
+        runs = st.training_runs()
+        sig = tuple((r["id"], r["status"], r.get("error")) for r in runs)
+        if sig == hkey:
+            return (*out, gr.update(), gr.update(), hkey)
+        return (*out, history_df(runs), gr.update(choices=run_choices(runs)), sig)
+
+    def select_history(evt: gr.SelectData, df):
+        try:
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            rid = str(df.iloc[row, 0])
+        except Exception:  # noqa: BLE001
+            return gr.update(), *view(None)
+        return gr.update(value=rid), *view(rid)
+
+    def open_report(run_id):
+        if not run_id:
+            return error_box("No run selected."), "", gr.update(visible=False), gr.update(visible=False)
+        try:
+            r = st.run_report(run_id)
+        except ValueError as ex:
+            return error_box(str(ex)), "", gr.update(visible=False), gr.update(visible=False)
+        cfg = gr.update(value=r["config_yaml"] or "", visible=bool(r["config_yaml"]))
+        if r["markdown"] is None:
+            return (ok_box(f"Run {run_id} has no evaluation report yet: press 'Evaluate shown run vs its base "
+                           "model' (or evaluate it in the Compare tab)."), "", gr.update(visible=False), cfg)
+        return (ok_box(f"Report of run {run_id} ({r['path']})."), r["markdown"],
+                gr.update(value=r["charts"], visible=bool(r["charts"])), cfg)
+
+    def evaluate_run(run_id, request: gr.Request):
+        ctx.require_admin(request, "evaluate runs")
+        if not run_id:
+            yield error_box("No run selected."), gr.update(), gr.update(visible=False)
+            return
+        try:
+            run = st.training_status(run_id)
+            if not run.get("final"):
+                raise ValueError(f"run {run_id} has no final model yet (status {run['status']})")
+            sets = st.eval_set_choices()
+            base_spec = (run.get("config") or {}).get("model") or "default"
+            eid = st.start_evaluation([run["run_dir"], base_spec], sets, out_dir=f"{run['run_dir']}/report",
+                                      n_per_set=8, max_new_tokens=48, actor=ctx.user(request))
+        except (ValueError, RuntimeError) as ex:
+            yield error_box(f"Not evaluated: {ex}"), gr.update(), gr.update(visible=False)
+            return
+        while True:
+            s = st.evaluation_status(eid)
+            if s["status"] != "running":
+                break
+            yield (ok_box(f"Evaluating {run_id} vs {base_spec}: {s['stage']} {s['done']}/{s['total']}…"),
+                   gr.update(), gr.update())
+            time.sleep(2.0)
+        if s["status"] == "failed":
+            yield error_box(f"Evaluation failed: {s['error']}"), gr.update(), gr.update(visible=False)
+            return
+        yield (ok_box(f"Evaluation done ({s['out_dir']})."), s["markdown"] or "",
+               gr.update(value=s["charts"], visible=bool(s["charts"])))
+
+    for comp in cfg_inputs:
+        if isinstance(comp, (gr.Number, gr.Checkbox, gr.Dropdown, gr.Radio)):
+            comp.change(do_estimate, cfg_inputs, estimate, show_progress="hidden")
+    start_btn.click(start, {run_sel, *cfg_inputs}, [msg, run_sel, history, *view_outs])
+    stop_btn.click(stop, [run_sel], [msg, *view_outs])
+    resume_btn.click(resume, [run_sel], [msg, run_sel, history, *view_outs])
+    run_sel.input(lambda r: view(r), [run_sel], view_outs, show_progress="hidden")
+    refresh_btn.click(on_show, [negs], show_outs)
+    timer.tick(tick, [run_sel, plot_key, hist_key], [*view_outs, history, run_sel, hist_key], show_progress="hidden")
+    history.select(select_history, [history], [run_sel, *view_outs])
+    report_btn.click(open_report, [run_sel], [report_msg, report_md, report_gallery, config_code])
+    eval_btn.click(evaluate_run, [run_sel], [report_msg, report_md, report_gallery])
+
+    return {"model": base, "method": method, "negatives": negs, "positives": poss, "annotated_only": annotated_only,
+            "include_imported": imported, "tags": tags, "estimate": estimate, "start": start_btn, "stop": stop_btn,
+            "resume": resume_btn, "message": msg, "run": run_sel, "progress": prog, "loss_plot": loss_plot,
+            "acc_plot": acc_plot, "gap_plot": gap_plot, "error": err, "log": log, "timer": timer,
+            "history": history, "report": report_md, **{f"hp_{h[0]}": c for h, c in zip(HYPER, hyper)},
+            "lora": lora, "name": name, "_on_show": (on_show, [negs], show_outs)}

@@ -1,0 +1,146 @@
+import pytest
+
+from neat_studio.generation import GenParams, Sample, generate, sample_seed, stream_chat
+from neat_studio.models import encode_chat, end_of_turn_ids, load_model
+
+PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Please explain how to bake bread with flour, water, salt and yeast, in detail."}],
+    "What is the weather like today?",
+    [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "the sea"}],
+    [{"role": "user", "content": "Write a poem about the sea."}],
+]
+GREEDY = GenParams(temperature=0, max_new_tokens=12)
+SAMPLED = GenParams(temperature=1.0, top_p=0.95, max_new_tokens=12, k=3, seed=7)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+def _texts(res):
+    return [[s.text for s in ss] for ss in res]
+
+
+def test_genparams():
+    p = GenParams()
+    assert (p.temperature, p.top_p, p.max_new_tokens, p.k, p.seed, p.do_sample) == (0.7, 0.95, 128, 1, 0, True)
+    assert GenParams(temperature=0).do_sample is False
+    assert p.to_dict() == {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 128, "k": 1, "seed": 0}
+    assert GenParams(**p.to_dict()) == p
+    assert GenParams.from_dict({"k": 2, "do_sample": True, "other": 1}) == GenParams(k=2)
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"max_new_tokens": 0}, {"k": 0}, {"k": 1.5}):
+        with pytest.raises(ValueError):
+            GenParams(**bad)
+
+
+def test_shapes_order_k_and_records(lm):
+    calls = []
+    res = generate(lm, PROMPTS, params=SAMPLED, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    assert len(res) == len(PROMPTS) and all(len(ss) == 3 for ss in res)
+    assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]  # 4 // k = 1 prompt per batch
+    for i, ss in enumerate(res):
+        for j, s in enumerate(ss):
+            assert isinstance(s, Sample) and isinstance(s.text, str)
+            assert s.params == SAMPLED.to_dict() and s.sample_index == j
+            assert s.seed == sample_seed(7, i, j)
+            assert 1 <= s.n_tokens <= 12 and s.finish_reason in ("stop", "length")
+            assert (s.n_tokens == 12) if s.finish_reason == "length" else True
+    # order: each prompt's samples are the same whether generated alone (at the same position) or in the batch
+    alone = generate(lm, [PROMPTS[0]], params=SAMPLED)
+    assert _texts(alone)[0] == _texts(res)[0]
+    assert generate(lm, [], params=SAMPLED) == []
+
+
+def test_same_seed_reproduces_and_other_seeds_differ(lm):
+    a = generate(lm, PROMPTS, params=SAMPLED, batch_size=6)
+    b = generate(lm, PROMPTS, params=SAMPLED, batch_size=6)
+    assert _texts(a) == _texts(b)
+    assert [[s.seed for s in ss] for ss in a] == [[s.seed for s in ss] for ss in b]
+    c = generate(lm, PROMPTS, params=GenParams(**{**SAMPLED.to_dict(), "seed": 8}), batch_size=6)
+    flat_a, flat_c = sum(_texts(a), []), sum(_texts(c), [])
+    assert sum(x == y for x, y in zip(flat_a, flat_c)) == 0
+    assert all(len(set(ss)) == 3 for ss in _texts(a))  # k samples of a prompt differ
+    # per-sample seeds: the batch layout does not change the samples
+    assert _texts(generate(lm, PROMPTS, params=SAMPLED, batch_size=1)) == _texts(a)
+
+
+def test_generation_does_not_touch_the_global_rng(lm):
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    generate(lm, PROMPTS[:2], params=SAMPLED)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_left_padding_equivalence_greedy(lm):
+    alone = [generate(lm, [p], params=GREEDY)[0][0] for p in PROMPTS]
+    batched = generate(lm, PROMPTS, params=GREEDY, batch_size=8)
+    assert [s.text for s in alone] == [ss[0].text for ss in batched]
+    assert [s.n_tokens for s in alone] == [ss[0].n_tokens for ss in batched]
+    assert all(s.text for s in alone)
+
+
+def test_greedy_matches_transformers_generate(lm):
+    import torch
+
+    tok = lm.tokenizer
+    for p in PROMPTS[:3]:
+        ids = encode_chat(tok, p)
+        ref = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                max_new_tokens=12, do_sample=False, eos_token_id=end_of_turn_ids(tok),
+                                pad_token_id=tok.pad_token_id)
+        want = tok.decode(ref[0, len(ids):], skip_special_tokens=True).strip()
+        assert generate(lm, [p], params=GREEDY)[0][0].text == want
+
+
+def test_system_prompt_changes_the_conditioning(lm):
+    plain = generate(lm, PROMPTS[:2], params=GREEDY)
+    with_sys = generate(lm, PROMPTS[:2], system="You are a pirate.", params=GREEDY)
+    assert _texts(plain) != _texts(with_sys)
+    explicit = [[{"role": "system", "content": "You are a pirate."}] + generate_msgs for generate_msgs in PROMPTS[:2]]
+    assert _texts(generate(lm, explicit, params=GREEDY)) == _texts(with_sys)
+
+
+def test_stop_at_end_of_turn_and_strip_special_tokens(lm):
+    # bias a copy's head so <|im_end|> wins at the first step
+    import copy
+
+    import torch
+
+    m2 = copy.deepcopy(lm)
+    bias = torch.zeros(m2.model.config.vocab_size)
+    bias[m2.tokenizer.eos_token_id] = 1e4
+    m2.model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
+    s = generate(m2, PROMPTS[:2], params=SAMPLED)
+    for ss in s:
+        for x in ss:
+            assert (x.text, x.n_tokens, x.finish_reason) == ("", 1, "stop")
+    assert list(stream_chat(m2, PROMPTS[0], SAMPLED)) == []
+
+
+def test_too_long_prompt_is_a_clear_error(lm):
+    with pytest.raises(ValueError, match=r"prompt 1 has \d+ tokens; the model's context is 512"):
+        generate(lm, ["ok", "word " * 600], params=GREEDY)
+
+
+def test_stream_chat_grows_to_the_generated_text(lm):
+    for params in (SAMPLED, GREEDY, GenParams(temperature=0.8, max_new_tokens=30, seed=3)):
+        chunks = list(stream_chat(lm, PROMPTS[1], params))
+        assert chunks, params
+        assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(chunks, chunks[1:]))
+        assert chunks[-1] == generate(lm, [PROMPTS[1]], params=params)[0][0].text
+    with_sys = list(stream_chat(lm, PROMPTS[0], GREEDY, system="You are a pirate."))
+    assert with_sys[-1] == generate(lm, [PROMPTS[0]], system="You are a pirate.", params=GREEDY)[0][0].text
+
+
+def test_stream_chat_stops_when_the_consumer_stops(lm):
+    it = stream_chat(lm, PROMPTS[1], GenParams(temperature=1.0, max_new_tokens=200, seed=1))
+    first = next(it)
+    assert isinstance(first, str)
+    it.close()  # no thread to leak; the decoding loop is simply abandoned
+    with pytest.raises(StopIteration):
+        next(it)

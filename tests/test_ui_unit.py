@@ -1,0 +1,136 @@
+"""UI building blocks without a server: escaping of untrusted text, auth configuration, roles, agreement service."""
+from __future__ import annotations
+
+import json
+
+import bcrypt
+import gradio as gr
+import pytest
+
+from neat_studio.ui import auth as A
+from neat_studio.ui.annotate import ranker_html
+from neat_studio.ui.common import Ctx
+from neat_studio.ui.studio_tab import diff_html, preview_html
+
+EVIL = '<img src=x onerror=alert(1)><script>alert(2)</script>"\'&'
+
+
+def _item():
+    return {"prompt": {"id": "p1", "messages": [{"role": "user", "content": EVIL}], "tags": [EVIL]},
+            "responses": [{"id": "r1", "text": EVIL, "origin": "policy"},
+                          {"id": "r2", "text": "ok", "origin": "negative:toxic@1"}],
+            "annotation": {"ranking": [["r2"], ["r1"]], "marks": {"r1": "neg"}, "created_at": "2026-01-01T00:00:00Z"},
+            "suggestion": {"ranking": [["r1", "r2"]], "scorer": EVIL}}
+
+
+def test_ranker_html_escapes_everything_and_loads_saved_ranking():
+    h = ranker_html(_item())
+    assert "<img" not in h and "<script" not in h
+    assert "&lt;img src=x onerror=alert(1)&gt;&lt;script&gt;" in h
+    assert "data-rid='r1' data-rank='2' data-mark='neg'" in h and "data-rid='r2' data-rank='1'" in h
+    assert "data-suggest='[[&quot;r1&quot;, &quot;r2&quot;]]'" in h
+    # a draft for the same item wins over the saved annotation
+    h2 = ranker_html(_item(), {"item": "p1", "ranks": {"r1": 1, "r2": 1}, "marks": {}})
+    assert "data-rid='r1' data-rank='1' data-mark=''" in h2
+
+
+def test_preview_and_diff_html_escape():
+    rows = [{"prompt_id": "p<1>", "prompt": [{"role": "user", "content": EVIL}],
+             "normal": [{"text": EVIL, "seed": 1, "n_tokens": 3}], "negative": [{"text": "", "seed": 2}]}]
+    h = preview_html(rows, "<b>n</b>", "neg@1", 7, 1, 1)
+    assert "<img" not in h and "<script" not in h and "<b>n</b>" not in h and "(empty)" in h
+    d = diff_html("a <x> b", "a <y> b", "v@1", "v@2")
+    assert "<del>&lt;x&gt; </del>" in d and "<ins>&lt;y&gt; </ins>" in d
+
+
+def _hash(pw):
+    return bcrypt.hashpw(pw.encode(), bcrypt.gensalt(4)).decode()
+
+
+def test_users_file_json_yaml_env(tmp_path):
+    h = _hash("s3cret")
+    jf = tmp_path / "users.json"
+    jf.write_text(json.dumps({"users": [{"username": "ann", "password_hash": h, "role": "annotator"}]}))
+    db = A.load_users_file(jf)
+    assert db.check("ann", "s3cret") and not db.check("ann", "nope") and not db.check("zed", "s3cret")
+    assert db.role("ann") == "annotator"
+    yf = tmp_path / "users.yaml"
+    yf.write_text(f"boss:\n  password_hash: '{h}'\n  role: admin\n")
+    assert A.load_users_file(yf).role("boss") == "admin"
+    env = {"NEAT_STUDIO_USERS": f"a1:{h}:admin,b2:{h}:annotator"}
+    assert A.load_auth(None, env).usernames == ["a1", "b2"]
+    assert A.load_auth(None, {}) is None
+
+
+@pytest.mark.parametrize("data,msg", [
+    ({"users": [{"username": "x", "password": "plain", "role": "admin"}]}, "plain-text"),
+    ({"users": [{"username": "x", "password_hash": "plain", "role": "admin"}]}, "bcrypt"),
+    ({"users": [{"username": "x", "password_hash": "$2b$04$" + "a" * 53, "role": "root"}]}, "role"),
+    ({"users": []}, "no users"),
+])
+def test_bad_users_files_are_refused(tmp_path, data, msg):
+    f = tmp_path / "u.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(A.AuthConfigError, match=msg):
+        A.load_users_file(f)
+
+
+def test_ctx_roles():
+    db = A.UserDB({"boss": (_hash("x"), "admin"), "ann": (_hash("y"), "annotator")})
+    ctx = Ctx(studio=None, auth=db)
+
+    class Req:
+        def __init__(self, u):
+            self.username = u
+
+    assert ctx.user(Req("boss")) == "boss" and ctx.is_admin(Req("boss"))
+    with pytest.raises(gr.Error, match="Only admins"):
+        ctx.require_admin(Req("ann"), "edit")
+    with pytest.raises(gr.Error):
+        ctx.user(Req(None))
+    local = Ctx(studio=None)
+    assert local.user(None) == "local" and local.role(None) == "admin"
+
+
+def test_studio_agreement_and_build_app(workspace):
+    from neat_studio import metrics as M
+    from neat_studio.studio import Studio
+    from neat_studio.ui import app as app_mod
+
+    with Studio(workspace, model_spec="tiny") as st:
+        pid = st.add_prompt("Which is best?", actor="t")["id"]
+        ids = st.store.add_responses([{"prompt_id": pid, "text": t, "origin": "policy"} for t in "abc"], actor="t")
+        st.save_annotation(pid, "alice", [[ids[0]], [ids[1]], [ids[2]]])
+        st.save_annotation(pid, "bob", [[ids[0], ids[1]], [ids[2]]])
+        st.save_annotation(pid, "bob", [[ids[1]], [ids[0]], [ids[2]]])  # only the latest counts
+        a = st.agreement()
+        assert a["shared_prompts"] == 1
+        assert a["kendall_tau"] == pytest.approx(1 / 3)          # C=2, D=1 of 3 pairs
+        assert a["pairwise_agreement"] == pytest.approx(2 / 3)
+        assert a["pairs"][0]["a"] == "alice" and a["pairs"][0]["b"] == "bob"
+        assert M.kendall_tau_b([0, 1, 2], [1, 0, 2]) == pytest.approx(1 / 3)
+        # the app builds with the tabs that exist; a tab module that is not written yet is skipped
+        assert app_mod._load_tab("no_such_tab_module") is None
+        demo = app_mod.build_app(st)
+        assert isinstance(demo, gr.Blocks)
+        assert "annotate.ranker" in demo.neat_ctx.components
+
+
+def test_export_files_and_preview_pool_origins(workspace):
+    from neat_studio.studio import Studio
+
+    with Studio(workspace, model_spec="tiny") as st:
+        pid = st.add_prompt("Rank these", actor="t")["id"]
+        ids = st.store.add_responses([{"prompt_id": pid, "text": t, "origin": "policy"} for t in ("good", "bad")],
+                                     actor="t")
+        st.save_annotation(pid, "alice", [[ids[0]], [ids[1]]])
+        for kind in ("trl", "listwise", "parquet"):
+            r = st.export_file(kind, actor="t")
+            assert r["written"] == 1 and __import__("pathlib").Path(r["path"]).exists()
+        with pytest.raises(ValueError):
+            st.export_file("xml")
+        st.save_library_prompt("meanie", "negative", "Be mean.", {"k": 1}, actor="t")
+        with pytest.raises(ValueError, match="run a preview first"):
+            st.add_preview_to_pool("meanie@1")
+        with pytest.raises(ValueError, match="unknown prompt"):
+            st.sample_for_preview("manual", ids=["nope"])
