@@ -140,7 +140,7 @@ def cmd_backup(args):
         from gradio_client import Client
 
         client = Client(args.server, verbose=False, auth=tuple(args.auth.split(":", 1)) if args.auth else None)
-        _print(client.predict(str(out), bool(args.parquet), api_name="/backup"))
+        _print(json.loads(client.predict(str(out), bool(args.parquet), api_name="/backup")))
         return
     with store:
         _print(store.backup(out, parquet_dir=parquet, actor=args.actor))

@@ -1,6 +1,8 @@
 """API-level UI tests through gradio_client (no browser): bad input gives a clear error and writes nothing."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.browser.live import start_app, stop_app
@@ -73,3 +75,17 @@ def test_library_versions_are_immutable_and_validated(app, client):
     out = client.predict("sarcastic", "positive", "x", "", 0.5, 0.9, 64, 2, "all", api_name="/save_library_prompt")
     assert "neat-error" in out[0] and "negative prompt" in out[0]
     assert st.store.get_system_prompt("sarcastic")["version"] == 2
+
+
+def test_backup_through_the_running_app(app, client, tmp_path):
+    """While the app owns the database file, `backup` goes through its API and yields a consistent copy."""
+    from neat_studio.store import Store
+
+    out = tmp_path / "bk.duckdb"
+    rep = json.loads(client.predict(str(out), True, api_name="/backup"))
+    assert rep["path"] == str(out.resolve()) and out.exists()
+    with Store(out) as b:
+        assert b.counts()["prompts"] == rep["counts"]["prompts"]
+    assert (tmp_path / "bk-parquet" / "schema.sql").exists()
+    with pytest.raises(Exception, match="already exists"):
+        client.predict(str(out), False, api_name="/backup")

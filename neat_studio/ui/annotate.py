@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .common import Ctx, error_box, esc, ok_box, parse_tags
+from .common import Ctx, error_box, esc, ok_box
 
 RANKER_JS = Path(__file__).with_name("ranker.js").read_text(encoding="utf-8")
 KEYS_HELP = ("<b>1–9</b> select a response, then <b>1–9</b> its rank group (same number = tie) · <b>Esc</b> "

@@ -1,43 +1,33 @@
 """The NEAT Studio web app (Gradio 6): `build_app(studio, auth=None)` and `launch(...)` (`python -m neat_studio serve`).
 
 Tabs are modules of this package, each with `build(ctx) -> dict[str, component]` and NO business logic: they call
-`ctx.studio` (neat_studio.studio.Studio). To add a tab, add its module to `TABS`; a module that does not exist yet
-(train.py, compare.py are written separately) is skipped, so the app always starts.
+`ctx.studio` (neat_studio.studio.Studio). To add a tab, add its module to `TABS`.
 """
 from __future__ import annotations
 
-import importlib
+import json
 import logging
 from pathlib import Path
 
 import gradio as gr
 
+from . import annotate, compare, data, prompts, studio_tab, train
 from .auth import UserDB, load_auth
 from .common import Ctx, esc
 
 log = logging.getLogger(__name__)
 
-# (tab label, module name, elem_id). Order = order of the tabs.
-TABS: list[tuple[str, str, str]] = [
-    ("Prompts", "prompts", "tab-prompts"),
-    ("Negative Prompt Studio", "studio_tab", "tab-studio"),
-    ("Annotate", "annotate", "tab-annotate"),
-    ("Data", "data", "tab-data"),
-    ("Train", "train", "tab-train"),        # neat_studio/ui/train.py (another engineer)
-    ("Compare", "compare", "tab-compare"),  # neat_studio/ui/compare.py (another engineer)
+# (tab label, module, elem_id). Order = order of the tabs.
+TABS = [
+    ("Prompts", prompts, "tab-prompts"),
+    ("Negative Prompt Studio", studio_tab, "tab-studio"),
+    ("Annotate", annotate, "tab-annotate"),
+    ("Data", data, "tab-data"),
+    ("Train", train, "tab-train"),
+    ("Compare", compare, "tab-compare"),
 ]
 
 CSS_PATH = Path(__file__).with_name("studio.css")
-
-
-def _load_tab(module: str):
-    name = f"{__package__}.{module}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            return None  # tab not written yet
-        raise
 
 
 class StudioBlocks(gr.Blocks):
@@ -70,10 +60,8 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
             who = gr.HTML("", js_on_load=None, elem_id="neat-who")
         shows = []
         with gr.Tabs(elem_id="neat-tabs") as tabs:
-            for label, module, elem_id in TABS:
-                mod = _load_tab(module)
-                if mod is None:
-                    continue
+            for label, mod, elem_id in TABS:
+                module = mod.__name__.rsplit(".", 1)[-1]
                 with gr.Tab(label, id=module, elem_id=elem_id) as tab:
                     comps = mod.build(ctx) or {}
                 ctx.components.update({f"{module}.{k}": v for k, v in comps.items() if not k.startswith("_")})
@@ -92,6 +80,20 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
                 [gr.update(visible=admin) for _ in ctx.admin_only]
 
         demo.load(whoami, inputs=None, outputs=[who, *ctx.admin_only], show_progress="hidden")
+
+        def backup(out: str, parquet: bool, request: gr.Request) -> str:
+            """API only (`python -m neat_studio backup` while the app owns the database): admins only."""
+            if ctx.role(request) != "admin":
+                raise gr.Error("Only admins can make backups.")
+            out_path = Path(out).resolve()
+            pq = out_path.with_name(out_path.stem + "-parquet") if parquet else None
+            try:
+                # JSON text: gradio would take a dict with a "path" key for a file to serve
+                return json.dumps(studio.store.backup(out_path, parquet_dir=pq, actor=ctx.user(request)))
+            except ValueError as e:
+                raise gr.Error(str(e)) from e
+
+        gr.api(backup, api_name="backup")
         for fn, inputs, outputs in shows:
             demo.load(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
     demo.neat_ctx = ctx
@@ -111,10 +113,14 @@ def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0
             studio.init(actor="system")
     except Exception as e:  # noqa: BLE001 - seeding is a convenience; the app still starts empty
         log.warning("seeding the workspace failed: %s", e)
+    print(f"NEAT Studio: loading the generation model {model!r} ...", flush=True)
+    lm = studio.policy()  # the studio answers with its model loaded (first start converts the GGUF once)
+    print(f"NEAT Studio: model {lm.model_id} loaded", flush=True)
     demo = build_app(studio, auth=auth)
     print(f"NEAT Studio: workspace {studio.workspace.root}, model {model}, "
           f"{'login required (' + str(len(auth.users)) + ' users)' if auth else 'single local user (no login)'}")
-    demo.queue(default_concurrency_limit=1)
+    # Saves and page loads run concurrently (the store serialises writes); model work is limited per handler.
+    demo.queue(default_concurrency_limit=16)
     try:
         return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block)
     finally:

@@ -137,6 +137,7 @@ def test_two_annotators_agreement_and_roles(app, browser, page_errors):
     text = wait_text(pa.locator("#data-pairs"), r"alice")
     assert "bob" in text and f"{tau:.3f}" in text and f"{pa_:.3f}" in text
     wait_text(pa.locator("#data-agreement"), rf"1 shared prompt.*{tau:.3f}")
+    pa.wait_for_timeout(1000)  # let the refresh finish fading in
     shot(pa, "data")
     errors = [e for e in page_errors.events if not e.startswith("console-error:Failed to load resource")]
     assert errors == []
