@@ -4,9 +4,10 @@
 
 Texts: real texts from ../shared/data when present (HH-RLHF harmless responses = short chat turns; alpaca-eval
 text_davinci_003 outputs = longer answers); otherwise generated filler sentences (figures then not comparable).
-The 10k-pair training set is SYNTHETIC from real texts: the 2,308 HH-RLHF (prompt, chosen, rejected) pairs are
-repeated (round-robin) to 10k pairs, so only ~6.9k distinct texts are embedded; the time to embed them is
-reported separately from the time to train the head on 10k pairs.
+The 10k-pair training set is SYNTHETIC from real texts: the first `--base-pairs` (default 500) HH-RLHF
+(prompt, chosen, rejected) pairs are repeated round-robin to 10k pairs, so only ~3 x base-pairs distinct texts are
+embedded; that embedding time is reported separately from the time to train the head on the 10k pairs. (Repeats
+of one prompt stay on one side of the prompt split, so the dev accuracy printed is not meaningful here.)
 """
 from __future__ import annotations
 
@@ -60,20 +61,20 @@ def bench_embeddings(n: int, batch_sizes: list[int]) -> None:
         print(f"  cache hits: {len(texts) / dt:10.0f} sentences/s")
 
 
-def bench_scorer(n_pairs: int, epochs: int) -> None:
+def bench_scorer(n_pairs: int, epochs: int, base_pairs: int = 500) -> None:
     from neat_studio.scoring.reward import ScorerConfig, build_pairset, embed_pairset, train_scorer
 
     if not (shared_data_dir() / "derived" / "hh_rlhf_harmless_test_pairs.jsonl").exists():
         print("# scorer training: skipped (../shared/data absent)")
         return
-    base = load_hh_pairs()
+    base = load_hh_pairs()[:base_pairs]
     rows = [base[i % len(base)] for i in range(n_pairs)]
-    print(f"# scorer training: {n_pairs} pairs (HH-RLHF harmless pairs repeated round-robin; synthetic size)")
+    print(f"# scorer training: {n_pairs} pairs (first {len(base)} HH-RLHF harmless pairs repeated round-robin; synthetic)")
     t = time.perf_counter()
     feats = embed_pairset(build_pairset(rows))
     emb_s = time.perf_counter() - t
-    n_texts = len(set(r["responses"][0] for r in base) | set(r["responses"][1] for r in base)) + len(base)
-    print(f"  embed ~{n_texts} distinct texts: {emb_s:.1f}s")
+    n_texts = len({t for r in base for t in r["responses"]}) + len(base)
+    print(f"  embed ~{n_texts} distinct texts (prompts + responses): {emb_s:.1f}s")
     cfg = ScorerConfig(epochs=epochs)
     m = train_scorer(rows, None, seed=0, dev_fraction=0.2, config=cfg, features=feats)
     print(f"  train {m['n_train_pairs']} pairs x {epochs} epochs (hidden {cfg.hidden}, batch {cfg.batch_size}): "
@@ -89,13 +90,16 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="8,32,64,128")
     ap.add_argument("--pairs", type=int, default=10_000)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--base-pairs", type=int, default=500)
     ap.add_argument("--skip-embed", action="store_true")
     args = ap.parse_args()
+    print(f"# load average (1, 5, 15 min) at start: {os.getloadavg()} on {os.cpu_count()} CPUs")
     if not args.skip_embed:
         bench_embeddings(args.n, [int(x) for x in args.batch_sizes.split(",")])
     from neat_studio.scoring.reward import ScorerConfig
 
-    bench_scorer(args.pairs, args.epochs or ScorerConfig().epochs)
+    bench_scorer(args.pairs, args.epochs or ScorerConfig().epochs, args.base_pairs)
+    print(f"# load average (1, 5, 15 min) at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -255,10 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins():
     """Sub-command groups that live next to the code they drive."""
+    from .eval_cli import register as evaluate
     from .neat.cli import register as train
     from .scoring.cli import register as scoring
 
-    return [train, scoring]
+    return [train, evaluate, scoring]
 
 
 def main(argv=None) -> int:

@@ -336,7 +336,13 @@ def build_set(name: str, paths: Iterable[str | Path] | None = None, *, exclude: 
     data_root = Path(data_root) if data_root else default_data_root()
     paths = [Path(p) for p in paths] if paths else _sources_for(name, data_root)
     if name == PAIRS_NAME:
-        pairs = [p for path in paths for p in read_pairs(path)]
+        pairs = []
+        for path in paths:
+            label = _source_label(path, data_root)
+            for q in read_pairs(path):
+                if q["source"] == path.name:
+                    q["source"] = label
+                pairs.append(q)
         return dedupe_against(pairs, exclude, within=False) if exclude else pairs
     expected = expected or EXPECTED.get(name)
     if expected is None:

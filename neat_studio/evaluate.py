@@ -342,7 +342,8 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
                                    max_length=pair_max_length, progress=prog(f"{label}: pairs (rejected)"))
             path = out_dir / "generations" / label / "pairs.jsonl"
             _write_jsonl(path, ({"id": q["id"], "source": q["source"], "split": q["split"], "p_chosen": c,
-                                 "p_rejected": r, "correct": (1.0 if c > r else 0.5 if c == r else 0.0)}
+                                 "p_rejected": r, "correct": (1.0 if c > r else 0.5 if c == r else 0.0),
+                                 "prompt": q["prompt"], "chosen": q["chosen"], "rejected": q["rejected"]}
                                 for q, c, r in zip(pairs, pc, pr)))
             res["pairs"] = {**ranking_accuracy(pc, pr), "file": str(path.relative_to(out_dir))}
         info["seconds"] = round(time.time() - t0, 1)

@@ -682,18 +682,41 @@ class Studio:
             raise ValueError("write a message first")
         fields = {k: v for k, v in (params or {}).items() if k in ("temperature", "top_p", "max_new_tokens", "seed")}
         gp = GenParams(**fields)
+        import queue
+
         lma, lmb = self.compare_model(spec_a), self.compare_model(spec_b)
         turn = {"role": "user", "content": text}
-        gens = [stream_chat(lma, list(history_a or []) + [turn], gp), stream_chat(lmb, list(history_b or []) + [turn], gp)]
+        convs = [list(history_a or []) + [turn], list(history_b or []) + [turn]]
+        # Each side streams in its own thread: stream_chat runs under torch.inference_mode, which is thread-local,
+        # and a UI generator may be resumed on a different worker thread at every step.
+        q: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def side(i, lm):
+            try:
+                for t in stream_chat(lm, convs[i], gp):
+                    if stop.is_set():
+                        break
+                    q.put((i, "text", t))
+                q.put((i, "done", None))
+            except Exception as e:  # noqa: BLE001 - re-raised in the consumer
+                q.put((i, "error", e))
+
+        for i, lm in enumerate((lma, lmb)):
+            threading.Thread(target=side, args=(i, lm), daemon=True, name=f"neat-compare-{i}").start()
         texts, done = ["", ""], [False, False]
-        while not all(done):
-            for i in (0, 1):
-                if not done[i]:
-                    try:
-                        texts[i] = next(gens[i])
-                    except StopIteration:
-                        done[i] = True
-            yield texts[0], texts[1]
+        try:
+            while not all(done):
+                i, kind, val = q.get()
+                if kind == "error":
+                    raise val
+                if kind == "done":
+                    done[i] = True
+                else:
+                    texts[i] = val
+                yield texts[0], texts[1]
+        finally:
+            stop.set()
 
     def save_compare_vote(self, history_a: list[dict], history_b: list[dict], spec_a: str, spec_b: str, vote: str,
                           annotator: str, params: dict | None = None) -> dict:

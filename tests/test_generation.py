@@ -144,3 +144,32 @@ def test_stream_chat_stops_when_the_consumer_stops(lm):
     it.close()  # no thread to leak; the decoding loop is simply abandoned
     with pytest.raises(StopIteration):
         next(it)
+
+
+def test_inference_layout_keeps_values_ties_saving_and_training(tiny_model_dir, tmp_path):
+    import torch
+
+    from neat_studio.generation import prepare_for_inference
+    from neat_studio.models import fingerprint
+
+    lm = load_model(str(tiny_model_dir))
+    fp = lm.fingerprint
+    ids = torch.tensor([encode_chat(lm.tokenizer, PROMPTS[1])])
+    with torch.no_grad():
+        before = lm.model(input_ids=ids).logits
+    prepare_for_inference(lm.model)
+    w = lm.model.model.layers[0].mlp.up_proj.weight
+    assert w.stride() == (1, w.shape[0])  # stored transposed
+    assert lm.model.lm_head.weight is lm.model.model.embed_tokens.weight  # still tied
+    assert fingerprint(lm.model) == fp
+    with torch.no_grad():
+        after = lm.model(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    lm.model.save_pretrained(tmp_path / "saved")
+    lm.tokenizer.save_pretrained(tmp_path / "saved")
+    assert load_model(str(tmp_path / "saved")).fingerprint == fp
+    lm.model.train()  # a training step still works on the re-laid-out weights
+    opt = torch.optim.AdamW(lm.model.parameters(), lr=1e-3)
+    lm.model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    assert fingerprint(lm.model) != fp

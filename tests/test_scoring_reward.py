@@ -145,3 +145,31 @@ def test_scorer_on_coconot_over_refusal_pairs(coconot_subset):
 
 
 COCONOT_BOUND = 0.80
+
+
+def test_store_round_trip_listwise_rows_to_scores(tmp_path):
+    """Train on the store's listwise rows (import rankings), write scores back with put_scores, read them."""
+    store_mod = pytest.importorskip("neat_studio.store")
+    from neat_studio.scoring.reward import score_store_rows
+
+    st = store_mod.Store(tmp_path / "s.duckdb")
+    try:
+        recs = [{"messages": [{"role": "user", "content": f"question {i}"}], "source": "test", "tags": [],
+                 "split": "train",
+                 "responses": [{"text": f"GOOD answer {i}", "origin": "dataset:chosen", "rank": 0},
+                               {"text": f"bad answer {i}", "origin": "dataset:rejected", "rank": 1}]}
+                for i in range(40)]
+        st.import_records(recs, actor="test")
+        rows = st.listwise_rows()
+        assert len(rows) == 40 and all(r["ranks"] == [0, 1] for r in rows)
+        m = train_scorer(rows, tmp_path / "scorers", seed=0, dev_fraction=0.25, config=ScorerConfig(epochs=20),
+                         encode=_fake_encode)
+        assert m["dev_acc"] >= 0.9
+        assert score_store_rows(st, m["scorer"], rows) == 80
+        got = st.get_scores(m["scorer_version"])
+        assert len(got) == 80
+        for r in rows:
+            a, b = (got[i] for i in r["response_ids"])
+            assert a > b
+    finally:
+        st.close()

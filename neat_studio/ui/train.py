@@ -255,18 +255,20 @@ def build(ctx: Ctx) -> dict:
         runs = st.training_runs()
         return runs, history_df(runs)
 
-    def on_show(neg_value):
-        """Page load / tab opened: the active run (else the newest), fresh choices; re-attached runs show up."""
+    def on_show(*vals):
+        """Page load / tab opened: the active run (else the newest), fresh choices, the time estimate;
+        runs re-attached after an app restart show up here."""
         runs, df = hist()
         act = st.jobs.active()
         sel = act["id"] if act else (runs[0]["id"] if runs else None)
         o = st.training_options()
-        neg_value = [v for v in (neg_value or []) if v in o["negatives"]] or o["negatives"][-1:]
+        vals = list(vals)
+        vals[2] = [v for v in (vals[2] or []) if v in o["negatives"]] or o["negatives"][-1:]
         return (gr.update(choices=run_choices(runs), value=sel), df, *view(sel),
-                gr.update(choices=o["models"]), gr.update(choices=o["negatives"], value=neg_value),
-                gr.update(choices=o["positives"]), gr.update(choices=o["tags"]))
+                gr.update(choices=o["models"]), gr.update(choices=o["negatives"], value=vals[2]),
+                gr.update(choices=o["positives"]), gr.update(choices=o["tags"]), do_estimate(*vals))
 
-    show_outs = [run_sel, history, *view_outs, base, negs, poss, tags]
+    show_outs = [run_sel, history, *view_outs, base, negs, poss, tags, estimate]
 
     def start(data: dict, request: gr.Request):
         """`data`: {component: value} of the run selector and the config inputs (set-style inputs)."""
@@ -370,7 +372,7 @@ def build(ctx: Ctx) -> dict:
     stop_btn.click(stop, [run_sel], [msg, *view_outs])
     resume_btn.click(resume, [run_sel], [msg, run_sel, history, *view_outs])
     run_sel.input(lambda r: view(r), [run_sel], view_outs, show_progress="hidden")
-    refresh_btn.click(on_show, [negs], show_outs)
+    refresh_btn.click(on_show, cfg_inputs, show_outs)
     timer.tick(tick, [run_sel, plot_key, hist_key], [*view_outs, history, run_sel, hist_key], show_progress="hidden")
     history.select(select_history, [history], [run_sel, *view_outs])
     report_btn.click(open_report, [run_sel], [report_msg, report_md, report_gallery, config_code])
@@ -381,4 +383,4 @@ def build(ctx: Ctx) -> dict:
             "resume": resume_btn, "message": msg, "run": run_sel, "progress": prog, "loss_plot": loss_plot,
             "acc_plot": acc_plot, "gap_plot": gap_plot, "error": err, "log": log, "timer": timer,
             "history": history, "report": report_md, **{f"hp_{h[0]}": c for h, c in zip(HYPER, hyper)},
-            "lora": lora, "name": name, "_on_show": (on_show, [negs], show_outs)}
+            "lora": lora, "name": name, "_on_show": (on_show, cfg_inputs, show_outs)}

@@ -1,0 +1,153 @@
+"""Train and Compare tabs without a browser: the app builds with both tabs, rendering is escaped and correct with
+very few steps, and the Studio services behind the tabs (options, model choices, estimates, reports) work."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_jobs import seed_data
+
+
+@pytest.fixture
+def studio(workspace):
+    from neat_studio.studio import Studio
+
+    st = Studio(workspace, model_spec="tiny")
+    seed_data(st)
+    yield st
+    st.close()
+
+
+def fake_run(st, status="finished", final=True, ckpt=None):
+    rid = st.store.create_run("fake <b>run</b>", "neat", {"model": "tiny", "lr": 1e-5}, actor="t", status=status)
+    d = st.workspace.runs / rid
+    if final:
+        (d / "final").mkdir(parents=True)
+        (d / "final" / "config.json").write_text("{}")
+    if ckpt is not None:
+        c = d / "checkpoints" / f"step-{ckpt}"
+        c.mkdir(parents=True)
+        (c / "state.json").write_text("{}")
+    d.mkdir(parents=True, exist_ok=True)
+    st.store.update_run(rid, run_dir=str(d), final_metrics={"step": 2, "total_steps": 2, "loss": 1.5, "rank_acc": 0.5,
+                                                             "p_gap": 0.1})
+    return rid, d
+
+
+def test_app_builds_with_train_and_compare_tabs(studio):
+    from neat_studio.ui.app import build_app
+
+    demo = build_app(studio)
+    comps = demo.neat_ctx.components
+    for k in ("train.start", "train.stop", "train.resume", "train.progress", "train.history", "train.timer",
+              "compare.send", "compare.chat_a", "compare.vote_B", "compare.info_a", "compare.evaluate"):
+        assert k in comps, k
+    assert studio.__dict__.get("_jobs") is not None  # the Train tab created the runner (re-attach on app start)
+
+
+def test_progress_html_escapes_and_clamps():
+    from neat_studio.ui.train import progress_html
+
+    assert "No run selected" in progress_html(None)
+    h = progress_html({"run_id": "r1", "name": "<script>x</script>", "status": "running", "progress": 0.5, "step": 1,
+                       "total_steps": 2, "eta_s": 65, "phase": "training"})
+    assert "<script>" not in h and "&lt;script&gt;" in h
+    assert "step 1 / 2" in h and "50 %" in h and "ETA 1 min 05 s" in h and "data-status='running'" in h
+    h = progress_html({"run_id": "r1", "status": "finished", "progress": 7, "step": 2, "total_steps": 2,
+                       "elapsed_s": 3})
+    assert "100 %" in h and "ETA" not in h and "trained 3 s" in h
+    h = progress_html({"run_id": "r1", "status": "running", "progress": 0, "step": 0, "total_steps": None})
+    assert "step 0 / ?" in h and "estimating" in h
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 40])
+def test_curves_figure_with_few_steps(n):
+    from neat_studio.ui.train import curves_figure
+
+    rows = [{"step": i + 1, "loss": 2.0 - i * 0.1, "rank_loss": 1.0, "rank_acc": None if i == 0 else 0.5}
+            for i in range(n)]
+    fig = curves_figure(rows, [("loss", "loss"), ("rank_loss", "rank loss")], "loss")
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    if n == 0:
+        assert not lines and "no data yet" in [t.get_text() for t in ax.texts]
+    else:
+        assert len(lines) == 2 and len(lines[0].get_xdata()) == n
+        assert lines[0].get_marker() == "o"  # a single step is still visible
+    if n in (1, 2):
+        assert list(ax.get_xticks()) == list(range(1, n + 1))
+    acc = curves_figure(rows, [("rank_acc", "rank accuracy")], "acc")   # None values are skipped
+    assert n < 2 or len(acc.axes[0].get_lines()[0].get_xdata()) == n - 1
+
+
+def test_history_table_and_choices(studio):
+    from neat_studio.ui.train import history_df, run_choices
+
+    rid, d = fake_run(studio)
+    rid2, _ = fake_run(studio, status="stopped", final=False, ckpt=3)
+    runs = studio.training_runs()
+    df = history_df(runs)
+    assert list(df["run"]) == [rid2, rid] or set(df["run"]) == {rid, rid2}
+    row = df[df["run"] == rid].iloc[0]
+    assert row["steps"] == "2/2" and row["loss"] == "1.500" and "lr=1e-05" in row["config"]
+    assert (rid, ) == tuple(v for _, v in run_choices(runs) if v == rid)
+    specs = dict((v, k) for k, v in studio.model_choices())
+    assert str(d) in specs and "(final)" in specs[str(d)]
+    ck = str(studio.workspace.runs / rid2 / "checkpoints" / "step-3")
+    assert ck in specs and "step-3" in specs[ck]
+    assert specs["default"].startswith("default") and "tiny" in specs
+
+
+def test_training_options_and_estimate(studio):
+    opts = studio.training_options()
+    assert opts["methods"] == ["neat", "rrhf", "sft", "dpo"] and opts["negatives"] == ["rude@1"]
+    assert "lr" in opts["help"] and opts["defaults"]["method"] == "neat"
+    e = studio.estimate_training({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "rounds": 1,
+                                  "batch_size": 2, "data": {"tags": ["t"]}})
+    assert e["n_prompts"] == 4 and e["steps"] == 2 and e["seconds"] > 0
+    assert studio.training_data_count({"negatives": ["rude"], "data": {"tags": ["nope"]}}) == 0
+    with pytest.raises(ValueError):
+        studio.estimate_training({"method": "bogus"})
+
+
+def test_run_report(studio):
+    rid, d = fake_run(studio)
+    assert studio.run_report(rid)["markdown"] is None
+    (d / "config.yaml").write_text("lr: 1.0e-05\n")
+    (d / "report" / "charts").mkdir(parents=True)
+    (d / "report" / "report.md").write_text("# Report\n")
+    (d / "report" / "report.json").write_text(json.dumps({"models": []}))
+    (d / "report" / "charts" / "refusal.png").write_bytes(b"\x89PNG")
+    r = studio.run_report(rid)
+    assert r["markdown"] == "# Report\n" and r["report"] == {"models": []} and r["config_yaml"].startswith("lr")
+    assert [Path(c).name for c in r["charts"]] == ["refusal.png"]
+    with pytest.raises(ValueError):
+        studio.run_report("nope")
+
+
+def test_compare_rendering_is_inert():
+    from neat_studio.ui.compare import display, info_html
+
+    msgs = display([{"role": "user", "content": "<img src=x onerror=alert(1)>"},
+                    {"role": "assistant", "content": "<script>alert(1)</script>"},
+                    {"role": "assistant", "content": ""}, {"role": "system", "content": "hidden"}])
+    assert [m["role"] for m in msgs] == ["user", "assistant", "assistant"]
+    assert msgs[0]["content"] == "&lt;img src=x onerror=alert(1)&gt;" and "<script>" not in msgs[1]["content"]
+    assert msgs[2]["content"] == "<i>(empty)</i>"
+    h = info_html("A", {"spec": "<b>", "model_id": "m<1>", "fingerprint": "abc"})
+    assert "<b>" not in h.replace("<b>A</b>", "") and "m&lt;1&gt;" in h and "data-fingerprint='abc'" in h
+    assert "neat-error" in info_html("B", None, "cannot <load>") and "&lt;load&gt;" in info_html("B", None, "<load>")
+
+
+def test_compare_vote_validation(studio):
+    u = {"role": "user", "content": "hi"}
+    same = [u, {"role": "assistant", "content": "same"}]
+    v = studio.save_compare_vote(same, same, "tiny", "tiny", "tie", annotator="dana")
+    assert v["response_ids"][0] == v["response_ids"][1] and v["ranking"] == [[v["response_ids"][0]]]
+    with pytest.raises(ValueError, match="identical"):
+        studio.save_compare_vote(same, same, "tiny", "tiny", "A", annotator="dana")
+    other = [{"role": "user", "content": "different"}, {"role": "assistant", "content": "x"}]
+    with pytest.raises(ValueError, match="different messages"):
+        studio.save_compare_vote(same, other, "tiny", "tiny", "A", annotator="dana")
