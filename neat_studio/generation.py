@@ -186,8 +186,8 @@ _LAYOUT_LOCK = threading.Lock()
 
 
 def prepare_for_inference(model) -> None:
-    """CPU fast path, applied once per model by generate/stream_chat: store every Linear weight (and the embedding
-    it may be tied to) transposed in memory, i.e. as ``W.t().contiguous().t()``. Values, shapes, names and
+    """CPU fast path, applied once per model by generate/stream_chat: store every (untied) Linear weight
+    transposed in memory, i.e. as ``W.t().contiguous().t()``. Values, shapes, names and
     parameter objects are unchanged (ties too; save_pretrained, fingerprint and training still work), but
     ``F.linear`` then hands MKL an [in, out] row-major matrix, which is ~2x faster for the small batches of
     decoding (e.g. 8 rows x 576 -> 1536: 0.20 ms instead of 0.41 ms on one core)."""
@@ -199,11 +199,18 @@ def prepare_for_inference(model) -> None:
         if getattr(model, "_neat_inference_layout", False):
             return
         if next(model.parameters()).device.type == "cpu":
+            # tied weights (lm_head = embed_tokens) are left alone: save_pretrained's tie detection needs them
+            # contiguous, and the embedding lookup prefers rows
+            counts: dict[int, int] = {}
+            for _, mod in model.named_modules(remove_duplicate=False):
+                for p in mod.parameters(recurse=False):
+                    counts[id(p)] = counts.get(id(p), 0) + 1
             with torch.no_grad():
                 for mod in model.modules():
                     if isinstance(mod, torch.nn.Linear):
                         w = mod.weight
-                        if w.dim() == 2 and w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1:
+                        if (w.dim() == 2 and w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1
+                                and counts.get(id(w), 0) == 1):
                             w.data = w.data.t().contiguous().t()
         model._neat_inference_layout = True
 

@@ -269,7 +269,12 @@ def default_cache_dir(workspace) -> Path:
 def ensure_default_cache(workspace) -> Path:
     """The safetensors copy of the default model, converting the GGUF file once (atomically) when absent/stale."""
     target = default_cache_dir(workspace)
-    gguf = default_gguf_path()
+    try:
+        gguf = default_gguf_path()
+    except ModelLoadError:
+        if _is_complete_model_dir(target):  # the package is gone but its converted copy is still here
+            return target
+        raise
     source = {"gguf_file": gguf.name, "gguf_size": gguf.stat().st_size}
     if _is_complete_model_dir(target):
         try:

@@ -160,7 +160,8 @@ def test_inference_layout_keeps_values_ties_saving_and_training(tiny_model_dir, 
     prepare_for_inference(lm.model)
     w = lm.model.model.layers[0].mlp.up_proj.weight
     assert w.stride() == (1, w.shape[0])  # stored transposed
-    assert lm.model.lm_head.weight is lm.model.model.embed_tokens.weight  # still tied
+    assert lm.model.lm_head.weight is lm.model.model.embed_tokens.weight  # still tied, and left contiguous
+    assert lm.model.lm_head.weight.is_contiguous()
     assert fingerprint(lm.model) == fp
     with torch.no_grad():
         after = lm.model(input_ids=ids).logits
