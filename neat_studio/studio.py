@@ -28,6 +28,7 @@ class Studio:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:
+        self.close_jobs()  # supervisor threads write to the store: stop them first
         self.store.close()
 
     def __enter__(self):
