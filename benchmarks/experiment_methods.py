@@ -110,9 +110,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-response-len", type=int, default=96)
     ap.add_argument("--gen-tokens", type=int, default=64, help="length of the curated negative/plain samples")
+    ap.add_argument("--online-tokens", type=int, default=48, help="max_new_tokens of the online samples (neat, rrhf)")
+    ap.add_argument("--plain-samples", action="store_true", help="also curate one plain policy sample per prompt")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--model-cache", default="", help="an existing <workspace>/cache/models to copy")
     ap.add_argument("--eval-n", type=int, default=30)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
@@ -128,6 +131,10 @@ def main() -> int:
         state_f.write_text(json.dumps(state, indent=2))
 
     if args.stage in ("all", "data"):
+        if args.model_cache and not (ws / "cache").exists():  # reuse a converted default model (skips ~30 s)
+            import shutil
+
+            shutil.copytree(args.model_cache, ws / "cache" / "models")
         sh(["init"], ws, log)
         h, b = build_files(work, args.n_harmful, args.n_benign, args.seed)
         for path in (h, b):
@@ -135,7 +142,8 @@ def main() -> int:
         g = ["--k", "1", "--max-new-tokens", str(args.gen_tokens), "--seed", str(args.seed), "--limit", "1000"]
         sh(["generate", "--tag", "harmful", "--system", "dangerous_compliance", *g], ws, log)
         sh(["generate", "--tag", "benign", "--system", "over_refusal", *g], ws, log)
-        sh(["generate", "--tag", "exp", "--system", "none", *g], ws, log)
+        if args.plain_samples:
+            sh(["generate", "--tag", "exp", "--system", "none", *g], ws, log)
         state["annotated"] = annotate_rule(ws)
         _, out = sh(["snapshot", "--tag", "exp", "--split", "train"], ws, log)
         snap = json.loads(out)
@@ -144,7 +152,7 @@ def main() -> int:
         save()
 
     snap_dir = ws / "snapshots" / state["snapshot_id"]
-    common = ["--set", f"max_response_len={args.max_response_len}", "--set", f"max_new_tokens={args.max_response_len}",
+    common = ["--set", f"max_response_len={args.max_response_len}", "--set", f"max_new_tokens={args.online_tokens}",
               "--set", "k=1", "--set", "k_neg=1", "--set", f"rounds={args.rounds}", "--set", "epochs=1",
               "--set", f"lr={args.lr}", "--set", "batch_size=2", "--set", f"seed={args.seed}",
               "--set", "gen_batch_size=16"]
@@ -156,8 +164,7 @@ def main() -> int:
             extra = ["--negative", "dangerous_compliance", "--negative", "over_refusal"] if m == "neat" else []
             dt, _ = sh(["train", "--method", m, "--snapshot", str(snap_dir), "--model", "default",
                         "--out", str(out), *extra, *common], ws, log)
-            state.setdefault("train_wall_s", {})[m] = round(dt, 1)
-            save()
+            (out / "wall_s.txt").write_text(f"{dt:.1f}\n")  # per method: lanes may run in parallel
 
     if args.stage in ("all", "eval"):
         models = ["default"] + [str(work / "runs" / m) for m in args.methods.split(",") if (work / "runs" / m / "final").is_dir()]
@@ -166,6 +173,8 @@ def main() -> int:
               "--out", str(work / "report")]
         dt, _ = sh(ev, ws, log)
         state["eval_wall_s"] = round(dt, 1)
+        state["train_wall_s"] = {m: float((work / "runs" / m / "wall_s.txt").read_text())
+                                 for m in METHODS if (work / "runs" / m / "wall_s.txt").exists()}
         save()
         print((work / "report").resolve())
     return 0

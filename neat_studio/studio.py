@@ -94,7 +94,9 @@ class Studio:
     def use_model(self, spec: str) -> str:
         """Switch the generation policy (e.g. to an aligned run's model). Returns the new model id."""
         from .models import load_model
+        from .safety import check_model_spec
 
+        spec = check_model_spec(spec, self.workspace)  # a user's choice: only allowed model folders
         lm = load_model(spec, workspace=self.workspace)
         with self._lm_lock:
             self._lm, self.model_spec = lm, spec
@@ -198,9 +200,12 @@ class Studio:
     def add_prompt(self, text: str, tags: Iterable[str] | None = None, split: str = "train",
                    system: str | None = None, actor: str = "local") -> dict:
         """Add one prompt by hand (source "manual"). Returns {"id", "existing": bool}."""
-        text = (text or "").strip()
+        from .safety import check_prompt_text
+
+        text = check_prompt_text(text).strip()
         if not text:
             raise ValueError("the prompt text is empty")
+        system = check_prompt_text(system, "the system prompt") if system else system
         if split not in ("train", "dev", "test"):
             raise ValueError(f"split must be train, dev or test, got {split!r}")
         messages = ([{"role": "system", "content": system.strip()}] if system and system.strip() else []) + \
@@ -662,6 +667,9 @@ class Studio:
             if spec in cache:
                 cache.move_to_end(spec)
                 return cache[spec]
+            from .safety import check_model_spec
+
+            check_model_spec(spec, self.workspace)  # user-typed: only allowed model folders (ValueError)
             lm = load_model(spec, workspace=self.workspace)
             cache[spec] = lm
             while len(cache) > self.COMPARE_CACHE:

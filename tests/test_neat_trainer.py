@@ -393,3 +393,110 @@ def test_two_process_ddp_ranks_agree(tiny_model_dir, snap, tmp_path):
     # each list of the round was sampled by one of the two processes and gathered by both
     r0 = json.loads((out / "rounds" / "round-0.json").read_text())
     assert len(r0["lists"]) == 6 and all("policy" in lst["origins"] for lst in r0["lists"])
+
+
+# -- stop while sampling ---------------------------------------------------------------------------------------
+def test_sigterm_while_sampling_stops_with_a_loadable_checkpoint(tiny_model_dir, snap, tmp_path, monkeypatch):
+    """Regression: a stop during sampling saved the model in generation's transposed (non-contiguous) weight
+    layout; transformers' tied-weight check in save_pretrained then raised "view size is not compatible ..."
+    and the run ended as failed. The generator's layout is made to include the tied embedding, the case that
+    check cannot take; a real SIGTERM is delivered while round 1 is being sampled."""
+    import neat_studio.generation as G
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import train
+
+    real_prep, real_gen = G.prepare_for_inference, G.generate
+
+    def prep(model):
+        real_prep(model)
+        w = model.get_input_embeddings().weight  # tied with lm_head
+        with torch.no_grad():
+            w.data = w.data.t().contiguous().t()
+
+    calls = []
+
+    def gen(*a, progress=None, **kw):
+        calls.append(1)
+
+        def prog(done, total):
+            if len(calls) == 3 and done < total:  # round 1 (rounds sample plain + negative), mid-sampling
+                os.kill(os.getpid(), signal.SIGTERM)
+            progress(done, total)
+        return real_gen(*a, progress=prog, **kw)
+
+    monkeypatch.setattr(G, "prepare_for_inference", prep)
+    monkeypatch.setattr(G, "generate", gen)
+    out = tmp_path / "run"
+    res = train(cfg_for(tiny_model_dir, snap, out, rounds=2, gen_batch_size=2), lm=load_model(str(tiny_model_dir)))
+    assert res["status"] == "stopped" and res["step"] == 3, res
+    m = read_metrics(out)
+    assert m[-1]["event"] == "stopped" and m[-1]["reason"] == "SIGTERM" and m[-1]["step"] == 3
+    assert not any(x.get("event") == "error" for x in m)
+    assert not (out / "rounds" / "round-1.json").exists()  # the round was aborted, not written half
+    ck = Path(res["checkpoint"])
+    assert json.loads((ck / "state.json").read_text())["round"] == 1
+    lm = load_model(str(ck))  # a loadable checkpoint: weights, config, tokenizer
+    assert lm.model.lm_head.weight is lm.model.get_input_embeddings().weight
+    assert torch.isfinite(lm.model(input_ids=torch.tensor([[1, 5, 7]])).logits).all()
+    rc = train(None, resume=out, lm=load_model(str(tiny_model_dir)))  # re-samples round 1 and finishes
+    assert rc["status"] == "finished" and rc["step"] == 6
+    assert [x["event"] for x in read_metrics(out) if "event" in x][-3:] == ["round_start", "checkpoint", "finished"]
+    assert load_model(str(out)).model is not None  # final/
+
+
+# -- error events ----------------------------------------------------------------------------------------------
+def test_cli_preflight_errors_write_an_error_event(tiny_model_dir, snap, tmp_path, capsys):
+    from neat_studio.cli import main as studio_main
+    from neat_studio.neat.cli import main
+    from neat_studio.neat.trainer import holds_run
+
+    args = ["--snapshot", str(snap), "--model", str(tiny_model_dir), "--workspace", str(tmp_path / "ws")]
+    out = tmp_path / "r1"
+    assert main(args + ["--negative", "toxic", "--out", str(out)]) == 2
+    assert "error: negative prompt 'toxic' is not in" in capsys.readouterr().err
+    ev = read_metrics(out)
+    assert len(ev) == 1 and ev[0]["event"] == "error" and ev[0]["phase"] == "preflight"
+    assert ev[0]["message"].startswith("negative prompt 'toxic' is not in the snapshot's prompt library")
+    assert [p.name for p in out.iterdir()] == ["metrics.jsonl"] and not holds_run(out)  # not a started run
+    # the job runner creates RUN_DIR first and runs `python -m neat_studio ... train`; a bad model name
+    out2 = tmp_path / "r2"
+    out2.mkdir()
+    assert studio_main(["--workspace", str(tmp_path / "ws"), "train", "--snapshot", str(snap), "--model",
+                        str(tmp_path / "nope"), "--negative", "rude@1", "--out", str(out2)]) == 2
+    assert "error: model" in capsys.readouterr().err
+    ev = read_metrics(out2)
+    assert [(e["event"], e["phase"]) for e in ev] == [("error", "preflight")] and "cannot be loaded" in ev[0]["message"]
+    # a retry into the same directory is not refused as "already holds a run"; an empty snapshot appends
+    empty = make_snapshot(tmp_path / "empty", [])
+    assert main(["--snapshot", str(empty), "--model", str(tiny_model_dir), "--negative", "rude@1",
+                 "--out", str(out2)]) == 2
+    assert "has no training rows" in read_metrics(out2)[-1]["message"] and not (out2 / "config.yaml").exists()
+    # a directory holding another run is left untouched
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "config.yaml").write_text("method: neat\n")
+    assert main(args + ["--negative", "rude@1", "--out", str(used)]) == 2
+    assert "already holds a run" in capsys.readouterr().err and not (used / "metrics.jsonl").exists()
+
+
+def test_unexpected_training_errors_write_one_error_event(tiny_model_dir, snap, tmp_path, monkeypatch):
+    from neat_studio.neat import trainer as T
+    from neat_studio.neat.cli import main
+
+    def boom(self, micro):
+        raise RuntimeError("boom in step")
+
+    monkeypatch.setattr(T.NeatTrainer, "_step", boom)
+    base = ["--snapshot", str(snap), "--model", str(tiny_model_dir), "--method", "sft",
+            "--workspace", str(tmp_path / "ws"), "--set", "max_response_len=32"]
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom in step"):
+        main(base + ["--out", str(out)])
+    errs = [e for e in read_metrics(out) if e.get("event") == "error"]
+    assert len(errs) == 1 and errs[0]["message"] == "RuntimeError: boom in step" and "traceback" in errs[0]
+    # an unexpected error after preflight but before the trainer runs
+    monkeypatch.setattr(T, "prepare_run_dir", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    out2 = tmp_path / "run2"
+    with pytest.raises(OSError, match="disk full"):
+        main(base + ["--out", str(out2)])
+    assert read_metrics(out2)[-1]["message"] == "OSError: disk full"

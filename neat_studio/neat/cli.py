@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -56,18 +57,51 @@ def cmd_train(args) -> int:
     from ..config import Workspace
     from .trainer import train
 
-    ws = Workspace.from_env(getattr(args, "workspace", None))
-    if args.resume:
-        result = train(None, resume=args.resume, workspace=ws)
-    else:
-        cfg = build_config(args)
-        if args.show_config:
-            print(cfg.to_yaml(), end="")
-            return 0
-        result = train(cfg, workspace=ws)
+    try:
+        ws = Workspace.from_env(getattr(args, "workspace", None))
+        if args.resume:
+            result = train(None, resume=args.resume, workspace=ws)
+        else:
+            cfg = build_config(args)
+            if args.show_config:
+                print(cfg.to_yaml(), end="")
+                return 0
+            result = train(cfg, workspace=ws)
+    except Exception as e:
+        record_error(args, e)
+        raise  # the caller prints "error: ..." and exits 2 (ConfigError etc.) or shows the traceback
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def record_error(args, exc: BaseException) -> None:
+    """Write the `error` event of a run that failed outside the trainer's own logging (which covers
+    NeatTrainer.run and the DPO loop): `{"event": "error", "message", "phase": "preflight"}` to
+    RUN_DIR/metrics.jsonl, where RUN_DIR is --out (created if needed; nothing else is written, so it does not
+    look like a started run) or the --resume run directory. Nothing is written without --out/--resume, for
+    --show-config, into a directory that already holds another run, or by a process other than rank 0."""
+    from .trainer import RunExistsError, write_preflight_error
+
+    if getattr(exc, "neat_error_logged", False) or isinstance(exc, RunExistsError):
+        return
+    if int(os.environ.get("RANK", "0")) != 0 or getattr(args, "show_config", False):
+        return
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():  # not a run directory: nothing of ours to write to
+            return
+    elif args.out:
+        run_dir = Path(args.out)
+    else:
+        return
+    from .config import ConfigError
+
+    msg = str(exc) if isinstance(exc, (ConfigError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+    try:
+        write_preflight_error(run_dir, msg)
+    except OSError as e:  # the error being reported matters more than its record
+        print(f"warning: cannot write the error event to {run_dir}: {e}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,18 @@ Engineering choices:
   of every process and the position (round, epoch, step in epoch, global step); written to a temp dir and
   renamed, so a half-written checkpoint is never resumed. `final/`: save_pretrained + tokenizer, LoRA merged.
 - SIGTERM/SIGINT: the current step finishes, a checkpoint is written, a `stopped` event, exit 0. The flag is
-  summed across processes with the step's metrics, so all processes stop at the same step.
+  summed across processes with the step's metrics, so all processes stop at the same step. A single process
+  stopped while SAMPLING aborts the round between generation batches and checkpoints the position before it.
+- Sampling and the weight layout: generation.prepare_for_inference stores Linear weights transposed in memory
+  (``W.t().contiguous().t()``, non-contiguous) on the model it is given, and the trainer hands it the live
+  training model. transformers' save_pretrained cannot take a non-contiguous tensor in a group of tensors that
+  share storage (its tied-weight check does ``tensor.view(-1)``: "view size is not compatible with input
+  tensor's size and stride"), and it is easy for such a group to arise (tied embeddings; a LoRA or wrapper that
+  re-ties or shares weights), so `_sample` puts every parameter back into the standard contiguous layout when
+  sampling ends, normally or by Stop (`restore_training_layout`), and the next round's sampling re-applies the
+  fast layout. Training and every save therefore always see contiguous weights (tested: SIGTERM while sampling).
+- Errors: an exception in `run` writes an `error` event (message + traceback) before it propagates; the CLI
+  writes `{"event": "error", "phase": "preflight", "message"}` for errors found before training (neat.cli).
 - Resume continues from the newest checkpoint; a round's lists are read back from `rounds/round-<r>.json`
   when they were sampled by the checkpoint's weights, so resumed and uninterrupted runs match (tested).
 """
@@ -293,6 +304,26 @@ class Stop(Exception):
     pass
 
 
+class RunExistsError(ConfigError):
+    """The output directory already holds a run (not this process's to write to)."""
+
+
+def restore_training_layout(model) -> int:
+    """Undo generation.prepare_for_inference on `model`: every parameter contiguous again (values, shapes, names,
+    parameter objects and ties unchanged) and the model marked for the next prepare_for_inference. Returns the
+    number of parameters re-laid out."""
+    n = 0
+    with torch.no_grad():
+        for p in model.parameters():  # each shared (tied) parameter once
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
+                n += 1
+    for m in {id(x): x for x in (model, getattr(model, "get_base_model", lambda: None)())}.values():
+        if m is not None and getattr(m, "_neat_inference_layout", False):
+            m._neat_inference_layout = False
+    return n
+
+
 class NeatTrainer:
     def __init__(self, cfg: NeatConfig, run_dir: str | Path, *, resume: bool = False, workspace=None,
                  stop_after: int | None = None, prepared: Prepared | None = None):
@@ -484,6 +515,9 @@ class NeatTrainer:
                 for row, samples in zip(rows, res):
                     out[str(row["prompt_id"])] += [(s.text, origin) for s in samples]
         finally:
+            # the generator's transposed weight layout must not leak into training and save_pretrained (see the
+            # module docstring); this also runs when a stop signal aborts the sampling
+            restore_training_layout(model)
             model.train()
         merged = {}
         for part in gather_object([out]):
@@ -546,6 +580,10 @@ class NeatTrainer:
         except Exception as e:
             self._log({"event": "error", "step": getattr(self, "pos", {}).get("global_step"),
                        "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]})
+            try:
+                e.neat_error_logged = True  # the CLI must not log it a second time
+            except AttributeError:  # pragma: no cover - an exception type without __dict__
+                pass
             raise
         finally:
             for s, h in old.items():
@@ -682,6 +720,37 @@ def new_run_dir(cfg: NeatConfig, workspace=None) -> Path:
     return ws.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
 
 
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a (started) run: a config.yaml, or a metrics.jsonl that is not just the
+    `phase: preflight` error events of attempts that never started (write_preflight_error)."""
+    d = Path(run_dir)
+    if (d / "config.yaml").exists():
+        return True
+    m = d / "metrics.jsonl"
+    if not m.exists():
+        return False
+    lines = [line for line in m.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    try:
+        objs = [json.loads(line) for line in lines]
+    except ValueError:
+        return True
+    return not objs or not all(isinstance(o, dict) and o.get("event") == "error" and o.get("phase") == "preflight"
+                               for o in objs)
+
+
+def write_preflight_error(run_dir: str | Path, message: str) -> Path:
+    """Append `{"event": "error", "message", "phase": "preflight"}` to RUN_DIR/metrics.jsonl (creating RUN_DIR):
+    the record of an attempt that failed before training. Writes nothing else, so the directory still does not
+    look like a started run (holds_run stays False unless it already held one)."""
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    m = d / "metrics.jsonl"
+    with open(m, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"event": "error", "message": str(message), "phase": "preflight",
+                            "time": round(time.time(), 3)}) + "\n")
+    return m
+
+
 def prepare_run_dir(cfg: NeatConfig, run_dir: Path, sha256: str, main: bool = True) -> None:
     if not main:
         return
@@ -704,9 +773,9 @@ def train(cfg: NeatConfig, *, resume: str | Path | None = None, workspace=None, 
         cfg = NeatConfig.from_yaml(run_dir / "config.yaml")
     else:
         run_dir = new_run_dir(cfg, workspace)
-        if (run_dir / "metrics.jsonl").exists() or (run_dir / "config.yaml").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run: resume it (--resume {run_dir}) or "
-                              "choose another --out")
+        if holds_run(run_dir):
+            raise RunExistsError(f"run directory {run_dir} already holds a run: resume it (--resume {run_dir}) or "
+                                 "choose another --out")
         cfg.output_dir = str(run_dir)
     if cfg.method == "dpo":
         from ..baselines import train_dpo

@@ -317,6 +317,30 @@ def build(ctx: Ctx) -> dict:
 
     guide_save.click(save_guidelines, guide_text, guide)
 
+    def save_ranking(prompt_id: str, ranking_json: str, marks_json: str, comment: str,
+                     request: gr.Request) -> str:
+        """API only (`/save_ranking`, what scripts and load tests use): save one ranking for `prompt_id`.
+        `ranking_json`: JSON list of groups of response ids, best first (ties share a group); `marks_json`: JSON
+        {response_id: "pos"|"neg"|"neutral"} or ""; `comment`: free text. The annotator is the signed-in user
+        (with login on) or the local user: never taken from the request body. Returns JSON
+        {"annotation_id", "prompt_id", "annotator"}; a clear error and nothing written on bad input."""
+        from ..safety import MAX_COMMENT_CHARS, check_text
+
+        me = ctx.user(request)
+        try:
+            pid = check_text(prompt_id, "prompt id", max_chars=200, allow_empty=False).strip()
+            ranking = json.loads(check_text(ranking_json, "ranking", max_chars=200_000) or "[]")
+            marks = json.loads(check_text(marks_json, "marks", max_chars=200_000) or "{}")
+            if not isinstance(marks, dict):
+                raise ValueError("marks must be a JSON object {response_id: pos|neg|neutral}")
+            cm = check_text(comment, "comment", max_chars=MAX_COMMENT_CHARS)
+            aid = st.save_annotation(pid, me, ranking, marks=marks, comment=cm)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise gr.Error(f"Not saved: {e}") from None
+        return json.dumps({"annotation_id": aid, "prompt_id": pid, "annotator": me})
+
+    gr.api(save_ranking, api_name="save_ranking")
+
     def on_show(s, tg, sp, src, q, inc, request: gr.Request):
         f = st.prompt_facets()
         g = st.guidelines()

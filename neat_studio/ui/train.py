@@ -13,6 +13,7 @@ import time
 import gradio as gr
 import pandas as pd
 
+from ..safety import check_model_spec
 from .common import Ctx, error_box, esc, fmt_num, ok_box
 
 HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
@@ -276,6 +277,8 @@ def build(ctx: Ctx) -> dict:
         shown = data.get(run_sel)
         try:
             cfg = config_from(*[data.get(c) for c in cfg_inputs])
+            if cfg.get("model") != st.model_spec:  # user-typed: only allowed model folders (neat_studio.safety)
+                cfg["model"] = check_model_spec(cfg.get("model"), st.workspace)
             rid = st.start_training(cfg, actor=actor)
         except (ValueError, RuntimeError) as ex:
             return (error_box(f"Not started: {ex}"), gr.update(), gr.update(), *view(shown))

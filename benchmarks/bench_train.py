@@ -1,0 +1,348 @@
+"""Training / generation throughput and memory on the default model (SmolLM2-135M-Instruct), CPU.
+
+    .venv/bin/python benchmarks/bench_train.py [--quick] [--workspace DIR] [--pairs FILE|SNAPSHOT_DIR]
+        [--n-pairs 32] [--steps 8] [--warmup 2] [--batch-size 2] [--max-prompt-len 128] [--max-response-len 96]
+        [--repeats 1] [--json OUT]
+
+Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone; full fine-tune, fp32):
+- neat:  our trainer's loss/step path (NeatTrainer._setup + NeatTrainer._step: collate -> ListScorer forward ->
+         neat_loss -> backward -> clip -> AdamW), a list = (chosen rank 0, rejected rank 1), `batch_size` lists per
+         step (= batch_size pairs), fixed `steps` timed after `warmup` untimed steps, no generation.
+- dpo:   TRL DPOTrainer via neat_studio.baselines.train_dpo on a snapshot holding the SAME pairs, same model,
+         batch size, lengths (max_length = prompt + response) and steps; per-step time from its metrics.jsonl
+         (elapsed between the first timed and the last step, so model/TRL setup and dataset tokenisation are out).
+- matmul: torch.matmul fp32 of large square matrices, best of a few -> this machine's peak FLOP/s.
+- gen_batched / gen_seq: neat_studio.generation.generate on 16 prompts, greedy, batch 16 vs batch 1.
+Tokens in training = real (unpadded) prompt+response tokens of the rows (same count for both methods); achieved
+FLOP/s = 6 * N * tokens/s with N = parameter count (tied embeddings counted once). For DPO this understates its
+work (its reference model adds a 2*N forward per token), which is the point: tokens/s is what the user gets.
+Phases alternate (neat, dpo, neat, dpo, ...) with --repeats > 1; the best repeat is reported. The machine is shared,
+so only ratios measured in the same run mean much.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TARGETS = {"neat_vs_dpo_pairs": 2.0, "mfu": 0.50, "gen_speedup": 5.0, "rss_gb": 4.0}
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+def load_pairs(src: str, n: int) -> list[dict]:
+    """[{prompt: messages, chosen: str, rejected: str}] from a TRL pairs JSONL or a snapshot dir."""
+    p = Path(src)
+    out = []
+    if p.is_dir():
+        for line in (p / "data.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            ranks = row["ranks"]
+            if len(set(ranks)) < 2:
+                continue
+            b, w = ranks.index(min(ranks)), ranks.index(max(ranks))
+            out.append({"prompt": row["prompt"], "chosen": row["responses"][b], "rejected": row["responses"][w]})
+            if len(out) >= n:
+                break
+        return out
+    for line in p.read_text().splitlines():
+        r = json.loads(line)
+        prompt = r["prompt"]
+        if isinstance(prompt, str):
+            from neat_studio.io.importers import parse_prompt_string
+
+            prompt = parse_prompt_string(prompt)
+        ch, rj = r["chosen"], r["rejected"]
+        ch = ch[-1]["content"] if isinstance(ch, list) else ch
+        rj = rj[-1]["content"] if isinstance(rj, list) else rj
+        if ch.strip() and rj.strip() and ch != rj:
+            out.append({"prompt": prompt, "chosen": ch.strip(), "rejected": rj.strip()})
+        if len(out) >= n:
+            break
+    return out
+
+
+def write_snapshot(pairs: list[dict], d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, p in enumerate(pairs):
+        lines.append(json.dumps({"prompt_id": f"b{i}", "prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]],
+                                 "ranks": [0, 1], "origins": ["dataset:chosen", "dataset:rejected"],
+                                 "response_ids": [f"b{i}c", f"b{i}r"], "annotators": ["bench"], "split": "train",
+                                 "tags": []}))
+    raw = ("\n".join(lines) + "\n").encode()
+    (d / "data.jsonl").write_bytes(raw)
+    (d / "manifest.json").write_text(json.dumps({"snapshot_id": "bench", "sha256": hashlib.sha256(raw).hexdigest(),
+                                                 "created_at": time.time(), "filters": {}, "counts": {"rows": len(pairs)},
+                                                 "prompt_library": []}))
+    return d
+
+
+def rss_gb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return r / 1024 / 1024
+
+
+def n_params(model) -> int:
+    seen, n = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        n += p.numel()
+    return n
+
+
+def cfg_for(a, snap: Path, method: str, out: Path):
+    from neat_studio.neat.config import NeatConfig
+
+    return NeatConfig.from_dict({
+        "model": "default", "method": method, "snapshot": str(snap), "k": 1, "k_neg": 1, "rounds": 1, "epochs": 1,
+        "batch_size": a.batch_size, "max_steps": a.warmup + a.steps, "max_prompt_len": a.max_prompt_len,
+        "max_response_len": a.max_response_len, "max_new_tokens": min(96, a.max_response_len), "dtype": "fp32",
+        "lr": 1e-5, "output_dir": str(out), "seed": 0})
+
+
+# -- phases (run in a child process) ------------------------------------------------------------------------------
+def phase_neat(a) -> dict:
+    import torch
+
+    from neat_studio.config import Workspace
+    from neat_studio.neat.rounds import RankedList
+    from neat_studio.neat.trainer import NeatTrainer, encode_list
+
+    ws = Workspace.from_env(a.workspace)
+    out = Path(a.tmp) / "neat_run"
+    cfg = cfg_for(a, Path(a.snap), "sft", out)  # sft: the trainer needs no sampling; the lists are built below
+    out.mkdir(parents=True, exist_ok=True)
+    tr = NeatTrainer(cfg, out, workspace=ws)
+    tr.run_dir = out
+    tr._setup()
+    pairs = load_pairs(a.snap, a.n_pairs)
+    enc = []
+    for i, p in enumerate(pairs):
+        lst = RankedList(f"b{i}", p["prompt"], [p["chosen"], p["rejected"]], [0, 1],
+                         ["dataset:chosen", "dataset:rejected"], [True, True])
+        e = encode_list(tr.tok, lst, cfg.max_prompt_len, cfg.max_response_len)
+        if e is not None:
+            enc.append(e)
+    B = a.batch_size
+    batches = [enc[(s * B) % len(enc):(s * B) % len(enc) + B] or enc[:B] for s in range(a.warmup + a.steps)]
+    for s in range(a.warmup):
+        tr._step([batches[s]])
+    tokens, pairs_done = 0, 0
+    t0 = time.perf_counter()
+    for s in range(a.warmup, a.warmup + a.steps):
+        agg = tr._step([batches[s]])
+        tokens += agg["tokens"]
+        pairs_done += agg["n_pairs"]
+    dt = time.perf_counter() - t0
+    return {"phase": "neat", "steps": a.steps, "seconds": dt, "pairs": pairs_done,
+            "pairs_per_s": pairs_done / dt, "tokens": tokens, "tokens_per_s": tokens / dt,
+            "n_params": n_params(tr.model), "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb()}
+
+
+def phase_dpo(a) -> dict:
+    import torch
+
+    from neat_studio.baselines import train_dpo
+    from neat_studio.config import Workspace
+    from neat_studio.models import encode_prompt_and_response, load_model
+
+    ws = Workspace.from_env(a.workspace)
+    out = Path(a.tmp) / "dpo_run"
+    cfg = cfg_for(a, Path(a.snap), "dpo", out)
+    lm = load_model("default", workspace=ws)
+    t0 = time.perf_counter()
+    train_dpo(cfg, out, workspace=ws, lm=lm)
+    total = time.perf_counter() - t0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = {x["step"]: x["elapsed_s"] for x in lines if "event" not in x and "elapsed_s" in x}
+    first, last = a.warmup, a.warmup + a.steps
+    dt = steps[last] - steps[first]
+    # same real-token count as the neat phase: pairs of the timed steps, prompt + response, truncated alike.
+    # TRL's sampler shuffles, so use the mean tokens per pair over all pairs x pairs timed.
+    pairs = load_pairs(a.snap, a.n_pairs)
+    tok = 0
+    for p in pairs:
+        for resp in (p["chosen"], p["rejected"]):
+            pi, ri = encode_prompt_and_response(lm.tokenizer, p["prompt"], resp)
+            tok += min(len(pi), cfg.max_prompt_len) + min(len(ri), cfg.max_response_len)
+    per_pair = tok / len(pairs)
+    n_pairs = a.steps * a.batch_size
+    return {"phase": "dpo", "steps": a.steps, "seconds": dt, "pairs": n_pairs, "pairs_per_s": n_pairs / dt,
+            "tokens": per_pair * n_pairs, "tokens_per_s": per_pair * n_pairs / dt, "total_with_setup_s": total,
+            "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb()}
+
+
+def phase_matmul(a) -> dict:
+    import torch
+
+    best = {}
+    for n in a.matmul_sizes:
+        x, y = torch.randn(n, n), torch.randn(n, n)
+        torch.matmul(x, y)
+        ts = []
+        for _ in range(a.matmul_reps):
+            t0 = time.perf_counter()
+            torch.matmul(x, y)
+            ts.append(time.perf_counter() - t0)
+        best[n] = 2 * n ** 3 / min(ts)
+    n = max(best, key=best.get)
+    return {"phase": "matmul", "best_flops": best[n], "best_n": n, "by_n": {str(k): v for k, v in best.items()},
+            "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb()}
+
+
+def phase_gen(a, batch_size: int) -> dict:
+    from neat_studio.config import Workspace
+    from neat_studio.generation import GenParams, generate
+    from neat_studio.models import load_model
+
+    lm = load_model("default", workspace=Workspace.from_env(a.workspace))
+    prompts = [p["prompt"] for p in load_pairs(a.snap, a.n_gen_prompts)][: a.n_gen_prompts]
+    params = GenParams(temperature=0.0, max_new_tokens=a.gen_tokens, seed=0)
+    generate(lm, prompts[:2], params=GenParams(temperature=0.0, max_new_tokens=4), batch_size=2)  # warm-up
+    t0 = time.perf_counter()
+    res = generate(lm, prompts, params=params, batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    ntok = sum(s.n_tokens for r in res for s in r)
+    return {"phase": f"gen_b{batch_size}", "prompts": len(prompts), "seconds": dt, "tokens": ntok,
+            "tokens_per_s": ntok / dt, "peak_rss_gb": rss_gb()}
+
+
+# -- driver -------------------------------------------------------------------------------------------------------
+def run_child(phase: str, a, tmp: Path) -> dict:
+    argv = [sys.executable, __file__, "--_phase", phase, "--_tmp", str(tmp), "--_snap", str(a.snap),
+            "--workspace", a.workspace, "--n-pairs", str(a.n_pairs), "--steps", str(a.steps), "--warmup", str(a.warmup),
+            "--batch-size", str(a.batch_size), "--max-prompt-len", str(a.max_prompt_len),
+            "--max-response-len", str(a.max_response_len), "--gen-tokens", str(a.gen_tokens),
+            "--n-gen-prompts", str(a.n_gen_prompts), "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
+            "--matmul-reps", str(a.matmul_reps)]
+    t0 = time.time()
+    p = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr[-3000:])
+        raise SystemExit(f"phase {phase} failed ({p.returncode})")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["wall_s"] = time.time() - t0
+    print(f"  [{time.strftime('%H:%M:%S')}] {phase:10s} done in {res['wall_s']:.0f}s: "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()
+                      if k not in ("phase", "by_n", "wall_s")), flush=True)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small run (< 5 min on an idle 2-core CPU)")
+    ap.add_argument("--workspace", default=None, help="workspace (model cache); default: a temp dir (first load "
+                                                      "converts the GGUF, ~30 s)")
+    ap.add_argument("--pairs", default=str(REPO.parent / "shared/data/derived/hh_rlhf_harmless_test_pairs.jsonl"),
+                    help="TRL pairs JSONL (prompt/chosen/rejected) or a snapshot dir")
+    ap.add_argument("--n-pairs", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--max-prompt-len", type=int, default=128)
+    ap.add_argument("--max-response-len", type=int, default=96)
+    ap.add_argument("--gen-tokens", type=int, default=48)
+    ap.add_argument("--n-gen-prompts", type=int, default=16)
+    ap.add_argument("--matmul-sizes", default="1024,2048,4096")
+    ap.add_argument("--matmul-reps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1, help="alternate neat/dpo this many times; best is reported")
+    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    ap.add_argument("--_phase", help=argparse.SUPPRESS)
+    ap.add_argument("--_tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--_snap", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.matmul_sizes = [int(x) for x in str(a.matmul_sizes).split(",") if x]
+
+    if a._phase:  # child
+        a.tmp, a.snap = a._tmp, a._snap
+        import logging
+
+        logging.disable(logging.WARNING)
+        fn = {"neat": phase_neat, "dpo": phase_dpo, "matmul": phase_matmul,
+              "gen_batched": lambda x: phase_gen(x, 16), "gen_seq": lambda x: phase_gen(x, 1)}[a._phase]
+        print(json.dumps(fn(a)))
+        return 0
+
+    if a.quick:
+        a.steps, a.warmup, a.n_pairs = min(a.steps, 4), 1, min(a.n_pairs, 16)
+        a.gen_tokens, a.n_gen_prompts = min(a.gen_tokens, 24), min(a.n_gen_prompts, 16)
+        a.matmul_sizes, a.matmul_reps = [2048], 3
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    a.workspace = a.workspace or str(tmp / "ws")
+    pairs = load_pairs(a.pairs, a.n_pairs)
+    if not pairs:
+        raise SystemExit(f"no pairs in {a.pairs}")
+    a.n_pairs = len(pairs)
+    a.snap = write_snapshot(pairs, tmp / "snapshot")
+    from neat_studio.config import Workspace
+    from neat_studio.models import load_model
+
+    t0 = time.time()
+    load_model("default", workspace=Workspace.from_env(a.workspace))  # convert/cache once, outside the phases
+    print(f"model ready in {time.time() - t0:.0f}s; {len(pairs)} pairs from {a.pairs}; steps={a.steps} "
+          f"(+{a.warmup} warm-up) batch={a.batch_size} max_prompt_len={a.max_prompt_len} "
+          f"max_response_len={a.max_response_len}; torch threads={__import__('torch').get_num_threads()}", flush=True)
+
+    res: dict[str, list[dict]] = {}
+    for _ in range(a.repeats):
+        for ph in ("neat", "dpo"):
+            res.setdefault(ph, []).append(run_child(ph, a, tmp))
+    for ph in ("matmul", "gen_batched", "gen_seq"):
+        res.setdefault(ph, []).append(run_child(ph, a, tmp))
+    best = {ph: max(rs, key=lambda r: r.get("pairs_per_s", r.get("tokens_per_s", r.get("best_flops", 0))))
+            for ph, rs in res.items()}
+    neat, dpo, mm, gb, gs = (best[k] for k in ("neat", "dpo", "matmul", "gen_batched", "gen_seq"))
+    flops = 6 * neat["n_params"] * neat["tokens_per_s"]
+    dpo_flops = 6 * neat["n_params"] * dpo["tokens_per_s"]
+    peak_rss = max(r["peak_rss_gb"] for rs in res.values() for r in rs)
+    ratios = {
+        "neat_vs_dpo_pairs": neat["pairs_per_s"] / dpo["pairs_per_s"],
+        "mfu": flops / mm["best_flops"],
+        "gen_speedup": gb["tokens_per_s"] / gs["tokens_per_s"],
+        "rss_gb": peak_rss,
+    }
+    rows = [
+        ("NEAT step (ours)", f"{neat['pairs_per_s']:.3f}", f"{neat['tokens_per_s']:.0f}", f"{flops / 1e9:.1f}",
+         f"{neat['peak_rss_gb']:.2f}"),
+        ("TRL DPOTrainer", f"{dpo['pairs_per_s']:.3f}", f"{dpo['tokens_per_s']:.0f}", f"{dpo_flops / 1e9:.1f}",
+         f"{dpo['peak_rss_gb']:.2f}"),
+        (f"fp32 matmul peak (n={mm['best_n']})", "", "", f"{mm['best_flops'] / 1e9:.1f}", f"{mm['peak_rss_gb']:.2f}"),
+        ("generate, batch 16", "", f"{gb['tokens_per_s']:.1f}", "", f"{gb['peak_rss_gb']:.2f}"),
+        ("generate, one at a time", "", f"{gs['tokens_per_s']:.1f}", "", f"{gs['peak_rss_gb']:.2f}"),
+    ]
+    w = [max(len(r[i]) for r in rows + [("phase", "pairs/s", "tokens/s", "GFLOP/s", "peak RSS GB")]) for i in range(5)]
+    print()
+    print("  ".join(h.ljust(w[i]) for i, h in enumerate(("phase", "pairs/s", "tokens/s", "GFLOP/s", "peak RSS GB"))))
+    for r in rows:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    print(f"\nN = {neat['n_params'] / 1e6:.1f}M params (tied embeddings once); FLOP/s = 6*N*tokens/s; "
+          f"tokens = real prompt+response tokens; gen: greedy, {gb['prompts']} prompts x {a.gen_tokens} new tokens")
+    print("\nratio                           measured   target   met")
+    lines = [("NEAT / DPO pairs/s", ratios["neat_vs_dpo_pairs"], f">= {TARGETS['neat_vs_dpo_pairs']}x",
+              ratios["neat_vs_dpo_pairs"] >= TARGETS["neat_vs_dpo_pairs"], "x"),
+             ("NEAT FLOP/s / matmul peak", ratios["mfu"] * 100, ">= 50 %", ratios["mfu"] >= TARGETS["mfu"], " %"),
+             ("batched / sequential gen", ratios["gen_speedup"], f">= {TARGETS['gen_speedup']}x",
+              ratios["gen_speedup"] >= TARGETS["gen_speedup"], "x"),
+             ("peak RSS (max over phases)", ratios["rss_gb"], "<= 4 GB", ratios["rss_gb"] <= TARGETS["rss_gb"], " GB")]
+    for name, v, t, ok, unit in lines:
+        print(f"{name:30s}  {v:8.2f}{unit:3s} {t:8s} {'yes' if ok else 'NO'}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if not k.startswith('_')},
+                                            "results": res, "ratios": ratios}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
