@@ -337,6 +337,7 @@ class JobRunner:
         train_cfg, filters, name, snapshot_id = self.split_config(config)
         with self._lock:
             self._refuse_if_active()
+            self._check_runs_writable()  # before anything is frozen or recorded
             if snapshot_id:
                 snap = self.store.get_snapshot(snapshot_id)
                 if snap is None:
@@ -565,6 +566,25 @@ class JobRunner:
         if run is None:
             raise ValueError(f"unknown run id {run_id!r}")
         return run
+
+    def _check_runs_writable(self) -> None:
+        """JobError in plain words when the runs folder cannot hold a new run directory (a file in its place, a
+        read-only disk, no permission). Probes by creating and removing a folder, so it holds as root too."""
+        runs = Path(self.workspace.runs)
+        probe = runs / f".write-probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            runs.mkdir(parents=True, exist_ok=True)
+            probe.mkdir()
+            (probe / "probe").write_bytes(b"ok")
+        except OSError as e:
+            raise JobError(f"the runs folder {runs} is not writable ({e.strerror or e}); nothing was started. "
+                           "Fix its permissions or free disk space, then start again.") from None
+        finally:
+            try:
+                (probe / "probe").unlink(missing_ok=True)
+                probe.rmdir()
+            except OSError:
+                pass
 
     def _refuse_if_active(self) -> None:
         act = self.store.active_run()
