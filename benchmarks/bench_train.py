@@ -226,9 +226,10 @@ def run_child(phase: str, a, tmp: Path) -> dict:
             "--batch-size", str(a.batch_size), "--max-prompt-len", str(a.max_prompt_len),
             "--max-response-len", str(a.max_response_len), "--gen-tokens", str(a.gen_tokens),
             "--n-gen-prompts", str(a.n_gen_prompts), "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
-            "--matmul-reps", str(a.matmul_reps)]
+            "--matmul-reps", str(a.matmul_reps), "--threads", str(a.threads)]
     t0 = time.time()
-    p = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)} if a.threads else {}))
+    p = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
         sys.stderr.write(p.stderr[-3000:])
         raise SystemExit(f"phase {phase} failed ({p.returncode})")
@@ -258,6 +259,9 @@ def main() -> int:
     ap.add_argument("--matmul-sizes", default="1024,2048,4096")
     ap.add_argument("--matmul-reps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=1, help="alternate neat/dpo this many times; best is reported")
+    ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads in every phase (0 = torch default). "
+                    "On a CPU shared with other jobs, 1 can be many times faster than 2 (OpenMP threads wait on "
+                    "each other); the matmul peak is measured with the same setting")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     ap.add_argument("--_phase", help=argparse.SUPPRESS)
     ap.add_argument("--_tmp", help=argparse.SUPPRESS)
@@ -267,6 +271,10 @@ def main() -> int:
 
     if a._phase:  # child
         a.tmp, a.snap = a._tmp, a._snap
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
         import logging
 
         logging.disable(logging.WARNING)

@@ -17,7 +17,8 @@ Everything runs through the product CLI (`python -m neat_studio ...`) in a fresh
 2. train: the four methods with the same steps / lengths / lr, each timed (wall clock of the CLI process).
 3. eval: `eval` on base + the four final/ models, standard sets harmful / lookalike / benign + HH pairs
    (dev split, --exclude the snapshot), greedy.
-Results: <workdir>/results.json and results.md (the table).
+Results: <workdir>/state.json and <workdir>/report/ (eval report.md / report.json).
+On a CPU shared with other jobs run it with OMP_NUM_THREADS=1 (two OpenMP threads on two busy cores were 10x slower).
 """
 from __future__ import annotations
 
@@ -101,6 +102,26 @@ def annotate_rule(ws: Path) -> int:
     return n
 
 
+def hold_out(ws: Path, keep: int) -> int:
+    """Keep the first `keep` harmful and `keep` benign prompts (import order) in split train; move the rest to dev
+    (curated but not trained on; the CPU budget decides the snapshot size)."""
+    sys.path.insert(0, str(REPO))
+    from neat_studio.store import Store
+
+    moved = []
+    with Store(ws / "studio.duckdb") as st:
+        exp = [p for p in st.list_prompts(tag="exp", limit=10000, order="created")]
+        harm = [p for p in exp if "harmful" in (p.get("tags") or [])]
+        ben = [p for p in exp if "benign" in (p.get("tags") or [])]
+        look = [p for p in ben if "lookalike" in (p.get("tags") or [])]
+        plain = [p for p in ben if "lookalike" not in (p.get("tags") or [])]
+        kept = {p["id"] for p in harm[:keep] + look[:keep // 4] + plain[:keep - keep // 4]}
+        moved = [p["id"] for p in harm + ben if p["id"] not in kept]
+        if moved:
+            st.set_split(moved, "dev", actor="experiment")
+    return len(moved)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/exp/methods")
@@ -111,6 +132,8 @@ def main() -> int:
     ap.add_argument("--max-response-len", type=int, default=96)
     ap.add_argument("--gen-tokens", type=int, default=64, help="length of the curated negative/plain samples")
     ap.add_argument("--online-tokens", type=int, default=48, help="max_new_tokens of the online samples (neat, rrhf)")
+    ap.add_argument("--train-prompts", type=int, default=0,
+                    help="keep only this many harmful and this many benign prompts in the snapshot (rest -> dev)")
     ap.add_argument("--plain-samples", action="store_true", help="also curate one plain policy sample per prompt")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--rounds", type=int, default=2)
@@ -145,6 +168,8 @@ def main() -> int:
         if args.plain_samples:
             sh(["generate", "--tag", "exp", "--system", "none", *g], ws, log)
         state["annotated"] = annotate_rule(ws)
+        if args.train_prompts:
+            state["held_out_to_dev"] = hold_out(ws, args.train_prompts)
         _, out = sh(["snapshot", "--tag", "exp", "--split", "train"], ws, log)
         snap = json.loads(out)
         state["snapshot_id"] = snap["snapshot_id"]
@@ -169,7 +194,8 @@ def main() -> int:
     if args.stage in ("all", "eval"):
         models = ["default"] + [str(work / "runs" / m) for m in args.methods.split(",") if (work / "runs" / m / "final").is_dir()]
         ev = ["eval", *sum((["--model", x] for x in models), []), "--n", str(args.eval_n),
-              "--max-new-tokens", str(args.max_new_tokens), "--split", "dev", "--exclude", str(snap_dir),
+              "--max-new-tokens", str(args.max_new_tokens), "--split", "dev",
+              *sum((["--exclude", str(d)] for d in sorted((ws / "snapshots").iterdir()) if d.is_dir()), []),
               "--out", str(work / "report")]
         dt, _ = sh(ev, ws, log)
         state["eval_wall_s"] = round(dt, 1)

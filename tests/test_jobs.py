@@ -212,7 +212,8 @@ def test_failing_run_shows_its_error_and_store_stays_consistent(studio, finished
     rid = studio.start_training({**FAST, "model": "/no/such/model-dir"}, actor="alice")
     p = studio.jobs.wait(rid, timeout=120)
     assert p["status"] == "failed"
-    assert "/no/such/model-dir" in p["error"] and "exit code 2" in p["error"]
+    # the trainer's preflight error event gives the reason in plain words
+    assert "/no/such/model-dir" in p["error"] and "cannot be loaded" in p["error"]
     run = studio.store.get_run(rid)
     assert run["error"] == p["error"] and run["finished_at"] and studio.store.active_run() is None
     with pytest.raises(JobError, match="no checkpoint"):

@@ -188,6 +188,11 @@ def build(ctx: Ctx) -> dict:
     def evaluate(sa, sb, chosen, n, request: gr.Request):
         actor = ctx.require_admin(request, "run evaluations")
         try:
+            from ..safety import check_model_spec
+
+            for spec in (sa, sb):  # user-typed: only allowed model folders (the operator's model is always fine)
+                if spec and spec != st.model_spec:
+                    check_model_spec(spec, st.workspace)
             eid = st.start_evaluation([sa, sb] if sa != sb else [sa], list(chosen or []), n_per_set=int(n or 10),
                                       max_new_tokens=64, actor=actor)
         except (ValueError, RuntimeError) as e:

@@ -104,14 +104,17 @@ def build(ctx: Ctx) -> dict:
 
     gr.Markdown("### Preview")
     with gr.Row():
-        neg_ref = gr.Dropdown(label="Negative prompt version", choices=[], elem_id="pv-neg", scale=2)
+        # choices arrive on page load; custom values keep the /run_preview API route usable (the ref is checked by
+        # Studio.run_preview against the library, an unknown one is a clear error)
+        neg_ref = gr.Dropdown(label="Negative prompt version", choices=[], elem_id="pv-neg", scale=2,
+                              allow_custom_value=True)
         normal_ref = gr.Dropdown(label="Normal side", choices=[NONE_NORMAL], value=NONE_NORMAL, elem_id="pv-normal",
                                  scale=2)
         seed = gr.Number(value=0, precision=0, label="seed", elem_id="pv-seed", scale=1, minimum=0)
     with gr.Row():
         mode = gr.Radio(["random", "tag", "manual"], value="random", label="Prompts", elem_id="pv-mode", scale=2)
         n = gr.Number(value=3, precision=0, minimum=1, maximum=50, label="how many", elem_id="pv-n", scale=1)
-        pv_tag = gr.Dropdown(label="tag", choices=[], scale=1, elem_id="pv-tag")
+        pv_tag = gr.Dropdown(label="tag", choices=[], scale=1, elem_id="pv-tag", allow_custom_value=True)
         pv_ids = gr.Textbox(label="prompt ids (manual, comma separated)", scale=2, elem_id="pv-ids")
     with gr.Row():
         run_btn = gr.Button("Run preview", variant="primary", elem_id="pv-run")
