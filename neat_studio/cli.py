@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .io.importers import FORMATS
+
 
 def _studio(args):
     from .config import Workspace
@@ -175,8 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("import", help="import prompts / preference data (hh-rlhf, trl, jsonl, csv, parquet, hf)")
     s.add_argument("path", help="file, HF dataset folder (load_from_disk) or hub name with --format hub")
-    s.add_argument("--format", default="auto", choices=["auto", "hh_rlhf", "trl", "jsonl", "csv", "parquet",
-                                                         "hf_disk", "hub"])
+    s.add_argument("--format", default="auto", choices=list(FORMATS))
     s.add_argument("--prompt-column", default="prompt", help="column holding the prompt (jsonl/csv/parquet)")
     s.add_argument("--split", choices=["train", "dev", "test"], help="split to assign to imported prompts")
     s.add_argument("--tag", action="append", help="tag to add to every imported prompt (repeatable)")
