@@ -118,10 +118,8 @@ class Studio:
             system_text = sp["text"]
             origin = f"{sp['kind']}:{sp['name']}@{sp['version']}"
             gp = {**(sp.get("params") or {}), **gp}
-        prompts = [self.store.get_prompt(pid) for pid in prompt_ids]
-        missing = [pid for pid, p in zip(prompt_ids, prompts) if p is None]
-        if missing:
-            raise ValueError(f"unknown prompt id(s): {', '.join(missing[:5])}")
+        found = self._require_prompts(prompt_ids)
+        prompts = [found[pid] for pid in prompt_ids]
         lm = self.policy()
         fields = {k: gp[k] for k in ("temperature", "top_p", "max_new_tokens", "k", "seed") if k in gp}
         samples = generate(lm, [p["messages"] for p in prompts], system=system_text, params=GenParams(**fields),
@@ -247,6 +245,14 @@ class Studio:
 
         return diff_versions(self.store, name, a, b)
 
+    def _require_prompts(self, ids: list[str]) -> dict:
+        """{id: prompt} for every id, or one ValueError naming the unknown ones (nothing is done then)."""
+        found = self.store.get_prompts(ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise ValueError(f"unknown prompt id(s): {', '.join(missing[:5])}")
+        return found
+
     # -- negative prompt preview -------------------------------------------------------------------------
     PREVIEW_KEY = "preview:{ref}"
     PREVIEW_INDEX = "preview_index"
@@ -258,10 +264,7 @@ class Studio:
             ids = [i.strip() for i in (ids or []) if i and i.strip()]
             if not ids:
                 raise ValueError("give at least one prompt id")
-            found = self.store.get_prompts(ids)
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise ValueError(f"unknown prompt id(s): {', '.join(missing[:5])}")
+            self._require_prompts(ids)
             return ids
         if mode == "tag" and not tag:
             raise ValueError("choose a tag")
@@ -292,10 +295,7 @@ class Studio:
         prompt_ids = list(dict.fromkeys(prompt_ids))
         if not prompt_ids:
             raise ValueError("no prompts selected for the preview")
-        prompts = self.store.get_prompts(prompt_ids)
-        missing = [p for p in prompt_ids if p not in prompts]
-        if missing:
-            raise ValueError(f"unknown prompt id(s): {', '.join(missing[:5])}")
+        prompts = self._require_prompts(prompt_ids)
         gp = {**(neg.get("params") or {}), **{k: v for k, v in (params or {}).items() if v is not None}}
         gp["seed"] = int(seed)
         fields = {k: gp[k] for k in ("temperature", "top_p", "max_new_tokens", "k", "seed") if k in gp}
