@@ -422,6 +422,21 @@ class Studio:
         return {"responses": len(ids), "added": after - before, "prompts": len(p["prompt_ids"]),
                 "prompt_ids": p["prompt_ids"]}
 
+    # -- reward scorer -----------------------------------------------------------------------------------
+    def train_scorer(self, actor: str = "local", seed: int = 0, **filters) -> dict:
+        """Train a new reward scorer version on the curated rankings (pairs expanded from them; ties give no
+        pair; dev split by prompt). The newest version then serves AI suggestions and preview metrics."""
+        from .scoring.reward import scorers_dir, train_scorer
+
+        rows = self.store.listwise_rows(**filters)
+        if not rows:
+            raise ValueError("no ranked prompts yet: annotate or import preference data first")
+        m = train_scorer(rows, scorers_dir(self.workspace), seed=seed)
+        m.pop("scorer", None)
+        self.store.log_event(actor, "train_scorer", "scorer", m.get("scorer_version"),
+                             {k: m.get(k) for k in ("dev_acc", "n_train_pairs", "n_dev_pairs")})
+        return m
+
     # -- annotation --------------------------------------------------------------------------------------
     def reward_scorer(self):
         """The newest trained reward scorer of this workspace, or None."""

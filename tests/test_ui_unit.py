@@ -136,3 +136,28 @@ def test_export_files_and_preview_pool_origins(workspace):
             st.add_preview_to_pool("meanie@1")
         with pytest.raises(ValueError, match="unknown prompt"):
             st.sample_for_preview("manual", ids=["nope"])
+
+
+def test_train_scorer_from_studio_gives_annotate_suggestions(workspace):
+    """The Data tab's "Train reward scorer" service: a scorer version trained on the curated rankings, which
+    then serves the AI suggestion of the Annotate view (a ranking of exactly that prompt's responses)."""
+    from neat_studio.studio import Studio
+
+    with Studio(workspace, model_spec="tiny") as st:
+        with pytest.raises(ValueError, match="no ranked prompts"):
+            st.train_scorer(actor="t")
+        recs = [{"messages": [{"role": "user", "content": f"How do I bake bread, variant {i}?"}], "source": "t",
+                 "responses": [{"text": f"Mix flour, water, yeast and salt; knead, rise, bake (recipe {i}).",
+                                "origin": "dataset:chosen", "rank": 0},
+                               {"text": "I cannot help with that request.", "origin": "dataset:rejected",
+                                "rank": 1}]} for i in range(12)]
+        st.store.import_records(recs, actor="t")
+        m = st.train_scorer(actor="t")
+        assert m["scorer_version"] and m["n_train_pairs"] + m["n_dev_pairs"] == 12
+        assert st.reward_scorer() is not None
+        pid = st.store.list_prompts(limit=1)[0]["id"]
+        item = st.annotation_item(pid, "ann")
+        ids = {r["id"] for r in item["responses"]}
+        sugg = item["suggestion"]
+        assert sugg is not None and {i for g in sugg["ranking"] for i in g} == ids
+        assert any(a["action"] == "train_scorer" for a in st.store.audit(limit=5))

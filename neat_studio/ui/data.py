@@ -69,7 +69,15 @@ def build(ctx: Ctx) -> dict:
             sn_msg = gr.HTML("", js_on_load=None, elem_id="data-snapshot-msg")
             snaps = gr.Dataframe(headers=["snapshot", "created", "rows", "sha256"], datatype="str",
                                  interactive=False, max_height=220, elem_id="data-snapshots")
-    ctx.admin_only += [exp_col, snap_col]
+    with gr.Row() as scorer_row:
+        with gr.Column():
+            gr.Markdown("### Reward scorer")
+            gr.Markdown("Trains a new scorer version (Bradley–Terry head on MiniLM embeddings) on every ranked "
+                        "prompt; held-out accuracy is measured on prompts it did not train on. The newest version "
+                        "gives the AI suggestions in Annotate and the undesirability metric of previews.")
+            sc_btn = gr.Button("Train reward scorer", size="sm", elem_id="data-train-scorer")
+            sc_msg = gr.HTML("", js_on_load=None, elem_id="data-scorer-msg")
+    ctx.admin_only += [exp_col, snap_col, scorer_row]
 
     def _snaps():
         rows = []
@@ -131,6 +139,17 @@ def build(ctx: Ctx) -> dict:
             _snaps()
 
     sn_btn.click(snapshot, [sn_split, sn_tags, sn_annot, sn_imported], [sn_msg, snaps])
+
+    def train_scorer(request: gr.Request):
+        actor = ctx.require_admin(request, "train the reward scorer")
+        try:
+            m = st.train_scorer(actor=actor)
+        except (ValueError, OSError) as e:
+            return error_box(f"Scorer not trained: {e}")
+        return ok_box(f"Scorer {m['scorer_version']} trained on {m.get('n_train_pairs')} pairs; held-out pairwise "
+                      f"accuracy {fmt_num(m.get('dev_acc'))} on {m.get('n_dev_pairs')} pairs of unseen prompts.")
+
+    sc_btn.click(train_scorer, None, sc_msg, concurrency_limit=1, concurrency_id="scorer")
 
     return {"refresh": refresh, "counts": counts, "people": people, "agreement": agree, "pairs": pairs,
             "export_trl": ex_trl, "export_listwise": ex_list, "export_parquet": ex_pq, "export_file": ex_file,
