@@ -6,6 +6,7 @@ two front ends cannot drift apart.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Callable, Iterable
@@ -14,6 +15,7 @@ from .config import Workspace
 from .store import Store
 
 Progress = Callable[[int, int], None] | None
+log = logging.getLogger(__name__)
 
 
 class Studio:
@@ -25,11 +27,55 @@ class Studio:
         self.model_spec = model_spec
         self._lm = None
         self._lm_lock = threading.Lock()
+        self._embed_thread: threading.Thread | None = None
+        self._embed_wake = threading.Event()
+        self._embed_stop = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:
         self.close_jobs()  # supervisor threads write to the store: stop them first
+        self.stop_background_embedding()
         self.store.close()
+
+    # -- background embedding ----------------------------------------------------------------------------
+    def start_background_embedding(self, interval_s: float = 10.0) -> None:
+        """Embed new prompts and responses as they arrive, in one daemon thread, so semantic search and
+        near-duplicate checks stay current without any request waiting for the embedder. The thread wakes every
+        `interval_s` or at once after an import / generation (`embed_soon`); nothing is embedded twice (the
+        store lists only rows without a vector for the model)."""
+        if self._embed_thread is not None:
+            return
+        from .scoring.embeddings import embed_missing
+
+        def loop():
+            while not self._embed_stop.is_set():
+                self._embed_wake.wait(interval_s)
+                self._embed_wake.clear()
+                if self._embed_stop.is_set():
+                    break
+                try:
+                    for kind in ("prompt", "response"):
+                        embed_missing(self.store, kind, actor="embedder")
+                except Exception as e:  # noqa: BLE001 - a failed round is retried at the next wake-up
+                    if not self._embed_stop.is_set():
+                        log.warning("background embedding failed (will retry): %s", e)
+
+        self._embed_thread = threading.Thread(target=loop, name="neat-embedder", daemon=True)
+        self._embed_thread.start()
+        self.embed_soon()
+
+    def embed_soon(self) -> None:
+        """Ask the background embedder (when running) to look for new rows now."""
+        self._embed_wake.set()
+
+    def stop_background_embedding(self, timeout: float = 10.0) -> None:
+        t = self._embed_thread
+        if t is None:
+            return
+        self._embed_stop.set()
+        self._embed_wake.set()
+        t.join(timeout)
+        self._embed_thread = None
 
     def __enter__(self):
         return self
@@ -61,7 +107,9 @@ class Studio:
         from .io.importers import read_records
 
         records = read_records(path, fmt, **kw)  # raises DataFormatError before anything is written
-        return self.store.import_records(records, actor=actor)
+        report = self.store.import_records(records, actor=actor)
+        self.embed_soon()
+        return report
 
     def export(self, kind: str, path: str | Path, **filters) -> int:
         from .io import exporters
@@ -133,6 +181,7 @@ class Studio:
             ids = self.store.add_responses(rows, actor=actor)
             for r, i in zip(rows, ids):
                 r["id"] = i
+            self.embed_soon()
         return rows
 
     # =====================================================================================================

@@ -114,3 +114,28 @@ def test_embed_missing_with_real_store(tmp_path):
         assert cosine_search(qv, got_ids, mat, top_k=1)[0][1] > 0.99
     finally:
         st.close()
+
+
+def test_background_embedding_catches_up_without_blocking(tmp_path):
+    """New rows get vectors from the Studio's background embedder; an import returns before they exist."""
+    import json
+    import time
+
+    from neat_studio.config import Workspace
+    from neat_studio.scoring.embeddings import MODEL_ID
+    from neat_studio.studio import Studio
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"background prompt {i}"}) + "\n" for i in range(5)))
+    with Studio(Workspace(tmp_path / "ws").ensure(), model_spec="tiny") as st:
+        st.start_background_embedding(interval_s=0.5)
+        st.import_file(f)
+        deadline = time.time() + 120
+        while st.store.missing_embeddings("prompt", MODEL_ID) and time.time() < deadline:
+            time.sleep(0.5)
+        ids, mat = st.store.get_embeddings("prompt", MODEL_ID)
+        assert len(ids) == 5 and mat.shape == (5, 384)
+        st.embed_soon()  # nothing new: nothing is embedded twice
+        time.sleep(1.5)
+        assert len(st.store.get_embeddings("prompt", MODEL_ID)[0]) == 5
+    assert st._embed_thread is None  # close() stopped the thread

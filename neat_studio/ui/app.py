@@ -117,6 +117,7 @@ def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0
     lm = studio.policy()  # the studio answers with its model loaded (first start converts the GGUF once)
     print(f"NEAT Studio: model {lm.model_id} loaded", flush=True)
     demo = build_app(studio, auth=auth)
+    studio.start_background_embedding()  # new prompts/responses get vectors without blocking anyone
     print(f"NEAT Studio: workspace {studio.workspace.root}, model {model}, "
           f"{'login required (' + str(len(auth.users)) + ' users)' if auth else 'single local user (no login)'}")
     # Saves and page loads run concurrently (the store serialises writes); model work is limited per handler.
