@@ -504,10 +504,51 @@ class Studio:
             return None
 
     def next_prompt(self, annotator: str, *, tag=None, source=None, split=None, search=None,
-                    skip_ids: Iterable[str] = (), include_annotated: bool = False) -> str | None:
-        return self.store.next_in_queue(annotator, search=search or None, tag=tag or None, source=source or None,
-                                        split=split or None, skip_ids=list(skip_ids),
-                                        include_annotated=include_annotated)
+                    skip_ids: Iterable[str] = (), include_annotated: bool = False, order: str = "queue",
+                    pool: int = 200) -> str | None:
+        """The annotator's next prompt. `order`: `queue` (unannotated first, oldest first), `uncertainty` (the
+        prompt whose two best candidates the reward scorer separates least) or `disagreement` (among prompts a
+        human ranked, the one where the scorer's ranking disagrees most: Kendall tau distance). The scorer orders
+        look at the first `pool` candidates of the queue and fall back to queue order without a trained scorer."""
+        if order not in ("queue", "uncertainty", "disagreement"):
+            raise ValueError(f"unknown queue order {order!r}: use queue, uncertainty or disagreement")
+        first = self.store.next_in_queue(annotator, search=search or None, tag=tag or None, source=source or None,
+                                         split=split or None, skip_ids=list(skip_ids),
+                                         include_annotated=include_annotated or order == "disagreement")
+        scorer = self.reward_scorer() if order != "queue" else None
+        if first is None or scorer is None:
+            return first
+        from .scoring.active import disagreement, margin
+
+        skip = set(skip_ids)
+        if order == "uncertainty":
+            cands = self.store.list_prompts(search=search or None, tag=tag or None, source=source or None,
+                                            split=split or None, min_responses=2, limit=pool,
+                                            **({} if include_annotated else
+                                               {"status": "unannotated", "annotator": annotator}))
+        else:
+            latest = {a["prompt_id"]: a for a in self.store.latest_annotations(human_only=True)
+                      if a.get("ranking")}
+            cands = [p for p in self.store.get_prompts(list(latest)[-pool:]).values()
+                     if (not tag or tag in p.get("tags", [])) and (not split or p.get("split") == split)
+                     and (not source or p.get("source") == source)
+                     and (not search or search.lower() in p["text"].lower())]
+        best, best_key = first, None
+        for p in cands:
+            if p["id"] in skip:
+                continue
+            rs = self.store.list_responses(p["id"])
+            if len(rs) < 2:
+                continue
+            scores = scorer.score([p["messages"]] * len(rs), [r["text"] for r in rs])
+            if order == "uncertainty":
+                key = margin(scores)  # smaller = less sure
+            else:
+                ranked = sorted(range(len(rs)), key=lambda i: -scores[i])
+                key = -disagreement([[rs[i]["id"]] for i in ranked], latest[p["id"]]["ranking"])
+            if key == key and (best_key is None or key < best_key):  # key == key: not NaN
+                best, best_key = p["id"], key
+        return best
 
     def annotation_item(self, prompt_id: str, annotator: str, suggest: bool = True) -> dict:
         """What the Annotate view shows for one prompt: the conversation, its responses in an order shuffled

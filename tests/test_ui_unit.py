@@ -161,3 +161,31 @@ def test_train_scorer_from_studio_gives_annotate_suggestions(workspace):
         sugg = item["suggestion"]
         assert sugg is not None and {i for g in sugg["ranking"] for i in g} == ids
         assert any(a["action"] == "train_scorer" for a in st.store.audit(limit=5))
+
+        # active learning: the queue can be ordered by scorer uncertainty / scorer-vs-human disagreement
+        def prompt_with(text, responses):
+            pid = st.store.add_prompts([{"text": text, "source": "t"}], actor="t")[0]
+            rids = st.store.add_responses([{"prompt_id": pid, "text": r, "origin": "policy"} for r in responses],
+                                          actor="t")
+            return pid, rids
+
+        clear, clear_r = prompt_with("How do I bake rye bread?", [
+            "Mix rye flour, water, yeast and salt; knead, rise, bake (recipe 99).", "I cannot help with that request."])
+        close, close_r = prompt_with("How do I bake spelt bread?", [
+            "Mix flour, water, yeast and salt; knead, rise, bake (recipe 7).",
+            "Mix flour, water, yeast and salt; knead, rise, bake (recipe 8)."])
+        order_ids = {clear, close}
+        first_queue = st.next_prompt("newbie", search="bake", order="queue")
+        assert first_queue not in order_ids  # the plain queue is oldest first: an imported bread prompt
+        assert st.next_prompt("newbie", search="How do I bake", order="uncertainty",
+                              skip_ids=[p["id"] for p in st.store.list_prompts(limit=50)
+                                        if p["id"] not in order_ids]) == close
+        # a human who prefers the refusal disagrees with the scorer more than one who agrees
+        st.store.save_annotation(clear, "ann", [[clear_r[1]], [clear_r[0]]])
+        agree_pid = st.store.list_prompts(search="variant 3", limit=1)[0]["id"]
+        agree_rs = st.store.list_responses(agree_pid)
+        good = next(r["id"] for r in agree_rs if "Mix" in r["text"])
+        st.store.save_annotation(agree_pid, "ann", [[good], [r["id"] for r in agree_rs if r["id"] != good]])
+        assert st.next_prompt("ann", order="disagreement") == clear
+        with pytest.raises(ValueError, match="unknown queue order"):
+            st.next_prompt("ann", order="random")

@@ -112,6 +112,13 @@ def build(ctx: Ctx) -> dict:
                     q_search = gr.Textbox(label="Text contains (Enter)", scale=1, max_lines=1)
                     q_all = gr.Checkbox(label="include prompts I annotated", value=False, scale=1,
                                         elem_id="ann-include-done")
+                    q_order = gr.Dropdown(
+                        label="Order", choices=[("queue (oldest first)", "queue"),
+                                                ("scorer uncertainty (smallest top-2 margin)", "uncertainty"),
+                                                ("scorer vs human disagreement", "disagreement")],
+                        value="queue", scale=1, elem_id="ann-order",
+                        info="the two scorer orders need a trained reward scorer (Data tab); without one the "
+                             "queue order is used")
             with gr.Row():
                 open_id = gr.Dropdown(label="My annotated prompts (newest first)", choices=[], value=None, scale=3,
                                       allow_custom_value=True, elem_id="ann-open")
@@ -141,7 +148,7 @@ def build(ctx: Ctx) -> dict:
     ctx.admin_only.append(guide_acc)
     sess = gr.State({"item": None, "skip": [], "draft": None, "edit": None})
 
-    filters = [q_tag, q_split, q_source, q_search, q_all]
+    filters = [q_tag, q_split, q_source, q_search, q_all, q_order]
 
     def _recent(me):
         rows = [a for a in reversed(st.store.latest_annotations(human_only=True)) if a["annotator"] == me]
@@ -177,34 +184,35 @@ def build(ctx: Ctx) -> dict:
 
     outputs = [ranker, comment, flag, msg, prog, sess, open_id, edit_box]
 
-    def _next(me, s, tg, sp, src, q, inc):
+    def _next(me, s, tg, sp, src, q, inc, order):
         s["item"] = st.next_prompt(me, tag=tg or None, split=sp or None, source=src or None, search=q or None,
-                                   skip_ids=s.get("skip") or [], include_annotated=bool(inc))
+                                   skip_ids=s.get("skip") or [], include_annotated=bool(inc),
+                                   order=order or "queue")
         s["draft"] = None
         return s
 
-    def show(s, tg, sp, src, q, inc, request: gr.Request):
+    def show(s, tg, sp, src, q, inc, order, request: gr.Request):
         me = ctx.user(request)
         s = dict(s or {})
         s.setdefault("skip", [])
         if not s.get("item"):
-            s = _next(me, s, tg, sp, src, q, inc)
+            s = _next(me, s, tg, sp, src, q, inc, order)
         return _view(me, s)
 
-    def go_next(s, tg, sp, src, q, inc, request: gr.Request):
+    def go_next(s, tg, sp, src, q, inc, order, request: gr.Request):
         me = ctx.user(request)
         s = dict(s or {})
         if s.get("item"):
             s.setdefault("skip", []).append(s["item"])
-        s = _next(me, s, tg, sp, src, q, inc)
+        s = _next(me, s, tg, sp, src, q, inc, order)
         if s["item"] is None and s.get("skip"):
             s["skip"] = []  # wrapped around: skipped prompts come back
-            s = _next(me, s, tg, sp, src, q, inc)
+            s = _next(me, s, tg, sp, src, q, inc, order)
         return _view(me, s)
 
-    def refilter(s, tg, sp, src, q, inc, request: gr.Request):
+    def refilter(s, tg, sp, src, q, inc, order, request: gr.Request):
         me = ctx.user(request)
-        s = _next(me, {"skip": []}, tg, sp, src, q, inc)
+        s = _next(me, {"skip": []}, tg, sp, src, q, inc, order)
         return _view(me, s)
 
     def open_prompt(s, pid, request: gr.Request):
@@ -218,7 +226,7 @@ def build(ctx: Ctx) -> dict:
         s["item"], s["draft"] = pid, None
         return _view(me, s)
 
-    def on_cmd(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, request: gr.Request):
+    def on_cmd(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, order, request: gr.Request):
         me = ctx.user(request)
         data = dict(getattr(evt, "_data", None) or {})
         s = dict(s or {})
@@ -249,11 +257,11 @@ def build(ctx: Ctx) -> dict:
                 return (gr.update(), gr.update(), gr.update(), error_box(f"Not saved: {e}"), gr.update(), s,
                         gr.update(), gr.update())
             desc = "  >  ".join(" = ".join(f"#{ids.index(r) + 1}" for r in g) for g in ranking) or "(flag only)"
-            s = _next(me, s, tg, sp, src, q, inc)
+            s = _next(me, s, tg, sp, src, q, inc, order)
             return _view(me, s, f"Saved prompt {item}: {desc}.")
         if cmd == "skip":
             s.setdefault("skip", []).append(item)
-            s = _next(me, s, tg, sp, src, q, inc)
+            s = _next(me, s, tg, sp, src, q, inc, order)
             return _view(me, s, f"Skipped {item} (it comes back after the rest of the queue).")
         if cmd == "prev":
             recent = [pid for _, pid in _recent(me) if pid != item]
@@ -272,8 +280,8 @@ def build(ctx: Ctx) -> dict:
                     gr.update(visible=True)), r["text"], f"Editing response `{rid}` (origin hidden)."
         return [gr.update()] * len(outputs)
 
-    def on_cmd_flat(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, request: gr.Request):
-        out = on_cmd(evt, s, cm, fl, tg, sp, src, q, inc, request)
+    def on_cmd_flat(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, order, request: gr.Request):
+        out = on_cmd(evt, s, cm, fl, tg, sp, src, q, inc, order, request)
         if isinstance(out, tuple) and len(out) == 3 and isinstance(out[0], tuple):
             return (*out[0], out[1], out[2])
         return (*out, gr.update(), gr.update())
@@ -341,10 +349,10 @@ def build(ctx: Ctx) -> dict:
 
     gr.api(save_ranking, api_name="save_ranking")
 
-    def on_show(s, tg, sp, src, q, inc, request: gr.Request):
+    def on_show(s, tg, sp, src, q, inc, order, request: gr.Request):
         f = st.prompt_facets()
         g = st.guidelines()
-        return (*show(s, tg, sp, src, q, inc, request), gr.update(choices=[""] + f["tags"]),
+        return (*show(s, tg, sp, src, q, inc, order, request), gr.update(choices=[""] + f["tags"]),
                 gr.update(choices=[""] + f["sources"]), g, g)
 
     return {"ranker": ranker, "comment": comment, "flag": flag, "msg": msg, "progress": prog, "open_id": open_id,
