@@ -560,6 +560,8 @@ class Studio:
         if prompt is None:
             raise ValueError(f"unknown prompt id {prompt_id!r}")
         responses = self.store.list_responses(prompt_id)
+        hidden = self.near_duplicate_candidates(responses)
+        responses = [r for r in responses if r["id"] not in hidden]
         seed = int(hashlib.sha256(f"{annotator}\0{prompt_id}".encode()).hexdigest()[:12], 16)
         order = list(range(len(responses)))
         random.Random(seed).shuffle(order)
@@ -575,7 +577,34 @@ class Studio:
                                   "scorer": scorer.scorer_version}
                 except Exception:  # noqa: BLE001
                     suggestion = None
-        return {"prompt": prompt, "responses": responses, "annotation": latest, "suggestion": suggestion}
+        return {"prompt": prompt, "responses": responses, "annotation": latest, "suggestion": suggestion,
+                "hidden_duplicates": hidden}
+
+    def near_duplicate_candidates(self, responses: list[dict]) -> dict[str, dict]:
+        """{response id: {"of": kept id, "similarity": cos}} for generated candidates that are near-duplicates
+        (cosine of stored MiniLM embeddings >= the `near_duplicate_threshold` setting, default 0.92) of an
+        earlier candidate of the same prompt. They are left out of the Annotate view, so they get no rank and
+        so never reach a snapshot; they stay in the store. Human and dataset responses are never hidden (an
+        edit is meant to be close to its original); responses not embedded yet are not judged."""
+        from .scoring.embeddings import MODEL_ID
+        from .scoring.neardup import DEFAULT_THRESHOLD, near_duplicates
+
+        if len(responses) < 2:
+            return {}
+        ids, mat = self.store.get_embeddings("response", MODEL_ID, [r["id"] for r in responses])
+        if len(ids) < 2:
+            return {}
+        threshold = float(self.store.get_setting("near_duplicate_threshold", DEFAULT_THRESHOLD))
+        pos = {i: k for k, i in enumerate(ids)}
+        order = [r for r in responses if r["id"] in pos]  # store order: oldest first, the kept one
+        vecs = mat[[pos[r["id"]] for r in order]]
+        protected = {r["id"] for r in order if r["origin"] == "human" or r["origin"].startswith("dataset")}
+        hidden: dict[str, dict] = {}
+        for i, j, sim in near_duplicates(vecs, threshold):
+            a, b = order[i]["id"], order[j]["id"]
+            if b not in protected and b not in hidden and a not in hidden:
+                hidden[b] = {"of": a, "similarity": round(float(sim), 4)}
+        return hidden
 
     def save_annotation(self, prompt_id: str, annotator: str, ranking: list[list[str]],
                         marks: dict | None = None, comment: str = "", flagged: bool = False) -> str:

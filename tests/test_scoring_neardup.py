@@ -58,3 +58,28 @@ def test_real_embeddings_paraphrase_vs_unrelated():
     assert dedupe_indices(v, 0.92) == [0, 2, 5, 6, 8]
     sims = v @ v.T
     assert sims[0, 2] < 0.5 and sims[5, 6] < 0.5  # unrelated texts are far below the threshold
+
+
+def test_near_duplicate_candidates_are_hidden_from_annotation(tmp_path):
+    """A generated paraphrase of an earlier candidate is left out of the Annotate view (and so of snapshots);
+    a human edit, however close, never is; the responses all stay in the store."""
+    from neat_studio.config import Workspace
+    from neat_studio.scoring.embeddings import embed_missing
+    from neat_studio.studio import Studio
+
+    with Studio(Workspace(tmp_path / "ws").ensure(), model_spec="tiny") as st:
+        pid = st.store.add_prompts([{"text": "How do I make tea?", "source": "t"}], actor="t")[0]
+        texts = ["Boil water, pour it over the tea leaves and let it steep for three minutes.",
+                 "Boil water, pour it over the tea leaves, and let it steep for three minutes!",
+                 "The stock market closed higher today after strong earnings reports."]
+        ids = st.store.add_responses([{"prompt_id": pid, "text": t, "origin": "policy"} for t in texts], actor="t")
+        edit = st.edit_response(ids[0], "Boil water, pour it over the tea leaves and let it steep for 3 minutes.",
+                                actor="t")
+        assert st.annotation_item(pid, "a")["hidden_duplicates"] == {}  # nothing embedded yet: nothing judged
+        embed_missing(st.store, "response")
+        item = st.annotation_item(pid, "a")
+        assert set(item["hidden_duplicates"]) == {ids[1]} and item["hidden_duplicates"][ids[1]]["of"] == ids[0]
+        assert {r["id"] for r in item["responses"]} == {ids[0], ids[2], edit}
+        assert len(st.store.list_responses(pid)) == 4
+        st.store.set_setting("near_duplicate_threshold", 0.999999, actor="t")  # configurable
+        assert st.annotation_item(pid, "a")["hidden_duplicates"] == {}

@@ -49,6 +49,9 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
     conv = "".join(f"<div class='neat-turn neat-{esc(m.get('role'))}'><span class='neat-role-tag'>"
                    f"{esc(m.get('role'))}</span><div class='neat-turn-text'>{esc(m.get('content'))}</div></div>"
                    for m in p["messages"])
+    dups = item.get("hidden_duplicates") or {}
+    dup_note = (f"<div class='neat-dups'>{len(dups)} near-duplicate candidate(s) hidden (cosine ≥ threshold; they "
+                f"stay in the store and get no rank)</div>" if dups else "")
     saved = ""
     if ann:
         saved = (f"<span class='neat-saved'>saved {esc(ann.get('created_at', '')[:19].replace('T', ' '))} UTC"
@@ -73,7 +76,7 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
         f"<div class='neat-ranker' data-item='{esc(p['id'])}'{sugg_attr}>"
         f"<div class='neat-rk-top'><span class='neat-pid'>prompt {esc(p['id'])}</span>"
         f"<span class='neat-tags'>{esc(', '.join(p.get('tags') or []))}</span>{saved}</div>"
-        f"<div class='neat-conv'>{conv}</div>{sugg_text}"
+        f"<div class='neat-conv'>{conv}</div>{sugg_text}{dup_note}"
         f"<div class='neat-rk-toolbar'><span class='neat-tb-label'>rank group</span>{rank_btns}"
         f"<button class='neat-btn' data-cmd='mark' data-m='pos'>pos (P)</button>"
         f"<button class='neat-btn' data-cmd='mark' data-m='neg'>neg (N)</button>"
