@@ -1,0 +1,40 @@
+"""AI suggestion in the Annotate tab, in a real browser: shown with the scorer version, accepted with one key."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.live import open_tab, start_app, stop_app, wait_text
+
+pytestmark = pytest.mark.browser
+
+
+def test_suggestion_shown_and_accepted_with_one_key(tmp_path, browser, page_errors):
+    app = start_app(tmp_path, seed=False)
+    try:
+        st = app.studio
+        recs = [{"messages": [{"role": "user", "content": f"How do I bake bread, variant {i}?"}], "source": "t",
+                 "responses": [{"text": f"Mix flour, water, yeast and salt; knead, rise, bake (recipe {i}).",
+                                "origin": "dataset:chosen", "rank": 0},
+                               {"text": "I cannot help with that request.", "origin": "dataset:rejected",
+                                "rank": 1}]} for i in range(12)]
+        st.store.import_records(recs, actor="t")
+        version = st.train_scorer(actor="t")["scorer_version"]
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page_errors(page)
+        page.goto(app.url)
+        open_tab(page, "Annotate")
+        page.wait_for_selector("#ann-ranker .neat-card")
+        text = wait_text(page.locator("#ann-ranker .neat-suggest"), r"AI suggestion")
+        assert version in text and "press A to accept" in text
+        pid = page.locator("#ann-ranker .neat-ranker").get_attribute("data-item")
+        expected = st.annotation_item(pid, "local")["suggestion"]["ranking"]
+        page.locator("body").click(position={"x": 5, "y": 5})
+        page.keyboard.press("a")
+        page.keyboard.press("Enter")
+        wait_text(page.locator("#ann-msg"), r"Saved prompt")
+        saved = st.store.latest_annotation(pid, "local")
+        assert saved["ranking"] == expected
+        assert not [e for e in page_errors.events if not e.startswith("console-")]
+        page.close()
+    finally:
+        stop_app(app)
