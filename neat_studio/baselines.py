@@ -30,7 +30,7 @@ import torch
 
 from .neat.config import ConfigError, NeatConfig
 from .neat.rounds import dense, steps_per_epoch
-from .neat.trainer import latest_checkpoint, preflight, prepare_run_dir, use_bf16
+from .neat.trainer import install_stop_signals, latest_checkpoint, preflight, prepare_run_dir, use_bf16
 
 
 def dpo_pairs(rows: list[dict]) -> list[dict]:
@@ -166,15 +166,10 @@ def train_dpo(cfg: NeatConfig, run_dir: str | Path, *, workspace=None, resume: b
 
         trainer.add_callback(_StopAt())
 
-    def handler(signum, frame):
-        cb.stop_reason = signal.Signals(signum).name
+    def on_stop(name):
+        cb.stop_reason = name
 
-    old = {}
-    for s in (signal.SIGTERM, signal.SIGINT):
-        try:
-            old[s] = signal.signal(s, handler)
-        except ValueError:
-            pass
+    old = install_stop_signals(on_stop)
     ck = latest_checkpoint(run_dir) if resume else None
     try:
         trainer.train(resume_from_checkpoint=str(ck) if ck else None)

@@ -11,6 +11,7 @@ from neat_studio.ui import auth as A
 from neat_studio.ui.annotate import ranker_html
 from neat_studio.ui.common import Ctx
 from neat_studio.ui.studio_tab import diff_html, preview_html
+from tests.helpers import bread_records
 
 EVIL = '<img src=x onerror=alert(1)><script>alert(2)</script>"\'&'
 
@@ -146,11 +147,7 @@ def test_train_scorer_from_studio_gives_annotate_suggestions(workspace):
     with Studio(workspace, model_spec="tiny") as st:
         with pytest.raises(ValueError, match="no ranked prompts"):
             st.train_scorer(actor="t")
-        recs = [{"messages": [{"role": "user", "content": f"How do I bake bread, variant {i}?"}], "source": "t",
-                 "responses": [{"text": f"Mix flour, water, yeast and salt; knead, rise, bake (recipe {i}).",
-                                "origin": "dataset:chosen", "rank": 0},
-                               {"text": "I cannot help with that request.", "origin": "dataset:rejected",
-                                "rank": 1}]} for i in range(12)]
+        recs = bread_records(12)
         st.store.import_records(recs, actor="t")
         m = st.train_scorer(actor="t")
         assert m["scorer_version"] and m["n_train_pairs"] + m["n_dev_pairs"] == 12

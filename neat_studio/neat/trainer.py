@@ -324,6 +324,21 @@ def restore_training_layout(model) -> int:
     return n
 
 
+def install_stop_signals(on_stop) -> dict:
+    """Route SIGTERM/SIGINT to `on_stop(signal name)` (the loop then checkpoints and stops cleanly). Returns the
+    previous handlers to restore; outside the main thread nothing is installed."""
+    def handler(signum, frame):
+        on_stop(signal.Signals(signum).name)
+
+    old = {}
+    for s in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread
+            pass
+    return old
+
+
 class NeatTrainer:
     def __init__(self, cfg: NeatConfig, run_dir: str | Path, *, resume: bool = False, workspace=None,
                  stop_after: int | None = None, prepared: Prepared | None = None):
@@ -561,16 +576,10 @@ class NeatTrainer:
         return vals
 
     def _install_signals(self):
-        def handler(signum, frame):
-            self._stop_signal = signal.Signals(signum).name
+        def on_stop(name):
+            self._stop_signal = name
 
-        old = {}
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[s] = signal.signal(s, handler)
-            except ValueError:  # not the main thread
-                pass
-        return old
+        return install_stop_signals(on_stop)
 
     def run(self) -> dict:
         """Train; returns {"status": "finished"|"stopped", "step", "final"|"checkpoint"}."""

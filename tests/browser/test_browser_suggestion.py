@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser.live import open_tab, start_app, stop_app, wait_text
+from tests.helpers import bread_records
 
 pytestmark = pytest.mark.browser
 
@@ -12,11 +13,7 @@ def test_suggestion_shown_and_accepted_with_one_key(tmp_path, browser, page_erro
     app = start_app(tmp_path, seed=False)
     try:
         st = app.studio
-        recs = [{"messages": [{"role": "user", "content": f"How do I bake bread, variant {i}?"}], "source": "t",
-                 "responses": [{"text": f"Mix flour, water, yeast and salt; knead, rise, bake (recipe {i}).",
-                                "origin": "dataset:chosen", "rank": 0},
-                               {"text": "I cannot help with that request.", "origin": "dataset:rejected",
-                                "rank": 1}]} for i in range(12)]
+        recs = bread_records(12)
         st.store.import_records(recs, actor="t")
         version = st.train_scorer(actor="t")["scorer_version"]
         page = browser.new_page(viewport={"width": 1280, "height": 800})
