@@ -4,7 +4,9 @@ end, find it in the history; then compare base vs trained side by side, check fi
 vote in the store. The run has 120 tiny steps (not 2) so that "stop mid-run" cannot miss."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -87,16 +89,24 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
     assert st.store.get_run(rid)["config"]["model"] == "tiny"
 
     # -- progress moves; a reload mid-run still shows it ---------------------------------------------------
+    # The trainer is frozen with SIGSTOP across the reload and the stop click (it stays alive, so its run stays
+    # "running"; the SIGTERM from Stop waits until SIGCONT): on a fast machine 120 tiny steps could otherwise
+    # finish before the reloaded page re-attached or before Stop was clicked.
     _, s1 = wait_status(page, "running", min_step=1)
-    page.reload()
-    open_tab(page, "Train")
-    s, s2 = wait_status(page, "running|stopped|finished")
-    assert box_attr(page, "run") == rid and s == "running", "the reloaded page re-attached to the running run"
-    assert s2 >= s1
-    shot(page, "train")
-
-    # -- stop mid-run, then resume to the end --------------------------------------------------------------
-    page.locator("#train-stop").click()
+    pid = int(st.store.get_run(rid)["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        page.reload()
+        open_tab(page, "Train")
+        s, s2 = wait_status(page, "running|stopped|finished")
+        assert box_attr(page, "run") == rid and s == "running", "the reloaded page re-attached to the running run"
+        assert s2 >= s1
+        shot(page, "train")
+        # -- stop mid-run, then resume to the end ----------------------------------------------------------
+        page.locator("#train-stop").click()
+        wait_text(page.locator("#train-msg"), r"(?i)stop", timeout=30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
     _, stopped_at = wait_status(page, "stopped", timeout=120)
     assert 0 < stopped_at < 120
     assert st.store.get_run(rid)["status"] == "stopped"
