@@ -144,10 +144,15 @@ def test_second_start_refused_stop_and_resume(studio, finished_run):
     with pytest.raises(JobError, match="already running"):
         studio.resume_training(rid, actor="alice")
     wait_for(lambda: studio.training_status(rid)["metrics"], timeout=120)
-    p = studio.training_status(rid)
-    assert p["status"] == "running" and 0 < p["progress"] < 1 and p["eta_s"] is not None
-    studio.stop_training(rid, actor="alice")
-    assert studio.training_status(rid)["stopping"]
+    pid = studio.store.get_run(rid)["pid"]
+    os.kill(pid, signal.SIGSTOP)  # frozen (alive): a fast machine cannot finish the 120 steps before Stop lands
+    try:
+        p = studio.training_status(rid)
+        assert p["status"] == "running" and 0 < p["progress"] < 1 and p["eta_s"] is not None
+        studio.stop_training(rid, actor="alice")
+        assert studio.training_status(rid)["stopping"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
     p = studio.jobs.wait(rid, timeout=120)
     assert p["status"] == "stopped", p["log_tail"]
     assert any(e["event"] == "stopped" for e in p["events"]) and p["checkpoint"]
