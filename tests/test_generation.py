@@ -166,6 +166,17 @@ def test_inference_layout_keeps_values_ties_saving_and_training(tiny_model_dir, 
     with torch.no_grad():
         after = lm.model(input_ids=ids).logits
     assert torch.allclose(before, after, atol=1e-5)
+    # the tied lm_head's decoding fast path ((W @ x.T).T for 2..48 rows, inference mode only) gives F.linear's values
+    x = torch.randn(5, 3, lm.model.config.hidden_size)
+    with torch.inference_mode():
+        fast = lm.model.lm_head(x[:, -1:])
+    assert "forward" in vars(lm.model.lm_head)
+    assert torch.allclose(fast, torch.nn.functional.linear(x[:, -1:], lm.model.lm_head.weight), atol=1e-5)
+    from neat_studio.neat.trainer import restore_training_layout
+
+    restore_training_layout(lm.model)
+    assert "forward" not in vars(lm.model.lm_head)
+    prepare_for_inference(lm.model)
     lm.model.save_pretrained(tmp_path / "saved")
     lm.tokenizer.save_pretrained(tmp_path / "saved")
     assert load_model(str(tmp_path / "saved")).fingerprint == fp
@@ -174,3 +185,27 @@ def test_inference_layout_keeps_values_ties_saving_and_training(tiny_model_dir, 
     lm.model(input_ids=ids, labels=ids).loss.backward()
     opt.step()
     assert fingerprint(lm.model) != fp
+
+
+def test_growing_cache_survives_row_removal_and_matches_concatenation(lm):
+    """The decoding cache writes new positions in place (no whole-cache copy per step); rows that finish leave
+    the batch through DynamicLayer.batch_select_indices, after which the layer re-adopts the smaller tensors."""
+    import torch
+    from transformers import DynamicCache
+
+    from neat_studio.generation import _growing_cache
+
+    torch.manual_seed(0)
+    k0, v0 = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    plain = DynamicCache(ddp_cache_data=[(k0.clone(), v0.clone())])
+    grow = DynamicCache(ddp_cache_data=[(k0.clone(), v0.clone())])
+    _growing_cache(grow, reserve=2)
+    assert type(grow.layers[0]).__name__ == "GrowingLayer"
+    for step in range(4):  # past the reserve: the buffer grows
+        k, v = torch.randn(3 if step < 2 else 2, 2, 1, 4), torch.randn(3 if step < 2 else 2, 2, 1, 4)
+        if step == 2:
+            for c in (plain, grow):
+                c.batch_select_indices(torch.tensor([0, 2]))
+        a, b = plain.layers[0].update(k, v), grow.layers[0].update(k, v)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert grow.get_seq_length() == plain.get_seq_length() == 9

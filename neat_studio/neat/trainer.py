@@ -318,6 +318,10 @@ def restore_training_layout(model) -> int:
             if not p.is_contiguous():
                 p.data = p.data.contiguous()
                 n += 1
+    for mod in model.modules():  # generation's fast forward of tied Linears (see generation._tied_linear_forward)
+        if getattr(mod, "_neat_tied_forward", False):
+            vars(mod).pop("forward", None)
+            mod._neat_tied_forward = False
     for m in {id(x): x for x in (model, getattr(model, "get_base_model", lambda: None)())}.values():
         if m is not None and getattr(m, "_neat_inference_layout", False):
             m._neat_inference_layout = False
