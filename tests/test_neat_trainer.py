@@ -175,6 +175,12 @@ def test_padding_and_prompt_cache_give_the_same_p(tiny_model_dir):
     assert n.tolist() == [len(r) for el in enc for r in el.response_ids]  # own length, not padded
     assert p == pytest.approx(alone, abs=1e-5)  # padding and batching do not change p
     assert (s_c / n_c).tolist() == pytest.approx(p, abs=1e-5)  # the prompt-cache path gives the same p
+    from neat_studio.neat.trainer import _uncache
+
+    with torch.no_grad():  # a model without a reusable KV cache falls back to the plain block: same rows
+        plain, back = collate(enc, pad), _uncache(collate_cached(enc, pad))
+    for k in ("input_ids", "attention_mask", "resp_mask", "start"):
+        assert torch.equal(torch.as_tensor(plain[k]), torch.as_tensor(back[k])), k
     # and the same gradient
     lm.model.zero_grad()
     s, n = scorer(collate(enc, pad))

@@ -57,8 +57,8 @@ class NeatConfig:
     dpo_beta: float = _f(0.1, "beta of the dpo baseline")
     max_prompt_len: int = _f(256, "prompt tokens kept (longer prompts keep their END)")
     max_response_len: int = _f(128, "response tokens kept (longer responses are cut)")
-    prompt_cache: bool = _f(False, "score a list by running its prompt once and reusing the KV cache for its "
-                                   "responses (same result; see trainer.py for when it pays)")
+    prompt_cache: bool = _f(True, "score a list by running its prompt once and reusing its KV cache for the "
+                                  "list's responses (same p and gradient; faster, see benchmarks/bench_train.py)")
     # parameter-efficient
     lora: bool = _f(False, "train LoRA adapters instead of all weights (merged into final/)")
     lora_r: int = _f(16, "LoRA rank")

@@ -26,8 +26,10 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Te
     (the caller does the usual one-position shift). mask [B, T] is 1 on counted (response) tokens.
     Returns (sum_logp [B] float32, n_tokens [B] float32).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    tok = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    B, T, V = logits.shape
+    # fused log-softmax + pick (cross_entropy): no [B, T, V] log-prob tensor kept for the backward pass
+    tok = -F.cross_entropy(logits.float().reshape(B * T, V), labels.clamp_min(0).reshape(B * T),
+                           reduction="none").reshape(B, T)
     m = mask.to(tok.dtype)
     return (tok * m).sum(-1), m.sum(-1)
 
