@@ -506,3 +506,36 @@ def test_unexpected_training_errors_write_one_error_event(tiny_model_dir, snap, 
     with pytest.raises(OSError, match="disk full"):
         main(base + ["--out", str(out2)])
     assert read_metrics(out2)[-1]["message"] == "OSError: disk full"
+
+
+def test_reward_ranking_with_positive_prompts_runs_end_to_end(tiny_model_dir, snap, tmp_path):
+    """ranking=reward with a real reward scorer (MiniLM embeddings, trained on the toy pairs) and NEAT-PP
+    (k_pos samples under a positive prompt): the run finishes, and every online sample of round 0 sits in its
+    list where the scorer's scores put it (rounds.rank_reward), positive-prompt samples included."""
+    from neat_studio.neat.rounds import curated_items, rank_reward
+    from neat_studio.neat.trainer import train
+    from neat_studio.scoring.reward import RewardScorer, train_scorer
+
+    rows = toy_rows() + toy_rows(HELD_Q, HELD_GOOD, HELD_BAD, split="dev")
+    m = train_scorer(rows, tmp_path / "scorers", seed=0, dev_fraction=0.25)
+    scorer_dir = tmp_path / "scorers" / m["scorer_version"]
+    out = tmp_path / "run"
+    res = train(cfg_for(tiny_model_dir, snap, out, ranking="reward", scorer_path=str(scorer_dir), positives=["kind@1"],
+                        k_pos=1, k=1, k_neg=1, rounds=1, epochs=1))
+    assert res["status"] == "finished"
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    scorer = RewardScorer.load(scorer_dir)
+    by_id = {r["prompt_id"]: r for r in toy_rows()}
+    seen = set()
+    for lst in r0["lists"]:
+        origins = lst["origins"]
+        seen.update(o.split(":")[0] for o in origins)
+        n_cur = sum(lst["curated"])
+        row = by_id[lst["prompt_id"]]
+        cur = curated_items(row)
+        onl = list(zip(lst["responses"][n_cur:], origins[n_cur:]))
+        scores = scorer.score([row["prompt"]] * (len(cur) + len(onl)), [t for t, *_ in cur] + [t for t, _ in onl])
+        keys = rank_reward(cur, onl, scores)
+        want = [sorted(set(keys)).index(k) for k in keys]
+        assert lst["ranks"] == want, (lst, keys)
+    assert {"policy", "positive", "negative"} <= seen

@@ -151,3 +151,65 @@ def test_compare_vote_validation(studio):
     other = [{"role": "user", "content": "different"}, {"role": "assistant", "content": "x"}]
     with pytest.raises(ValueError, match="different messages"):
         studio.save_compare_vote(same, other, "tiny", "tiny", "A", annotator="dana")
+
+
+def _handler(demo, name):
+    fns = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name]
+    assert fns, name
+    return fns[0]
+
+
+def _last(gen):
+    out = None
+    for out in gen:
+        pass
+    return out
+
+
+def test_compare_multi_turn_regenerate_and_new_chat(studio):
+    """The Compare tab's handlers, called as Gradio calls them: two turns keep each side's history (the second
+    reply is conditioned on the first exchange), Regenerate replaces only the last reply with the next seed, and
+    New chat clears both sides."""
+    from neat_studio.generation import GenParams, stream_chat
+    from neat_studio.ui.app import build_app
+
+    demo = build_app(studio)
+    run_turn, regen = _handler(demo, "run_turn"), _handler(demo, "regenerate")
+    args = (0.8, 0.95, 6, 3)  # temperature, top_p, max_new_tokens, seed
+    out = _last(run_turn("tiny", "tiny", [], [], "Hello there", *args))
+    ha, hb = out[2], out[3]
+    assert [m["role"] for m in ha] == ["user", "assistant"] and ha == hb  # same model, same seed: same reply
+    out = _last(run_turn("tiny", "tiny", ha, hb, "And a second question?", *args))
+    ha2 = out[2]
+    assert [m["role"] for m in ha2] == ["user", "assistant"] * 2 and ha2[:2] == ha
+    lm = studio.compare_model("tiny")
+    want = list(stream_chat(lm, ha + [{"role": "user", "content": "And a second question?"}],
+                            GenParams(temperature=0.8, top_p=0.95, max_new_tokens=6, seed=3)))[-1]
+    assert ha2[3]["content"] == want  # the whole conversation was the context
+    out = _last(regen("tiny", "tiny", ha2, ha2, *args))
+    ha3, seed = out[2], out[-1]
+    assert seed == 4 and ha3[:3] == ha2[:3] and ha3[2]["content"] == "And a second question?"
+    want4 = list(stream_chat(lm, ha2[:3], GenParams(temperature=0.8, top_p=0.95, max_new_tokens=6, seed=4)))[-1]
+    assert ha3[3]["content"] == want4
+    nothing = _last(regen("tiny", "tiny", [], [], *args))
+    assert "Nothing to regenerate" in nothing[4]
+    cleared = _handler(demo, "new_chat")()
+    assert cleared[:4] == ([], [], [], [])
+
+
+def test_compare_evaluate_button_writes_a_report(studio, tmp_path):
+    """The Evaluate button's handler: a background evaluation of both models on a standard set, progress
+    messages while it runs, then the Markdown report and its charts."""
+    from tests.conftest import shared
+
+    shared("safety-tuned-llamas")  # the standard sets are built from ../shared/data
+    from neat_studio.ui.app import build_app
+
+    demo = build_app(studio)
+    evaluate = _handler(demo, "evaluate")
+    outs = list(evaluate("tiny", "tiny", ["harmful"], 2, None))
+    msg, md = outs[-1][0], outs[-1][1]
+    assert "Report written to" in msg, msg
+    assert "harmful" in md and "refusal" in md.lower()
+    bad = list(evaluate("tiny", "/etc", ["harmful"], 2, None))
+    assert "Not started" in bad[-1][0]

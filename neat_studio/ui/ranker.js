@@ -1,12 +1,16 @@
 // NEAT Studio ranker: keyboard-first ranking with ties. Runs as the js_on_load of the Annotate tab's gr.HTML.
-// State lives in the DOM (data-rank / data-mark on each card), so a re-render from the server (next prompt,
-// reload) resets it. Only whole commands go to the server (submit, skip, edit, previous): trigger('click', {...}).
+// State lives in the DOM (data-rank / data-mark on each card). Every change is also kept as a DRAFT in the
+// browser's localStorage (key neat-draft:<prompt id>), so ranks not yet submitted survive a reload, a crash or a
+// detour to another prompt; the draft is dropped once a submit or skip of that prompt has been accepted (the server moved on). Only whole commands go
+// to the server (submit, skip, edit, previous): trigger('click', {...}).
 //
 // Keys: 1-9 select a response, then 1-9 set its rank group (same group = tie) · Esc clear selection ·
 // P / N / 0 mark the selected response pos / neg / neutral · A accept the AI suggestion · U undo ·
 // H show/hide origins · E edit the selected response · F flag · C comment · Enter submit · S skip · B previous.
 (function () {
   const ORIGIN_KEY = "neat-show-origins";
+  const DRAFT = "neat-draft:";
+  const MAX_DRAFTS = 500;
   const W = window;
   const root = () => element.querySelector(".neat-ranker");
   const cards = () => Array.from(element.querySelectorAll(".neat-card"));
@@ -72,16 +76,55 @@
       if (unranked) text += "   ·  " + unranked + " unranked";
       st.textContent = text;
     }
+    if (r.dataset.item === S.item) saveDraft();
+  }
+
+  function saveDraft() {
+    const it = itemId();
+    if (!it) return;
+    const st = state();
+    try {
+      if (!Object.keys(st.ranks).length && !Object.keys(st.marks).length) { localStorage.removeItem(DRAFT + it); return; }
+      localStorage.setItem(DRAFT + it, JSON.stringify({ ranks: st.ranks, marks: st.marks, t: Date.now() }));
+      const keys = Object.keys(localStorage).filter((k) => k.startsWith(DRAFT));
+      if (keys.length > MAX_DRAFTS) {  // keep the newest drafts
+        keys.map((k) => [k, (JSON.parse(localStorage.getItem(k) || "{}").t || 0)]).sort((a, b) => a[1] - b[1])
+          .slice(0, keys.length - MAX_DRAFTS).forEach((kv) => localStorage.removeItem(kv[0]));
+      }
+    } catch (e) { /* storage full or disabled: the DOM still holds the ranks */ }
+  }
+  function dropDraft(it) {
+    try { localStorage.removeItem(DRAFT + it); } catch (e) { /* ignore */ }
+  }
+  function loadDraft() {
+    let d = null;
+    try { d = JSON.parse(localStorage.getItem(DRAFT + itemId()) || "null"); } catch (e) { d = null; }
+    if (!d) return false;
+    let n = 0;
+    cards().forEach((c) => {
+      const rid = c.dataset.rid;
+      if (d.ranks && d.ranks[rid]) { c.dataset.rank = String(d.ranks[rid]); n++; }
+      if (d.marks && d.marks[rid]) { c.dataset.mark = d.marks[rid]; n++; }
+    });
+    return n > 0;
   }
 
   function sync() {
     const it = itemId();
+    let restored = false;
     if (it !== S.item) {
+      if (S.pendingDrop && S.pendingDrop !== it) dropDraft(S.pendingDrop);
+      S.pendingDrop = null;
       S.item = it;
       S.undo = [];
       S.sel = null;
+      if (it && cards().length) {
+        pushUndo();  // U goes back to what the server sent
+        restored = loadDraft();
+        if (!restored) S.undo = [];
+      }
     }
-    paint();
+    paint(restored ? "Unsaved draft restored (not submitted yet; U to discard it)." : undefined);
   }
 
   function state() {
@@ -97,7 +140,10 @@
     if (!root() || !itemId()) return;
     S.sel = null;
     paint();
-    trigger("click", Object.assign({ cmd: cmd }, state(), extra || {}));
+    const payload = Object.assign({ cmd: cmd }, state(), extra || {});
+    // the draft goes once the server has moved on to another prompt (a refused submit keeps it)
+    S.pendingDrop = (cmd === "submit" || cmd === "skip") ? itemId() : null;
+    trigger("click", payload);
   }
 
   function setRank(g) {

@@ -100,6 +100,23 @@ def test_full_flow(app, browser, page_errors):
     # the next prompt is loaded
     page.wait_for_function(f"document.querySelector('#ann-ranker .neat-ranker').dataset.item !== '{pid}'")
 
+    # -- a draft (ranked, not submitted) survives a reload: it comes back from the browser's storage ----------
+    pid2 = page.locator("#ann-ranker .neat-ranker").get_attribute("data-item")
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("1")
+    page.keyboard.press("2")
+    assert ranker_state(page)[0]["rank"] == "2"
+    page.reload()
+    page.wait_for_selector("#prompts-table")
+    open_tab(page, "Annotate")
+    page.wait_for_function(f"(document.querySelector('#ann-ranker .neat-ranker') || {{}}).dataset?.item === '{pid2}'")
+    page.wait_for_function("document.querySelector('#ann-ranker .neat-card').dataset.rank === '2'")
+    assert "draft restored" in page.locator("#ann-ranker .neat-rk-status").inner_text()
+    assert st.store.latest_annotation(pid2, "local") is None  # a draft, not an annotation
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("u")  # back to what the server sent: unranked, and the draft is gone
+    assert ranker_state(page)[0]["rank"] == ""
+
     # -- reload: the saved ranking is there -----------------------------------------------------------------
     page.reload()
     page.wait_for_selector("#prompts-table")
