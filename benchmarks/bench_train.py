@@ -15,7 +15,8 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
          batch size, lengths (max_length = prompt + response) and steps; per-step time from its metrics.jsonl
          (elapsed between the first timed and the last step, so model/TRL setup and dataset tokenisation are out).
 - matmul: torch.matmul fp32 of large square matrices, best of a few -> this machine's peak FLOP/s.
-- gen_batched / gen_seq: neat_studio.generation.generate on 16 prompts, greedy, batch 16 vs batch 1.
+- gen_batched / gen_seq: neat_studio.generation.generate on 16 prompts, greedy, batch 16 vs batch 1 (prompts: the
+         pairs' prompts, or --gen-prompts seed for the studio's short seed prompts).
 Tokens in training = real (unpadded) prompt+response tokens the model ran (with prompt_cache the prompt counts once
 per list, since it runs once; for DPO and plain NEAT once per row); achieved
 FLOP/s = 6 * N * tokens/s with N = parameter count (tied embeddings counted once). For DPO this understates its
@@ -219,7 +220,11 @@ def phase_gen(a, batch_size: int) -> dict:
     from neat_studio.models import load_model
 
     lm = load_model("default", workspace=Workspace.from_env(a.workspace))
-    prompts = [p["prompt"] for p in load_pairs(a.snap, a.n_gen_prompts)][: a.n_gen_prompts]
+    if a.gen_prompts == "seed":  # the studio's own seed prompts (short single-turn user prompts)
+        rows = [json.loads(x) for x in (REPO / "data" / "seed_prompts.jsonl").read_text().splitlines() if x.strip()]
+        prompts = [r["prompt"] for r in rows][: a.n_gen_prompts]
+    else:  # the pairs' prompts (HH-RLHF: multi-turn, 40-330 tokens): prefill weighs more
+        prompts = [p["prompt"] for p in load_pairs(a.snap, a.n_gen_prompts)][: a.n_gen_prompts]
     params = GenParams(temperature=0.0, max_new_tokens=a.gen_tokens, seed=0)
     generate(lm, prompts[:2], params=GenParams(temperature=0.0, max_new_tokens=4), batch_size=2)  # warm-up
     t0 = time.perf_counter()
@@ -237,7 +242,7 @@ def run_child(phase: str, a, tmp: Path) -> dict:
             "--batch-size", str(a.batch_size), "--max-prompt-len", str(a.max_prompt_len),
             "--max-response-len", str(a.max_response_len), "--gen-tokens", str(a.gen_tokens),
             "--n-gen-prompts", str(a.n_gen_prompts), "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
-            "--matmul-reps", str(a.matmul_reps), "--threads", str(a.threads)]
+            "--matmul-reps", str(a.matmul_reps), "--threads", str(a.threads), "--gen-prompts", a.gen_prompts]
     t0 = time.time()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)} if a.threads else {}))
     p = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -267,6 +272,8 @@ def main() -> int:
     ap.add_argument("--max-response-len", type=int, default=96)
     ap.add_argument("--gen-tokens", type=int, default=48)
     ap.add_argument("--n-gen-prompts", type=int, default=16)
+    ap.add_argument("--gen-prompts", default="pairs", choices=["pairs", "seed"],
+                    help="generation prompts: the pairs' prompts (default) or data/seed_prompts.jsonl")
     ap.add_argument("--matmul-sizes", default="1024,2048,4096")
     ap.add_argument("--matmul-reps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=1, help="alternate neat/dpo this many times; best is reported")
