@@ -91,6 +91,32 @@ def cmd_generate(args):
                 "model_id": rows[0]["model_id"] if rows else None})
 
 
+def cmd_preview(args):
+    """Normal vs negative responses side by side on sampled prompts, with the preview metrics (what the Negative
+    Prompt Studio tab shows); the preview is saved per version, `--pool` adds its responses as candidates."""
+    with _studio(args) as st:
+        mode = "manual" if args.prompt_id else ("tag" if args.tag else "random")
+        ids = st.sample_for_preview(mode, args.n, seed=args.seed, tag=args.tag, ids=args.prompt_id)
+        params = {k: v for k, v in (("k", args.k), ("temperature", args.temperature), ("top_p", args.top_p),
+                                    ("max_new_tokens", args.max_new_tokens)) if v is not None}
+        bar, progress = _bar("previewing")
+        pv = None
+        for kind, i, n, payload in st.run_preview(args.negative, ids, normal_ref=args.normal, params=params,
+                                                  seed=args.seed, actor=args.actor):
+            if kind == "row":
+                progress(i, n)
+            elif kind == "done":
+                pv = payload
+        bar.close()
+        out = {"ref": pv["ref"], "normal_ref": pv["normal_ref"], "seed": pv["seed"], "model_id": pv["model_id"],
+               "metrics": pv["metrics"],
+               "rows": [{"prompt_id": r["prompt_id"], "normal": [x["text"] for x in r["normal"]],
+                         "negative": [x["text"] for x in r["negative"]]} for r in pv["rows"]]}
+        if args.pool:
+            out["pool"] = st.add_preview_to_pool(pv["ref"], actor=args.actor)
+        _print(out)
+
+
 def cmd_library(args):
     with _studio(args) as st:
         s = st.store
@@ -210,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int)
     s.add_argument("--seed", type=int)
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("preview", help="normal vs negative responses side by side on sampled prompts, with metrics")
+    s.add_argument("negative", help="negative prompt reference name@version (latest if no @)")
+    s.add_argument("--normal", help="positive prompt reference for the normal side (default: no system prompt)")
+    s.add_argument("--model", help="model spec: default, tiny, a local path or a run directory")
+    s.add_argument("--n", type=int, default=3, help="how many prompts to sample")
+    s.add_argument("--tag", help="sample among prompts with this tag")
+    s.add_argument("--prompt-id", action="append", help="preview these prompts (repeatable) instead of sampling")
+    s.add_argument("--seed", type=int, default=0, help="fixes the prompt sample and every response")
+    s.add_argument("--k", type=int)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--max-new-tokens", type=int)
+    s.add_argument("--pool", action="store_true", help="add the responses to the annotation pool")
+    s.set_defaults(func=cmd_preview)
 
     s = sub.add_parser("library", help="negative/positive system prompt library (immutable versions)")
     s.add_argument("action", choices=["list", "show", "versions", "save", "diff"])

@@ -100,12 +100,18 @@ def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 # public API
 # ---------------------------------------------------------------------------------------------------------------
 def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, params: GenParams | None = None,
-             batch_size: int = 8, progress: Progress = None) -> list[list[Sample]]:
+             batch_size: int = 8, progress: Progress = None, systems: Sequence[str | None] | None = None,
+             seed_index: Sequence[int] | None = None,
+             on_step: Callable[[list[int], list[list[str]]], None] | None = None) -> list[list[Sample]]:
     """k samples for each prompt (messages, or a plain string = one user turn), in input order.
 
     ``batch_size`` is the number of sequences decoded together (prompts x k; a prompt's k samples stay in one
     batch, so a batch holds ``max(1, batch_size // k)`` prompts). ``progress(done_prompts, total_prompts)`` is called
-    after every batch. Raises ValueError for malformed messages or a prompt longer than the model's context."""
+    after every batch. ``systems`` gives each prompt its own system prompt (instead of ``system`` for all).
+    Sample j of prompt i is seeded with ``sample_seed(params.seed, seed_index[i], j)`` (default seed_index[i] = i).
+    ``on_step(prompt_indices, texts)`` (optional) is called after every decoding step of a batch with the batch's
+    prompt indices and the text so far of each of their k samples (for streaming several prompts at once).
+    Raises ValueError for malformed messages or a prompt longer than the model's context."""
     import torch
 
     params = params or GenParams()
@@ -114,8 +120,12 @@ def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, p
     prompts = list(prompts)
     if not prompts:
         return []
+    if systems is not None and len(systems) != len(prompts):
+        raise ValueError(f"systems has {len(systems)} entries for {len(prompts)} prompts")
+    if seed_index is not None and len(seed_index) != len(prompts):
+        raise ValueError(f"seed_index has {len(seed_index)} entries for {len(prompts)} prompts")
     tok, model = lm.tokenizer, lm.model
-    encoded = [encode_chat(tok, p, system=system) for p in prompts]
+    encoded = [encode_chat(tok, p, system=systems[i] if systems is not None else system) for i, p in enumerate(prompts)]
     prepare_for_inference(model)
     max_len = model_max_length(lm)
     for i, ids in enumerate(encoded):
@@ -130,9 +140,15 @@ def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, p
     with torch.inference_mode():
         for b in range(0, len(order), per_batch):
             idx = order[b:b + per_batch]
-            seeds = [sample_seed(params.seed, i, j) for i in idx for j in range(k)]
+            seeds = [sample_seed(params.seed, seed_index[i] if seed_index is not None else i, j)
+                     for i in idx for j in range(k)]
             max_new = min(params.max_new_tokens, max_len - max(len(encoded[i]) for i in idx))
-            outs = _decode_batch(lm, [encoded[i] for i in idx], k=k, params=params, seeds=seeds, max_new=max_new)
+            step_cb = None
+            if on_step is not None:
+                def step_cb(texts, idx=idx):
+                    on_step(list(idx), [texts[n * k:(n + 1) * k] for n in range(len(idx))])
+            outs = _decode_batch(lm, [encoded[i] for i in idx], k=k, params=params, seeds=seeds, max_new=max_new,
+                                 on_step=step_cb)
             for n, i in enumerate(idx):
                 results[i] = [
                     Sample(text=text, seed=seeds[n * k + j], params=dict(pd), n_tokens=n_tok, sample_index=j,
@@ -245,21 +261,28 @@ def _pad_id(tok) -> int:
 
 
 def _decode_batch(lm: LoadedModel, prompt_ids: list[list[int]], *, k: int, params: GenParams, seeds: list[int],
-                  max_new: int) -> list[tuple[str, int, str]]:
-    """(text, n_tokens, finish_reason) for each of len(prompt_ids) * k rows (row = prompt * k + sample)."""
+                  max_new: int, on_step: Callable[[list[str]], None] | None = None) -> list[tuple[str, int, str]]:
+    """(text, n_tokens, finish_reason) for each of len(prompt_ids) * k rows (row = prompt * k + sample).
+    ``on_step(texts)`` (optional) gets every row's text so far after each decoding step."""
     tok = lm.tokenizer
     stops = set(end_of_turn_ids(tok))
     rows = len(prompt_ids) * k
     out_tokens: list[list[int]] = [[] for _ in range(rows)]
+
+    def text_of(toks):
+        stop_at = next((n for n, t in enumerate(toks) if t in stops), None)
+        body = toks if stop_at is None else toks[:stop_at]
+        return tok.decode(body, skip_special_tokens=True).strip(), stop_at
+
     for active, toks in _decode_steps(lm.model, prompt_ids, k=k, params=params, seeds=seeds, max_new=max_new,
                                       stop_ids=stops, pad_id=_pad_id(tok)):
         for r, t in zip(active, toks.tolist()):
             out_tokens[r].append(t)
+        if on_step is not None:
+            on_step([text_of(t)[0].rstrip("\ufffd") for t in out_tokens])
     res = []
     for toks in out_tokens:
-        stop_at = next((n for n, t in enumerate(toks) if t in stops), None)
-        body = toks if stop_at is None else toks[:stop_at]
-        text = tok.decode(body, skip_special_tokens=True).strip()
+        text, stop_at = text_of(toks)
         res.append((text, len(toks) if stop_at is None else stop_at + 1, "length" if stop_at is None else "stop"))
     return res
 

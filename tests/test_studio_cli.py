@@ -46,3 +46,55 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, capsys):
     assert rc == 2 and "unknown prompt id(s): deadbeef" in err
     rc, _, err = _run(capsys, ws, "annotate", "deadbeef", "--ranking", "a;b")
     assert rc == 2 and err.startswith("error:")
+
+
+def test_cli_preview_batched_equals_one_prompt_at_a_time(tmp_path, capsys):
+    """`preview` decodes every prompt x side in one batch, yet each side of each prompt gets exactly what it gets
+    alone (same seeds: sample_seed(seed, 0, j)); the metrics and the pool work as in the Studio tab."""
+    from neat_studio.generation import GenParams, generate
+    from neat_studio.studio import Studio
+    from neat_studio.config import Workspace
+
+    ws = tmp_path / "ws"
+    _run(capsys, ws, "init")
+    rc, out, err = _run(capsys, ws, "preview", "toxic", "--model", "tiny", "--n", "3", "--seed", "5",
+                        "--temperature", "0", "--max-new-tokens", "6", "--pool")
+    assert rc == 0, err
+    pv = json.loads(out)
+    k = 2  # the toxic preset's stored parameters ask for 2 samples per side
+    assert pv["ref"] == "toxic@1" and len(pv["rows"]) == 3 and pv["metrics"]["n"] == 3 * k
+    assert pv["pool"]["prompts"] == 3
+    with Studio(Workspace(ws), model_spec="tiny") as st:
+        lm = st.policy()
+        neg = st.store.resolve_ref("toxic@1")["text"]
+        for row in pv["rows"]:
+            msgs = st.store.get_prompt(row["prompt_id"])["messages"]
+            p = GenParams(temperature=0, max_new_tokens=6, seed=5, k=k)
+            assert row["normal"] == [s.text for s in generate(lm, [msgs], params=p)[0]]
+            assert row["negative"] == [s.text for s in generate(lm, [msgs], system=neg, params=p)[0]]
+            assert {r["origin"] for r in st.store.list_responses(row["prompt_id"])} >= {"policy", "negative:toxic@1"}
+    rc, _, err = _run(capsys, ws, "preview", "no_such@1", "--model", "tiny")
+    assert rc == 2 and "no_such" in err
+
+
+def test_preview_streams_all_prompts_and_stops_when_closed(tmp_path):
+    from neat_studio.config import Workspace
+    from neat_studio.studio import Studio
+
+    with Studio(Workspace(tmp_path / "ws"), model_spec="tiny") as st:
+        st.init(actor="t")
+        ids = st.sample_for_preview("random", 4, seed=1)
+        events = list(st.run_preview("toxic", ids, params={"max_new_tokens": 24, "k": 2}, seed=1))
+        kinds = [e[0] for e in events]
+        assert kinds[-1] == "done" and kinds.count("row") == 4 and set(kinds) <= {"rows", "row", "done"}
+        pv = events[-1][3]
+        assert all(len(r["normal"]) == 2 and len(r["negative"]) == 2 for r in pv["rows"])
+        for e in events:
+            if e[0] == "rows":
+                assert [r["prompt_id"] for r in e[3]] == ids  # every prompt is on screen while it streams
+        # closing the generator early (Stop in the UI) stops generation and saves nothing
+        before = st.get_preview("toxic@1")
+        g = st.run_preview("toxic", ids, params={"max_new_tokens": 64}, seed=2)
+        next(g)
+        g.close()
+        assert st.get_preview("toxic@1") == before

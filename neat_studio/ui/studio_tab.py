@@ -1,5 +1,5 @@
 """Negative Prompt Studio tab: the library of negative/positive system prompts (immutable versions, diffs,
-generation parameters), previews (normal vs negative side by side, seeded, streamed prompt by prompt), preview
+generation parameters), previews (normal vs negative side by side, seeded, all prompts decoded in one batch and streamed), preview
 metrics per version with a comparison table, and "Add to pool"."""
 from __future__ import annotations
 
@@ -249,9 +249,9 @@ def build(ctx: Ctx) -> dict:
             yield (ok_box(f"Generating {len(pids)} prompt(s) with seed {sd}…"), "",
                    preview_html([], "", "", sd, 0, len(pids)), None, gr.update())
             for kind_, i, total, payload in gen:
-                if kind_ == "partial":
-                    yield (gr.update(), "", preview_html(rows + [payload], normal_ref or NONE_NORMAL, ref, sd, i,
-                                                         total), None, gr.update())
+                if kind_ == "rows":  # every prompt's texts so far (all prompts stream at once)
+                    yield (gr.update(), "", preview_html(payload, normal_ref or NONE_NORMAL, ref, sd, 0, total),
+                           None, gr.update())
                 elif kind_ == "row":
                     rows.append(payload)
                     progress((i, total), desc=f"prompt {i}/{total}")
