@@ -72,7 +72,7 @@ def open_tab(page, name: str):
     page.get_by_role("tab", name=name).click()
 
 
-def wait_text(locator, pattern: str, timeout: float = 30):
+def wait_text(locator, pattern: str, timeout: float = 60):
     """Wait until the locator's text matches `pattern` (regex); returns the text."""
     deadline = time.time() + timeout
     text = ""
