@@ -14,6 +14,10 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
 - dpo:   TRL DPOTrainer via neat_studio.baselines.train_dpo on a snapshot holding the SAME pairs, same model,
          batch size, lengths (max_length = prompt + response) and steps; per-step time from its metrics.jsonl
          (elapsed between the first timed and the last step, so model/TRL setup and dataset tokenisation are out).
+- neat_lists / dpo_lists (--k-neg N, default 2): NEAT's own case. Each prompt's list is chosen (rank 0) >
+         rejected (1) > N samples of the model under the `dangerous_compliance` negative prompt (2, tied),
+         generated once before the phases (untimed); NEAT trains on the lists, DPO on the pairs expanded from the
+         same rankings (neat_studio.baselines.dpo_pairs: 1 + 2N pairs per list). pairs/s counts ranked pairs.
 - matmul: torch.matmul fp32 of large square matrices, best of a few -> this machine's peak FLOP/s.
 - gen_batched / gen_seq: neat_studio.generation.generate on 16 prompts, greedy, batch 16 vs batch 1 (prompts: the
          pairs' prompts, or --gen-prompts seed for the studio's short seed prompts).
@@ -92,6 +96,37 @@ def write_snapshot(pairs: list[dict], d: Path) -> Path:
     return d
 
 
+def write_list_snapshot(pairs: list[dict], d: Path, workspace: str, k_neg: int, max_new: int) -> Path:
+    """NEAT's real lists: chosen (rank 0) > rejected (1) > k_neg samples of the default model under the
+    `dangerous_compliance` negative prompt (rank 2, tied) per prompt; generated once here, untimed."""
+    import yaml
+
+    from neat_studio.config import Workspace
+    from neat_studio.generation import GenParams, generate
+    from neat_studio.models import load_model
+
+    neg = next(p for p in yaml.safe_load((REPO / "data" / "presets.yaml").read_text())["presets"]
+               if p["name"] == "dangerous_compliance")["text"]
+    lm = load_model("default", workspace=Workspace.from_env(workspace))
+    samples = generate(lm, [p["prompt"] for p in pairs], system=neg, batch_size=16,
+                       params=GenParams(temperature=0.9, top_p=0.95, max_new_tokens=max_new, k=k_neg, seed=0))
+    d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (p, ss) in enumerate(zip(pairs, samples)):
+        negs = [x.text for x in ss if x.text.strip()] or ["(empty)"]
+        lines.append(json.dumps({"prompt_id": f"l{i}", "prompt": p["prompt"],
+                                 "responses": [p["chosen"], p["rejected"], *negs], "ranks": [0, 1] + [2] * len(negs),
+                                 "origins": ["dataset:chosen", "dataset:rejected"] + ["negative:bench"] * len(negs),
+                                 "response_ids": [f"l{i}r{j}" for j in range(2 + len(negs))],
+                                 "annotators": ["bench"], "split": "train", "tags": []}))
+    raw = ("\n".join(lines) + "\n").encode()
+    (d / "data.jsonl").write_bytes(raw)
+    (d / "manifest.json").write_text(json.dumps({"snapshot_id": "bench_lists", "sha256": hashlib.sha256(raw).hexdigest(),
+                                                 "created_at": time.time(), "filters": {}, "counts": {"rows": len(pairs)},
+                                                 "prompt_library": []}))
+    return d
+
+
 def rss_gb() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return r / 1024 / 1024
@@ -133,11 +168,11 @@ def phase_neat(a, prompt_cache: bool = False) -> dict:
     tr = NeatTrainer(cfg, out, workspace=ws)
     tr.run_dir = out
     tr._setup()
-    pairs = load_pairs(a.snap, a.n_pairs)
+    rows = [json.loads(x) for x in (Path(a.snap) / "data.jsonl").read_text().splitlines()][: a.n_pairs]
     enc = []
-    for i, p in enumerate(pairs):
-        lst = RankedList(f"b{i}", p["prompt"], [p["chosen"], p["rejected"]], [0, 1],
-                         ["dataset:chosen", "dataset:rejected"], [True, True])
+    for r in rows:
+        lst = RankedList(r["prompt_id"], r["prompt"], r["responses"], r["ranks"], r["origins"],
+                         [True] * len(r["responses"]))
         e = encode_list(tr.tok, lst, cfg.max_prompt_len, cfg.max_response_len)
         if e is not None:
             enc.append(e)
@@ -183,7 +218,11 @@ def phase_dpo(a) -> dict:
     dt = steps[last] - steps[first]
     # same real-token count as the neat phase: pairs of the timed steps, prompt + response, truncated alike.
     # TRL's sampler shuffles, so use the mean tokens per pair over all pairs x pairs timed.
-    pairs = load_pairs(a.snap, a.n_pairs)
+    from neat_studio.baselines import dpo_pairs
+
+    rows = [json.loads(x) for x in (Path(a.snap) / "data.jsonl").read_text().splitlines()][: a.n_pairs]
+    pairs = [{"prompt": p["prompt"], "chosen": p["chosen"][0]["content"], "rejected": p["rejected"][0]["content"]}
+             for p in dpo_pairs(rows)]
     tok = 0
     for p in pairs:
         for resp in (p["chosen"], p["rejected"]):
@@ -272,6 +311,8 @@ def main() -> int:
     ap.add_argument("--max-response-len", type=int, default=96)
     ap.add_argument("--gen-tokens", type=int, default=48)
     ap.add_argument("--n-gen-prompts", type=int, default=16)
+    ap.add_argument("--k-neg", type=int, default=2, help="negative samples per prompt in the list phases "
+                    "(0 = skip them)")
     ap.add_argument("--gen-prompts", default="pairs", choices=["pairs", "seed"],
                     help="generation prompts: the pairs' prompts (default) or data/seed_prompts.jsonl")
     ap.add_argument("--matmul-sizes", default="1024,2048,4096")
@@ -325,10 +366,23 @@ def main() -> int:
     for _ in range(a.repeats):
         for ph in ("neat", "neat_pc", "dpo"):
             res.setdefault(ph, []).append(run_child(ph, a, tmp))
+    if a.k_neg:  # NEAT's own case: lists (chosen > rejected > k_neg negative samples); DPO gets their pairs
+        t0 = time.time()
+        pair_snap = a.snap
+        a.snap = write_list_snapshot(pairs, tmp / "snapshot_lists", a.workspace, a.k_neg, a.gen_tokens)
+        print(f"  [{time.strftime('%H:%M:%S')}] lists: {a.k_neg} negative samples per prompt generated in "
+              f"{time.time() - t0:.0f}s (untimed)", flush=True)
+        for _ in range(a.repeats):
+            for ph in ("neat", "dpo"):
+                r = run_child(ph, a, tmp)
+                r["phase"] += "_lists"
+                res.setdefault(ph + "_lists", []).append(r)
+        a.snap = pair_snap
     for ph in ("matmul", "gen_batched", "gen_seq"):
         res.setdefault(ph, []).append(run_child(ph, a, tmp))
     best = {ph: max(rs, key=lambda r: r.get("pairs_per_s", r.get("tokens_per_s", r.get("best_flops", 0))))
             for ph, rs in res.items()}
+    nl, dl = best.get("neat_lists"), best.get("dpo_lists")
     neat, neat_pc, dpo, mm, gb, gs = (best[k] for k in ("neat", "neat_pc", "dpo", "matmul", "gen_batched", "gen_seq"))
     from neat_studio.neat.config import NeatConfig
 
@@ -353,6 +407,11 @@ def main() -> int:
          f"{neat_pc['tokens_per_s']:.0f}", f"{alt_flops / 1e9:.1f}", f"{neat_pc['peak_rss_gb']:.2f}"),
         ("TRL DPOTrainer", f"{dpo['pairs_per_s']:.3f}", f"{dpo['tokens_per_s']:.0f}", f"{dpo_flops / 1e9:.1f}",
          f"{dpo['peak_rss_gb']:.2f}"),
+        *([(f"lists of {2 + a.k_neg}: NEAT step (ours)", f"{nl['pairs_per_s']:.3f}", f"{nl['tokens_per_s']:.0f}",
+            f"{6 * nl['n_params'] * nl['tokens_per_s'] / 1e9:.1f}", f"{nl['peak_rss_gb']:.2f}"),
+           (f"lists of {2 + a.k_neg}: TRL DPOTrainer on their pairs", f"{dl['pairs_per_s']:.3f}",
+            f"{dl['tokens_per_s']:.0f}", f"{6 * neat['n_params'] * dl['tokens_per_s'] / 1e9:.1f}",
+            f"{dl['peak_rss_gb']:.2f}")] if nl and dl else []),
         (f"fp32 matmul peak (n={mm['best_n']})", "", "", f"{mm['best_flops'] / 1e9:.1f}", f"{mm['peak_rss_gb']:.2f}"),
         ("generate, batch 16", "", f"{gb['tokens_per_s']:.1f}", "", f"{gb['peak_rss_gb']:.2f}"),
         ("generate, one at a time", "", f"{gs['tokens_per_s']:.1f}", "", f"{gs['peak_rss_gb']:.2f}"),
@@ -371,6 +430,11 @@ def main() -> int:
              ("batched / sequential gen", ratios["gen_speedup"], f">= {TARGETS['gen_speedup']}x",
               ratios["gen_speedup"] >= TARGETS["gen_speedup"], "x"),
              ("peak RSS (ours, max of phases)", ratios["rss_gb"], "<= 4 GB", ratios["rss_gb"] <= TARGETS["rss_gb"], " GB")]
+    if nl and dl:
+        r = nl["pairs_per_s"] / dl["pairs_per_s"]
+        ratios["neat_vs_dpo_pairs_lists"] = r
+        lines.insert(1, (f"  same, lists of {2 + a.k_neg}", r, f">= {TARGETS['neat_vs_dpo_pairs']}x",
+                         r >= TARGETS["neat_vs_dpo_pairs"], "x"))
     for name, v, t, ok, unit in lines:
         print(f"{name:30s}  {v:8.2f}{unit:3s} {t:8s} {'yes' if ok else 'NO'}")
     if a.json:
