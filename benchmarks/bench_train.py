@@ -281,7 +281,8 @@ def run_child(phase: str, a, tmp: Path) -> dict:
             "--batch-size", str(a.batch_size), "--max-prompt-len", str(a.max_prompt_len),
             "--max-response-len", str(a.max_response_len), "--gen-tokens", str(a.gen_tokens),
             "--n-gen-prompts", str(a.n_gen_prompts), "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
-            "--matmul-reps", str(a.matmul_reps), "--threads", str(a.threads), "--gen-prompts", a.gen_prompts]
+            "--matmul-reps", str(a.matmul_reps), "--threads", str(a.threads), "--gen-prompts", a.gen_prompts,
+            "--k-neg", str(a.k_neg)]
     t0 = time.time()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)} if a.threads else {}))
     p = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -337,6 +338,11 @@ def main() -> int:
         import logging
 
         logging.disable(logging.WARNING)
+        if a._phase == "make_lists":
+            write_list_snapshot(load_pairs(a.snap, a.n_pairs), Path(a.tmp) / "snapshot_lists", a.workspace,
+                                a.k_neg, a.gen_tokens)
+            print(json.dumps({"phase": "make_lists", "peak_rss_gb": rss_gb()}))
+            return 0
         fn = {"neat": phase_neat, "neat_pc": lambda x: phase_neat(x, True), "dpo": phase_dpo, "matmul": phase_matmul,
               "gen_batched": lambda x: phase_gen(x, 16), "gen_seq": lambda x: phase_gen(x, 1)}[a._phase]
         print(json.dumps(fn(a)))
@@ -353,11 +359,12 @@ def main() -> int:
         raise SystemExit(f"no pairs in {a.pairs}")
     a.n_pairs = len(pairs)
     a.snap = write_snapshot(pairs, tmp / "snapshot")
-    from neat_studio.config import Workspace
-    from neat_studio.models import load_model
-
     t0 = time.time()
-    load_model("default", workspace=Workspace.from_env(a.workspace))  # convert/cache once, outside the phases
+    # convert/cache the model once, in a child (a forked phase would inherit the driver's peak RSS)
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from neat_studio.config "
+                    "import Workspace; from neat_studio.models import load_model; "
+                    "load_model('default', workspace=Workspace.from_env(sys.argv[2]))", str(REPO), a.workspace],
+                   check=True, stdout=subprocess.DEVNULL)
     print(f"model ready in {time.time() - t0:.0f}s; {len(pairs)} pairs from {a.pairs}; steps={a.steps} "
           f"(+{a.warmup} warm-up) batch={a.batch_size} max_prompt_len={a.max_prompt_len} "
           f"max_response_len={a.max_response_len}; torch threads={__import__('torch').get_num_threads()}", flush=True)
@@ -369,14 +376,18 @@ def main() -> int:
     if a.k_neg:  # NEAT's own case: lists (chosen > rejected > k_neg negative samples); DPO gets their pairs
         t0 = time.time()
         pair_snap = a.snap
-        a.snap = write_list_snapshot(pairs, tmp / "snapshot_lists", a.workspace, a.k_neg, a.gen_tokens)
+        run_child("make_lists", a, tmp)  # in a child: a forked process inherits its parent's peak RSS
+        a.snap = tmp / "snapshot_lists"
         print(f"  [{time.strftime('%H:%M:%S')}] lists: {a.k_neg} negative samples per prompt generated in "
               f"{time.time() - t0:.0f}s (untimed)", flush=True)
+        from neat_studio.neat.config import NeatConfig
+
+        shipped = "neat_pc" if NeatConfig().prompt_cache else "neat"  # the trainer as shipped
         for _ in range(a.repeats):
-            for ph in ("neat", "dpo"):
+            for ph, key in ((shipped, "neat_lists"), ("dpo", "dpo_lists")):
                 r = run_child(ph, a, tmp)
-                r["phase"] += "_lists"
-                res.setdefault(ph + "_lists", []).append(r)
+                r["phase"] = key
+                res.setdefault(key, []).append(r)
         a.snap = pair_snap
     for ph in ("matmul", "gen_batched", "gen_seq"):
         res.setdefault(ph, []).append(run_child(ph, a, tmp))
@@ -392,7 +403,7 @@ def main() -> int:
     flops = 6 * neat["n_params"] * neat["tokens_per_s"]
     dpo_flops = 6 * neat["n_params"] * dpo["tokens_per_s"]
     # the RSS target is for our full fine-tune (and the generation it runs): TRL's DPO phase is shown, not counted
-    peak_rss = max(r["peak_rss_gb"] for ph, rs in res.items() if ph != "dpo" for r in rs)
+    peak_rss = max(r["peak_rss_gb"] for ph, rs in res.items() if not ph.startswith("dpo") for r in rs)
     ratios = {
         "neat_vs_dpo_pairs": neat["pairs_per_s"] / dpo["pairs_per_s"],
         "mfu": flops / mm["best_flops"],
