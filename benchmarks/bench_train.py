@@ -88,10 +88,15 @@ def write_snapshot(pairs: list[dict], d: Path) -> Path:
                                  "ranks": [0, 1], "origins": ["dataset:chosen", "dataset:rejected"],
                                  "response_ids": [f"b{i}c", f"b{i}r"], "annotators": ["bench"], "split": "train",
                                  "tags": []}))
+    return _write_snapshot_files(d, lines, "bench")
+
+
+def _write_snapshot_files(d: Path, lines: list[str], snapshot_id: str) -> Path:
+    """data.jsonl + manifest.json (the snapshot contract the trainer reads)."""
     raw = ("\n".join(lines) + "\n").encode()
     (d / "data.jsonl").write_bytes(raw)
-    (d / "manifest.json").write_text(json.dumps({"snapshot_id": "bench", "sha256": hashlib.sha256(raw).hexdigest(),
-                                                 "created_at": time.time(), "filters": {}, "counts": {"rows": len(pairs)},
+    (d / "manifest.json").write_text(json.dumps({"snapshot_id": snapshot_id, "sha256": hashlib.sha256(raw).hexdigest(),
+                                                 "created_at": time.time(), "filters": {}, "counts": {"rows": len(lines)},
                                                  "prompt_library": []}))
     return d
 
@@ -119,12 +124,7 @@ def write_list_snapshot(pairs: list[dict], d: Path, workspace: str, k_neg: int, 
                                  "origins": ["dataset:chosen", "dataset:rejected"] + ["negative:bench"] * len(negs),
                                  "response_ids": [f"l{i}r{j}" for j in range(2 + len(negs))],
                                  "annotators": ["bench"], "split": "train", "tags": []}))
-    raw = ("\n".join(lines) + "\n").encode()
-    (d / "data.jsonl").write_bytes(raw)
-    (d / "manifest.json").write_text(json.dumps({"snapshot_id": "bench_lists", "sha256": hashlib.sha256(raw).hexdigest(),
-                                                 "created_at": time.time(), "filters": {}, "counts": {"rows": len(pairs)},
-                                                 "prompt_library": []}))
-    return d
+    return _write_snapshot_files(d, lines, "bench_lists")
 
 
 def rss_gb() -> float:
