@@ -102,7 +102,8 @@ def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, params: GenParams | None = None,
              batch_size: int = 8, progress: Progress = None, systems: Sequence[str | None] | None = None,
              seed_index: Sequence[int] | None = None,
-             on_step: Callable[[list[int], list[list[str]]], None] | None = None) -> list[list[Sample]]:
+             on_step: Callable[[list[int], Callable[[], list[list[str]]]], None] | None = None
+             ) -> list[list[Sample]]:
     """k samples for each prompt (messages, or a plain string = one user turn), in input order.
 
     ``batch_size`` is the number of sequences decoded together (prompts x k; a prompt's k samples stay in one
@@ -110,7 +111,8 @@ def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, p
     after every batch. ``systems`` gives each prompt its own system prompt (instead of ``system`` for all).
     Sample j of prompt i is seeded with ``sample_seed(params.seed, seed_index[i], j)`` (default seed_index[i] = i).
     ``on_step(prompt_indices, texts)`` (optional) is called after every decoding step of a batch with the batch's
-    prompt indices and the text so far of each of their k samples (for streaming several prompts at once).
+    prompt indices and a function returning the text so far of each of their k samples (decoded only when
+    called; for streaming several prompts at once).
     Raises ValueError for malformed messages or a prompt longer than the model's context."""
     import torch
 
@@ -146,7 +148,10 @@ def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, p
             step_cb = None
             if on_step is not None:
                 def step_cb(texts, idx=idx):
-                    on_step(list(idx), [texts[n * k:(n + 1) * k] for n in range(len(idx))])
+                    def per_prompt():
+                        t = texts()
+                        return [t[n * k:(n + 1) * k] for n in range(len(idx))]
+                    on_step(list(idx), per_prompt)
             outs = _decode_batch(lm, [encoded[i] for i in idx], k=k, params=params, seeds=seeds, max_new=max_new,
                                  on_step=step_cb)
             for n, i in enumerate(idx):
@@ -261,9 +266,10 @@ def _pad_id(tok) -> int:
 
 
 def _decode_batch(lm: LoadedModel, prompt_ids: list[list[int]], *, k: int, params: GenParams, seeds: list[int],
-                  max_new: int, on_step: Callable[[list[str]], None] | None = None) -> list[tuple[str, int, str]]:
+                  max_new: int, on_step: Callable[[Callable[[], list[str]]], None] | None = None
+                  ) -> list[tuple[str, int, str]]:
     """(text, n_tokens, finish_reason) for each of len(prompt_ids) * k rows (row = prompt * k + sample).
-    ``on_step(texts)`` (optional) gets every row's text so far after each decoding step."""
+    ``on_step(texts)`` (optional) is called after each decoding step; ``texts()`` returns every row's text so far."""
     tok = lm.tokenizer
     stops = set(end_of_turn_ids(tok))
     rows = len(prompt_ids) * k
@@ -278,8 +284,8 @@ def _decode_batch(lm: LoadedModel, prompt_ids: list[list[int]], *, k: int, param
                                       stop_ids=stops, pad_id=_pad_id(tok)):
         for r, t in zip(active, toks.tolist()):
             out_tokens[r].append(t)
-        if on_step is not None:
-            on_step([text_of(t)[0].rstrip("\ufffd") for t in out_tokens])
+        if on_step is not None:  # the consumer decodes only when it wants the texts (e.g. 4 times a second)
+            on_step(lambda: [text_of(t)[0].rstrip("\ufffd") for t in out_tokens])
     res = []
     for toks in out_tokens:
         text, stop_at = text_of(toks)
@@ -368,6 +374,11 @@ def _prefill_grouped(model, prompt_ids: list[list[int]], width: int, pad_id: int
             out = model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True)
         return cache, out.logits[:, -1, :]
 
+    from transformers.cache_utils import DynamicLayer
+
+    # grouping needs plain dynamic layers (their K/V can be stacked); decided before any prefill work
+    if not all(type(x) is DynamicLayer for x in getattr(DynamicCache(config=model.config), "layers", None) or [None]):
+        return run(list(range(len(prompt_ids))), width)
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     groups, cur = [], []
     for i in order:  # similar lengths together: at most ~25 % of a group's positions are padding
@@ -379,10 +390,7 @@ def _prefill_grouped(model, prompt_ids: list[list[int]], width: int, pad_id: int
     if len(groups) == 1:
         return run(list(range(len(prompt_ids))), width)
     parts = [(g, *run(g, len(prompt_ids[g[0]]))) for g in groups]
-    layers = [getattr(c, "layers", None) for _, c, _ in parts]
-    if any(ls is None or any(type(x).__name__ != "DynamicLayer" or getattr(x, "keys", None) is None for x in ls)
-           for ls in layers):
-        return run(list(range(len(prompt_ids))), width)
+    layers = [c.layers for _, c, _ in parts]
     inv = torch.empty(len(prompt_ids), dtype=torch.long)
     inv[torch.tensor([i for g, _, _ in parts for i in g])] = torch.arange(len(prompt_ids))
     inv = inv.to(device)

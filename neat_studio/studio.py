@@ -377,7 +377,7 @@ class Studio:
             now = time.monotonic()
             if now - last[0] >= 0.25:
                 last[0] = now
-                q.put(("partial", dict(zip(idx, texts))))
+                q.put(("partial", dict(zip(idx, texts()))))
 
         def work():
             try:
