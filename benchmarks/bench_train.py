@@ -9,8 +9,9 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
          neat_loss -> backward -> clip -> AdamW), a list = (chosen rank 0, rejected rank 1), `batch_size` lists per
          step (= batch_size pairs) in the trainer's length-grouped order (rounds.epoch_schedule), fixed `steps`
          timed after `warmup` untimed steps, no generation. (TRL's DPO uses its own default sampler.)
-- neat_pc: the same with prompt_cache=True (each list's prompt runs once; its KV cache is repeated for the
-         list's responses). The ratios use whichever the trainer ships as default; both rows are printed.
+         As shipped: prompt_cache=auto (trainer.cache_pays decides per micro-batch); the ratios use this phase.
+- neat_on / neat_off: the same with prompt_cache forced on (each list's prompt runs once; its KV cache is
+         repeated for the list's responses) or off (one full prompt+response row per response).
 - dpo:   TRL DPOTrainer via neat_studio.baselines.train_dpo on a snapshot holding the SAME pairs, same model,
          batch size, lengths (max_length = prompt + response) and steps; per-step time from its metrics.jsonl
          (elapsed between the first timed and the last step, so model/TRL setup and dataset tokenisation are out).
@@ -153,12 +154,12 @@ def cfg_for(a, snap: Path, method: str, out: Path):
 
 
 # -- phases (run in a child process) ------------------------------------------------------------------------------
-def phase_neat(a, prompt_cache: bool = False) -> dict:
+def phase_neat(a, prompt_cache: str = "auto") -> dict:
     import torch
 
     from neat_studio.config import Workspace
     from neat_studio.neat.rounds import RankedList
-    from neat_studio.neat.trainer import NeatTrainer, encode_list
+    from neat_studio.neat.trainer import NeatTrainer, cache_pays, encode_list
 
     ws = Workspace.from_env(a.workspace)
     out = Path(a.tmp) / "neat_run"
@@ -193,7 +194,11 @@ def phase_neat(a, prompt_cache: bool = False) -> dict:
         tokens += agg["tokens"]
         pairs_done += agg["n_pairs"]
     dt = time.perf_counter() - t0
-    return {"phase": "neat_pc" if prompt_cache else "neat", "steps": a.steps, "seconds": dt, "pairs": pairs_done,
+    n_cached = sum(prompt_cache == "on" or (prompt_cache == "auto" and cache_pays(batches[s]))
+                   for s in range(a.warmup, a.warmup + a.steps))
+    return {"phase": "neat" if prompt_cache == "auto" else f"neat_{prompt_cache}", "prompt_cache": prompt_cache,
+            "cached_steps": n_cached, "packed_head": bool(tr.scorer.packed()) if hasattr(tr.scorer, "packed") else None,
+            "steps": a.steps, "seconds": dt, "pairs": pairs_done,
             "pairs_per_s": pairs_done / dt, "tokens": tokens, "tokens_per_s": tokens / dt,
             "n_params": n_params(tr.model), "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb()}
 
@@ -343,7 +348,8 @@ def main() -> int:
                                 a.k_neg, a.gen_tokens)
             print(json.dumps({"phase": "make_lists", "peak_rss_gb": rss_gb()}))
             return 0
-        fn = {"neat": phase_neat, "neat_pc": lambda x: phase_neat(x, True), "dpo": phase_dpo, "matmul": phase_matmul,
+        fn = {"neat": phase_neat, "neat_on": lambda x: phase_neat(x, "on"), "neat_off": lambda x: phase_neat(x, "off"),
+              "dpo": phase_dpo, "matmul": phase_matmul,
               "gen_batched": lambda x: phase_gen(x, 16), "gen_seq": lambda x: phase_gen(x, 1)}[a._phase]
         print(json.dumps(fn(a)))
         return 0
@@ -371,7 +377,7 @@ def main() -> int:
 
     res: dict[str, list[dict]] = {}
     for _ in range(a.repeats):
-        for ph in ("neat", "neat_pc", "dpo"):
+        for ph in ("neat", "neat_on", "neat_off", "dpo"):
             res.setdefault(ph, []).append(run_child(ph, a, tmp))
     if a.k_neg:  # NEAT's own case: lists (chosen > rejected > k_neg negative samples); DPO gets their pairs
         t0 = time.time()
@@ -380,11 +386,8 @@ def main() -> int:
         a.snap = tmp / "snapshot_lists"
         print(f"  [{time.strftime('%H:%M:%S')}] lists: {a.k_neg} negative samples per prompt generated in "
               f"{time.time() - t0:.0f}s (untimed)", flush=True)
-        from neat_studio.neat.config import NeatConfig
-
-        shipped = "neat_pc" if NeatConfig().prompt_cache else "neat"  # the trainer as shipped
-        for _ in range(a.repeats):
-            for ph, key in ((shipped, "neat_lists"), ("dpo", "dpo_lists")):
+        for _ in range(a.repeats):  # "neat": the trainer as shipped (prompt_cache=auto)
+            for ph, key in (("neat", "neat_lists"), ("dpo", "dpo_lists")):
                 r = run_child(ph, a, tmp)
                 r["phase"] = key
                 res.setdefault(key, []).append(r)
@@ -394,12 +397,7 @@ def main() -> int:
     best = {ph: max(rs, key=lambda r: r.get("pairs_per_s", r.get("tokens_per_s", r.get("best_flops", 0))))
             for ph, rs in res.items()}
     nl, dl = best.get("neat_lists"), best.get("dpo_lists")
-    neat, neat_pc, dpo, mm, gb, gs = (best[k] for k in ("neat", "neat_pc", "dpo", "matmul", "gen_batched", "gen_seq"))
-    from neat_studio.neat.config import NeatConfig
-
-    default_pc = bool(NeatConfig().prompt_cache)
-    if default_pc:  # the ratios are for the trainer as shipped (its default prompt_cache setting)
-        neat, neat_pc = neat_pc, neat
+    neat, dpo, mm, gb, gs = (best[k] for k in ("neat", "dpo", "matmul", "gen_batched", "gen_seq"))
     flops = 6 * neat["n_params"] * neat["tokens_per_s"]
     dpo_flops = 6 * neat["n_params"] * dpo["tokens_per_s"]
     # the RSS target is for our full fine-tune (and the generation it runs): TRL's DPO phase is shown, not counted
@@ -410,16 +408,18 @@ def main() -> int:
         "gen_speedup": gb["tokens_per_s"] / gs["tokens_per_s"],
         "rss_gb": peak_rss,
     }
-    alt_flops = 6 * neat_pc["n_params"] * neat_pc["tokens_per_s"]
+    def neat_row(name, r):
+        return (f"{name} [cache in {r['cached_steps']}/{r['steps']} steps]", f"{r['pairs_per_s']:.3f}",
+                f"{r['tokens_per_s']:.0f}", f"{6 * r['n_params'] * r['tokens_per_s'] / 1e9:.1f}",
+                f"{r['peak_rss_gb']:.2f}")
+
     rows = [
-        (f"NEAT step (ours, prompt_cache={default_pc}, default)", f"{neat['pairs_per_s']:.3f}",
-         f"{neat['tokens_per_s']:.0f}", f"{flops / 1e9:.1f}", f"{neat['peak_rss_gb']:.2f}"),
-        (f"NEAT step (ours, prompt_cache={not default_pc})", f"{neat_pc['pairs_per_s']:.3f}",
-         f"{neat_pc['tokens_per_s']:.0f}", f"{alt_flops / 1e9:.1f}", f"{neat_pc['peak_rss_gb']:.2f}"),
+        neat_row("NEAT step (ours, as shipped: prompt_cache=auto)", neat),
+        neat_row("NEAT step (ours, prompt_cache=on)", best["neat_on"]),
+        neat_row("NEAT step (ours, prompt_cache=off)", best["neat_off"]),
         ("TRL DPOTrainer", f"{dpo['pairs_per_s']:.3f}", f"{dpo['tokens_per_s']:.0f}", f"{dpo_flops / 1e9:.1f}",
          f"{dpo['peak_rss_gb']:.2f}"),
-        *([(f"lists of {2 + a.k_neg}: NEAT step (ours)", f"{nl['pairs_per_s']:.3f}", f"{nl['tokens_per_s']:.0f}",
-            f"{6 * nl['n_params'] * nl['tokens_per_s'] / 1e9:.1f}", f"{nl['peak_rss_gb']:.2f}"),
+        *([neat_row(f"lists of {2 + a.k_neg}: NEAT step (ours, as shipped)", nl),
            (f"lists of {2 + a.k_neg}: TRL DPOTrainer on their pairs", f"{dl['pairs_per_s']:.3f}",
             f"{dl['tokens_per_s']:.0f}", f"{6 * neat['n_params'] * dl['tokens_per_s'] / 1e9:.1f}",
             f"{dl['peak_rss_gb']:.2f}")] if nl and dl else []),

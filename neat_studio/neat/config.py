@@ -10,6 +10,7 @@ import yaml
 METHODS = ("neat", "rrhf", "sft", "dpo")
 RANKINGS = ("rule", "reward")
 DTYPES = ("auto", "bf16", "fp32")
+PROMPT_CACHE = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -57,8 +58,10 @@ class NeatConfig:
     dpo_beta: float = _f(0.1, "beta of the dpo baseline")
     max_prompt_len: int = _f(256, "prompt tokens kept (longer prompts keep their END)")
     max_response_len: int = _f(128, "response tokens kept (longer responses are cut)")
-    prompt_cache: bool = _f(True, "score a list by running its prompt once and reusing its KV cache for the "
-                                  "list's responses (same p and gradient; faster, see benchmarks/bench_train.py)")
+    prompt_cache: str = _f("auto", "run a list's prompt once and reuse its KV cache for the list's responses (same "
+                                   "p and gradient): on | off | auto (per micro-batch, when it runs under "
+                                   "trainer.CACHE_PAYS of the plain path's padded tokens; see bench_train.py)",
+                           choices=PROMPT_CACHE)
     # parameter-efficient
     lora: bool = _f(False, "train LoRA adapters instead of all weights (merged into final/)")
     lora_r: int = _f(16, "LoRA rank")
@@ -138,6 +141,8 @@ class NeatConfig:
             bad(f"ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
         if self.dtype not in DTYPES:
             bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.prompt_cache not in PROMPT_CACHE:
+            bad(f"prompt_cache must be one of {', '.join(PROMPT_CACHE)}, not {self.prompt_cache!r}")
         if not self.snapshot:
             bad("no snapshot given (--snapshot DIR)")
         if self.method in ("neat", "rrhf") and self.k < 1:
@@ -183,6 +188,8 @@ _TYPES = {f.name: f.type for f in dataclasses.fields(NeatConfig)}
 
 
 def _coerce(name: str, v):
+    if name == "prompt_cache" and isinstance(v, bool):  # true/false (YAML also reads on/off as booleans)
+        return "on" if v else "off"
     t = _TYPES[name]
     t = {"str": str, "int": int, "float": float, "bool": bool, "list": list}.get(t, t) if isinstance(t, str) else t
     try:

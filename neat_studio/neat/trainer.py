@@ -26,14 +26,19 @@ Engineering choices:
   fp32 (same benchmark as below), so `auto` -> fp32 here.
 - A list (all responses of one prompt) is one padded block of rows, right padding; micro-batches hold
   `batch_size` lists of similar length (rounds.epoch_schedule). The prompt is tokenized once per list.
-  With `prompt_cache=True` (default) all prompts of a micro-batch run once, left-padded, in one forward; their
-  KV rows are gathered per response (differentiable indexing, so a prompt's gradient sums over its responses)
-  and all responses run in a second forward on that cache: p and the gradient equal the plain path (tested),
-  and the prompt's compute is paid once per list instead of once per response. Measured with
-  benchmarks/bench_train.py (SmolLM2-135M, HH-RLHF pairs, length-grouped batches of 2 lists, fp32, 2 cores):
-  0.96-1.24x the pairs/s of the plain path across runs on these short pairs (it pays more for long prompts and
-  long lists), with less memory (3.47 vs 3.59 GB peak RSS). The plain path computes logits only for response
-  positions (`logits_to_keep`), never the vocab x hidden lm_head for prompt tokens.
+  `prompt_cache` (on | off | auto, default auto): with the cache all prompts of a micro-batch run once,
+  left-padded, in one forward; their KV rows are gathered per response (differentiable indexing, so a prompt's
+  gradient sums over its responses) and all responses run in a second forward on that cache: p and the gradient
+  equal the plain path (tested). It runs fewer tokens but each costs more (two smaller forwards, a KV gather), so
+  `auto` takes it per micro-batch when its padded tokens are at most CACHE_PAYS of the plain layout's: short
+  pairs stay plain, lists of 4 (chosen, rejected, 2 negative samples) take the cache (about 1.4x the pairs/s;
+  benchmarks/bench_train.py prints on, off and auto side by side).
+- Log-probs come from hidden states, not logits (neat/head.py): the decoder's hidden states of the response
+  positions only go through a chunked lm_head + log-softmax whose backward recomputes each chunk, so no
+  [rows, T, vocab] tensor is ever built, padding never reaches the head, and with a tied embedding (SmolLM2) the
+  lookup's gradient is sparse instead of a zero-filled vocab x hidden tensor. Used when a one-off numeric check
+  shows the model's logits are exactly lm_head(decoder(x)); other heads (soft-capped, scaled, biased) keep the
+  full-logits path with `logits_to_keep` (the lm_head never runs on prompt positions).
 - Cosine schedule with linear warmup over ALL optimizer steps of the run (one optimizer for all rounds).
 - Checkpoint `checkpoints/step-N/`: model (save_pretrained; LoRA: the adapter), optimizer, scheduler, RNG state
   of every process and the position (round, epoch, step in epoch, global step); written to a temp dir and
@@ -71,6 +76,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, NeatConfig
+from .head import sparse_tied_embedding
 from .loss import neat_loss, sequence_logprobs
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
 
@@ -258,6 +264,21 @@ def collate_cached(lists: list[EncodedList], pad_id: int) -> dict:
     }
 
 
+# The cached layout runs fewer tokens but in two smaller forwards plus a KV gather, so each token costs more: on
+# SmolLM2-135M (2-core CPU, fp32) the plain path ran ~180 real tokens/s and the cached one ~115. `auto` takes the
+# cache when its padded tokens are at most this share of the plain layout's: HH-RLHF pairs (~130-token prompt,
+# 2 responses) stay plain (~0.66); lists of 4 (~0.5) take the cache (1.4x the pairs/s there).
+CACHE_PAYS = 0.6
+
+
+def cache_pays(lists: list[EncodedList]) -> bool:
+    """prompt_cache=auto: would collate_cached run at most CACHE_PAYS of collate's padded tokens?"""
+    rows = [(len(el.prompt_ids), len(r)) for el in lists for r in el.response_ids]
+    plain = len(rows) * max(p + r for p, r in rows)
+    cached = len(lists) * max(p for p, _ in rows) + len(rows) * max(r for _, r in rows)
+    return cached <= CACHE_PAYS * plain
+
+
 def _uncache(batch: dict) -> dict:
     """The plain (collate) block of a collate_cached block: one row per response, prompt + response, right-padded."""
     rows = []
@@ -279,16 +300,33 @@ class ListScorer(torch.nn.Module):
     """Wraps the causal LM: batch -> (sum of response-token log-probs, response token count) per response.
 
     One forward of this module per micro-batch, so DDP sees one forward per backward even when the prompt
-    cache path calls the LM twice per list.
+    cache path calls the LM twice per list. Where the model allows (checked once, see head.packed_head) the
+    decoder's hidden states of the response positions only go through head.linear_logprobs: no [rows, T, vocab]
+    logits, no padding rows in the lm_head; otherwise the full-logits path (`logits_to_keep`).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, packed: bool = True):
         super().__init__()
         self.model = model
+        self._packed = None if packed else False  # None: not checked yet (checked on the first forward)
+
+    def packed(self):
+        if self._packed is None:
+            from .head import packed_head
+
+            self._packed = packed_head(self.model) or False
+        return self._packed
 
     def forward(self, batch: dict):
         if "prompt_ids" in batch:
             return self._cached(batch)
+        ph = self.packed()
+        if ph:
+            dec, head = ph
+            ids, rm = batch["input_ids"], batch["resp_mask"]
+            h = dec(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+            sel = rm[:, 1:].bool()                          # position t predicts token t + 1
+            return _packed_sums(h[:, :-1][sel], head.weight, ids[:, 1:][sel], sel)
         s = batch["start"] - 1                              # first position that predicts a response token
         keep = batch["input_ids"].shape[1] - s              # positions s..T-1: the lm_head (vocab x hidden, a
         try:                                                # fifth of the model) never runs on prompt positions
@@ -304,18 +342,34 @@ class ListScorer(torch.nn.Module):
         indexing, so the prompt's gradient sums over its responses), then all responses in one forward."""
         li, pm, rm = batch["list_index"], batch["prompt_mask"], batch["resp_mask"]
         ppos = (pm.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(input_ids=batch["prompt_ids"], attention_mask=pm, position_ids=ppos, use_cache=True,
-                         logits_to_keep=1)
+        ph = self.packed()
+        lm = ph[0] if ph else self.model
+        kw = {} if ph else {"logits_to_keep": 1}
+        out = lm(input_ids=batch["prompt_ids"], attention_mask=pm, position_ids=ppos, use_cache=True, **kw)
         cache = out.past_key_values
         if cache is None or not hasattr(cache, "batch_select_indices"):  # a model without a reusable KV cache
             return self.forward(_uncache(batch))
         cache.batch_select_indices(li)
         R = batch["resp_ids"].shape[1]
         rpos = batch["prompt_len"][li][:, None] + torch.arange(R, device=li.device)[None, :]
-        out2 = self.model(input_ids=batch["resp_ids"], attention_mask=torch.cat([pm[li], rm], dim=1),
-                          position_ids=rpos, past_key_values=cache, use_cache=True)
+        out2 = lm(input_ids=batch["resp_ids"], attention_mask=torch.cat([pm[li], rm], dim=1),
+                  position_ids=rpos, past_key_values=cache, use_cache=True)
+        if ph:  # response token t is predicted by position t - 1; token 0 by the prompt's last position
+            h = torch.cat([out.last_hidden_state[li, -1:], out2.last_hidden_state[:, :-1]], dim=1)
+            sel = rm.bool()
+            return _packed_sums(h[sel], ph[1].weight, batch["resp_ids"][sel], sel)
         logits = torch.cat([out.logits[li, -1:], out2.logits[:, :-1]], dim=1)
         return sequence_logprobs(logits, batch["resp_ids"], rm)
+
+
+def _packed_sums(h, weight, labels, sel):
+    """Per-row (sum of log-probs, token count) of the packed positions `sel` [rows, T] (row-major order)."""
+    from .head import linear_logprobs
+
+    tok = linear_logprobs(h, weight, labels)
+    rows = sel.nonzero()[:, 0]
+    sums = torch.zeros(sel.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+    return sums, sel.sum(-1).to(tok.dtype)
 
 
 @torch.no_grad()
@@ -435,7 +489,11 @@ class NeatTrainer:
 
         warm = int(round(cfg.warmup_ratio * self.total_steps))
         self.sched = get_cosine_schedule_with_warmup(self.opt, warm, self.total_steps)
-        self.scorer = self.acc.prepare_model(ListScorer(model))
+        scorer = ListScorer(model)
+        # one process: the tied embedding's gradient can be sparse (see head.sparse_tied_embedding); under DDP the
+        # reducer decides dense/sparse per parameter from the modules, so it stays dense there
+        self.sparse_embedding = bool(scorer.packed()) and self.world == 1 and sparse_tied_embedding(model)
+        self.scorer = self.acc.prepare_model(scorer)
         self.pos = {"round": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "round_start_step": 0}
         if self.resume:
             self._load_checkpoint()
@@ -591,7 +649,8 @@ class NeatTrainer:
         agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
                "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0}
         for m, lists in enumerate(micro):
-            batch = (collate_cached if cfg.prompt_cache else collate)(lists, self.pad_id)
+            cached = cfg.prompt_cache == "on" or (cfg.prompt_cache == "auto" and cache_pays(lists))
+            batch = (collate_cached if cached else collate)(lists, self.pad_id)
             batch = {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             sync = m == len(micro) - 1
             with (nullcontext() if sync else self.acc.no_sync(self.scorer)):
