@@ -5,7 +5,7 @@ import torch
 from neat_studio.neat.config import ConfigError, NeatConfig
 from neat_studio.neat.head import linear_logprobs, packed_head, sparse_tied_embedding
 from neat_studio.neat.rounds import RankedList
-from neat_studio.neat.trainer import EncodedList, ListScorer, cache_pays, collate, collate_cached, encode_list
+from neat_studio.neat.trainer import EncodedList, ListScorer, cache_pays, collate, collate_shared, encode_list
 
 
 def test_linear_logprobs_values_and_gradcheck():
@@ -28,6 +28,11 @@ def test_linear_logprobs_values_and_gradcheck():
     torch.testing.assert_close(h32.grad, h2.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(w32.grad, w2.grad, atol=1e-5, rtol=1e-4)
     assert linear_logprobs(h32[:0], w32, labels[:0]).shape == (0,)
+    # direct=True: the weight's gradient is added straight into .grad (here on top of an earlier micro-batch's)
+    w3 = w.detach().float().requires_grad_()
+    w3.grad = torch.ones_like(w3)
+    (linear_logprobs(h.detach().float(), w3, labels, 3, direct=True) * g).sum().backward()
+    torch.testing.assert_close(w3.grad, w2.grad + 1, atol=1e-5, rtol=1e-4)
 
 
 def _lists(lm):
@@ -60,8 +65,9 @@ def test_packed_head_equals_full_logits_path_with_sparse_tied_embedding(tiny_mod
     enc, pad = _lists(lm), lm.tokenizer.pad_token_id
     full = ListScorer(model, packed=False)
     packed = ListScorer(model)
+    packed.direct_head_grad = True
     assert packed.packed() and not full.packed()
-    for layout in (collate, collate_cached):
+    for layout in (collate, collate_shared):
         sparse_tied_embedding(model, False)
         p_ref, g_ref, ops = _p_and_grads(model, full, layout(enc, pad))
         assert "aten::embedding_dense_backward" in ops
@@ -99,10 +105,15 @@ def test_packed_head_refuses_a_head_that_is_not_plain_linear(tiny_model_dir):
 def test_cache_pays_and_config_values():
     pair = EncodedList(list(range(130)), [list(range(60)), list(range(55))], [0, 1], [False, False])
     four = EncodedList(list(range(130)), [list(range(60))] * 4, [0, 1, 2, 2], [False, False, True, True])
-    # plain 2 x 190 = 380 tokens vs cached 130 + 2 x 60 = 250 (0.66 > 0.6): plain
-    assert not cache_pays([pair])
-    # plain 4 x 190 = 760 vs cached 130 + 4 x 60 = 370 (0.49): cached
-    assert cache_pays([four])
+    # plain 2 x 190 = 380 tokens vs shared 130 + 60 + 55 = 245: shared
+    assert cache_pays([pair]) and cache_pays([four])
+    # one list of 4 x 95-token responses to a 5-token prompt beside a 100-token prompt with one 3-token response:
+    # plain 5 rows x 103 = 515 tokens, shared 2 rows x (5 + 4 x 95) = 770 (> 0.9 x 515): plain
+    long4 = EncodedList(list(range(5)), [list(range(95))] * 4, [0, 1, 2, 2], [False] * 4)
+    short = EncodedList(list(range(100)), [list(range(3))], [0], [False])
+    assert not cache_pays([long4, short])
+    # nothing to share: a 5-token prompt (plain 4 x 100 = 400, shared 385 > 360), a single response (equal)
+    assert not cache_pays([long4]) and not cache_pays([short])
     assert NeatConfig().prompt_cache == "auto"
     cfg = NeatConfig(snapshot="s")
     assert cfg.apply_overrides(["prompt_cache=true"]).prompt_cache == "on"

@@ -151,7 +151,7 @@ def test_config_yaml_overrides_and_help(tmp_path):
 def test_padding_and_prompt_cache_give_the_same_p(tiny_model_dir):
     from neat_studio.models import load_model
     from neat_studio.neat.rounds import RankedList
-    from neat_studio.neat.trainer import ListScorer, collate, collate_cached, encode_list
+    from neat_studio.neat.trainer import ListScorer, collate, collate_shared, encode_list
 
     lm = load_model(str(tiny_model_dir))
     torch.manual_seed(0)
@@ -164,7 +164,7 @@ def test_padding_and_prompt_cache_give_the_same_p(tiny_model_dir):
     scorer = ListScorer(lm.model)
     with torch.no_grad():
         s, n = scorer(collate(enc, pad))
-        s_c, n_c = scorer(collate_cached(enc, pad))
+        s_c, n_c = scorer(collate_shared(enc, pad))
         alone = []
         for el in enc:
             for i in range(len(el.response_ids)):
@@ -174,20 +174,21 @@ def test_padding_and_prompt_cache_give_the_same_p(tiny_model_dir):
     p = (s / n).tolist()
     assert n.tolist() == [len(r) for el in enc for r in el.response_ids]  # own length, not padded
     assert p == pytest.approx(alone, abs=1e-5)  # padding and batching do not change p
-    assert (s_c / n_c).tolist() == pytest.approx(p, abs=1e-5)  # the prompt-cache path gives the same p
-    from neat_studio.neat.trainer import _uncache
-
-    with torch.no_grad():  # a model without a reusable KV cache falls back to the plain block: same rows
-        plain, back = collate(enc, pad), _uncache(collate_cached(enc, pad))
-    for k in ("input_ids", "attention_mask", "resp_mask", "start"):
-        assert torch.equal(torch.as_tensor(plain[k]), torch.as_tensor(back[k])), k
+    assert scorer.shared_ok()
+    assert (s_c / n_c).tolist() == pytest.approx(p, abs=1e-5)  # the shared-prompt layout gives the same p
+    assert n_c.tolist() == n.tolist()
+    scorer._shared = False  # a model that cannot take the block mask: the shared block is scored as plain rows
+    with torch.no_grad():
+        s_f, n_f = scorer(collate_shared(enc, pad))
+    assert (s_f / n_f).tolist() == pytest.approx(p, abs=1e-5)
+    scorer._shared = None
     # and the same gradient
     lm.model.zero_grad()
     s, n = scorer(collate(enc, pad))
     (s / n).sum().backward()
     g_full = [q.grad.clone() for q in lm.model.parameters()]
     lm.model.zero_grad()
-    s, n = scorer(collate_cached(enc, pad))
+    s, n = scorer(collate_shared(enc, pad))
     (s / n).sum().backward()
     for g, q in zip(g_full, lm.model.parameters()):
         torch.testing.assert_close(q.grad, g, atol=1e-5, rtol=1e-4)
@@ -214,6 +215,20 @@ def test_full_finetune_changes_every_parameter(tiny_model_dir, snap, tmp_path):
     assert agg["n_lists"] == 6 and agg["n_pairs"] > 0
     unchanged = [n for n, p in t.model.named_parameters() if torch.equal(p, before[n])]
     assert unchanged == []
+
+
+@pytest.mark.parametrize("layout", ["on", "off"])
+def test_gradient_checkpointing_and_prompt_cache_give_the_same_step(tiny_model_dir, snap, tmp_path, layout):
+    """One optimizer step: prompt cache on/off vs gradient checkpointing (auto layout) -> same loss and the same
+    updated weights (up to float rounding)."""
+    ref, enc = _trainer(tiny_model_dir, snap, tmp_path / "ref", method="rrhf", k=1, prompt_cache=layout)
+    other, _ = _trainer(tiny_model_dir, snap, tmp_path / "gc", method="rrhf", k=1, prompt_cache="auto",
+                        gradient_checkpointing=True)
+    assert other.model.is_activation_checkpointing and not ref.model.is_activation_checkpointing
+    a, b = ref._step([enc[:3]]), other._step([enc[:3]])
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    for (n, p), q in zip(ref.model.named_parameters(), other.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=n)
 
 
 def test_lora_trains_adapters_and_freezes_the_base(tiny_model_dir, snap, tmp_path):

@@ -58,10 +58,12 @@ class NeatConfig:
     dpo_beta: float = _f(0.1, "beta of the dpo baseline")
     max_prompt_len: int = _f(256, "prompt tokens kept (longer prompts keep their END)")
     max_response_len: int = _f(128, "response tokens kept (longer responses are cut)")
-    prompt_cache: str = _f("auto", "run a list's prompt once and reuse its KV cache for the list's responses (same "
-                                   "p and gradient): on | off | auto (per micro-batch, when it runs under "
-                                   "trainer.CACHE_PAYS of the plain path's padded tokens; see bench_train.py)",
+    prompt_cache: str = _f("auto", "run a list's prompt once, shared by all its responses in one row (same p and "
+                                   "gradient): on | off | auto (per micro-batch, when it runs at most "
+                                   "trainer.CACHE_PAYS of the plain layout's padded tokens; see bench_train.py)",
                            choices=PROMPT_CACHE)
+    gradient_checkpointing: bool = _f(False, "recompute each layer's activations in the backward pass: less "
+                                             "memory for long lists or big models, ~1/3 more compute")
     # parameter-efficient
     lora: bool = _f(False, "train LoRA adapters instead of all weights (merged into final/)")
     lora_r: int = _f(16, "LoRA rank")
@@ -143,6 +145,7 @@ class NeatConfig:
             bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.prompt_cache not in PROMPT_CACHE:
             bad(f"prompt_cache must be one of {', '.join(PROMPT_CACHE)}, not {self.prompt_cache!r}")
+
         if not self.snapshot:
             bad("no snapshot given (--snapshot DIR)")
         if self.method in ("neat", "rrhf") and self.k < 1:

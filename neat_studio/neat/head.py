@@ -26,7 +26,7 @@ CHUNK_ROWS = 256  # rows of logits alive at once: 256 x 49,152 x 4 B = 50 MB on 
 
 class _LinearLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, labels, chunk):
+    def forward(ctx, h, weight, labels, chunk, direct):
         M = h.shape[0]
         dt = torch.promote_types(h.dtype, torch.float32)  # bf16 -> fp32 softmax; fp64 stays fp64 (gradcheck)
         out = torch.empty(M, dtype=dt, device=h.device)
@@ -37,7 +37,7 @@ class _LinearLogProbs(torch.autograd.Function):
             lse[s:e] = torch.logsumexp(logits, dim=-1)
             out[s:e] = logits.gather(1, labels[s:e, None]).squeeze(1) - lse[s:e]
         ctx.save_for_backward(h, weight, labels, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.direct = chunk, direct
         return out
 
     @staticmethod
@@ -57,19 +57,31 @@ class _LinearLogProbs(torch.autograd.Function):
             grad = grad.to(h.dtype)
             if need_h:
                 torch.mm(grad, weight, out=gh[s:e])
-            if need_w:  # first chunk writes, later ones accumulate: no zero-filled [vocab, hidden] tensor
+            if need_w and ctx.direct:  # straight into weight.grad (see linear_logprobs)
+                if weight.grad is None:
+                    weight.grad = torch.mm(grad.t().to(weight.dtype), h[s:e].to(weight.dtype))
+                else:
+                    weight.grad.addmm_(grad.t().to(weight.dtype), h[s:e].to(weight.dtype))
+            elif need_w:  # first chunk writes, later ones accumulate: no zero-filled [vocab, hidden] tensor
                 gw = grad.t() @ h[s:e] if gw is None else gw.addmm_(grad.t(), h[s:e])
-        if need_w and gw is None:
+        if need_w and gw is None and not ctx.direct:
             gw = torch.zeros_like(weight)
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
-def linear_logprobs(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = CHUNK_ROWS):
+def linear_logprobs(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = CHUNK_ROWS,
+                    direct: bool = False):
     """log softmax(h @ weight.T)[m, labels[m]] for every row m. h [M, H], weight [V, H], labels [M] -> [M] (fp32,
-    or fp64 for fp64 inputs)."""
+    or fp64 for fp64 inputs).
+
+    direct=True (one process only: no gradient hooks, e.g. DDP's, see the weight's gradient arrive): the backward
+    adds the weight's gradient straight into `weight.grad` instead of handing autograd a fresh [vocab, hidden]
+    tensor. For a tied weight autograd would otherwise sum that tensor and the embedding's gradient out of place
+    (a tensor returned from a Python autograd Function is never reused in place): one full-size allocation, copy
+    and addition per backward. Same gradient either way (tested)."""
     if h.shape[0] == 0:
         return (h.sum(-1) * 0).float()
-    return _LinearLogProbs.apply(h, weight, labels, max(1, int(chunk)))
+    return _LinearLogProbs.apply(h, weight, labels, max(1, int(chunk)), bool(direct))
 
 
 def _tied_input_embedding(model, head) -> torch.nn.Embedding | None:

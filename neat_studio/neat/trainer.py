@@ -74,9 +74,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .config import ConfigError, NeatConfig
-from .head import sparse_tied_embedding
+from .head import linear_logprobs, sparse_tied_embedding
 from .loss import neat_loss, sequence_logprobs
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
 
@@ -234,66 +235,62 @@ def collate(lists: list[EncodedList], pad_id: int) -> dict:
     }
 
 
-def collate_cached(lists: list[EncodedList], pad_id: int) -> dict:
-    """Prompt once per list, all lists in one block: prompts LEFT-padded ([L, P], so every prompt ends at the
-    last column and its KV cache continues straight into its responses), responses right-padded ([N, R]);
-    `list_index` [N] maps each response row to its list (its prompt row)."""
-    L, N = len(lists), sum(len(el.response_ids) for el in lists)
-    P = max(len(el.prompt_ids) for el in lists)
-    R = max(len(r) for el in lists for r in el.response_ids)
-    pids = torch.full((L, P), pad_id, dtype=torch.long)
-    patt = torch.zeros((L, P), dtype=torch.long)
-    rids = torch.full((N, R), pad_id, dtype=torch.long)
-    rmask = torch.zeros((N, R), dtype=torch.long)
-    i = 0
+def collate_shared(lists: list[EncodedList], pad_id: int) -> dict:
+    """Shared prompt: ONE row per list, [prompt, response 1, response 2, ...], right-padded ([L, T]). A block mask
+    (`allowed` [L, T, T]) lets every response see the prompt and its own earlier tokens only, and each response's
+    positions continue from the prompt's end, so every response token gets exactly the context (and the rotary
+    positions) it has in its own prompt + response row, while the prompt runs once per list. Token m of the
+    output is predicted at (pred_row[m], pred_pos[m]) (the prompt's last position for a response's first token)
+    and belongs to response row resp_row[m] (list-major order, as in `collate`)."""
+    L = len(lists)
+    T = max(len(el.prompt_ids) + sum(len(r) for r in el.response_ids) for el in lists)
+    ids = torch.full((L, T), pad_id, dtype=torch.long)
+    pos = torch.zeros((L, T), dtype=torch.long)
+    seg = torch.full((L, T), -1, dtype=torch.long)   # -1 padding, 0 prompt, j + 1 response j
+    pred_row, pred_pos, labels, resp_row = [], [], [], []
+    n = 0
     for li, el in enumerate(lists):
-        pids[li, P - len(el.prompt_ids):] = torch.tensor(el.prompt_ids)
-        patt[li, P - len(el.prompt_ids):] = 1
-        for r in el.response_ids:
-            rids[i, : len(r)] = torch.tensor(r)
-            rmask[i, : len(r)] = 1
-            i += 1
-    n_tok = sum(len(el.prompt_ids) + sum(len(r) for r in el.response_ids) for el in lists)
+        P = len(el.prompt_ids)
+        ids[li, :P] = torch.tensor(el.prompt_ids)
+        pos[li, :P] = torch.arange(P)
+        seg[li, :P] = 0
+        off = P
+        for j, r in enumerate(el.response_ids):
+            k = len(r)
+            ids[li, off: off + k] = torch.tensor(r)
+            pos[li, off: off + k] = torch.arange(P, P + k)
+            seg[li, off: off + k] = j + 1
+            pred_row += [li] * k
+            pred_pos += [P - 1] + list(range(off, off + k - 1))
+            labels += r
+            resp_row += [n] * k
+            off, n = off + k, n + 1
+    q, kk = seg[:, :, None], seg[:, None, :]
+    allowed = torch.ones((T, T), dtype=torch.bool).tril() & (kk >= 0) & ((kk == 0) | (kk == q))
+    allowed |= torch.eye(T, dtype=torch.bool)  # a padding query sees itself (no all-masked row: no NaN)
     return {
-        "prompt_ids": pids, "prompt_mask": patt, "resp_ids": rids, "resp_mask": rmask,
-        "prompt_len": torch.tensor([len(el.prompt_ids) for el in lists]), "pad_id": pad_id,
+        "input_ids": ids, "position_ids": pos, "allowed": allowed, "pred_row": torch.tensor(pred_row),
+        "pred_pos": torch.tensor(pred_pos), "labels": torch.tensor(labels), "resp_row": torch.tensor(resp_row),
+        "n_resp": n, "lists": lists, "pad_id": pad_id,
         "list_index": torch.tensor([li for li, el in enumerate(lists) for _ in el.response_ids]),
         "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
-        "is_negative": torch.tensor([n for el in lists for n in el.is_negative], dtype=torch.bool),
-        "n_tokens": n_tok,
+        "is_negative": torch.tensor([x for el in lists for x in el.is_negative], dtype=torch.bool),
+        "n_tokens": int((seg >= 0).sum()),
     }
 
 
-# The cached layout runs fewer tokens but in two smaller forwards plus a KV gather, so each token costs more: on
-# SmolLM2-135M (2-core CPU, fp32) the plain path ran ~180 real tokens/s and the cached one ~115. `auto` takes the
-# cache when its padded tokens are at most this share of the plain layout's: HH-RLHF pairs (~130-token prompt,
-# 2 responses) stay plain (~0.66); lists of 4 (~0.5) take the cache (1.4x the pairs/s there).
-CACHE_PAYS = 0.6
+# prompt_cache=auto takes the shared-prompt layout when it runs at most this share of the plain layout's padded
+# tokens. Both run one forward of the same kind, so a token costs about the same; the shared rows are longer
+# (attention grows with the square of the row), hence a little below 1.
+CACHE_PAYS = 0.9
 
 
 def cache_pays(lists: list[EncodedList]) -> bool:
-    """prompt_cache=auto: would collate_cached run at most CACHE_PAYS of collate's padded tokens?"""
+    """prompt_cache=auto: would collate_shared run at most CACHE_PAYS of collate's padded tokens?"""
     rows = [(len(el.prompt_ids), len(r)) for el in lists for r in el.response_ids]
     plain = len(rows) * max(p + r for p, r in rows)
-    cached = len(lists) * max(p for p, _ in rows) + len(rows) * max(r for _, r in rows)
-    return cached <= CACHE_PAYS * plain
-
-
-def _uncache(batch: dict) -> dict:
-    """The plain (collate) block of a collate_cached block: one row per response, prompt + response, right-padded."""
-    rows = []
-    for i, li in enumerate(batch["list_index"].tolist()):
-        p = batch["prompt_ids"][li][batch["prompt_mask"][li].bool()]
-        r = batch["resp_ids"][i][batch["resp_mask"][i].bool()]
-        rows.append((p, r))
-    T = max(len(p) + len(r) for p, r in rows)
-    ids = batch["resp_ids"].new_full((len(rows), T), batch["pad_id"])
-    att, rmask = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (p, r) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.cat([p, r])
-        att[i, : len(p) + len(r)] = 1
-        rmask[i, len(p): len(p) + len(r)] = 1
-    return {"input_ids": ids, "attention_mask": att, "resp_mask": rmask, "start": int(batch["prompt_len"].min())}
+    shared = len(lists) * max(len(el.prompt_ids) + sum(len(r) for r in el.response_ids) for el in lists)
+    return shared <= CACHE_PAYS * plain
 
 
 class ListScorer(torch.nn.Module):
@@ -309,6 +306,8 @@ class ListScorer(torch.nn.Module):
         super().__init__()
         self.model = model
         self._packed = None if packed else False  # None: not checked yet (checked on the first forward)
+        self._shared = None
+        self.direct_head_grad = False  # head.linear_logprobs(direct=...): the trainer sets it with one process
 
     def packed(self):
         if self._packed is None:
@@ -317,16 +316,33 @@ class ListScorer(torch.nn.Module):
             self._packed = packed_head(self.model) or False
         return self._packed
 
+    def shared_ok(self) -> bool:
+        """Can this model take collate_shared's block mask? (sdpa or eager attention, and a one-off numeric check
+        that a shared block gives the plain layout's log-probs.)"""
+        if self._shared is None:
+            self._shared = False
+            impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+            if impl in ("sdpa", "eager"):
+                try:
+                    self._shared = _shared_matches_plain(self)
+                except Exception:  # an architecture that rejects a custom 4D mask or position ids
+                    self._shared = False
+        return self._shared
+
     def forward(self, batch: dict):
-        if "prompt_ids" in batch:
-            return self._cached(batch)
+        if "allowed" in batch:
+            if not self.shared_ok():
+                dev = batch["input_ids"].device
+                plain = collate(batch["lists"], batch["pad_id"])
+                return self.forward({k: v.to(dev) if torch.is_tensor(v) else v for k, v in plain.items()})
+            return self._shared_forward(batch)
         ph = self.packed()
         if ph:
             dec, head = ph
             ids, rm = batch["input_ids"], batch["resp_mask"]
             h = dec(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
             sel = rm[:, 1:].bool()                          # position t predicts token t + 1
-            return _packed_sums(h[:, :-1][sel], head.weight, ids[:, 1:][sel], sel)
+            return _packed_sums(h[:, :-1][sel], head.weight, ids[:, 1:][sel], sel, self.direct_head_grad)
         s = batch["start"] - 1                              # first position that predicts a response token
         keep = batch["input_ids"].shape[1] - s              # positions s..T-1: the lm_head (vocab x hidden, a
         try:                                                # fifth of the model) never runs on prompt positions
@@ -337,36 +353,51 @@ class ListScorer(torch.nn.Module):
         logits = out.logits[:, -keep:][:, :-1]
         return sequence_logprobs(logits, batch["input_ids"][:, s + 1:], batch["resp_mask"][:, s + 1:])
 
-    def _cached(self, batch: dict):
-        """All prompts in one forward (left-padded), their KV rows gathered per response (differentiable
-        indexing, so the prompt's gradient sums over its responses), then all responses in one forward."""
-        li, pm, rm = batch["list_index"], batch["prompt_mask"], batch["resp_mask"]
-        ppos = (pm.cumsum(-1) - 1).clamp_min(0)
+    def _shared_forward(self, batch: dict):
+        """One forward of the shared-prompt block (collate_shared)."""
+        allowed = batch["allowed"][:, None]
+        if self.model.config._attn_implementation == "eager":  # additive float mask; sdpa takes the boolean one
+            dt = next(self.model.parameters()).dtype
+            allowed = torch.zeros(allowed.shape, dtype=dt, device=allowed.device).masked_fill_(
+                ~allowed, torch.finfo(dt).min)
         ph = self.packed()
-        lm = ph[0] if ph else self.model
-        kw = {} if ph else {"logits_to_keep": 1}
-        out = lm(input_ids=batch["prompt_ids"], attention_mask=pm, position_ids=ppos, use_cache=True, **kw)
-        cache = out.past_key_values
-        if cache is None or not hasattr(cache, "batch_select_indices"):  # a model without a reusable KV cache
-            return self.forward(_uncache(batch))
-        cache.batch_select_indices(li)
-        R = batch["resp_ids"].shape[1]
-        rpos = batch["prompt_len"][li][:, None] + torch.arange(R, device=li.device)[None, :]
-        out2 = lm(input_ids=batch["resp_ids"], attention_mask=torch.cat([pm[li], rm], dim=1),
-                  position_ids=rpos, past_key_values=cache, use_cache=True)
-        if ph:  # response token t is predicted by position t - 1; token 0 by the prompt's last position
-            h = torch.cat([out.last_hidden_state[li, -1:], out2.last_hidden_state[:, :-1]], dim=1)
-            sel = rm.bool()
-            return _packed_sums(h[sel], ph[1].weight, batch["resp_ids"][sel], sel)
-        logits = torch.cat([out.logits[li, -1:], out2.logits[:, :-1]], dim=1)
-        return sequence_logprobs(logits, batch["resp_ids"], rm)
+        kw = dict(input_ids=batch["input_ids"], attention_mask=allowed, position_ids=batch["position_ids"],
+                  use_cache=False)
+        rows, where, labels = batch["resp_row"], (batch["pred_row"], batch["pred_pos"]), batch["labels"]
+        if ph:
+            tok = linear_logprobs(ph[0](**kw).last_hidden_state[where], ph[1].weight, labels,
+                                  direct=self.direct_head_grad)
+        else:
+            tok = -F.cross_entropy(self.model(**kw).logits[where].float(), labels, reduction="none")
+        n = batch["n_resp"]
+        sums = torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+        return sums, torch.bincount(rows, minlength=n).to(tok.dtype)
 
 
-def _packed_sums(h, weight, labels, sel):
+@torch.no_grad()
+def _shared_matches_plain(scorer: "ListScorer") -> bool:
+    model = scorer.model
+    dev = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    t = [int(x) for x in (torch.arange(1, 15) * 7919 % max(2, vocab - 1) + 1)]
+    lists = [EncodedList(t[:5], [t[5:8], t[8:12]], [0, 1], [False, False]),
+             EncodedList(t[10:13], [t[1:3], t[3:9], t[9:10]], [0, 1, 1], [False] * 3)]
+    was = model.training
+    model.eval()
+    try:
+        def run(b):
+            return scorer({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()})
+        s1, n1 = scorer._shared_forward({k: v.to(dev) if torch.is_tensor(v) else v
+                                         for k, v in collate_shared(lists, 0).items()})
+        s2, n2 = run(collate(lists, 0))
+    finally:
+        model.train(was)
+    return bool(torch.equal(n1, n2) and torch.allclose(s1 / n1, s2 / n2, atol=1e-4, rtol=1e-4))
+
+
+def _packed_sums(h, weight, labels, sel, direct=False):
     """Per-row (sum of log-probs, token count) of the packed positions `sel` [rows, T] (row-major order)."""
-    from .head import linear_logprobs
-
-    tok = linear_logprobs(h, weight, labels)
+    tok = linear_logprobs(h, weight, labels, direct=direct)
     rows = sel.nonzero()[:, 0]
     sums = torch.zeros(sel.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
     return sums, sel.sum(-1).to(tok.dtype)
@@ -470,6 +501,8 @@ class NeatTrainer:
             model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                      lora_dropout=cfg.lora_dropout, target_modules="all-linear",
                                                      task_type="CAUSAL_LM"))
+        if cfg.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         self.model = model
         n_lists = len(self.prep.rows)
@@ -490,9 +523,13 @@ class NeatTrainer:
         warm = int(round(cfg.warmup_ratio * self.total_steps))
         self.sched = get_cosine_schedule_with_warmup(self.opt, warm, self.total_steps)
         scorer = ListScorer(model)
-        # one process: the tied embedding's gradient can be sparse (see head.sparse_tied_embedding); under DDP the
-        # reducer decides dense/sparse per parameter from the modules, so it stays dense there
-        self.sparse_embedding = bool(scorer.packed()) and self.world == 1 and sparse_tied_embedding(model)
+        # one process (no DDP gradient hooks): the head's weight gradient goes straight into .grad and a tied
+        # embedding's lookup gradient is sparse (head.linear_logprobs / head.sparse_tied_embedding)
+        scorer.direct_head_grad = bool(scorer.packed()) and self.world == 1
+        self.sparse_embedding = scorer.direct_head_grad and sparse_tied_embedding(model)
+        self.shared_ok = cfg.prompt_cache != "off" and scorer.shared_ok()
+        if cfg.prompt_cache == "on" and not self.shared_ok:
+            log.warning("prompt_cache=on: this model cannot take the shared-prompt block mask; using the plain layout")
         self.scorer = self.acc.prepare_model(scorer)
         self.pos = {"round": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "round_start_step": 0}
         if self.resume:
@@ -649,8 +686,8 @@ class NeatTrainer:
         agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
                "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0}
         for m, lists in enumerate(micro):
-            cached = cfg.prompt_cache == "on" or (cfg.prompt_cache == "auto" and cache_pays(lists))
-            batch = (collate_cached if cached else collate)(lists, self.pad_id)
+            shared = self.shared_ok and (cfg.prompt_cache == "on" or (cfg.prompt_cache == "auto" and cache_pays(lists)))
+            batch = (collate_shared if shared else collate)(lists, self.pad_id)
             batch = {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             sync = m == len(micro) - 1
             with (nullcontext() if sync else self.acc.no_sync(self.scorer)):
