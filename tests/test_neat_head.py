@@ -8,15 +8,24 @@ from neat_studio.neat.rounds import RankedList
 from neat_studio.neat.trainer import EncodedList, ListScorer, cache_pays, collate, collate_shared, encode_list
 
 
-def test_linear_logprobs_values_and_gradcheck():
+def test_linear_logprobs_values_and_gradcheck(monkeypatch):
+    from neat_studio.neat import head
+
     torch.manual_seed(0)
     h = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 3, 3, 10, 5, 0, 7])  # repeated labels: scatter_add must accumulate, not overwrite
     want = torch.log_softmax(h @ w.t(), -1).gather(1, labels[:, None]).squeeze(1)
-    for chunk in (1, 3, 7, 100):  # chunks that split, divide and exceed the rows
-        torch.testing.assert_close(linear_logprobs(h, w, labels, chunk), want)
-        assert torch.autograd.gradcheck(lambda a, b: linear_logprobs(a, b, labels, chunk), (h, w))
+    for keep in (head.KEEP_BYTES, 0):  # exp(logits) kept from forward to backward, or recomputed
+        monkeypatch.setattr(head, "KEEP_BYTES", keep)
+        for chunk in (1, 3, 7, 100):  # chunks that split, divide and exceed the rows
+            torch.testing.assert_close(linear_logprobs(h, w, labels, chunk), want)
+            # (nondet_tol: a repeated backward recomputes instead of reusing the kept values: rounding differs)
+            assert torch.autograd.gradcheck(lambda a, b: linear_logprobs(a, b, labels, chunk), (h, w), nondet_tol=1e-12)
+        out = linear_logprobs(h, w, labels, 3)  # a second backward (retain_graph) gives the same gradient
+        gw1, = torch.autograd.grad(out.sum(), w, retain_graph=True)
+        gw2, = torch.autograd.grad(out.sum(), w)
+        torch.testing.assert_close(gw1, gw2)
     # fp32 in -> fp32 out, and the same gradient as autograd through log_softmax
     h32, w32 = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
     out = linear_logprobs(h32, w32, labels, 2)

@@ -10,9 +10,10 @@ of the weights) that is most of what is not a matmul in a training step.
 
     logp[m] = (h[m] . W[labels[m]]) - logsumexp_v(h[m] . W[v])
 
-in chunks of rows: forward keeps only logsumexp [M]; backward recomputes each chunk's logits (one extra GEMM of
-the head) and writes dlogp/dlogits = g * (onehot - softmax) into the same buffer, so peak extra memory is one
-chunk x vocab instead of several M x vocab tensors. Exact up to float rounding (gradcheck-tested in float64).
+in chunks of rows. Forward keeps exp(logits - max) of each chunk while that fits in KEEP_BYTES, else only the
+logsumexp [M] (backward then recomputes each chunk's logits: one extra head GEMM, one chunk x vocab buffer alive);
+backward writes dlogp/dlogits = g * (onehot - softmax) into that same buffer. No log-softmax copy, no full-size
+zero-filled gradient. Exact up to float rounding (gradcheck-tested in float64, both ways).
 
 `packed_head(model)` says whether a model's logits are exactly lm_head(decoder(x)) (checked numerically once on
 a few tokens, so soft-capped / scaled / biased heads fall back to the plain path), and returns (decoder, head).
@@ -21,7 +22,10 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ROWS = 256  # rows of logits alive at once: 256 x 49,152 x 4 B = 50 MB on SmolLM2
+CHUNK_ROWS = 256  # rows of logits computed at once: 256 x 49,152 x 4 B = 50 MB on SmolLM2
+# Up to this many bytes of exp(logits) are kept from forward to backward (no second head GEMM; e.g. 1,300 response
+# tokens on SmolLM2); above it the backward recomputes each chunk's logits from the saved logsumexp.
+KEEP_BYTES = 256 * 2 ** 20
 
 
 class _LinearLogProbs(torch.autograd.Function):
@@ -31,13 +35,24 @@ class _LinearLogProbs(torch.autograd.Function):
         dt = torch.promote_types(h.dtype, torch.float32)  # bf16 -> fp32 softmax; fp64 stays fp64 (gradcheck)
         out = torch.empty(M, dtype=dt, device=h.device)
         lse = torch.empty(M, dtype=dt, device=h.device)
+        keep = any(ctx.needs_input_grad[:2]) and M * weight.shape[0] * dt.itemsize <= KEEP_BYTES
+        kept = []
         for s in range(0, M, chunk):
             e = min(M, s + chunk)
             logits = (h[s:e] @ weight.t()).to(dt)
-            lse[s:e] = torch.logsumexp(logits, dim=-1)
-            out[s:e] = logits.gather(1, labels[s:e, None]).squeeze(1) - lse[s:e]
+            if keep:  # exp(logits - max) kept for the backward pass (in place: no second [rows, vocab] tensor)
+                target = logits.gather(1, labels[s:e, None]).squeeze(1)
+                mx = logits.amax(dim=-1)
+                ex = logits.sub_(mx[:, None]).exp_()
+                total = ex.sum(dim=-1)
+                lse[s:e] = mx + total.log()
+                out[s:e] = target - lse[s:e]
+                kept.append((ex, total))
+            else:
+                lse[s:e] = torch.logsumexp(logits, dim=-1)
+                out[s:e] = logits.gather(1, labels[s:e, None]).squeeze(1) - lse[s:e]
         ctx.save_for_backward(h, weight, labels, lse)
-        ctx.chunk, ctx.direct = chunk, direct
+        ctx.chunk, ctx.direct, ctx.kept = chunk, direct, kept or None
         return out
 
     @staticmethod
@@ -48,11 +63,16 @@ class _LinearLogProbs(torch.autograd.Function):
         gw = None
         M, chunk = h.shape[0], ctx.chunk
         g = g.to(lse.dtype)
-        for s in range(0, M, chunk):
+        kept, ctx.kept = ctx.kept, None  # used once (a second backward, retain_graph=True, recomputes)
+        for i, s in enumerate(range(0, M, chunk)):
             e = min(M, s + chunk)
-            grad = (h[s:e] @ weight.t()).to(lse.dtype)
-            grad.sub_(lse[s:e, None]).exp_()                      # softmax
-            grad.mul_(-g[s:e, None])                               # g * (0 - softmax)
+            if kept is not None:  # softmax = exp(logits - max) / total
+                grad, total = kept[i]
+                grad.mul_((-g[s:e] / total)[:, None])              # g * (0 - softmax)
+            else:
+                grad = (h[s:e] @ weight.t()).to(lse.dtype)
+                grad.sub_(lse[s:e, None]).exp_()                  # softmax
+                grad.mul_(-g[s:e, None])                           # g * (0 - softmax)
             grad.scatter_add_(1, labels[s:e, None], g[s:e, None])  # g * (onehot - softmax)
             grad = grad.to(h.dtype)
             if need_h:
