@@ -109,6 +109,9 @@ def test_packed_head_refuses_a_head_that_is_not_plain_linear(tiny_model_dir):
     assert ListScorer(model).packed() is False  # -> the full-logits path, which applies the cap
     lm2 = load_model(str(tiny_model_dir))
     assert packed_head(lm2.model) is not None
+    assert ListScorer(lm2.model).shared_ok()
+    lm2.model.config.sliding_window = 64  # a windowed model: the shared block's mask would drop the window
+    assert not ListScorer(lm2.model).shared_ok()
 
 
 def test_cache_pays_and_config_values():

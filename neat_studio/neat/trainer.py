@@ -26,17 +26,20 @@ Engineering choices:
   fp32 (same benchmark as below), so `auto` -> fp32 here.
 - A list (all responses of one prompt) is one padded block of rows, right padding; micro-batches hold
   `batch_size` lists of similar length (rounds.epoch_schedule). The prompt is tokenized once per list.
-  `prompt_cache` (on | off | auto, default auto): with the cache all prompts of a micro-batch run once,
-  left-padded, in one forward; their KV rows are gathered per response (differentiable indexing, so a prompt's
-  gradient sums over its responses) and all responses run in a second forward on that cache: p and the gradient
-  equal the plain path (tested). It runs fewer tokens but each costs more (two smaller forwards, a KV gather), so
-  `auto` takes it per micro-batch when its padded tokens are at most CACHE_PAYS of the plain layout's: short
-  pairs stay plain, lists of 4 (chosen, rejected, 2 negative samples) take the cache (about 1.4x the pairs/s;
-  benchmarks/bench_train.py prints on, off and auto side by side).
+  `prompt_cache` (on | off | auto, default auto): the shared-prompt layout (collate_shared) puts a list's prompt
+  and all its responses in ONE row with a block mask (each response sees the prompt and its own earlier tokens;
+  its positions continue from the prompt's end), so the prompt runs once per list in a single forward and a
+  single backward: p and the gradient equal the plain layout's (tested). `auto` takes it per micro-batch when it
+  runs at most CACHE_PAYS of the plain layout's padded tokens (nearly always: pairs and lists alike). Models
+  whose attention cannot take a custom mask (flash-attention kernels, sliding windows) or that fail a one-off
+  numeric check use the plain layout. (Until 2026-11 a two-pass KV-cache layout did this; its second forward
+  and the out-of-place sum of every weight's two gradients made it no faster than the plain layout on pairs.)
 - Log-probs come from hidden states, not logits (neat/head.py): the decoder's hidden states of the response
-  positions only go through a chunked lm_head + log-softmax whose backward recomputes each chunk, so no
-  [rows, T, vocab] tensor is ever built, padding never reaches the head, and with a tied embedding (SmolLM2) the
-  lookup's gradient is sparse instead of a zero-filled vocab x hidden tensor. Used when a one-off numeric check
+  positions only go through a chunked, fused lm_head + log-softmax (exp(logits) kept for the backward up to
+  256 MB, recomputed above), so padding and prompt positions never reach the head and no log-softmax copy or
+  full-size zero-filled gradient is built. With one process the head's weight gradient goes straight into
+  `.grad`, and a tied embedding's lookup gradient is sparse (SmolLM2: no vocab x hidden zero-fill and no
+  out-of-place sum of the two gradients of the tied weight). Used when a one-off numeric check
   shows the model's logits are exactly lm_head(decoder(x)); other heads (soft-capped, scaled, biased) keep the
   full-logits path with `logits_to_keep` (the lm_head never runs on prompt positions).
 - Cosine schedule with linear warmup over ALL optimizer steps of the run (one optimizer for all rounds).
@@ -317,12 +320,15 @@ class ListScorer(torch.nn.Module):
         return self._packed
 
     def shared_ok(self) -> bool:
-        """Can this model take collate_shared's block mask? (sdpa or eager attention, and a one-off numeric check
-        that a shared block gives the plain layout's log-probs.)"""
+        """Can this model take collate_shared's block mask? (sdpa or eager attention, no sliding window, which the
+        custom mask would replace, and a one-off numeric check that a shared block gives the plain layout's
+        log-probs.)"""
         if self._shared is None:
             self._shared = False
-            impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
-            if impl in ("sdpa", "eager"):
+            cfg = getattr(self.model, "config", None)
+            impl = getattr(cfg, "_attn_implementation", None)
+            window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+            if impl in ("sdpa", "eager") and not window:
                 try:
                     self._shared = _shared_matches_plain(self)
                 except Exception:  # an architecture that rejects a custom 4D mask or position ids
