@@ -14,6 +14,7 @@ import pytest
 
 from neat_studio.jobs import (JobError, JobRunner, MetricsReader, estimate_time, explain_error, parse_metrics,
                               tail_lines)
+from tests.helpers import freeze_after_first_step
 
 FAST = {"model": "tiny", "method": "neat", "negatives": ["rude"], "rounds": 1, "epochs": 1, "batch_size": 2,
         "k": 1, "k_neg": 1, "max_new_tokens": 8, "max_response_len": 16, "max_prompt_len": 32}
@@ -143,9 +144,8 @@ def test_second_start_refused_stop_and_resume(studio, finished_run):
         studio.start_training(FAST, actor="bob")
     with pytest.raises(JobError, match="already running"):
         studio.resume_training(rid, actor="alice")
-    wait_for(lambda: studio.training_status(rid)["metrics"], timeout=120)
-    pid = studio.store.get_run(rid)["pid"]
-    os.kill(pid, signal.SIGSTOP)  # frozen (alive): a fast machine cannot finish the 120 steps before Stop lands
+    # frozen (alive) at its first step: a fast machine cannot finish the 120 steps before Stop lands
+    pid = freeze_after_first_step(studio.store, rid)
     try:
         p = studio.training_status(rid)
         assert p["status"] == "running" and 0 < p["progress"] < 1 and p["eta_s"] is not None
@@ -230,9 +230,7 @@ def test_failing_run_shows_its_error_and_store_stays_consistent(studio, finished
 def test_stop_escalates_to_sigkill(studio, finished_run, monkeypatch):
     """A trainer that ignores SIGTERM is killed after the timeout and the kill is recorded."""
     rid = studio.start_training(LONG, actor="alice")
-    pid = studio.store.get_run(rid)["pid"]
-    wait_for(lambda: studio.training_status(rid)["metrics"], timeout=120)
-    os.kill(pid, signal.SIGSTOP)  # a hung trainer: it cannot handle SIGTERM
+    pid = freeze_after_first_step(studio.store, rid)  # a hung trainer: it cannot handle SIGTERM
     try:
         studio.jobs.stop(rid, actor="alice", timeout=1.0)
         p = studio.jobs.wait(rid, timeout=60)

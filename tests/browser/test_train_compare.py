@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.browser.live import field, open_tab, shot, start_app, stop_app, wait_text
+from tests.helpers import freeze_after_first_step
 
 pytestmark = pytest.mark.browser
 
@@ -92,10 +93,9 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
     # The trainer is frozen with SIGSTOP across the reload and the stop click (it stays alive, so its run stays
     # "running"; the SIGTERM from Stop waits until SIGCONT): on a fast machine 120 tiny steps could otherwise
     # finish before the reloaded page re-attached or before Stop was clicked.
-    _, s1 = wait_status(page, "running", min_step=1)
-    pid = int(st.store.get_run(rid)["pid"])
-    os.kill(pid, signal.SIGSTOP)
+    pid = freeze_after_first_step(st.store, rid)  # before the page's own polling could see the run finish
     try:
+        _, s1 = wait_status(page, "running", min_step=1)
         page.reload()
         open_tab(page, "Train")
         s, s2 = wait_status(page, "running|stopped|finished")
