@@ -282,6 +282,11 @@ def collate_shared(lists: list[EncodedList], pad_id: int) -> dict:
     }
 
 
+def to_device(batch: dict, device) -> dict:
+    """A collated batch with its tensors on `device` (other values as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 # prompt_cache=auto takes the shared-prompt layout when it runs at most this share of the plain layout's padded
 # tokens. Both run one forward of the same kind, so a token costs about the same; the shared rows are longer
 # (attention grows with the square of the row), hence a little below 1.
@@ -299,10 +304,11 @@ def cache_pays(lists: list[EncodedList]) -> bool:
 class ListScorer(torch.nn.Module):
     """Wraps the causal LM: batch -> (sum of response-token log-probs, response token count) per response.
 
-    One forward of this module per micro-batch, so DDP sees one forward per backward even when the prompt
-    cache path calls the LM twice per list. Where the model allows (checked once, see head.packed_head) the
-    decoder's hidden states of the response positions only go through head.linear_logprobs: no [rows, T, vocab]
-    logits, no padding rows in the lm_head; otherwise the full-logits path (`logits_to_keep`).
+    Takes a `collate` block (one row per response) or a `collate_shared` block (one row per list; scored as
+    plain rows when the model cannot take its mask, see shared_ok). Where the model allows (checked once, see
+    head.packed_head) the decoder's hidden states of the response positions only go through
+    head.linear_logprobs: no [rows, T, vocab] logits, no padding rows in the lm_head; otherwise the model's
+    logits (`logits_to_keep` in the plain layout).
     """
 
     def __init__(self, model, packed: bool = True):
@@ -340,7 +346,7 @@ class ListScorer(torch.nn.Module):
             if not self.shared_ok():
                 dev = batch["input_ids"].device
                 plain = collate(batch["lists"], batch["pad_id"])
-                return self.forward({k: v.to(dev) if torch.is_tensor(v) else v for k, v in plain.items()})
+                return self.forward(to_device(plain, dev))
             return self._shared_forward(batch)
         ph = self.packed()
         if ph:
@@ -390,12 +396,9 @@ def _shared_matches_plain(scorer: "ListScorer") -> bool:
              EncodedList(t[10:13], [t[1:3], t[3:9], t[9:10]], [0, 1, 1], [False] * 3)]
     was = model.training
     model.eval()
-    try:
-        def run(b):
-            return scorer({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()})
-        s1, n1 = scorer._shared_forward({k: v.to(dev) if torch.is_tensor(v) else v
-                                         for k, v in collate_shared(lists, 0).items()})
-        s2, n2 = run(collate(lists, 0))
+    try:  # _shared_forward directly: forward() would consult shared_ok(), which is what is being decided
+        s1, n1 = scorer._shared_forward(to_device(collate_shared(lists, 0), dev))
+        s2, n2 = scorer(to_device(collate(lists, 0), dev))
     finally:
         model.train(was)
     return bool(torch.equal(n1, n2) and torch.allclose(s1 / n1, s2 / n2, atol=1e-4, rtol=1e-4))
@@ -420,7 +423,7 @@ def score_responses(model, tokenizer, prompt, responses: list[str], max_prompt_l
     model.eval()
     try:
         dev = next(model.parameters()).device
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate([enc], pad).items()}
+        batch = to_device(collate([enc], pad), dev)
         s, n = ListScorer(model)(batch)
     finally:
         model.train(was)
@@ -694,7 +697,7 @@ class NeatTrainer:
         for m, lists in enumerate(micro):
             shared = self.shared_ok and (cfg.prompt_cache == "on" or (cfg.prompt_cache == "auto" and cache_pays(lists)))
             batch = (collate_shared if shared else collate)(lists, self.pad_id)
-            batch = {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = to_device(batch, self.acc.device)
             sync = m == len(micro) - 1
             with (nullcontext() if sync else self.acc.no_sync(self.scorer)):
                 sum_logp, n_tok = self.scorer(batch)
