@@ -9,7 +9,7 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
          neat_loss -> backward -> clip -> AdamW), a list = (chosen rank 0, rejected rank 1), `batch_size` lists per
          step (= batch_size pairs) in the trainer's length-grouped order (rounds.epoch_schedule), fixed `steps`
          timed after `warmup` untimed steps, no generation. (TRL's DPO uses its own default sampler.)
-         As shipped: prompt_cache=auto (trainer.cache_pays decides per micro-batch); the ratios use this phase.
+         As shipped: prompt_cache=auto (the trainer decides per micro-batch, trainer.cache_pays); the ratios use this phase.
 - neat_on / neat_off: the same with prompt_cache forced on (each list's prompt runs once; its KV cache is
          repeated for the list's responses) or off (one full prompt+response row per response).
 - dpo:   TRL DPOTrainer via neat_studio.baselines.train_dpo on a snapshot holding the SAME pairs, same model,
@@ -159,7 +159,7 @@ def phase_neat(a, prompt_cache: str = "auto") -> dict:
 
     from neat_studio.config import Workspace
     from neat_studio.neat.rounds import RankedList
-    from neat_studio.neat.trainer import NeatTrainer, cache_pays, encode_list
+    from neat_studio.neat.trainer import NeatTrainer, encode_list
 
     ws = Workspace.from_env(a.workspace)
     out = Path(a.tmp) / "neat_run"
@@ -187,15 +187,14 @@ def phase_neat(a, prompt_cache: str = "auto") -> dict:
         ep += 1
     for s in range(a.warmup):
         tr._step([batches[s]])
-    tokens, pairs_done = 0, 0
+    tokens, pairs_done, n_cached = 0, 0, 0
     t0 = time.perf_counter()
     for s in range(a.warmup, a.warmup + a.steps):
         agg = tr._step([batches[s]])
         tokens += agg["tokens"]
         pairs_done += agg["n_pairs"]
+        n_cached += agg["shared_batches"] > 0  # the layout the trainer chose for this step
     dt = time.perf_counter() - t0
-    n_cached = sum(prompt_cache == "on" or (prompt_cache == "auto" and cache_pays(batches[s]))
-                   for s in range(a.warmup, a.warmup + a.steps))
     return {"phase": "neat" if prompt_cache == "auto" else f"neat_{prompt_cache}", "prompt_cache": prompt_cache,
             "cached_steps": n_cached, "packed_head": bool(tr.scorer.packed()) if hasattr(tr.scorer, "packed") else None,
             "steps": a.steps, "seconds": dt, "pairs": pairs_done,

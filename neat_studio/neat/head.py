@@ -111,11 +111,15 @@ def _tied_input_embedding(model, head) -> torch.nn.Embedding | None:
     return None
 
 
+def probe_tokens(vocab: int, n: int) -> list[int]:
+    """n varied token ids in [1, vocab) for the one-off numeric checks (no tokenizer needed)."""
+    return [int(x) for x in torch.arange(1, n + 1) * 7919 % max(2, vocab - 1) + 1]
+
+
 @torch.no_grad()
 def _same_logits(model, decoder, head) -> bool:
     dev = head.weight.device
-    vocab = head.weight.shape[0]
-    ids = (torch.arange(1, 7, device=dev) * 7919 % max(2, vocab - 1) + 1)[None, :]
+    ids = torch.tensor([probe_tokens(head.weight.shape[0], 6)], device=dev)
     att = torch.ones_like(ids)
     was = model.training
     model.eval()

@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, NeatConfig
-from .head import linear_logprobs, sparse_tied_embedding
+from .head import linear_logprobs, probe_tokens, sparse_tied_embedding
 from .loss import neat_loss, sequence_logprobs
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
 
@@ -390,8 +390,7 @@ class ListScorer(torch.nn.Module):
 def _shared_matches_plain(scorer: "ListScorer") -> bool:
     model = scorer.model
     dev = next(model.parameters()).device
-    vocab = model.get_input_embeddings().weight.shape[0]
-    t = [int(x) for x in (torch.arange(1, 15) * 7919 % max(2, vocab - 1) + 1)]
+    t = probe_tokens(model.get_input_embeddings().weight.shape[0], 14)
     lists = [EncodedList(t[:5], [t[5:8], t[8:12]], [0, 1], [False, False]),
              EncodedList(t[10:13], [t[1:3], t[3:9], t[9:10]], [0, 1, 1], [False] * 3)]
     was = model.training
@@ -693,10 +692,11 @@ class NeatTrainer:
     def _step(self, micro: list[list[EncodedList]]) -> dict:
         cfg = self.cfg
         agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
-               "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0}
+               "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0, "shared_batches": 0}
         for m, lists in enumerate(micro):
             shared = self.shared_ok and (cfg.prompt_cache == "on" or (cfg.prompt_cache == "auto" and cache_pays(lists)))
             batch = (collate_shared if shared else collate)(lists, self.pad_id)
+            agg["shared_batches"] += int(shared)
             batch = to_device(batch, self.acc.device)
             sync = m == len(micro) - 1
             with (nullcontext() if sync else self.acc.no_sync(self.scorer)):
