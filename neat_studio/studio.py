@@ -209,7 +209,9 @@ class Studio:
             ids, mat = self.store.get_embeddings("prompt", MODEL_ID)
             if not ids:
                 return {"rows": [], "total": 0, "mode": "semantic",
-                        "note": "No prompt embeddings yet: compute them first (button 'Compute embeddings')."}
+                        "note": "No prompt embeddings yet: compute them first (Prompts tab, 'Embeddings (semantic "
+                                "search)', 'Compute missing prompt embeddings'; the app also embeds new prompts in "
+                                "the background)."}
             allowed = None
             if any(v for k, v in filters.items() if k != "annotator"):
                 n = self.store.count_prompts(**filters)

@@ -84,7 +84,7 @@ def build(ctx: Ctx) -> dict:
         imp_btn = gr.Button("Import", variant="primary", elem_id="prompts-import-btn")
         imp_msg = gr.HTML("", js_on_load=None, elem_id="prompts-import-msg")
     with gr.Accordion("Embeddings (semantic search)", open=False) as acc_emb:
-        emb_info = gr.Markdown("")
+        emb_info = gr.Markdown("", elem_id="prompts-emb-info")
         emb_btn = gr.Button("Compute missing prompt embeddings", size="sm")
     ctx.admin_only += [acc_tag, acc_add, acc_imp, acc_emb]
 

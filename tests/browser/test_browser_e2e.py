@@ -180,3 +180,34 @@ def test_untrusted_text_renders_inert(app, browser, page_errors):
     assert page.evaluate("window.__xss") is None
     assert not [e for e in page_errors.events if e.startswith("dialog")]
     ctx.close()
+
+
+def test_semantic_search_finds_a_paraphrase(app, browser, page_errors):
+    """Prompts tab: a query that shares no word with the prompt it means finds nothing as text, and finds that
+    prompt first once 'semantic' is ticked (MiniLM vectors, computed from the tab's admin button)."""
+    st = app.studio
+    target = next(p for p in st.store.list_prompts(limit=1000) if "sourdough" in p["messages"][-1]["content"])
+    query = "naming ideas for an article on baking loaves"  # no substring of the sourdough prompt
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = page_errors(ctx.new_page())
+    page.goto(app.url)
+    page.wait_for_selector("#prompts-table")
+    wait_text(page.locator("#prompts-summary"), r"prompt\(s\) match")
+    field(page, "prompts-query").fill(query)
+    page.locator("#prompts-search").click()
+    wait_text(page.locator("#prompts-summary"), r"(^|\D)0 prompt\(s\) match")
+    # the embeddings accordion (admin): compute what the background embedder has not done yet
+    page.get_by_text("Embeddings (semantic search)").click()
+    page.get_by_role("button", name="Compute missing prompt embeddings").click()
+    n = len(st.store.list_prompts(limit=1000))
+    wait_text(page.locator("#prompts-emb-info"), rf"{n} prompt\(s\) embedded, 0 missing", timeout=120)
+    page.locator("#prompts-semantic input").check()  # the checkbox change runs the search
+    wait_text(page.locator("#prompts-summary"), rf"most similar prompts \(semantic search over {n} embedded\)")
+    page.wait_for_function(
+        "document.querySelector('#prompts-table [data-testid=\"cell-0-0\"]')?.innerText.trim() === '%s'" % target["id"])
+    assert "sourdough" in page.locator("#prompts-table [data-testid='cell-0-1']").inner_text()
+    expect = st.search_prompts(query, semantic=True, limit=3)["rows"]
+    assert [page.locator(f"#prompts-table [data-testid='cell-{i}-0']").inner_text().strip() for i in range(3)] \
+        == [r["id"] for r in expect]
+    assert [e for e in page_errors.events if not e.startswith("console-error:Failed to load resource")] == []
+    ctx.close()
