@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--workspace DIR] [--pairs FILE|SNAPSHOT_DIR]
         [--n-pairs 32] [--steps 8] [--warmup 2] [--batch-size 2] [--max-prompt-len 128] [--max-response-len 96]
-        [--repeats 1] [--json OUT]
+        [--repeats 3] [--json OUT]
 
 Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone; full fine-tune, fp32):
 - neat:  our trainer's loss/step path (NeatTrainer._setup + NeatTrainer._step: collate -> ListScorer forward ->
@@ -325,7 +325,8 @@ def main() -> int:
                     help="generation prompts: the pairs' prompts (default) or data/seed_prompts.jsonl")
     ap.add_argument("--matmul-sizes", default="1024,2048,4096")
     ap.add_argument("--matmul-reps", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=1, help="rounds of the phases; the table shows each phase's best round, the ratios are medians over rounds")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds of the phases (default 3, 1 with --quick); "
+                    "the table shows each phase's best round, the ratios are medians over rounds")
     ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads in every phase (0 = torch default). "
                     "On a CPU shared with other jobs, 1 can be many times faster than 2 (OpenMP threads wait on "
                     "each other); the matmul peak is measured with the same setting")
@@ -356,6 +357,7 @@ def main() -> int:
         print(json.dumps(fn(a)))
         return 0
 
+    a.repeats = a.repeats or (1 if a.quick else 3)
     if a.quick:
         a.steps, a.warmup, a.n_pairs = min(a.steps, 4), 1, min(a.n_pairs, 16)
         a.gen_tokens, a.n_gen_prompts = min(a.gen_tokens, 24), min(a.n_gen_prompts, 16)
