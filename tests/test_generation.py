@@ -209,3 +209,32 @@ def test_growing_cache_survives_row_removal_and_matches_concatenation(lm):
         a, b = plain.layers[0].update(k, v), grow.layers[0].update(k, v)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert grow.get_seq_length() == plain.get_seq_length() == 9
+
+
+def test_sliding_window_model_takes_the_padded_prefill_and_matches_alone(lm, tiny_model_dir):
+    """A model whose cache layers are not plain DynamicLayers (sliding-window attention) cannot have its prompts'
+    K/V assembled into the growing buffers: it takes one left-padded prefill, repeated k times. Batched decoding
+    still equals decoding each prompt alone (greedy) and per-sample seeds still hold (sampled, k=2)."""
+    import torch
+    from transformers import DynamicCache, MistralConfig, MistralForCausalLM
+    from transformers.cache_utils import DynamicLayer
+
+    from neat_studio.models import LoadedModel
+
+    src = lm.model.config
+    cfg = MistralConfig(vocab_size=src.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                        sliding_window=16, initializer_range=0.2, tie_word_embeddings=True,
+                        bos_token_id=src.bos_token_id, eos_token_id=src.eos_token_id, pad_token_id=src.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model = MistralForCausalLM(cfg).eval()
+    assert not all(type(x) is DynamicLayer for x in DynamicCache(config=cfg).layers)
+    swa = LoadedModel(model=model, tokenizer=lm.tokenizer, model_id="tiny-swa", spec="tiny-swa", path=None)
+    alone = [generate(swa, [p], params=GREEDY)[0][0] for p in PROMPTS]
+    batched = generate(swa, PROMPTS, params=GREEDY, batch_size=8)
+    assert [s.text for s in alone] == [ss[0].text for ss in batched]
+    assert [s.n_tokens for s in alone] == [ss[0].n_tokens for ss in batched]
+    two = GenParams(temperature=1.0, top_p=0.95, max_new_tokens=12, k=2, seed=3)
+    assert _texts(generate(swa, PROMPTS, params=two, batch_size=8)) == _texts(generate(swa, PROMPTS, params=two,
+                                                                                       batch_size=2))
