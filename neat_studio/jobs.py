@@ -46,8 +46,8 @@ LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
 ACTIVE = ("queued", "running")
 TERMINAL_EVENTS = ("finished", "stopped", "error")
-METRIC_KEYS = ("step", "round", "epoch", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap", "lr", "tokens_per_s",
-               "elapsed_s", "eta_s", "total_steps")
+METRIC_KEYS = ("step", "round", "epoch", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap", "lr",
+               "grad_norm", "tokens_per_s", "elapsed_s", "eta_s", "total_steps")
 # keys of a job config that choose the data (snapshot filters), not trainer settings
 DATA_KEYS = ("split", "tags", "annotated_only", "include_imported", "min_responses", "exclude_flagged")
 STUDIO_KEYS = ("name", "data", "snapshot_id")

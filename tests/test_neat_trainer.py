@@ -217,6 +217,27 @@ def test_full_finetune_changes_every_parameter(tiny_model_dir, snap, tmp_path):
     assert unchanged == []
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6])
+def test_clipping_equals_torch_clip_grad_norm(tiny_model_dir, snap, tmp_path, max_norm):
+    """The trainer's clipping (rescale only when the norm exceeds max_norm) gives exactly the gradients of
+    torch.nn.utils.clip_grad_norm_, whether it clips (1e-3) or not (1e6), and reports the pre-clip norm."""
+    ref, enc = _trainer(tiny_model_dir, snap, tmp_path / "ref", method="rrhf", k=1, max_grad_norm=max_norm)
+    ours, _ = _trainer(tiny_model_dir, snap, tmp_path / "ours", method="rrhf", k=1, max_grad_norm=max_norm)
+    for t in (ref, ours):
+        t.opt.step = t.opt.zero_grad = lambda *a, **kw: None
+    want = {}
+    ref._clip_gradients = lambda m: want.setdefault("norm", float(torch.nn.utils.clip_grad_norm_(
+        ref.model.parameters(), m)))
+    a, b = ref._step([enc[:3]]), ours._step([enc[:3]])
+    assert b["grad_norm"] == pytest.approx(want["norm"], rel=1e-6) and a["grad_norm"] == want["norm"]
+    assert (want["norm"] > max_norm) == (max_norm == 1e-3)
+    for (n, p), q in zip(ref.model.named_parameters(), ours.model.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    if max_norm == 1e-3:
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(q.grad) for q in ours.model.parameters()]))
+        assert float(total) == pytest.approx(1e-3, rel=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["on", "off"])
 def test_gradient_checkpointing_and_prompt_cache_give_the_same_step(tiny_model_dir, snap, tmp_path, layout):
     """One step: prompt cache on/off vs gradient checkpointing (auto layout) -> same loss and the same gradient of
@@ -281,9 +302,10 @@ def test_rounds_learn_the_toy_task(tiny_model_dir, snap, tmp_path):
     steps = [x for x in m if "step" in x and "event" not in x]
     assert [x["step"] for x in steps] == list(range(1, 19)) and steps[-1]["total_steps"] == 18
     assert steps[-1]["p_gap"] > steps[0]["p_gap"]
-    keys = {"step", "round", "epoch", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap", "lr", "tokens_per_s",
-            "elapsed_s", "eta_s", "total_steps"}
+    keys = {"step", "round", "epoch", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap", "lr", "grad_norm",
+            "tokens_per_s", "elapsed_s", "eta_s", "total_steps"}
     assert all(keys <= set(x) for x in steps)
+    assert all(x["grad_norm"] > 0 for x in steps)
     events = [x["event"] for x in m if "event" in x]
     assert events == ["round_start", "checkpoint"] * 3 + ["finished"]
     assert (out / "config.yaml").exists() and (out / "snapshot.sha256").read_text().strip() == \
