@@ -90,7 +90,7 @@ def _callback_class():
                 "rank_acc": logs.get("rewards/accuracies"), "p_gap": None,
                 "logp_gap_sum": (lc - lr_) if lc is not None and lr_ is not None else None,
                 "reward_margin": logs.get("rewards/margins"),
-                "lr": logs.get("learning_rate"),
+                "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                 "tokens_per_s": round((tok - self.tokens_last) / max(now - self.t_last, 1e-9), 2) if tok else None,
                 "elapsed_s": round(elapsed, 3),
                 "eta_s": round(elapsed / done * max(self.total_steps - state.global_step, 0), 3),

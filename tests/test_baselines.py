@@ -26,7 +26,8 @@ def test_dpo_baseline_two_steps(tiny_model_dir, tmp_path):
     m = read_metrics(out)
     steps = [x for x in m if "loss" in x]
     assert [x["step"] for x in steps] == [1, 2] and all(x["total_steps"] == 2 for x in steps)
-    assert {"rank_acc", "lr", "tokens_per_s", "elapsed_s", "eta_s", "sft_loss", "p_gap"} <= set(steps[0])
+    assert {"rank_acc", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s", "sft_loss", "p_gap"} <= set(steps[0])
+    assert all(x["grad_norm"] > 0 for x in steps)  # TRL's pre-clip norm, the same field the NEAT trainer logs
     assert steps[0]["loss"] == steps[0]["rank_loss"] and 0.69 < steps[0]["loss"] < 0.7  # log 2 at the start
     assert [x["event"] for x in m if "event" in x] == ["round_start", "finished"]
     assert (out / "config.yaml").exists() and (out / "snapshot.sha256").exists()

@@ -59,7 +59,10 @@ def test_progress_html_escapes_and_clamps():
                        "elapsed_s": 3})
     assert "100 %" in h and "ETA" not in h and "trained 3 s" in h
     h = progress_html({"run_id": "r1", "status": "running", "progress": 0, "step": 0, "total_steps": None})
-    assert "step 0 / ?" in h and "estimating" in h
+    assert "step 0 / ?" in h and "estimating" in h and "grad norm" not in h
+    h = progress_html({"run_id": "r1", "status": "running", "progress": 0.5, "step": 3, "total_steps": 6,
+                       "metrics": [{"step": 2, "grad_norm": 12.345}, {"step": 3, "grad_norm": None}]})
+    assert "grad norm 12.35 (step 2)" in h
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 40])

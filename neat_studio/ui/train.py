@@ -61,6 +61,9 @@ def progress_html(p: dict | None) -> str:
         parts.append(esc(p.get("phase") or ""))
     elif p.get("elapsed_s") is not None:
         parts.append(f"trained {esc(fmt_dur(p.get('elapsed_s')))}")
+    last = next((r for r in reversed(p.get("metrics") or []) if isinstance(r.get("grad_norm"), (int, float))), None)
+    if last is not None:  # the latest step's gradient norm before clipping (a spike or a collapse shows here)
+        parts.append(f"grad norm {esc(fmt_num(float(last['grad_norm']), 2))} (step {esc(last.get('step'))})")
     color = {"failed": "#c0392b", "stopped": "#b7791f", "finished": "#2f855a"}.get(status, "#4f46e5")
     return (f"<div class='neat-train-progress' id='train-progress-box' data-status='{esc(status)}' "
             f"data-step='{esc(p.get('step') or 0)}' data-run='{esc(p.get('run_id'))}'>"
