@@ -10,6 +10,9 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
          step (= batch_size pairs) in the trainer's length-grouped order (rounds.epoch_schedule), fixed `steps`
          timed after `warmup` untimed steps, no generation. (TRL's DPO uses its own default sampler.)
          As shipped: prompt_cache=auto (the trainer decides per micro-batch, trainer.cache_pays); the ratios use this phase.
+- neat_big (--big-batch B, default 8; information, not a target): the shipped NEAT step with B pairs per step
+         (1 warm-up + max(2, steps // 2) timed steps), to show how the fixed per-step cost (AdamW, clipping)
+         spreads over more tokens.
 - neat_on / neat_off: the same with prompt_cache forced on (each list's prompt runs once; its KV cache is
          repeated for the list's responses) or off (one full prompt+response row per response).
 - dpo:   TRL DPOTrainer via neat_studio.baselines.train_dpo on a snapshot holding the SAME pairs, same model,
@@ -157,8 +160,11 @@ def cfg_for(a, snap: Path, method: str, out: Path):
 
 
 # -- phases (run in a child process) ------------------------------------------------------------------------------
-def phase_neat(a, prompt_cache: str = "auto") -> dict:
+def phase_neat(a, prompt_cache: str = "auto", big: bool = False) -> dict:
     import torch
+
+    if big:  # the same step with more pairs per step (information: the fixed per-step cost spread wider)
+        a = argparse.Namespace(**{**vars(a), "batch_size": a.big_batch, "warmup": 1, "steps": max(2, a.steps // 2)})
 
     from neat_studio.config import Workspace
     from neat_studio.neat.rounds import RankedList
@@ -198,7 +204,8 @@ def phase_neat(a, prompt_cache: str = "auto") -> dict:
         pairs_done += agg["n_pairs"]
         n_cached += agg["shared_batches"] > 0  # the layout the trainer chose for this step
     dt = time.perf_counter() - t0
-    return {"phase": "neat" if prompt_cache == "auto" else f"neat_{prompt_cache}", "prompt_cache": prompt_cache,
+    return {"phase": "neat_big" if big else "neat" if prompt_cache == "auto" else f"neat_{prompt_cache}",
+            "prompt_cache": prompt_cache, "batch_size": a.batch_size,
             "cached_steps": n_cached, "packed_head": bool(tr.scorer.packed()) if hasattr(tr.scorer, "packed") else None,
             "steps": a.steps, "seconds": dt, "pairs": pairs_done,
             "pairs_per_s": pairs_done / dt, "tokens": tokens, "tokens_per_s": tokens / dt,
@@ -289,7 +296,7 @@ def run_child(phase: str, a, tmp: Path) -> dict:
             "--max-response-len", str(a.max_response_len), "--gen-tokens", str(a.gen_tokens),
             "--n-gen-prompts", str(a.n_gen_prompts), "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
             "--matmul-reps", str(a.matmul_reps), "--threads", str(a.threads), "--gen-prompts", a.gen_prompts,
-            "--k-neg", str(a.k_neg)]
+            "--k-neg", str(a.k_neg), "--big-batch", str(a.big_batch)]
     t0 = time.time()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)} if a.threads else {}))
     p = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -321,6 +328,8 @@ def main() -> int:
     ap.add_argument("--n-gen-prompts", type=int, default=16)
     ap.add_argument("--k-neg", type=int, default=2, help="negative samples per prompt in the list phases "
                     "(0 = skip them)")
+    ap.add_argument("--big-batch", type=int, default=8, help="pairs per step of the informational neat_big phase "
+                    "(0 = skip it)")
     ap.add_argument("--gen-prompts", default="pairs", choices=["pairs", "seed"],
                     help="generation prompts: the pairs' prompts (default) or data/seed_prompts.jsonl")
     ap.add_argument("--matmul-sizes", default="1024,2048,4096")
@@ -352,6 +361,7 @@ def main() -> int:
             print(json.dumps({"phase": "make_lists", "peak_rss_gb": rss_gb()}))
             return 0
         fn = {"neat": phase_neat, "neat_on": lambda x: phase_neat(x, "on"), "neat_off": lambda x: phase_neat(x, "off"),
+              "neat_big": lambda x: phase_neat(x, big=True),
               "dpo": phase_dpo, "matmul": phase_matmul,
               "gen_batched": lambda x: phase_gen(x, 16), "gen_seq": lambda x: phase_gen(x, 1)}[a._phase]
         print(json.dumps(fn(a)))
@@ -362,6 +372,7 @@ def main() -> int:
         a.steps, a.warmup, a.n_pairs = min(a.steps, 4), 1, min(a.n_pairs, 16)
         a.gen_tokens, a.n_gen_prompts = min(a.gen_tokens, 24), min(a.n_gen_prompts, 16)
         a.matmul_sizes, a.matmul_reps = [2048], 3
+        a.big_batch = min(a.big_batch, 4)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     a.workspace = a.workspace or str(tmp / "ws")
     pairs = load_pairs(a.pairs, a.n_pairs)
@@ -381,7 +392,8 @@ def main() -> int:
 
     res: dict[str, list[dict]] = {}
     for _ in range(a.repeats):  # one round = every pairs phase, the peak and both generation phases, back to back
-        for ph in ("neat", "neat_on", "neat_off", "dpo", "matmul", "gen_batched", "gen_seq"):
+        for ph in ("neat", "neat_on", "neat_off", *(("neat_big",) if a.big_batch else ()), "dpo", "matmul",
+                   "gen_batched", "gen_seq"):
             res.setdefault(ph, []).append(run_child(ph, a, tmp))
     if a.k_neg:  # NEAT's own case: lists (chosen > rejected > k_neg negative samples); DPO gets their pairs
         t0 = time.time()
@@ -402,7 +414,9 @@ def main() -> int:
     neat, dpo, mm, gb, gs = (best[k] for k in ("neat", "dpo", "matmul", "gen_batched", "gen_seq"))
     dpo_flops = 6 * neat["n_params"] * dpo["tokens_per_s"]
     # the RSS target is for our full fine-tune (and the generation it runs): TRL's DPO phase is shown, not counted
-    peak_rss = max(r["peak_rss_gb"] for ph, rs in res.items() if not ph.startswith("dpo") for r in rs)
+    # (neat_big is information at another batch size, outside the benchmark's setting: not counted either)
+    peak_rss = max(r["peak_rss_gb"] for ph, rs in res.items() if not ph.startswith("dpo") and ph != "neat_big"
+                   for r in rs)
     # each ratio is taken within a round (phases run minutes apart, not hours) and the MEDIAN over rounds is
     # judged, with the range printed beside it: the best of a short phase is not set against a long phase's mean
     paired = {
@@ -410,6 +424,9 @@ def main() -> int:
         "mfu": [6 * n["n_params"] * n["tokens_per_s"] / m["best_flops"] for n, m in zip(res["neat"], res["matmul"])],
         "gen_speedup": [b["tokens_per_s"] / q["tokens_per_s"] for b, q in zip(res["gen_batched"], res["gen_seq"])],
     }
+    if "neat_big" in res:  # information only: no target
+        paired["mfu_big"] = [6 * n["n_params"] * n["tokens_per_s"] / m["best_flops"]
+                             for n, m in zip(res["neat_big"], res["matmul"])]
     if nl and dl:
         paired["neat_vs_dpo_pairs_lists"] = [n["pairs_per_s"] / d["pairs_per_s"]
                                              for n, d in zip(res["neat_lists"], res["dpo_lists"])]
@@ -424,6 +441,8 @@ def main() -> int:
         neat_row("NEAT step (ours, as shipped: prompt_cache=auto)", neat),
         neat_row("NEAT step (ours, prompt_cache=on)", best["neat_on"]),
         neat_row("NEAT step (ours, prompt_cache=off)", best["neat_off"]),
+        *([neat_row(f"NEAT step (ours, as shipped), batch {a.big_batch} (info)", best["neat_big"])]
+          if "neat_big" in best else []),
         ("TRL DPOTrainer", f"{dpo['pairs_per_s']:.3f}", f"{dpo['tokens_per_s']:.0f}", f"{dpo_flops / 1e9:.1f}",
          f"{dpo['peak_rss_gb']:.2f}"),
         *([neat_row(f"lists of {2 + a.k_neg}: NEAT step (ours, as shipped)", nl),
@@ -454,6 +473,9 @@ def main() -> int:
                   if len(paired.get(key, [])) > 1 else "")
         print(f"{name:30s}  {v * scale:8.2f}{unit:3s} {op + ' ' + f'{target * scale:g}' + unit.strip():8s} "
               f"{'yes' if ok else 'NO'}{spread}")
+    if "mfu_big" in ratios:
+        print(f"info: matmul-peak share at batch {a.big_batch} (no target)  {ratios['mfu_big'] * 100:.2f} %  (rounds: "
+              f"{', '.join(f'{x * 100:.2f}' for x in paired['mfu_big'])})")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if not k.startswith('_')},
                                             "results": res, "ratios": ratios}, indent=2, default=str))
