@@ -717,13 +717,14 @@ class NeatTrainer:
         self.opt.zero_grad(set_to_none=True)
         return agg
 
-    def _clip_gradients(self, max_norm: float) -> float:
+    def _clip_gradients(self, max_norm: float) -> float | None:
         """Clip the gradients to total norm `max_norm`; returns the norm before clipping (the same on every
-        process: gradients are already all-reduced). Same result as ``torch.nn.utils.clip_grad_norm_``, whose
-        coefficient is ``min(1, max_norm / (norm + 1e-6))``, but gradients are only rescaled when that coefficient
-        is below 1 (or the norm is not finite): clip_grad_norm_ multiplies every gradient by it even when it is 1,
-        a read and a write of all gradients (~2 % of a step of the default model on CPU). FSDP, DeepSpeed and XLA
-        keep accelerate's own clipping."""
+        process: gradients are already all-reduced; None where accelerate does not report it).
+
+        Same result as ``torch.nn.utils.clip_grad_norm_``, whose coefficient is ``min(1, max_norm / (norm +
+        1e-6))``, but gradients are only rescaled when that coefficient is below 1 (or the norm is not finite):
+        clip_grad_norm_ multiplies every gradient by it even when it is 1, a read and a write of all gradients
+        (~2 % of a step of the default model on CPU). FSDP, DeepSpeed and XLA keep accelerate's own clipping."""
         from accelerate.utils import DistributedType
 
         if self.acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU,
