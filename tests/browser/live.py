@@ -4,13 +4,16 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# the browser tests' screenshots (tiny model): a temporary folder, or $NEAT_TEST_SHOTS; the README's come from
+# scripts/screenshots.py on the default model
+SHOTS = Path(os.environ.get("NEAT_TEST_SHOTS") or Path(tempfile.gettempdir()) / "neat_studio_test_shots")
 
 
 def free_port() -> int:
@@ -58,7 +61,7 @@ def stop_app(app: LiveApp) -> None:
 
 
 def shot(page, name: str) -> None:
-    """Save a README screenshot (viewport 1280x800)."""
+    """Save a screenshot of the page as SHOTS/<name>.png (for looking at what a test saw)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
 
