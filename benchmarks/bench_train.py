@@ -30,8 +30,9 @@ per list, since it runs once; for DPO and plain NEAT once per row); achieved
 FLOP/s = 6 * N * tokens/s with N = parameter count (tied embeddings counted once). For DPO this understates its
 work (its reference model adds a 2*N forward per token), which is the point: tokens/s is what the user gets.
 With --repeats R the pairs phases, the matmul peak and both generation phases run R rounds, back to back within a
-round; the table shows each phase's best round, and each target ratio is the MEDIAN of the R ratios taken within
-a round (printed with all R of them). The machine is shared and its speed drifts by +-15 % within minutes, so only
+round (after one untimed warm-up run of the neat phase), the two phases of each target ratio next to each other
+(matmul, neat, dpo, neat_on, neat_off, neat_big, gen_batched, gen_seq); the table shows each phase's best round,
+and each target ratio is the MEDIAN of the R ratios taken within a round (printed with all R of them). The machine is shared and its speed drifts by +-15 % within minutes, so only
 ratios measured side by side mean much.
 """
 from __future__ import annotations
@@ -289,7 +290,7 @@ def phase_gen(a, batch_size: int) -> dict:
 
 
 # -- driver -------------------------------------------------------------------------------------------------------
-def run_child(phase: str, a, tmp: Path) -> dict:
+def run_child(phase: str, a, tmp: Path, label: str | None = None) -> dict:
     argv = [sys.executable, __file__, "--_phase", phase, "--_tmp", str(tmp), "--_snap", str(a.snap),
             "--workspace", a.workspace, "--n-pairs", str(a.n_pairs), "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--batch-size", str(a.batch_size), "--max-prompt-len", str(a.max_prompt_len),
@@ -305,7 +306,7 @@ def run_child(phase: str, a, tmp: Path) -> dict:
         raise SystemExit(f"phase {phase} failed ({p.returncode})")
     res = json.loads(p.stdout.strip().splitlines()[-1])
     res["wall_s"] = time.time() - t0
-    print(f"  [{time.strftime('%H:%M:%S')}] {phase:10s} done in {res['wall_s']:.0f}s: "
+    print(f"  [{time.strftime('%H:%M:%S')}] {label or phase:10s} done in {res['wall_s']:.0f}s: "
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()
                       if k not in ("phase", "by_n", "wall_s")), flush=True)
     return res
@@ -391,8 +392,14 @@ def main() -> int:
           f"max_response_len={a.max_response_len}; torch threads={__import__('torch').get_num_threads()}", flush=True)
 
     res: dict[str, list[dict]] = {}
-    for _ in range(a.repeats):  # one round = every pairs phase, the peak and both generation phases, back to back
-        for ph in ("neat", "neat_on", "neat_off", *(("neat_big",) if a.big_batch else ()), "dpo", "matmul",
+    # an untimed warm-up phase first: on this VM the first memory-heavy process after an idle spell was the slowest
+    # NEAT measurement of every full run (0.61, 0.81 and 0.84 pairs/s where the identical prompt_cache=on phase right
+    # after it gave 0.90, 1.07 and 1.005; later rounds show no such order effect)
+    if a.repeats > 1:
+        run_child("neat", a, tmp, label="warm-up (untimed)")
+    for _ in range(a.repeats):  # one round = every pairs phase, the peak and both generation phases, back to back;
+        # the two phases of each target ratio run next to each other: matmul peak | neat | dpo, gen batched | seq
+        for ph in ("matmul", "neat", "dpo", "neat_on", "neat_off", *(("neat_big",) if a.big_batch else ()),
                    "gen_batched", "gen_seq"):
             res.setdefault(ph, []).append(run_child(ph, a, tmp))
     if a.k_neg:  # NEAT's own case: lists (chosen > rejected > k_neg negative samples); DPO gets their pairs

@@ -1009,8 +1009,9 @@ class Store:
                         marks: dict[str, str] | None = None, comment: str = "", flagged: bool = False,
                         actor: str | None = None) -> str:
         """Append an annotation (the latest per prompt and annotator counts). `ranking`: groups of response ids
-        of this prompt, best first (ties within a group). An empty ranking is allowed only with a flag, comment
-        or marks. ValueError on invalid input; nothing is written then."""
+        of this prompt, best first (ties within a group), at least two responses. An empty ranking is allowed
+        only with a flag, comment or marks; a comment- or mark-only save keeps the annotator's earlier ranking in
+        force, a flag without a ranking withdraws it (see listwise_rows). ValueError on invalid input; nothing is written then."""
         annotator = _req_str(annotator, "annotator", 100)
         if annotator.startswith(IMPORT_PREFIX):
             raise ValueError(f"annotator names starting with {IMPORT_PREFIX!r} are reserved for imports")
@@ -1029,7 +1030,10 @@ class Store:
                 if m not in MARKS:
                     raise ValueError(f"mark for {rid} must be one of {MARKS}, got {m!r}")
             if not ranking and not (flagged or comment.strip() or marks):
-                raise ValueError("empty annotation: rank at least one response, or flag, comment or mark")
+                raise ValueError("empty annotation: rank at least two responses, or flag, comment or mark")
+            if ranking and sum(len(g) for g in ranking) < 2:
+                raise ValueError("a ranking needs at least two responses (ties allowed): one response alone has "
+                                 "nothing to be ranked against; save a comment, mark or flag without a ranking")
             aid = self._insert_annotation(con, prompt_id, annotator, ranking, marks, comment, bool(flagged))
             self._audit(con, actor or annotator, "save_annotation", "annotation", aid,
                         {"prompt_id": prompt_id, "annotator": annotator, "groups": len(ranking),
@@ -1186,7 +1190,8 @@ class Store:
                       exclude_flagged: bool = False) -> list[dict]:
         """One row per prompt in the snapshot format (docs/ARCHITECTURE.md), sorted by prompt id.
 
-        Ranks: the latest non-empty ranking of every human annotator, combined by mean group index and
+        Ranks: the latest ranking of every human annotator (a later comment- or mark-only save keeps it, a later
+        flag without a ranking withdraws it), combined by mean group index and
         re-densified; without any, the import rankings (combined the same way) when `include_imported`.
         Responses in no counted ranking are left out; rows with fewer than `min_responses` ranked responses
         are dropped. `annotated_only`: only prompts ranked by a human. `exclude_flagged`: drop prompts whose
@@ -1195,17 +1200,22 @@ class Store:
         with self._lock:
             prompts = {r["id"]: r for r in self._rows(
                 f"SELECT p.id, p.messages, p.split, p.tags FROM prompts p WHERE {where}", params)}
-            anns = self._rows(f"""SELECT prompt_id, annotator, ranking, flagged FROM ({self._LATEST_ANN}) WHERE rn = 1
-                                  ORDER BY seq""")
+            # flags: the latest annotation of each (prompt, annotator); ranks: the latest one that has a ranking or
+            # a flag (a later comment- or mark-only save does not withdraw a ranking; a flag without one does)
+            latest = self._rows(f"SELECT prompt_id, annotator, flagged FROM ({self._LATEST_ANN}) WHERE rn = 1")
+            anns = self._rows("""SELECT prompt_id, annotator, ranking FROM (SELECT a.*, row_number() OVER (
+                                      PARTITION BY a.prompt_id, a.annotator ORDER BY a.seq DESC) AS rn
+                                  FROM annotations a WHERE a.ranking <> '[]' OR a.flagged) WHERE rn = 1 ORDER BY seq""")
             resp = {r["id"]: r for r in self._rows("SELECT id, prompt_id, text, origin FROM responses")}
         by_prompt: dict[str, list[dict]] = {}
         for a in anns:
             if a["prompt_id"] in prompts:
                 by_prompt.setdefault(a["prompt_id"], []).append(a)
+        flagged = {a["prompt_id"] for a in latest if a["flagged"] and is_human_annotator(a["annotator"])}
         out = []
         for pid in sorted(by_prompt):
             human = [a for a in by_prompt[pid] if is_human_annotator(a["annotator"])]
-            if exclude_flagged and any(a["flagged"] for a in human):
+            if exclude_flagged and pid in flagged:
                 continue
             counted = [a for a in human if _loads(a["ranking"])]
             if not counted:

@@ -287,13 +287,17 @@ def test_latest_annotation_per_annotator_counts(st):
     assert [x["id"] for x in st.latest_annotations(pid)] == [second]
     row = st.listwise_rows()[0]
     assert row["response_ids"] == [c, b] and row["ranks"] == [0, 1]  # a is in no counted ranking: left out
+    st.save_annotation(pid, "alice", [], comment="b reads oddly", marks={b: "neg"})
+    assert st.listwise_rows()[0]["response_ids"] == [c, b]  # a comment or marks alone keep her ranking
+    with pytest.raises(ValueError, match="at least two responses"):
+        st.save_annotation(pid, "alice", [[a]])  # one response has nothing to be ranked against
     st.save_annotation(pid, "alice", [], flagged=True, comment="prompt is unclear")
     assert st.listwise_rows() == []  # alice withdrew her ranking
     assert st.listwise_rows(min_responses=1) == []
     prog = st.annotator_progress()
     assert len(prog) == 1
     assert (prog[0]["annotator"], prog[0]["done"], prog[0]["annotations"], prog[0]["flagged_ever"]) == \
-        ("alice", 1, 3, 1)
+        ("alice", 1, 4, 1)
 
 
 @pytest.mark.parametrize("ranking,msg", [
