@@ -48,7 +48,12 @@ def cmd_import(args):
             kw["split"] = args.split
         if args.tag:
             kw["tags"] = args.tag
-        _print(st.import_file(args.path, args.format, actor=args.actor, **kw))
+        rep = st.import_file(args.path, args.format, actor=args.actor, **kw)
+        _print(rep)
+        from .store import pairs_unranked_note
+
+        if rep.get("pairs_unranked"):
+            print("note: " + pairs_unranked_note(rep["pairs_unranked"]), file=sys.stderr)
 
 
 def cmd_export(args):

@@ -1136,33 +1136,41 @@ class Store:
             rids, radded = self._add_responses_tx(con, rows, actor)
             report["responses_added"] = radded
             report["responses_existing"] = len(set(rids)) - radded
-            # per (prompt, import annotator): ranks from every record, averaged per response
-            per: dict[tuple[str, str], dict[str, list[int]]] = {}
+            # per (prompt, import annotator): ONE ranking from all its records (ranks averaged per response), but
+            # only as long as that ranking states exactly the records' preferences: a record that would make it
+            # state a pair no record gave (A>B and C>D of one prompt would become A=C > B=D, i.e. also A>D and
+            # C>B) or contradict one (A>B, B>A) is left unranked (its responses are stored) and counted
+            per: dict[tuple[str, str], list[dict[str, int]]] = {}
             for pid, (p, rs) in zip(pids, prepared):
-                ranked = [(pr["id"], rank) for pr, rank in rs if rank is not None]
-                if not ranked:
-                    continue
-                acc = per.setdefault((pid, IMPORT_PREFIX + p["source"]), {})
-                for rid, rank in ranked:
-                    acc.setdefault(rid, []).append(rank)
+                ranked = {pr["id"]: rank for pr, rank in rs if rank is not None}
+                if ranked:
+                    per.setdefault((pid, IMPORT_PREFIX + p["source"]), []).append(ranked)
+            report["pairs_unranked"] = 0
             if per:
                 latest = {(a["prompt_id"], a["annotator"]): a["ranking"] for a in self._import_latest(con)}
                 new_rows = []
-                for (pid, ann), acc in per.items():
-                    means = {rid: Fraction(sum(v), len(v)) for rid, v in acc.items()}
-                    groups: list[list[str]] = []
-                    for rid in sorted(means, key=lambda r: (means[r], r)):
-                        if groups and means[groups[-1][0]] == means[rid]:
-                            groups[-1].append(rid)
+                for (pid, ann), recs in per.items():
+                    kept, given = [], set()
+                    for rec in recs:
+                        want = given | _rank_pairs(rec)
+                        if _group_pairs(_mean_groups(kept + [rec])) == want:
+                            kept, given = kept + [rec], want
                         else:
-                            groups.append([rid])
+                            report["pairs_unranked"] += max(1, len(_rank_pairs(rec)))
+                    if not kept:
+                        continue
+                    groups = _mean_groups(kept)
                     old = latest.get((pid, ann))
                     if old is not None:
                         if _consistent(old, groups):
                             continue
-                        groups = combine_rankings([old, groups])
-                        if groups == old:
+                        merged = combine_rankings([old, groups])
+                        if merged == old:
                             continue
+                        if _group_pairs(merged) != _group_pairs(old) | given:
+                            report["pairs_unranked"] += max(1, len(given))
+                            continue
+                        groups = merged
                     new_rows.append((pid, ann, groups))
                 if new_rows:
                     seq0, now = self._next_seq(con, "annotations", len(new_rows)), _now()
@@ -1489,6 +1497,42 @@ class Store:
                 (SELECT count(*) FROM runs) AS runs,
                 (SELECT count(*) FROM snapshots) AS snapshots""")[0]
         return {k: int(v) for k, v in c.items()}
+
+
+def pairs_unranked_note(n: int) -> str:
+    """What an import's `pairs_unranked` count means, for the CLI and the UI ("" when 0)."""
+    if not n:
+        return ""
+    return (f"{n} preference pair(s) were not added to their prompt's ranking: together with the other pairs of that "
+            "prompt from the same source, one ranking would also state pairs the data does not give (e.g. A>B and "
+            "C>D would become A=C > B=D) or contradict one. Their responses are stored unranked: rank them in "
+            "Annotate (or import them as listwise rankings).")
+
+
+def _rank_pairs(ranks: dict[str, int]) -> set[tuple[str, str]]:
+    """(better, worse) for every two responses of {response id: rank} with different ranks."""
+    return {(a, b) for a, ra in ranks.items() for b, rb in ranks.items() if ra < rb}
+
+
+def _group_pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
+    """(better, worse) for every two responses in different groups of a ranking (groups best first)."""
+    return {(a, b) for i, g in enumerate(groups) for a in g for h in groups[i + 1:] for b in h}
+
+
+def _mean_groups(recs: list[dict[str, int]]) -> list[list[str]]:
+    """One ranking from several {response id: rank}: each response's mean rank, equal means tied."""
+    acc: dict[str, list[int]] = {}
+    for rec in recs:
+        for rid, rank in rec.items():
+            acc.setdefault(rid, []).append(rank)
+    means = {rid: Fraction(sum(v), len(v)) for rid, v in acc.items()}
+    groups: list[list[str]] = []
+    for rid in sorted(means, key=lambda r: (means[r], r)):
+        if groups and means[groups[-1][0]] == means[rid]:
+            groups[-1].append(rid)
+        else:
+            groups.append([rid])
+    return groups
 
 
 def _consistent(old: list[list[str]], new: list[list[str]]) -> bool:

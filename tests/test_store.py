@@ -360,10 +360,12 @@ def _records():
 def test_import_is_one_transaction_and_idempotent(st):
     rep = st.import_records(_records(), actor="t")
     assert rep == {"records": 3, "prompts_added": 3, "prompts_existing": 0, "tags_merged": 0,
-                   "responses_added": 5, "responses_existing": 0, "annotations_added": 2, "nothing_new": False}
+                   "responses_added": 5, "responses_existing": 0, "annotations_added": 2, "pairs_unranked": 0,
+                   "nothing_new": False}
     again = st.import_records(_records(), actor="t")
     assert again == {"records": 3, "prompts_added": 0, "prompts_existing": 3, "tags_merged": 0,
-                     "responses_added": 0, "responses_existing": 5, "annotations_added": 0, "nothing_new": True}
+                     "responses_added": 0, "responses_existing": 5, "annotations_added": 0, "pairs_unranked": 0,
+                     "nothing_new": True}
     assert st.counts()["prompts"] == 3 and st.counts()["responses"] == 5 and st.counts()["imported_rankings"] == 2
     rows = st.listwise_rows()
     assert len(rows) == 2
@@ -391,10 +393,25 @@ def test_import_merges_duplicate_prompts_and_humans_override(st):
                                                         {"text": "r2", "origin": "dataset:rejected", "rank": 1}]}]
     rep = st.import_records(recs, actor="t")
     assert rep["prompts_added"] == 1 and rep["responses_added"] == 4 and rep["annotations_added"] == 1
+    # one ranking c1=c2 > r1=r2 would also state c1>r2 and c2>r1, which no record gave: the second pair is left
+    # unranked (its responses are stored, for a human to rank) and reported
+    assert rep["pairs_unranked"] == 1
     row = st.listwise_rows()[0]
-    assert dict(zip(row["responses"], row["ranks"])) == {"c1": 0, "c2": 0, "r1": 1, "r2": 1}
+    assert dict(zip(row["responses"], row["ranks"])) == {"c1": 0, "r1": 1}
+    assert len(st.list_responses(row["prompt_id"])) == 4
     assert st.import_records(recs[:1], actor="t")["nothing_new"] is True
-    ids = dict(zip(row["responses"], row["response_ids"]))
+    # pairs that one ranking states exactly are merged: c1>r1 then c1>c3 (c1 > r1 = c3) ...
+    more = [{"text": "Q", "source": "ds", "responses": [{"text": "c1", "origin": "dataset:chosen", "rank": 0},
+                                                         {"text": "c3", "origin": "dataset:rejected", "rank": 1}]}]
+    assert st.import_records(more, actor="t")["pairs_unranked"] == 0
+    assert dict(zip(*(st.listwise_rows()[0][k] for k in ("responses", "ranks")))) == {"c1": 0, "r1": 1, "c3": 1}
+    # ... a contradiction (r1 > c1) is not
+    back = [{"text": "Q", "source": "ds", "responses": [{"text": "r1", "origin": "dataset:rejected", "rank": 0},
+                                                         {"text": "c1", "origin": "dataset:chosen", "rank": 1}]}]
+    assert st.import_records(back, actor="t")["pairs_unranked"] == 1
+    row = st.listwise_rows()[0]
+    assert dict(zip(row["responses"], row["ranks"])) == {"c1": 0, "r1": 1, "c3": 1}
+    ids = {r["text"]: r["id"] for r in st.list_responses(row["prompt_id"])}
     st.save_annotation(row["prompt_id"], "alice", [[ids["r2"]], [ids["c1"]]])
     human = st.listwise_rows()[0]
     assert human["responses"] == ["r2", "c1"] and human["ranks"] == [0, 1] and human["annotators"] == ["alice"]

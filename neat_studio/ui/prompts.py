@@ -221,7 +221,11 @@ def build(ctx: Ctx) -> dict:
         except (ValueError, FileNotFoundError, OSError) as e:
             return error_box(f"{e}. Nothing was imported.")
         progress(1.0, desc="done")
-        return ok_box("Imported: " + ", ".join(f"{k} {v}" for k, v in report.items() if not isinstance(v, bool)))
+        from ..store import pairs_unranked_note
+
+        note = pairs_unranked_note(report.get("pairs_unranked", 0))
+        return ok_box("Imported: " + ", ".join(f"{k} {v}" for k, v in report.items() if not isinstance(v, bool))
+                      + (f". {note}" if note else ""))
 
     imp_btn.click(do_import, [imp_file, imp_fmt, imp_col, imp_split, imp_tags], imp_msg, api_name="import_file").then(
         facets, None, [tag, source, emb_info]).then(first_page, inputs=inputs[:-1], outputs=[page, *outputs])
