@@ -81,16 +81,19 @@ def cmd_snapshot(args):
 
 def cmd_generate(args):
     with _studio(args) as st:
+        if args.limit < 1:
+            raise SystemExit(f"error: --limit must be >= 1, got {args.limit}")
         if args.prompt_id:
             ids = args.prompt_id
         else:
             ids = [p["id"] for p in st.store.list_prompts(tag=args.tag, split=args.split, limit=args.limit)]
         if not ids:
             raise SystemExit("error: no prompts matched (import or init first)")
+        system = None if (args.system or "").strip().lower() in ("", "none") else args.system
         params = {k: v for k, v in (("k", args.k), ("temperature", args.temperature), ("top_p", args.top_p),
                                     ("max_new_tokens", args.max_new_tokens), ("seed", args.seed)) if v is not None}
         bar, progress = _bar("generating")
-        rows = st.generate(ids, system_ref=args.system, params=params, actor=args.actor, progress=progress)
+        rows = st.generate(ids, system_ref=system, params=params, actor=args.actor, progress=progress)
         bar.close()
         _print({"prompts": len(ids), "responses": len(rows), "origin": rows[0]["origin"] if rows else None,
                 "model_id": rows[0]["model_id"] if rows else None})
@@ -229,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_snapshot)
 
     s = sub.add_parser("generate", help="sample responses for stored prompts under a system prompt")
-    s.add_argument("--system", help="system prompt reference name@version (latest if no @); none = plain policy")
+    s.add_argument("--system", help="system prompt reference name@version (latest if no @); leave out or say none: the plain policy")
     s.add_argument("--model", help="model spec: default, tiny, a local path or a run directory")
     s.add_argument("--prompt-id", action="append", help="prompt id (repeatable); default: --limit prompts")
     s.add_argument("--tag")
@@ -315,9 +318,17 @@ def main(argv=None) -> int:
     from .models import ModelLoadError
     from .store import SchemaError, StoreLockedError
 
+    import duckdb
+
     try:
         rv = args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, ModelLoadError, SchemaError, StoreLockedError) as e:
+    except (ValueError, OSError, ModelLoadError, SchemaError, StoreLockedError, duckdb.Error) as e:
+        # OSError: a path that is a directory, a disk error ...; duckdb.Error: e.g. a file that is not a database
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - e.g. backup --server when no app answers there
+        if type(e).__module__.split(".")[0] != "httpx":
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return int(rv or 0)

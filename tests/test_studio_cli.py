@@ -46,6 +46,35 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, capsys):
     assert rc == 2 and "unknown prompt id(s): deadbeef" in err
     rc, _, err = _run(capsys, ws, "annotate", "deadbeef", "--ranking", "a;b")
     assert rc == 2 and err.startswith("error:")
+    # paths that are folders or not databases: one line, rc 2, no traceback
+    (tmp_path / "dir").mkdir()
+    rc, _, err = _run(capsys, ws, "export", "trl", str(tmp_path / "dir"))
+    assert rc == 2 and err == f"error: {tmp_path / 'dir'} is a directory: give the export a file name\n"
+    (tmp_path / "fake.duckdb").write_text("not a database")
+    rc, _, err = _run(capsys, ws, "restore", str(tmp_path / "fake.duckdb"))
+    assert rc == 2 and err.startswith("error:") and "not a valid DuckDB database" in err and "Traceback" not in err
+    (tmp_path / "r.jsonl").write_text('{"text": "x"}\n')
+    rc, _, err = _run(capsys, ws, "refusal", "eval", "--data", str(tmp_path / "r.jsonl"))
+    assert rc == 2 and "record 1" in err and "label" in err
+
+
+def test_cli_generate_system_none_is_the_plain_policy(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    _run(capsys, ws, "init")
+    rc, out, _ = _run(capsys, ws, "generate", "--model", "tiny", "--system", "none", "--limit", "1",
+                      "--max-new-tokens", "3")
+    assert rc == 0 and json.loads(out)["origin"] == "policy"
+
+
+def test_cli_train_stores_absolute_paths(tmp_path, capsys, monkeypatch):
+    """A relative --snapshot / --out is relative to where the command runs; config.yaml stores them absolute,
+    so the run directory (and --resume) works from anywhere."""
+    (tmp_path / "snap").mkdir()
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = _run(capsys, tmp_path / "ws", "train", "--snapshot", "snap", "--method", "sft", "--out", "run",
+                      "--show-config")
+    assert rc == 0
+    assert f"snapshot: {tmp_path / 'snap'}" in out and f"output_dir: {tmp_path / 'run'}" in out
 
 
 def test_cli_preview_batched_equals_one_prompt_at_a_time(tmp_path, capsys):

@@ -103,6 +103,8 @@ def render_prompt_string(msgs: list[dict], prompt_id: Any = None) -> str:
 def _atomic_write(path: str | Path, write: Callable[[Any], None], *, gz: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give the export a file name")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

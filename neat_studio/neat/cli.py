@@ -50,6 +50,13 @@ def build_config(args):
     if args.positive:
         cfg.positives = list(args.positive)
     cfg.apply_overrides(args.set)
+    # relative paths are relative to where the command runs: store them absolute, so that the run directory's
+    # config.yaml (and --resume) works from anywhere
+    for key in ("snapshot", "output_dir", "model"):
+        v = getattr(cfg, key, None)
+        if (isinstance(v, str) and v and v not in ("default", "tiny") and not os.path.isabs(v)
+                and (key == "output_dir" or os.path.exists(v))):
+            setattr(cfg, key, os.path.abspath(v))
     return cfg
 
 
