@@ -284,7 +284,7 @@ def test_missing_columns(tmp_path):
     p = write_jsonl(tmp_path / "q.jsonl", [{"question": "a", "answer": "b"}])
     e = err(p)
     assert e.line == 1
-    assert "missing prompt column 'prompt' (columns: question, answer); pass prompt_column=" in str(e)
+    assert "missing prompt column 'prompt' (columns: question, answer); pass --prompt-column" in str(e)
     p = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
                                              {"prompt": "a", "chosen": "b"}])
     e = err(p)
@@ -311,6 +311,12 @@ def test_missing_columns(tmp_path):
     assert "must be a string or a list of messages, got int" in str(err(p))
     p = write_jsonl(tmp_path / "empty_prompt.jsonl", [{"prompt": "ok"}, {"prompt": " \u0000 "}])
     assert err(p).line == 2 and "is empty" in str(err(p))
+    # the format is detected from the first row: a later row with a pair, or half a pair, is an error, not dropped
+    p = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "a"}, {"prompt": "b", "chosen": "x", "rejected": "y"}])
+    assert err(p).line == 2 and "preference columns (chosen, rejected)" in str(err(p))
+    p = write_jsonl(tmp_path / "typo.jsonl", [{"prompt": "a", "chosen": "x", "rejcted": "y"}])
+    assert err(p).line == 1 and "'chosen' without 'rejected'" in str(err(p))
+    assert [r["messages"][-1]["content"] for r in read_records(p, "jsonl")] == ["a"]  # prompts only, if asked
 
 
 def test_empty_files(tmp_path):

@@ -677,7 +677,7 @@ def _build_plain(rows: Rows, ctx: _Ctx) -> list[dict]:
             if ctx.prompt_column not in row:
                 raise _RowError(
                     f"missing prompt column {ctx.prompt_column!r} (columns: {', '.join(map(str, row))}); "
-                    f"pass prompt_column="
+                    f"pass --prompt-column (prompt_column= in Python)"
                 )
             prompt = ctx.prompt(row[ctx.prompt_column])
             responses = []
@@ -713,6 +713,24 @@ def _detect_kind(row: dict, prompt_column: str) -> str:
     return "plain"
 
 
+def _plain_rows_checked(rows, where: str, prompt_column: str):
+    """Rows of a file detected as plain prompts (from its first row): a row with preference columns (or half of a
+    pair, e.g. a misspelt 'rejected') would lose them silently, so it is an error instead."""
+    for line, row in rows:
+        if isinstance(row, dict):
+            cols = set(row)
+            pair = {"chosen", "rejected"} & cols
+            if pair or {"responses", "ranks"} <= cols:
+                what = (f"'{sorted(pair)[0]}' without '{({'chosen', 'rejected'} - pair).pop()}' (a misspelt column?)"
+                        if len(pair) == 1 else
+                        "preference columns (" + ", ".join(sorted(pair or {"responses", "ranks"})) + ")")
+                raise DataFormatError(where, line, f"this row has {what}; the file is read as plain prompts (from "
+                                      f"its first row's columns), which would drop them. Give every row the same "
+                                      f"columns, pass --format trl / hh_rlhf / listwise, or --format jsonl / csv "
+                                      f"to import the prompts only")
+        yield line, row
+
+
 def _detect_container(path: Path) -> str:
     if path.is_dir():
         return "hf_disk"
@@ -724,7 +742,8 @@ def _detect_container(path: Path) -> str:
         if name.endswith(ext):
             return kind
     raise DataFormatError(path, None, "cannot detect the format from the file name (expected .jsonl, .jsonl.gz, "
-                                      ".json, .csv, .tsv, .parquet or a datasets directory); pass fmt=")
+                                      ".json, .csv, .tsv, .parquet or a datasets directory); pass --format "
+                                      "(fmt= in Python)")
 
 
 # ------------------------------------------------------------------------------------------------- public API
@@ -809,7 +828,10 @@ def read_records(
     ctx = _Ctx(path=where, source=source or f"{label}:{name}", split=split, tags=tag_list,
                prompt_column=prompt_column, response_column=response_column, max_bytes=max_bytes,
                max_prompt_bytes=max_prompt_bytes, kind=kind)
-    records = _BUILDERS[kind](chain([first], rows), ctx)
+    rows = chain([first], rows)
+    if kind == "plain" and fmt not in ("jsonl", "csv"):  # detected from the first row: every row must agree
+        rows = _plain_rows_checked(rows, where, prompt_column)
+    records = _BUILDERS[kind](rows, ctx)
     if not records:
         raise DataFormatError(where, 1, "no records")
     return records
