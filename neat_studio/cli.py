@@ -54,6 +54,35 @@ def cmd_import(args):
 
         if rep.get("pairs_unranked"):
             print("note: " + pairs_unranked_note(rep["pairs_unranked"]), file=sys.stderr)
+        if rep.get("split_kept"):
+            print(f"note: {rep['split_kept']} prompt(s) were already stored with another split and kept it (an "
+                  "import never moves a prompt); move them with `prompts split SPLIT ID...`", file=sys.stderr)
+
+
+def cmd_prompts(args):
+    """The Prompts tab from the command line: list (search / filters), add, tag, move to a split."""
+    with _studio(args) as st:
+        if args.action == "list":
+            if args.limit < 1:
+                raise ValueError(f"--limit must be >= 1, got {args.limit}")
+            res = st.search_prompts(" ".join(args.values), semantic=args.semantic, tag=args.tag, split=args.split,
+                                    source=args.source, limit=args.limit)
+            _print({"total": res["total"], "mode": res["mode"],
+                    "prompts": [{"id": r["id"], "text": r["messages"][-1]["content"], "tags": r.get("tags") or [],
+                                 "split": r["split"], "source": r["source"],
+                                 "responses": r.get("n_responses"), "annotators": r.get("n_annotators")}
+                                for r in res["rows"]]})
+        elif args.action == "add":
+            _print(st.add_prompt(args.values[0] if args.values else "", tags=args.tag_list, split=args.split or "train",
+                                 actor=args.actor))
+        elif args.action == "tag":
+            n = st.tag_prompts(args.values, args.tag_list, mode=args.mode, actor=args.actor)
+            _print({"changed": n})
+        else:  # split
+            if not args.values:
+                raise ValueError("give the split and at least one prompt id: prompts split test ID [ID ...]")
+            n = st.set_prompt_split(args.values[1:], args.values[0], actor=args.actor)
+            _print({"moved": n, "split": args.values[0]})
 
 
 def cmd_export(args):
@@ -150,7 +179,10 @@ def cmd_annotate(args):
     """Save a ranking: --ranking 'id1,id2;id3' means id1 and id2 tie for best, id3 is worse."""
     with _studio(args) as st:
         if args.ranking is None:
-            _print({"prompt": st.store.get_prompt(args.prompt_id), "responses": st.store.list_responses(args.prompt_id)})
+            prompt = st.store.get_prompt(args.prompt_id)
+            if prompt is None:
+                raise ValueError(f"unknown prompt id {args.prompt_id!r}")
+            _print({"prompt": prompt, "responses": st.store.list_responses(args.prompt_id)})
             return
         ranking = [[x.strip() for x in g.split(",") if x.strip()] for g in args.ranking.split(";") if g.strip()]
         marks = dict(m.split("=", 1) for m in (args.mark or []))
@@ -232,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_snapshot)
 
     s = sub.add_parser("generate", help="sample responses for stored prompts under a system prompt")
-    s.add_argument("--system", help="system prompt reference name@version (latest if no @); leave out or say none: the plain policy")
+    s.add_argument("--system", help="system prompt reference name@version (latest if no @); leave out or say "
+                                    "none: the plain policy")
     s.add_argument("--model", help="model spec: default, tiny, a local path or a run directory")
     s.add_argument("--prompt-id", action="append", help="prompt id (repeatable); default: --limit prompts")
     s.add_argument("--tag")
@@ -271,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--a", type=int, help="diff: first version")
     s.add_argument("--b", type=int, help="diff: second version")
     s.set_defaults(func=cmd_library)
+
+    s = sub.add_parser("prompts", help="list / add / tag prompts, or move them to a split (the Prompts tab)",
+                       description="prompts list [QUERY] [--tag T] [--split S] [--semantic]; prompts add TEXT [--tags "
+                                   "a,b] [--split S]; prompts tag ID... --tags a,b [--mode add|remove|replace]; "
+                                   "prompts split train|dev|test ID...")
+    s.add_argument("action", choices=["list", "add", "tag", "split"])
+    s.add_argument("values", nargs="*", help="list: a search text; add: the prompt text; tag: prompt ids; "
+                                             "split: the split, then prompt ids")
+    s.add_argument("--tag", help="list: only prompts with this tag")
+    s.add_argument("--tags", dest="tag_list", type=lambda v: [t.strip() for t in v.split(",") if t.strip()],
+                   default=[], help="add / tag: comma separated tags")
+    s.add_argument("--mode", choices=["add", "remove", "replace"], default="add", help="tag: how --tags apply")
+    s.add_argument("--split", choices=["train", "dev", "test"], help="list: filter; add: the new prompt's split")
+    s.add_argument("--source", help="list: only prompts from this source")
+    s.add_argument("--semantic", action="store_true", help="list: semantic search (embedded prompts only)")
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(func=cmd_prompts)
 
     s = sub.add_parser("annotate", help="show a prompt's candidates, or save a ranking with ties")
     s.add_argument("prompt_id")

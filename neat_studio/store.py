@@ -617,8 +617,9 @@ class Store:
         return {"id": h[:16], "messages": messages, "text": messages[-1]["content"], "content_hash": h,
                 "source": source, "tags": normalise_tags(row.get("tags")), "split": split}
 
-    def _add_prompts_tx(self, con, prepared: list[dict], actor: str) -> tuple[list[str], int, int]:
-        """Insert new prompts, merge tags into existing ones. Returns (ids, n_added, n_tags_merged)."""
+    def _add_prompts_tx(self, con, prepared: list[dict], actor: str) -> tuple[list[str], int, int, int]:
+        """Insert new prompts, merge tags into existing ones (which keep their split). Returns (ids, n_added,
+        n_tags_merged, n_split_kept: existing prompts whose stored split differs from the one given now)."""
         by_hash: dict[str, dict] = {}
         for p in prepared:
             if p["content_hash"] in by_hash:
@@ -626,20 +627,20 @@ class Store:
                 q["tags"] = sorted(set(q["tags"]) | set(p["tags"]))
             else:
                 by_hash[p["content_hash"]] = dict(p)
-        existing: dict[str, tuple[str, list[str]]] = {}
+        existing: dict[str, tuple[str, list[str], str]] = {}
         if by_hash:
             view = f"_hashes_{uuid.uuid4().hex}"
             con.register(view, pa.table({"h": list(by_hash)}))
             try:
-                for h, pid, tags in con.execute(
-                        f"SELECT p.content_hash, p.id, p.tags FROM prompts p JOIN {view} v ON p.content_hash = v.h"
-                ).fetchall():
-                    existing[h] = (pid, list(tags or []))
+                for h, pid, tags, split in con.execute(
+                        f"SELECT p.content_hash, p.id, p.tags, p.split FROM prompts p JOIN {view} v "
+                        f"ON p.content_hash = v.h").fetchall():
+                    existing[h] = (pid, list(tags or []), split)
             finally:
                 con.unregister(view)
         new = [p for h, p in by_hash.items() if h not in existing]
         n_merged = 0
-        for h, (pid, old_tags) in existing.items():
+        for h, (pid, old_tags, _) in existing.items():
             merged = sorted(set(old_tags) | set(by_hash[h]["tags"]))
             if merged != sorted(old_tags):
                 con.execute("UPDATE prompts SET tags = ? WHERE id = ?", [merged, pid])
@@ -653,7 +654,8 @@ class Store:
                 "tags": [p["tags"] for p in new], "split": [p["split"] for p in new],
                 "created_at": [now] * len(new), "created_by": [actor] * len(new)})
         ids = [existing[p["content_hash"]][0] if p["content_hash"] in existing else p["id"] for p in prepared]
-        return ids, len(new), n_merged
+        kept = sum(1 for h, (_, _, sp) in existing.items() if by_hash[h].get("split", sp) != sp)
+        return ids, len(new), n_merged, kept
 
     def add_prompts(self, rows: list[dict], actor: str) -> list[str]:
         """Add prompts (`messages` or `text`, `source`, `tags`, `split`) in one transaction; one id per row.
@@ -665,7 +667,7 @@ class Store:
             except ValueError as e:
                 raise ValueError(f"prompt row {i}: {e}") from None
         with self._tx() as con:
-            ids, added, merged = self._add_prompts_tx(con, prepared, actor)
+            ids, added, merged, _ = self._add_prompts_tx(con, prepared, actor)
             self._audit(con, actor, "add_prompts", "prompt", ids[0] if len(ids) == 1 else None,
                         {"rows": len(rows), "added": added, "tags_merged": merged, "ids": ids[:20]})
         return ids
@@ -1011,7 +1013,8 @@ class Store:
         """Append an annotation (the latest per prompt and annotator counts). `ranking`: groups of response ids
         of this prompt, best first (ties within a group), at least two responses. An empty ranking is allowed
         only with a flag, comment or marks; a comment- or mark-only save keeps the annotator's earlier ranking in
-        force, a flag without a ranking withdraws it (see listwise_rows). ValueError on invalid input; nothing is written then."""
+        force, a flag without a ranking withdraws it (see listwise_rows). ValueError on invalid input; nothing is
+        written then."""
         annotator = _req_str(annotator, "annotator", 100)
         if annotator.startswith(IMPORT_PREFIX):
             raise ValueError(f"annotator names starting with {IMPORT_PREFIX!r} are reserved for imports")
@@ -1125,12 +1128,13 @@ class Store:
             except ValueError as e:
                 raise ValueError(f"import record {i}: {e}") from None
         report = {"records": len(records), "prompts_added": 0, "prompts_existing": 0, "tags_merged": 0,
-                  "responses_added": 0, "responses_existing": 0, "annotations_added": 0}
+                  "split_kept": 0, "responses_added": 0, "responses_existing": 0, "annotations_added": 0}
         with self._tx() as con:
-            pids, added, merged = self._add_prompts_tx(con, [p for p, _ in prepared], actor)
+            pids, added, merged, split_kept = self._add_prompts_tx(con, [p for p, _ in prepared], actor)
             report["prompts_added"] = added
             report["prompts_existing"] = len(set(pids)) - added
             report["tags_merged"] = merged
+            report["split_kept"] = split_kept  # stored prompts keep their split (an import never moves one)
             # prompt ids are content-hash prefixes, so the ids prepared above are the stored ones
             rows = [pr for _, rs in prepared for pr, _ in rs]
             rids, radded = self._add_responses_tx(con, rows, actor)

@@ -359,11 +359,11 @@ def _records():
 
 def test_import_is_one_transaction_and_idempotent(st):
     rep = st.import_records(_records(), actor="t")
-    assert rep == {"records": 3, "prompts_added": 3, "prompts_existing": 0, "tags_merged": 0,
+    assert rep == {"records": 3, "prompts_added": 3, "prompts_existing": 0, "tags_merged": 0, "split_kept": 0,
                    "responses_added": 5, "responses_existing": 0, "annotations_added": 2, "pairs_unranked": 0,
                    "nothing_new": False}
     again = st.import_records(_records(), actor="t")
-    assert again == {"records": 3, "prompts_added": 0, "prompts_existing": 3, "tags_merged": 0,
+    assert again == {"records": 3, "prompts_added": 0, "prompts_existing": 3, "tags_merged": 0, "split_kept": 0,
                      "responses_added": 0, "responses_existing": 5, "annotations_added": 0, "pairs_unranked": 0,
                      "nothing_new": True}
     assert st.counts()["prompts"] == 3 and st.counts()["responses"] == 5 and st.counts()["imported_rankings"] == 2

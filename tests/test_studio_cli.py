@@ -46,6 +46,8 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, capsys):
     assert rc == 2 and "unknown prompt id(s): deadbeef" in err
     rc, _, err = _run(capsys, ws, "annotate", "deadbeef", "--ranking", "a;b")
     assert rc == 2 and err.startswith("error:")
+    rc, _, err = _run(capsys, ws, "annotate", "deadbeef")  # show mode
+    assert rc == 2 and err == "error: unknown prompt id 'deadbeef'\n"
     # paths that are folders or not databases: one line, rc 2, no traceback
     (tmp_path / "dir").mkdir()
     rc, _, err = _run(capsys, ws, "export", "trl", str(tmp_path / "dir"))
@@ -127,3 +129,30 @@ def test_preview_streams_all_prompts_and_stops_when_closed(tmp_path):
         next(g)
         g.close()
         assert st.get_preview("toxic@1") == before
+
+
+def test_cli_prompts_list_add_tag_split_and_import_keeps_split(tmp_path, capsys):
+    """The Prompts tab's list / add / tag / move-to-split from the CLI; a re-import with another split never moves a
+    stored prompt, and says so (split_kept)."""
+    ws = tmp_path / "ws"
+    _run(capsys, ws, "init")
+    rc, out, _ = _run(capsys, ws, "prompts", "add", "What is 2+2?", "--tags", "math,test", "--split", "dev")
+    pid = json.loads(out)["id"]
+    assert rc == 0 and not json.loads(out)["existing"]
+    rc, out, _ = _run(capsys, ws, "prompts", "list", "2+2")
+    listed = json.loads(out)
+    assert listed["total"] == 1 and listed["prompts"][0]["split"] == "dev"
+    assert listed["prompts"][0]["tags"] == ["math", "test"]
+    rc, out, _ = _run(capsys, ws, "prompts", "tag", pid, "--tags", "test", "--mode", "remove")
+    assert rc == 0 and json.loads(out) == {"changed": 1}
+    assert json.loads(_run(capsys, ws, "prompts", "split", "test", pid)[1]) == {"moved": 1, "split": "test"}
+    rc, out, _ = _run(capsys, ws, "prompts", "list", "--split", "test", "--tag", "math")
+    assert [(p["id"], p["tags"]) for p in json.loads(out)["prompts"]] == [(pid, ["math"])]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "What is 2+2?"}\n')
+    rc, out, err = _run(capsys, ws, "import", str(tmp_path / "p.jsonl"), "--split", "train")
+    assert rc == 0 and json.loads(out)["split_kept"] == 1 and "kept it" in err
+    assert json.loads(_run(capsys, ws, "prompts", "list", "2+2")[1])["prompts"][0]["split"] == "test"
+    rc, _, err = _run(capsys, ws, "prompts", "split", "nowhere", pid)
+    assert rc == 2 and err.startswith("error: split must be one of")
+    rc, _, err = _run(capsys, ws, "prompts", "tag", "--tags", "x")
+    assert rc == 2 and err.startswith("error: select at least one prompt")
