@@ -552,15 +552,19 @@ class Studio:
         look at the first `pool` candidates of the queue and fall back to queue order without a trained scorer."""
         if order not in ("queue", "uncertainty", "disagreement"):
             raise ValueError(f"unknown queue order {order!r}: use queue, uncertainty or disagreement")
-        first = self.store.next_in_queue(annotator, search=search or None, tag=tag or None, source=source or None,
-                                         split=split or None, skip_ids=list(skip_ids),
-                                         include_annotated=include_annotated or order == "disagreement")
+        skip = set(skip_ids)
+        for _ in range(1000):  # a prompt whose candidates are near-duplicates of each other shows < 2: skip it
+            first = self.store.next_in_queue(annotator, search=search or None, tag=tag or None,
+                                             source=source or None, split=split or None, skip_ids=list(skip),
+                                             include_annotated=include_annotated or order == "disagreement")
+            if first is None or self._rankable(first):
+                break
+            skip.add(first)
         scorer = self.reward_scorer() if order != "queue" else None
         if first is None or scorer is None:
             return first
         from .scoring.active import disagreement, margin
 
-        skip = set(skip_ids)
         if order == "uncertainty":
             cands = self.store.list_prompts(search=search or None, tag=tag or None, source=source or None,
                                             split=split or None, min_responses=2, limit=pool,
@@ -589,6 +593,11 @@ class Studio:
             if key == key and (best_key is None or key < best_key):  # key == key: not NaN
                 best, best_key = p["id"], key
         return best
+
+    def _rankable(self, prompt_id: str) -> bool:
+        """At least two candidates are shown for the prompt (near-duplicates are hidden)."""
+        responses = self.store.list_responses(prompt_id)
+        return len(responses) >= 2 and len(responses) - len(self.near_duplicate_candidates(responses)) >= 2
 
     def annotation_item(self, prompt_id: str, annotator: str, suggest: bool = True) -> dict:
         """What the Annotate view shows for one prompt: the conversation, its responses in an order shuffled
@@ -908,7 +917,8 @@ class Studio:
         `history_x`: side x's conversation ending with its assistant reply to the last user turn. The prompt stored
         is the conversation before that reply, as the PREFERRED side saw it (A for tie / both bad; in a one-turn
         chat both sides saw the same). Both replies are stored as responses with origin `compare:<model_id>`;
-        ranking: A -> [[a], [b]], B -> [[b], [a]], tie -> [[a, b]], both_bad -> [[a, b]] with both marked neg.
+        ranking: A -> [[a], [b]], B -> [[b], [a]], tie -> [[a, b]], both_bad -> [[a, b]] with both marked neg;
+        two identical answers (one response) -> no ranking, the vote in the comment (both_bad: the response marked).
         The latest vote of a user on a prompt replaces their earlier one (as in Annotate)."""
         if vote not in self.COMPARE_VOTES:
             raise ValueError(f"vote must be one of {', '.join(self.COMPARE_VOTES)}, got {vote!r}")
@@ -933,7 +943,7 @@ class Studio:
         if a == b:
             if vote in ("A", "B"):
                 raise ValueError("both answers are identical; vote tie or both bad")
-            ranking = [[a]]
+            ranking = []  # one response has nothing to be ranked against: the vote is kept as a comment (+ marks)
         else:
             ranking = {"A": [[a], [b]], "B": [[b], [a]]}.get(vote, [[a, b]])
         if vote == "both_bad":

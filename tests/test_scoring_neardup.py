@@ -83,3 +83,24 @@ def test_near_duplicate_candidates_are_hidden_from_annotation(tmp_path):
         assert len(st.store.list_responses(pid)) == 4
         st.store.set_setting("near_duplicate_threshold", 0.999999, actor="t")  # configurable
         assert st.annotation_item(pid, "a")["hidden_duplicates"] == {}
+
+
+def test_queue_skips_a_prompt_left_with_one_visible_candidate(tmp_path):
+    """Hiding a near-duplicate can leave a prompt one visible candidate, which cannot be ranked: the queue passes
+    over it instead of serving a prompt whose submit must fail."""
+    from neat_studio.config import Workspace
+    from neat_studio.scoring.embeddings import embed_missing
+    from neat_studio.studio import Studio
+
+    with Studio(Workspace(tmp_path / "ws").ensure(), model_spec="tiny") as st:
+        dup, ok = st.store.add_prompts([{"text": "How do I make tea?", "source": "t"},
+                                        {"text": "How do I make coffee?", "source": "t"}], actor="t")
+        st.store.add_responses([{"prompt_id": dup, "text": t, "origin": "policy"} for t in (
+            "Boil water, pour it over the tea leaves and let it steep for three minutes.",
+            "Boil water, pour it over the tea leaves, and let it steep for three minutes!")], actor="t")
+        st.store.add_responses([{"prompt_id": ok, "text": t, "origin": "policy"} for t in (
+            "Grind the beans and brew them with hot water.", "Buy a coffee at the cafe on the corner.")], actor="t")
+        assert st.next_prompt("a") == dup  # nothing embedded yet: both candidates count
+        embed_missing(st.store, "response")
+        assert len(st.annotation_item(dup, "a")["responses"]) == 1
+        assert st.next_prompt("a") == ok

@@ -148,7 +148,8 @@ def test_compare_vote_validation(studio):
     u = {"role": "user", "content": "hi"}
     same = [u, {"role": "assistant", "content": "same"}]
     v = studio.save_compare_vote(same, same, "tiny", "tiny", "tie", annotator="dana")
-    assert v["response_ids"][0] == v["response_ids"][1] and v["ranking"] == [[v["response_ids"][0]]]
+    assert v["response_ids"][0] == v["response_ids"][1] and v["ranking"] == []  # one response: nothing to rank
+    assert studio.store.latest_annotation(v["prompt_id"], "dana")["comment"].startswith("compare vote tie")
     with pytest.raises(ValueError, match="identical"):
         studio.save_compare_vote(same, same, "tiny", "tiny", "A", annotator="dana")
     other = [{"role": "user", "content": "different"}, {"role": "assistant", "content": "x"}]
@@ -216,3 +217,27 @@ def test_compare_evaluate_button_writes_a_report(studio, tmp_path):
     assert "harmful" in md and "refusal" in md.lower()
     bad = list(evaluate("tiny", "/etc", ["harmful"], 2, None))
     assert "Not started" in bad[-1][0]
+
+
+def test_annotate_previous_steps_back_through_the_history(workspace):
+    """'previous (B)' walks back through the annotator's saved prompts, newest to oldest (it used to alternate
+    between the two newest)."""
+    from types import SimpleNamespace
+
+    from neat_studio.studio import Studio
+    from neat_studio.ui.app import build_app
+
+    with Studio(workspace, model_spec="tiny") as st:
+        pids = st.store.add_prompts([{"text": f"question {i}?", "source": "t"} for i in range(3)], actor="t")
+        for pid in pids:  # saved oldest -> newest
+            a, b = st.store.add_responses([{"prompt_id": pid, "text": f"{pid} {x}", "origin": "policy"}
+                                           for x in ("one", "two")], actor="t")
+            st.store.save_annotation(pid, "local", [[a], [b]])
+        on_cmd = _handler(build_app(st), "on_cmd_flat")
+        s, seen = {"item": pids[-1]}, []
+        for _ in range(3):
+            evt = SimpleNamespace(_data={"cmd": "prev", "item": s["item"], "ranks": {}, "marks": {}})
+            out = on_cmd(evt, s, "", False, None, None, None, "", False, "queue", None)
+            s = next(o for o in out if isinstance(o, dict) and "item" in o)
+            seen.append(s["item"])
+        assert seen == [pids[1], pids[0], pids[0]]  # the oldest has nothing before it: it stays

@@ -267,7 +267,8 @@ def build(ctx: Ctx) -> dict:
             s = _next(me, s, tg, sp, src, q, inc, order)
             return _view(me, s, f"Skipped {item} (it comes back after the rest of the queue).")
         if cmd == "prev":
-            recent = [pid for _, pid in _recent(me) if pid != item]
+            ids = [pid for _, pid in _recent(me)]  # newest first: step back from the one shown, if it is there
+            recent = ids[ids.index(item) + 1:] if item in ids else ids
             if not recent:
                 return (gr.update(), gr.update(), gr.update(), error_box("No previous annotation."), gr.update(), s,
                         gr.update(), gr.update())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,15 @@ class Ctx:
         if self.role(request) != "admin":
             raise gr.Error(f"Only admins can {what} (you are signed in as {user}, annotator).")
         return user
+
+
+def report_for_page(markdown: str | None) -> str:
+    """An evaluation report's Markdown for the page: its chart images are relative files (charts/x.png) the
+    browser cannot fetch, and the page shows them in a gallery below, so the image links become a pointer."""
+    if not markdown:
+        return ""
+    out = re.sub(r"^!\[[^\]\n]*\]\([^)\n]*\)[ \t]*\n?", "", markdown, flags=re.M)
+    return out.replace("## Charts\n", "## Charts\n\n(shown below)\n", 1) if out != markdown else out
 
 
 def error_box(message: str) -> str:

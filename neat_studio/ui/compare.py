@@ -15,7 +15,7 @@ import time
 
 import gradio as gr
 
-from .common import Ctx, error_box, esc, ok_box
+from .common import Ctx, error_box, esc, ok_box, report_for_page
 
 VOTES = [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both bad", "both_bad")]
 
@@ -208,7 +208,7 @@ def build(ctx: Ctx) -> dict:
         if s["status"] == "failed":
             yield error_box(f"Evaluation failed: {s['error']}"), "", gr.update(visible=False)
             return
-        yield ok_box(f"Report written to {s['out_dir']}."), s["markdown"] or "", \
+        yield ok_box(f"Report written to {s['out_dir']}."), report_for_page(s["markdown"]), \
             gr.update(value=s["charts"], visible=bool(s["charts"]))
 
     eval_btn.click(evaluate, [model_a, model_b, sets, n_per], [eval_msg, eval_md, eval_gallery])

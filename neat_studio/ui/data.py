@@ -134,11 +134,12 @@ def build(ctx: Ctx) -> dict:
             m = st.snapshot(actor=actor, **filters)
         except (ValueError, OSError) as e:
             return error_box(f"Snapshot not created: {e}"), gr.update()
-        return ok_box(f"Snapshot {m['snapshot_id']} created (sha256 {m['sha256'][:16]}…, counts "
-                      f"{m.get('counts')}). Training reads it from {st.workspace.snapshots / m['snapshot_id']}."), \
+        counts = ", ".join(f"{v} {k}" for k, v in (m.get("counts") or {}).items())
+        return ok_box(f"Snapshot {m['snapshot_id']} created (sha256 {m['sha256'][:16]}…; {counts}). Training reads "
+                      f"it from {st.workspace.snapshots / m['snapshot_id']}."), \
             _snaps()
 
-    sn_btn.click(snapshot, [sn_split, sn_tags, sn_annot, sn_imported], [sn_msg, snaps])
+    sn_btn.click(snapshot, [sn_split, sn_tags, sn_annot, sn_imported], [sn_msg, snaps]).then(load, None, outs)
 
     def train_scorer(request: gr.Request):
         actor = ctx.require_admin(request, "train the reward scorer")

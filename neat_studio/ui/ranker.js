@@ -197,6 +197,10 @@
       return;
     }
     if (e.ctrlKey || e.metaKey || e.altKey) return;
+    // Enter / Space on a focused button or link elsewhere on the page (Next in queue, Open, a tab ...) belongs to
+    // that control: it must not submit the ranking
+    if (t && t !== document.body && !element.contains(t) && (e.key === "Enter" || e.key === " ")
+        && t.closest && t.closest("button, a, [role='button'], [role='tab'], summary, label")) return;
     const k = e.key;
     let handled = true;
     if (/^[1-9]$/.test(k)) {

@@ -235,7 +235,7 @@ def build(ctx: Ctx) -> dict:
                              for r in rows], columns=CMP_COLUMNS)
 
     def run_preview(ref, normal, sd, md, nn, tg, ids, request: gr.Request, progress=gr.Progress()):
-        actor = ctx.user(request)
+        actor = ctx.require_admin(request, "run previews")
         if not ref:
             yield error_box("Choose a negative prompt version first."), "", gr.update(), None, gr.update()
             return
@@ -272,7 +272,7 @@ def build(ctx: Ctx) -> dict:
     stop_btn.click(None, None, None, cancels=[run_ev])
 
     def to_pool(ref, request: gr.Request):
-        actor = ctx.user(request)
+        actor = ctx.require_admin(request, "add candidates to the pool")
         if not ref:
             return error_box("Run a preview first (the pool takes the latest finished preview)."), gr.update()
         try:
@@ -284,6 +284,7 @@ def build(ctx: Ctx) -> dict:
                       f"normal side."), cmp_df()
 
     pool_btn.click(to_pool, [pv_ref_state], [pv_msg, cmp_table])
+    ctx.admin_only += [run_btn, stop_btn, pool_btn]
 
     def on_show():
         neg, pos = refs()

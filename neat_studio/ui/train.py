@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ..safety import check_model_spec
-from .common import Ctx, error_box, esc, fmt_num, ok_box
+from .common import Ctx, error_box, esc, fmt_num, ok_box, report_for_page
 
 HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
@@ -338,8 +338,9 @@ def build(ctx: Ctx) -> dict:
         cfg = gr.update(value=r["config_yaml"] or "", visible=bool(r["config_yaml"]))
         if r["markdown"] is None:
             return (ok_box(f"Run {run_id} has no evaluation report yet: press 'Evaluate shown run vs its base "
-                           "model' (or evaluate it in the Compare tab)."), "", gr.update(visible=False), cfg)
-        return (ok_box(f"Report of run {run_id} ({r['path']})."), r["markdown"],
+                           "model' (an evaluation started in the Compare tab goes to the workspace's reports/ "
+                           "folder instead)."), "", gr.update(visible=False), cfg)
+        return (ok_box(f"Report of run {run_id} ({r['path']})."), report_for_page(r["markdown"]),
                 gr.update(value=r["charts"], visible=bool(r["charts"])), cfg)
 
     def evaluate_run(run_id, request: gr.Request):
@@ -368,7 +369,7 @@ def build(ctx: Ctx) -> dict:
         if s["status"] == "failed":
             yield error_box(f"Evaluation failed: {s['error']}"), gr.update(), gr.update(visible=False)
             return
-        yield (ok_box(f"Evaluation done ({s['out_dir']})."), s["markdown"] or "",
+        yield (ok_box(f"Evaluation done ({s['out_dir']})."), report_for_page(s["markdown"]),
                gr.update(value=s["charts"], visible=bool(s["charts"])))
 
     for comp in cfg_inputs:
