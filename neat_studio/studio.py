@@ -275,8 +275,11 @@ class Studio:
                     actor: str = "local") -> int:
         ids = [i for i in prompt_ids if i]
         if not ids:
-            raise ValueError("select at least one prompt (tick rows or give prompt ids)")
-        return self.store.set_tags(ids, list(tags), actor=actor, mode=mode)
+            raise ValueError("select at least one prompt (click a row or give prompt ids)")
+        tags = list(tags)
+        if not tags and mode != "replace":
+            raise ValueError(f"no tags given to {mode} (replace with no tags clears them)")
+        return self.store.set_tags(ids, tags, actor=actor, mode=mode)
 
     def set_prompt_split(self, prompt_ids: Iterable[str], split: str, actor: str = "local") -> int:
         ids = [i for i in prompt_ids if i]

@@ -156,3 +156,12 @@ def test_cli_prompts_list_add_tag_split_and_import_keeps_split(tmp_path, capsys)
     assert rc == 2 and err.startswith("error: split must be one of")
     rc, _, err = _run(capsys, ws, "prompts", "tag", "--tags", "x")
     assert rc == 2 and err.startswith("error: select at least one prompt")
+
+
+def test_cli_resume_refuses_options_it_would_ignore(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: sft\n")
+    rc, _, err = _run(capsys, tmp_path / "ws", "train", "--resume", str(run), "--set", "max_steps=3", "--method", "dpo")
+    assert rc == 2 and err.startswith("error: --resume continues the run with its own config.yaml; --method, --set")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]  # nothing written into that run

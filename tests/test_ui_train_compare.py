@@ -241,3 +241,23 @@ def test_annotate_previous_steps_back_through_the_history(workspace):
             s = next(o for o in out if isinstance(o, dict) and "item" in o)
             seen.append(s["item"])
         assert seen == [pids[1], pids[0], pids[0]]  # the oldest has nothing before it: it stays
+
+
+def test_annotate_tab_switch_keeps_the_comment_and_flag(workspace):
+    """Coming back to the Annotate tab on the same prompt leaves the comment and flag being written alone (they
+    used to be reset to the saved annotation's)."""
+    from neat_studio.studio import Studio
+    from neat_studio.ui.app import build_app
+
+    with Studio(workspace, model_spec="tiny") as st:
+        pid = st.store.add_prompts([{"text": "question?", "source": "t"}], actor="t")[0]
+        st.store.add_responses([{"prompt_id": pid, "text": x, "origin": "policy"} for x in ("a", "b")], actor="t")
+        demo = build_app(st)
+        on_show = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_show"
+                       and f.fn.__module__ == "neat_studio.ui.annotate")
+        first = on_show({}, None, None, None, "", False, "queue", None)  # first visit: the queue's prompt
+        s = first[5]
+        assert s["item"] == pid and first[1] == "" and first[2] is False
+        again = on_show(s, None, None, None, "", False, "queue", None)
+        assert again[5]["item"] == pid
+        assert again[1] == {"__type__": "update"} and again[2] == {"__type__": "update"}

@@ -67,6 +67,15 @@ def cmd_train(args) -> int:
     try:
         ws = Workspace.from_env(getattr(args, "workspace", None))
         if args.resume:
+            given = [f"--{k.replace('_', '-')}" for k in ("snapshot", "config", "method", "model", "negative",
+                                                          "positive", "out", "set") if getattr(args, k, None)]
+            if given:  # silently ignoring them would train something else than the user asked for
+                from .config import ConfigError
+
+                err = ConfigError(f"--resume continues the run with its own config.yaml; {', '.join(given)} cannot "
+                                  "change it (start a new run instead)")
+                err.neat_error_logged = True  # a misuse of the command, not an event of that run
+                raise err
             result = train(None, resume=args.resume, workspace=ws)
         else:
             cfg = build_config(args)

@@ -356,8 +356,10 @@ def build(ctx: Ctx) -> dict:
     def on_show(s, tg, sp, src, q, inc, order, request: gr.Request):
         f = st.prompt_facets()
         g = st.guidelines()
-        return (*show(s, tg, sp, src, q, inc, order, request), gr.update(choices=[""] + f["tags"]),
-                gr.update(choices=[""] + f["sources"]), g, g)
+        out = list(show(s, tg, sp, src, q, inc, order, request))
+        if (s or {}).get("item") and out[5].get("item") == s.get("item"):
+            out[1], out[2] = gr.update(), gr.update()  # same prompt as before the tab switch: keep comment and flag
+        return (*out, gr.update(choices=[""] + f["tags"]), gr.update(choices=[""] + f["sources"]), g, g)
 
     return {"ranker": ranker, "comment": comment, "flag": flag, "msg": msg, "progress": prog, "open_id": open_id,
             "open_btn": open_btn, "next": next_btn, "edit_text": edit_text, "edit_save": edit_save,

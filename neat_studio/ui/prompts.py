@@ -1,6 +1,8 @@
 """Prompts tab: browse / search (text or semantic) / filter; import files; add and tag prompts by hand."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import gradio as gr
 
@@ -169,7 +171,8 @@ def build(ctx: Ctx) -> dict:
             n = st.tag_prompts(parse_tags(ids), parse_tags(tags), mode=mode, actor=actor)
         except ValueError as e:
             return error_box(str(e))
-        return ok_box(f"Tags updated on {n} prompt(s).")
+        cleared = mode == "replace" and not parse_tags(tags)
+        return ok_box(f"{'Cleared all tags' if cleared else 'Tags updated'} on {n} prompt(s).")
 
     def move_split(ids, sp, request: gr.Request):
         actor = ctx.require_admin(request, "move prompts")
@@ -216,10 +219,8 @@ def build(ctx: Ctx) -> dict:
             records = read_records(path, fmt or "auto", **kw)
             progress(0.6, desc=f"writing {len(records)} record(s)")
             report = st.store.import_records(records, actor=actor) if records else {"records": 0}
-        except DataFormatError as e:
-            return error_box(f"{e}. Nothing was imported.")
-        except (ValueError, FileNotFoundError, OSError) as e:
-            return error_box(f"{e}. Nothing was imported.")
+        except (DataFormatError, ValueError, OSError) as e:  # name the file as the user knows it, not the upload
+            return error_box(f"{str(e).replace(str(path), Path(str(path)).name)}. Nothing was imported.")
         progress(1.0, desc="done")
         from ..store import pairs_unranked_note
 
