@@ -32,8 +32,8 @@ work (its reference model adds a 2*N forward per token), which is the point: tok
 With --repeats R the pairs phases, the matmul peak and both generation phases run R rounds, back to back within a
 round (after one untimed warm-up run of the neat phase), the two phases of each target ratio next to each other
 (matmul, neat, dpo, neat_on, neat_off, neat_big, gen_batched, gen_seq); the table shows each phase's best round,
-and each target ratio is the MEDIAN of the R ratios taken within a round (printed with all R of them). The machine is shared and its speed drifts by +-15 % within minutes, so only
-ratios measured side by side mean much.
+and each target ratio is the MEDIAN of the R ratios taken within a round (printed with all R of them). The
+machine is shared and its speed drifts by +-15 % within minutes, so only ratios measured side by side mean much.
 """
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def cmd_snapshot(args):
 def cmd_generate(args):
     with _studio(args) as st:
         if args.limit < 1:
-            raise SystemExit(f"error: --limit must be >= 1, got {args.limit}")
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
         if args.prompt_id:
             ids = args.prompt_id
         else:

@@ -713,7 +713,7 @@ def _detect_kind(row: dict, prompt_column: str) -> str:
     return "plain"
 
 
-def _plain_rows_checked(rows, where: str, prompt_column: str):
+def _plain_rows_checked(rows, where: str):
     """Rows of a file detected as plain prompts (from its first row): a row with preference columns (or half of a
     pair, e.g. a misspelt 'rejected') would lose them silently, so it is an error instead."""
     for line, row in rows:
@@ -830,7 +830,7 @@ def read_records(
                max_prompt_bytes=max_prompt_bytes, kind=kind)
     rows = chain([first], rows)
     if kind == "plain" and fmt not in ("jsonl", "csv"):  # detected from the first row: every row must agree
-        rows = _plain_rows_checked(rows, where, prompt_column)
+        rows = _plain_rows_checked(rows, where)
     records = _BUILDERS[kind](rows, ctx)
     if not records:
         raise DataFormatError(where, 1, "no records")

@@ -91,7 +91,7 @@ def cmd_refusal_eval(args) -> int:
 
         rows = read_jsonl(args.data)
         for n, r in enumerate(rows, 1):
-            if not isinstance(r, dict) or not isinstance(r.get("text"), str) or r.get("label") not in (0, 1, True, False):
+            if not isinstance(r, dict) or not isinstance(r.get("text"), str) or r.get("label") not in (0, 1):
                 raise ValueError(f"{args.data}, record {n}: expected {{\"text\": str, \"label\": 0 or 1}} "
                                  "(1 = refusal)")
         texts = [r["text"] for r in rows]
