@@ -266,19 +266,7 @@ def ranking_to_ranks(ranking: list[list[str]]) -> dict[str, int]:
 def combine_rankings(rankings: Sequence[list[list[str]]]) -> list[list[str]]:
     """Combine rankings by each response's mean group index over the rankings that place it; ties kept, then
     re-densified into groups (best first). Deterministic (ids sorted inside groups)."""
-    acc: dict[str, list[int]] = {}
-    for ranking in rankings:
-        for rid, gi in ranking_to_ranks(ranking).items():
-            acc.setdefault(rid, []).append(gi)
-    means = {rid: Fraction(sum(v), len(v)) for rid, v in acc.items()}
-    groups: list[list[str]] = []
-    last = None
-    for rid in sorted(means, key=lambda r: (means[r], r)):
-        if last is None or means[rid] != last:
-            groups.append([])
-            last = means[rid]
-        groups[-1].append(rid)
-    return groups
+    return _mean_groups([ranking_to_ranks(ranking) for ranking in rankings])
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -1520,11 +1508,12 @@ def _rank_pairs(ranks: dict[str, int]) -> set[tuple[str, str]]:
 
 def _group_pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
     """(better, worse) for every two responses in different groups of a ranking (groups best first)."""
-    return {(a, b) for i, g in enumerate(groups) for a in g for h in groups[i + 1:] for b in h}
+    return _rank_pairs(ranking_to_ranks(groups))
 
 
 def _mean_groups(recs: list[dict[str, int]]) -> list[list[str]]:
-    """One ranking from several {response id: rank}: each response's mean rank, equal means tied."""
+    """One ranking from several {response id: rank} (a rank or a group index): each response's mean over the
+    dicts that place it, equal means tied, groups best first, ids sorted inside a group (deterministic)."""
     acc: dict[str, list[int]] = {}
     for rec in recs:
         for rid, rank in rec.items():
