@@ -217,25 +217,46 @@ def test_full_finetune_changes_every_parameter(tiny_model_dir, snap, tmp_path):
     assert unchanged == []
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("max_norm", [1e-3, 1e6])
-def test_clipping_equals_torch_clip_grad_norm(tiny_model_dir, snap, tmp_path, max_norm):
-    """The trainer's clipping (rescale only when the norm exceeds max_norm) gives exactly the gradients of
-    torch.nn.utils.clip_grad_norm_, whether it clips (1e-3) or not (1e6), and reports the pre-clip norm."""
+def test_clipping_equals_torch_clip_grad_norm(tiny_model_dir, snap, tmp_path, max_norm, fused):
+    """A step with the trainer's clipping (dot-product norm; no rescale below max_norm; above it the fused AdamW
+    divides by grad_scale in its own pass, another optimizer gets the gradients rescaled first) reaches the
+    parameters and clipped gradients of torch.nn.utils.clip_grad_norm_ + the same optimizer, whether it clips
+    (1e-3) or not (1e6), and reports the pre-clip norm."""
     ref, enc = _trainer(tiny_model_dir, snap, tmp_path / "ref", method="rrhf", k=1, max_grad_norm=max_norm)
     ours, _ = _trainer(tiny_model_dir, snap, tmp_path / "ours", method="rrhf", k=1, max_grad_norm=max_norm)
     for t in (ref, ours):
-        t.opt.step = t.opt.zero_grad = lambda *a, **kw: None
+        groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]} for g in t.opt.param_groups]
+        t.opt = torch.optim.AdamW(groups, fused=fused)
+        t.opt.zero_grad = lambda *a, **kw: None  # keep the gradients to compare
     want = {}
     ref._clip_gradients = lambda m: want.setdefault("norm", float(torch.nn.utils.clip_grad_norm_(
         ref.model.parameters(), m)))
+    before = [p.detach().clone() for p in ours.model.parameters()]
     a, b = ref._step([enc[:3]]), ours._step([enc[:3]])
-    assert b["grad_norm"] == pytest.approx(want["norm"], rel=1e-6) and a["grad_norm"] == want["norm"]
+    assert all(not torch.equal(p, q) for p, q in zip(before, ours.model.parameters()))  # the step moved them
+    assert b["grad_norm"] == pytest.approx(want["norm"], rel=1e-5) and a["grad_norm"] == want["norm"]
     assert (want["norm"] > max_norm) == (max_norm == 1e-3)
+    assert "grad_scale" not in ours.opt.__dict__  # this step's scale does not outlive it
     for (n, p), q in zip(ref.model.named_parameters(), ours.model.parameters()):
-        assert torch.equal(p.grad, q.grad), n
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-12), n
+        assert torch.allclose(p, q, rtol=0, atol=1e-7), n
     if max_norm == 1e-3:
         total = torch.nn.utils.get_total_norm([q.grad for q in ours.model.parameters()])
         assert float(total) == pytest.approx(1e-3, rel=1e-4)  # clipped to max_norm
+
+
+def test_grad_norm_matches_float64_norm():
+    from neat_studio.neat.trainer import grad_norm
+
+    torch.manual_seed(0)
+    grads = [torch.randn(300, 70) * 1e-3, torch.randn(50), torch.randn(7, 9, 3) * 10]
+    exact = float(torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt())
+    assert grad_norm(grads) == pytest.approx(exact, rel=1e-6)
+    grads[0] = grads[0].t()  # not contiguous: torch's own norm
+    assert grad_norm(grads) == pytest.approx(exact, rel=1e-5)
+    assert grad_norm([g.double() for g in grads]) == pytest.approx(exact, rel=1e-12)
 
 
 @pytest.mark.parametrize("layout", ["on", "off"])
