@@ -203,6 +203,9 @@ def _hub_snapshot(name: str) -> Path:
 def _load_dir(path: Path, *, model_id: str, spec: str, dtype, device: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from neat_studio.attention import install
+
+    install()  # CPU fast paths of sdpa attention (grouped heads with a mask; ragged decoding)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
