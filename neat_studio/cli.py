@@ -157,17 +157,32 @@ def cmd_preview(args):
 def cmd_library(args):
     with _studio(args) as st:
         s = st.store
+        if args.action != "list" and not args.ref:
+            raise ValueError(f"library {args.action} needs a prompt name (or name@version)")
         if args.action == "list":
             _print(s.list_system_prompts(kind=args.kind))
         elif args.action == "show":
             _print(s.resolve_ref(args.ref))
         elif args.action == "versions":
-            _print(s.list_versions(args.ref))
+            versions = s.list_versions(args.ref)
+            if not versions:
+                raise ValueError(f"no system prompt named {args.ref!r} (see: library list)")
+            _print(versions)
         elif args.action == "save":
+            # a new version of an existing prompt keeps what is not given: its kind, text and parameters
+            latest = s.get_system_prompt(args.ref) if isinstance(args.ref, str) and "@" not in args.ref else None
             text = Path(args.file).read_text(encoding="utf-8") if args.file else args.text
-            params = json.loads(args.params) if args.params else None
-            v = s.save_system_prompt(args.ref, args.kind or "negative", text, params, author=args.actor,
-                                     tags=args.tag)
+            if text is None:
+                if latest is None:
+                    raise ValueError("give the prompt text (--text or --file)")
+                text = latest["text"]
+            try:
+                params = json.loads(args.params) if args.params else (latest or {}).get("params")
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--params must be a JSON object: {e.msg} at character {e.pos}") from None
+            kind = args.kind or (latest["kind"] if latest else "negative")
+            tags = args.tag if args.tag else (latest or {}).get("tags")
+            v = s.save_system_prompt(args.ref, kind, text, params, author=args.actor, tags=tags)
             _print({"name": args.ref, "version": v})
         elif args.action == "diff":
             from .library import diff_versions
@@ -185,7 +200,12 @@ def cmd_annotate(args):
             _print({"prompt": prompt, "responses": st.store.list_responses(args.prompt_id)})
             return
         ranking = [[x.strip() for x in g.split(",") if x.strip()] for g in args.ranking.split(";") if g.strip()]
-        marks = dict(m.split("=", 1) for m in (args.mark or []))
+        marks = {}
+        for m in args.mark or []:
+            rid, sep, value = m.partition("=")
+            if not sep or not rid.strip() or not value.strip():
+                raise ValueError(f"--mark must look like RESPONSE_ID=pos|neg|neutral, not {m!r}")
+            marks[rid.strip()] = value.strip()
         aid = st.store.save_annotation(args.prompt_id, args.annotator, ranking, marks=marks, comment=args.comment or "")
         _print({"annotation_id": aid})
 
@@ -296,11 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("library", help="negative/positive system prompt library (immutable versions)")
     s.add_argument("action", choices=["list", "show", "versions", "save", "diff"])
     s.add_argument("ref", nargs="?", help="name or name@version")
-    s.add_argument("--kind", choices=["negative", "positive"])
-    s.add_argument("--text")
-    s.add_argument("--file")
-    s.add_argument("--params", help='JSON, e.g. {"temperature": 0.9, "k": 2}')
-    s.add_argument("--tag", action="append")
+    s.add_argument("--kind", choices=["negative", "positive"],
+                   help="list: filter; save: kind of a NEW name (default negative; an existing name keeps its kind)")
+    s.add_argument("--text", help="save: the prompt text (default: the latest version's, e.g. for a params-only "
+                                  "version)")
+    s.add_argument("--file", help="save: read the prompt text from this file")
+    s.add_argument("--params", help='save: JSON, e.g. {"temperature": 0.9, "k": 2} (default: the latest '
+                                    "version's)")
+    s.add_argument("--tag", action="append", help="save: tag (repeatable; default: the latest version's tags)")
     s.add_argument("--a", type=int, help="diff: first version")
     s.add_argument("--b", type=int, help="diff: second version")
     s.set_defaults(func=cmd_library)

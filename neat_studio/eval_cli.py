@@ -91,7 +91,8 @@ def cmd_eval(args) -> int:
         report = evaluate(models, sets, out, n_per_set=args.n, greedy=not args.sampled_only,
                           sampled=args.sampled or args.sampled_only, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed, max_new_tokens=args.max_new_tokens, scorer_path=args.scorer,
-                          pairs_path=pairs, n_pairs=args.n_pairs, split=None if args.split == "all" else args.split,
+                          pairs_path=pairs, n_pairs=args.n_pairs, split=None if (args.split or "dev") == "all" else (args.split or "dev"),
+                          split_user_files=args.split is not None,
                           exclude=args.exclude or [], batch_size=args.batch_size, workspace=ws,
                           data_root=args.data_root, dtype=args.dtype, pair_max_length=args.pair_max_length,
                           progress=bars)
@@ -115,8 +116,10 @@ def register(subparsers) -> None:
     s.add_argument("--no-pairs", action="store_true", help="skip ranking accuracy when using the default sets")
     s.add_argument("--n", type=int, default=50, help="prompts per set (stratified by source, seeded)")
     s.add_argument("--n-pairs", type=int, help="preference pairs (default: --n)")
-    s.add_argument("--split", choices=["dev", "test", "all"], default="dev",
-                   help="hash split of the prompts (default dev; use test once, for final numbers)")
+    s.add_argument("--split", choices=["dev", "test", "all"], default=None,
+                   help="hash split of the prompts (default: dev for the standard sets and files written by "
+                        "--build-sets, all of your own files; given explicitly, it applies to every set; "
+                        "use test once, for final numbers)")
     s.add_argument("--out", help="report folder (default: RUN_DIR/report or <workspace>/exports/eval-<time>)")
     s.add_argument("--scorer", help="reward scorer directory (enables mean reward and win rate)")
     s.add_argument("--sampled", action="store_true", help="also evaluate sampled decoding (greedy is always on)")

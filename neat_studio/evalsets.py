@@ -429,12 +429,29 @@ def sample_rows(rows: list[dict], limit: int | None, seed: int = 0) -> list[dict
     return out
 
 
+def splits_apply(path_or_name: str | Path) -> bool:
+    """Whether the dev/test hash split is ours to apply to this set by default: standard set names (built from the
+    shared public data) and files written by :func:`build_sets` (their rows carry a ``split``) -- yes; a user's own
+    prompt or pair file without split marks -- no: evaluating it should not silently drop half of it."""
+    p = Path(path_or_name)
+    if not p.exists():
+        return True
+    if p.is_dir():
+        return False  # a snapshot: the user's own curated data
+    if p.suffix != ".jsonl":
+        return False
+    with _open_text(p) as f:
+        first = next((json.loads(line) for line in f if line.strip()), {})
+    return isinstance(first, dict) and "split" in first
+
+
 def load_prompt_set(path_or_name: str | Path, limit: int | None = None, seed: int = 0, *,
                     split: str | None = None, exclude: Iterable = (), expected: str | None = None,
                     data_root: str | Path | None = None) -> list[dict]:
     """Rows ``{"id", "prompt", "messages", "expected", "source", "split"}`` of a set file (JSONL as above, or
     any dataset file :func:`read_prompts` reads, then ``expected`` is required), or of a standard set name
-    built on the fly from the shared data. ``split`` ("dev"|"test"; None = all) filters before sampling;
+    built on the fly from the shared data. ``split`` ("dev"|"test"; None = all) filters before sampling (callers
+    decide with :func:`splits_apply` whether a set should be split at all);
     ``exclude`` (training prompts) removes overlaps; ``limit`` samples deterministically (:func:`sample_rows`)."""
     p = Path(path_or_name)
     if p.exists():

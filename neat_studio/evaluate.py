@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from . import __version__
-from .evalsets import load_pairs, load_prompt_set, training_prompts
+from .evalsets import load_pairs, load_prompt_set, splits_apply, training_prompts
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -244,11 +244,13 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
              pairs_path: str | Path | None = None, n_pairs: int | None = None, split: str | None = "dev",
              exclude: Sequence[str | Path] = (), batch_size: int = 8, workspace=None, data_root=None,
              refusal_detector=None, n_examples: int = 5, dtype=None, pair_max_length: int | None = None,
-             progress: Progress | None = None) -> dict:
+             progress: Progress | None = None, split_user_files: bool = False) -> dict:
     """Evaluate ``models`` (specs for ``models.load_model``: "default", "tiny", a path, a run dir) on ``sets``
     (name -> set file or standard set name) and optionally on preference pairs; write the report to ``out_dir``.
 
-    ``split`` ("dev" | "test" | None/"all") filters every set and the pairs by the hash split (evalsets.split_of);
+    ``split`` ("dev" | "test" | None/"all") filters the standard sets, set files written by ``build_sets`` and the
+    standard pairs by the hash split (evalsets.split_of); a user's own prompt or pair file (no split marks) is used
+    whole unless ``split_user_files`` (the CLI's explicit ``--split``);
     ``exclude`` (snapshot dirs / files of training prompts) removes overlapping prompts. Decoding: greedy and/or
     sampled (temperature, top_p, seed recorded per generation). ``dtype`` goes to ``load_model`` (None = float32;
     "bfloat16" is faster on CPUs with bf16 instructions; the fingerprint includes the dtype). ``pair_max_length``
@@ -266,19 +268,27 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
     warnings: list[str] = []
     train = [p for e in exclude for p in training_prompts(e)]
 
+    def split_for(path):
+        return split if split_user_files or splits_apply(path) else None
+
     prompt_sets: dict[str, list[dict]] = {}
+    set_splits: dict[str, str] = {}
     for name, path in sets.items():
-        rows = load_prompt_set(path, limit=n_per_set, seed=seed, split=split, exclude=train, data_root=data_root)
+        s = split_for(path)
+        rows = load_prompt_set(path, limit=n_per_set, seed=seed, split=s, exclude=train, data_root=data_root)
         if not rows:
-            warnings.append(f"set {name!r} ({path}) has no prompts after split={split!r} and exclusions; skipped")
+            warnings.append(f"set {name!r} ({path}) has no prompts after split={s!r} and exclusions; skipped")
             continue
         prompt_sets[name] = rows
+        set_splits[name] = s or "all"
     pairs = []
     if pairs_path:
-        pairs = load_pairs(pairs_path, limit=n_pairs if n_pairs is not None else n_per_set, seed=seed, split=split,
+        s = split_for(pairs_path)
+        pairs = load_pairs(pairs_path, limit=n_pairs if n_pairs is not None else n_per_set, seed=seed, split=s,
                            exclude=train, data_root=data_root)
+        set_splits["pairs"] = s or "all"
         if not pairs:
-            warnings.append(f"pairs {pairs_path} has no pairs after split={split!r} and exclusions")
+            warnings.append(f"pairs {pairs_path} has no pairs after split={s!r} and exclusions")
     if prompt_sets and not any(r["expected"] == "comply" for rows in prompt_sets.values() for r in rows):
         warnings.append("no set where compliance is expected: over-refusal is NOT measured (add lookalike/benign)")
     if prompt_sets and not any(r["expected"] == "refuse" for rows in prompt_sets.values() for r in rows):
@@ -356,7 +366,8 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
     report = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "neat_studio_version": __version__,
         "seconds": round(time.time() - t_start, 1),
-        "config": {"n_per_set": n_per_set, "n_pairs": len(pairs), "split": split, "seed": seed,
+        "config": {"n_per_set": n_per_set, "n_pairs": len(pairs), "split": split, "split_by_set": set_splits,
+                   "seed": seed,
                    "modes": {m: _params_dict(p) for m, p in gen_params.items()}, "max_new_tokens": max_new_tokens,
                    "batch_size": batch_size, "dtype": str(dtype) if dtype else "float32",
                    "pair_max_length": pair_max_length, "exclude": [str(e) for e in exclude],
@@ -529,11 +540,20 @@ def _num(x, nd=3) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def _split_words(cfg: dict) -> str:
+    """The split as the report states it: one word when every set used the same, else per set."""
+    by = cfg.get("split_by_set") or {}
+    vals = set(by.values()) or {cfg.get("split") or "all"}
+    if len(vals) == 1:
+        return next(iter(vals))
+    return ", ".join(f"{k}: {v}" for k, v in by.items())
+
+
 def render_markdown(report: dict) -> str:
     cfg = report["config"]
     L = ["# NEAT Studio evaluation", "",
          f"Created {report['created_at']} by neat_studio {report['neat_studio_version']} in {report['seconds']} s. "
-         f"Split: **{cfg['split'] or 'all'}**; up to {cfg['n_per_set']} prompts per set (seed {cfg['seed']}); "
+         f"Split: **{_split_words(cfg)}**; up to {cfg['n_per_set']} prompts per set (seed {cfg['seed']}); "
          f"{cfg['n_pairs']} preference pairs.", ""]
     if report["warnings"]:
         L += ["**Warnings**", ""] + [f"- {md_escape(w, None)}" for w in report["warnings"]] + [""]

@@ -326,6 +326,8 @@ class Studio:
             return ids
         if mode == "tag" and not tag:
             raise ValueError("choose a tag")
+        if int(n) < 1:
+            raise ValueError(f"the number of prompts to preview must be at least 1, not {n}")
         out = self.store.sample_prompts(int(n), seed=int(seed), tag=tag if mode == "tag" else None)
         if not out:
             raise ValueError("no prompts matched (import prompts or run init first)")

@@ -213,3 +213,18 @@ def test_real_derived_file_pairs_equal_raw_lines(tmp_path):
     single = {r["first_user_turn"].strip() for r in raw_lines if r["num_human_turns"] == 1}
     plain = {r["prompt"] for r in lines if not r["prompt"].startswith("\n\nHuman:")}
     assert len(single) == 660 and plain == single
+
+
+def test_exports_get_a_plain_files_mode(tmp_path):
+    """Written through a temp file, an export still gets the mode open() would give it (not mkstemp's 0600), and
+    replacing a file keeps that file's mode."""
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "trl.jsonl"
+        export_trl_pairs([row(user("q"), ["a", "b"], [0, 1])], out)
+        assert out.stat().st_mode & 0o777 == 0o644
+        os.chmod(out, 0o640)
+        export_trl_pairs([row(user("q2"), ["a", "b"], [0, 1])], out)
+        assert out.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)

@@ -232,6 +232,16 @@ def test_listwise_and_parquet_and_hf_disk(tmp_path):
     assert (recs[0]["split"], recs[0]["tags"]) == ("dev", ["t"])
     assert recs[1]["responses"] == [{"text": "d", "origin": "compare:gpt2", "rank": None}]
     assert read_listwise(lw) == recs
+    # a forced interpretation of a file whose name says nothing: the container comes from its first bytes
+    odd = tmp_path / "export.data"
+    odd.write_bytes(lw.read_bytes())
+    assert read_records(odd, "listwise")[0]["responses"] == recs[0]["responses"]
+    odd.write_text(json.dumps(rows), encoding="utf-8")  # a JSON array
+    assert read_records(odd, "listwise")[1]["responses"] == recs[1]["responses"]
+    odd.write_text("prompt,responses\nQ,a\n", encoding="utf-8")
+    e = err(odd, fmt="listwise")
+    assert "--format listwise reads JSON lines" in str(e) and "rename it" in str(e)
+    assert "cannot detect the format from the file name" in str(err(odd))  # auto: the name must say
 
     pq = tmp_path / "pairs.parquet"
     pd.DataFrame([{"prompt": "P", "chosen": "c", "rejected": "r"}]).to_parquet(pq)

@@ -165,3 +165,51 @@ def test_cli_resume_refuses_options_it_would_ignore(tmp_path, capsys):
     rc, _, err = _run(capsys, tmp_path / "ws", "train", "--resume", str(run), "--set", "max_steps=3", "--method", "dpo")
     assert rc == 2 and err.startswith("error: --resume continues the run with its own config.yaml; --method, --set")
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]  # nothing written into that run
+
+
+def test_cli_library_versions_keep_what_is_not_given(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    _run(capsys, ws, "init")
+    rc, out, _ = _run(capsys, ws, "library", "save", "nasty", "--kind", "positive", "--text", "Be kind.\nAlways.",
+                      "--params", '{"temperature": 0.9, "k": 2}', "--tag", "t1")
+    assert rc == 0 and json.loads(out) == {"name": "nasty", "version": 1}
+    # a params-only version: text, kind and tags are the latest version's
+    rc, out, _ = _run(capsys, ws, "library", "save", "nasty", "--params", '{"temperature": 0.5, "k": 2}')
+    assert rc == 0 and json.loads(out)["version"] == 2
+    # a text-only version keeps the parameters
+    rc, out, _ = _run(capsys, ws, "library", "save", "nasty", "--text", "Be kind.\nAlways, really.")
+    assert rc == 0 and json.loads(out)["version"] == 3
+    rc, out, _ = _run(capsys, ws, "library", "versions", "nasty")
+    vs = json.loads(out)
+    assert [(v["kind"], v["text"], v["params"], v["tags"]) for v in vs] == [
+        ("positive", "Be kind.\nAlways.", {"temperature": 0.9, "k": 2}, ["t1"]),
+        ("positive", "Be kind.\nAlways.", {"temperature": 0.5, "k": 2}, ["t1"]),
+        ("positive", "Be kind.\nAlways, really.", {"temperature": 0.5, "k": 2}, ["t1"])]
+    # diff: every line on its own line (no final newline in the texts), parameters shown when they differ
+    rc, out, _ = _run(capsys, ws, "library", "diff", "nasty", "--a", "1", "--b", "3")
+    assert rc == 0
+    lines = out.splitlines()
+    assert "-Always." in lines and "+Always, really." in lines
+    assert "-temperature = 0.9" in lines and "+temperature = 0.5" in lines and " k = 2" not in lines[:3]
+    rc, out, _ = _run(capsys, ws, "library", "diff", "nasty", "--a", "1", "--b", "2")
+    assert out.startswith("(text: no difference)\n") and "+temperature = 0.5" in out.splitlines()
+    # unknown names and bad JSON: one clear error, nothing written
+    rc, _, err = _run(capsys, ws, "library", "versions", "nope")
+    assert rc == 2 and err == "error: no system prompt named 'nope' (see: library list)\n"
+    rc, _, err = _run(capsys, ws, "library", "save", "nasty", "--params", "{temperature: 1}")
+    assert rc == 2 and err.startswith("error: --params must be a JSON object")
+    rc, _, err = _run(capsys, ws, "library", "save", "fresh")
+    assert rc == 2 and err == "error: give the prompt text (--text or --file)\n"
+    rc, out, _ = _run(capsys, ws, "library", "versions", "nasty")
+    assert len(json.loads(out)) == 3
+
+
+def test_cli_bad_marks_and_preview_counts_are_clear_errors(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    _run(capsys, ws, "init")
+    rc, out, _ = _run(capsys, ws, "prompts", "list")
+    pid = json.loads(out)["prompts"][0]["id"]
+    rc, _, err = _run(capsys, ws, "annotate", pid, "--ranking", "a;b", "--mark", "abc")
+    assert rc == 2 and err == "error: --mark must look like RESPONSE_ID=pos|neg|neutral, not 'abc'\n"
+    rc, _, err = _run(capsys, ws, "preview", "toxic", "--model", "tiny", "--n", "-1")
+    assert rc == 2 and err == "error: the number of prompts to preview must be at least 1, not -1\n"

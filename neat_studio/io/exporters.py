@@ -100,6 +100,24 @@ def render_prompt_string(msgs: list[dict], prompt_id: Any = None) -> str:
     return text
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode of the file being replaced, else what ``open(path, "w")`` would create (0666 minus the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        pass
+    umask = None
+    try:  # Linux: read it without changing it (os.umask sets it for every thread while it asks)
+        with open("/proc/self/status") as f:
+            umask = next((int(x.split()[1], 8) for x in f if x.startswith("Umask:")), None)
+    except OSError:
+        pass
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: str | Path, write: Callable[[Any], None], *, gz: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +133,7 @@ def _atomic_write(path: str | Path, write: Callable[[Any], None], *, gz: bool = 
                 write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp makes 0600; an export gets the mode a plain open() gives
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -731,7 +731,9 @@ def _plain_rows_checked(rows, where: str):
         yield line, row
 
 
-def _detect_container(path: Path) -> str:
+def _detect_container(path: Path, fmt: str | None = None) -> str:
+    """The container from the file name; for a forced interpretation (`fmt` hh_rlhf / trl / listwise) of a file
+    whose name says nothing, from its first bytes (Parquet magic, or JSON lines / a JSON array)."""
     if path.is_dir():
         return "hf_disk"
     name = path.name.lower()
@@ -741,6 +743,22 @@ def _detect_container(path: Path) -> str:
                       (".tsv", "tsv"), (".parquet", "parquet"), (".pq", "parquet")):
         if name.endswith(ext):
             return kind
+    if fmt is not None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4096)
+        except OSError as e:
+            raise DataFormatError(path, None, f"cannot read: {e.strerror or e}") from None
+        if head[:4] == b"PAR1":
+            return "parquet"
+        first = head.lstrip()[:1]
+        if first == b"{":
+            return "jsonl"
+        if first == b"[":
+            return "json"
+        raise DataFormatError(path, None, f"--format {fmt} reads JSON lines, a JSON array, CSV/TSV or Parquet, and "
+                                          "this file's name (no .jsonl/.json/.csv/.tsv/.parquet ending) and first "
+                                          "bytes do not say which; rename it with the right ending")
     raise DataFormatError(path, None, "cannot detect the format from the file name (expected .jsonl, .jsonl.gz, "
                                       ".json, .csv, .tsv, .parquet or a datasets directory); pass --format "
                                       "(fmt= in Python)")
@@ -794,6 +812,8 @@ def read_records(
                 container = "tsv"
             if fmt == "jsonl" and p.name.lower().removesuffix(".gz").endswith(".json"):
                 container = "json"
+        elif fmt in ("hh_rlhf", "trl", "listwise"):
+            container = _detect_container(p, fmt)
         else:
             container = _detect_container(p)
         if container == "hf_disk" and not p.is_dir():
