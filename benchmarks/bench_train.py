@@ -22,16 +22,21 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
          rejected (1) > N samples of the model under the `dangerous_compliance` negative prompt (2, tied),
          generated once before the phases (untimed); NEAT trains on the lists, DPO on the pairs expanded from the
          same rankings (neat_studio.baselines.dpo_pairs: 1 + 2N pairs per list). pairs/s counts ranked pairs.
-- matmul: torch.matmul fp32 of large square matrices, best of a few -> this machine's peak FLOP/s.
-- gen_batched / gen_seq: neat_studio.generation.generate on 16 prompts, greedy, batch 16 vs batch 1 (prompts: the
-         pairs' prompts, or --gen-prompts seed for the studio's short seed prompts).
+- matmul: torch.matmul fp32 of large square matrices, best of a few -> this machine's peak FLOP/s. The same probe
+         (sizes 1024 and 2048, best of 3) also runs after every timed step of the NEAT phases (untimed): the
+         matmul-peak share is 6*N*(all timed tokens) / sum over steps of (step time x the peak probed right after
+         that step), since the host's speed drifts by +-30 % within a minute; the share against the separate
+         matmul phase is printed beside it.
+- gen: neat_studio.generation.generate on 16 prompts, greedy, batch 16 vs batch 1 (prompts: the pairs' prompts,
+         or --gen-prompts seed for the studio's short seed prompts), interleaved in one process: batched, the first
+         8 one at a time, batched again, the last 8 one at a time (the two sides see the same machine).
 Tokens in training = real (unpadded) prompt+response tokens the model ran (with prompt_cache the prompt counts once
 per list, since it runs once; for DPO and plain NEAT once per row); achieved
 FLOP/s = 6 * N * tokens/s with N = parameter count (tied embeddings counted once). For DPO this understates its
 work (its reference model adds a 2*N forward per token), which is the point: tokens/s is what the user gets.
 With --repeats R the pairs phases, the matmul peak and both generation phases run R rounds, back to back within a
 round (after one untimed warm-up run of the neat phase), the two phases of each target ratio next to each other
-(matmul, neat, dpo, neat_on, neat_off, neat_big, gen_batched, gen_seq); the table shows each phase's best round,
+(matmul, neat, dpo, neat_on, neat_off, neat_big, gen); the table shows each phase's best round,
 and each target ratio is the MEDIAN of the R ratios taken within a round (printed with all R of them). The
 machine is shared and its speed drifts by +-15 % within minutes, so only ratios measured side by side mean much.
 """
@@ -197,20 +202,42 @@ def phase_neat(a, prompt_cache: str = "auto", big: bool = False) -> dict:
         ep += 1
     for s in range(a.warmup):
         tr._step([batches[s]])
-    tokens, pairs_done, n_cached = 0, 0, 0
-    t0 = time.perf_counter()
+    tokens, pairs_done, n_cached, dt, peaks, step_mfu, available = 0, 0, 0, 0.0, [], [], 0.0
+    n = n_params(tr.model)
     for s in range(a.warmup, a.warmup + a.steps):
+        t0 = time.perf_counter()
         agg = tr._step([batches[s]])
+        t = time.perf_counter() - t0
+        dt += t
         tokens += agg["tokens"]
         pairs_done += agg["n_pairs"]
         n_cached += agg["shared_batches"] > 0  # the layout the trainer chose for this step
-    dt = time.perf_counter() - t0
+        peaks.append(matmul_peak(a.probe_sizes, a.probe_reps))  # untimed: the machine's peak right after the step
+        step_mfu.append(6 * n * agg["tokens"] / t / peaks[-1])
+        available += t * peaks[-1]  # the FLOPs the machine could have done in this step at its probed peak
     return {"phase": "neat_big" if big else "neat" if prompt_cache == "auto" else f"neat_{prompt_cache}",
             "prompt_cache": prompt_cache, "batch_size": a.batch_size,
             "cached_steps": n_cached, "packed_head": bool(tr.scorer.packed()) if hasattr(tr.scorer, "packed") else None,
             "steps": a.steps, "seconds": dt, "pairs": pairs_done,
             "pairs_per_s": pairs_done / dt, "tokens": tokens, "tokens_per_s": tokens / dt,
-            "n_params": n_params(tr.model), "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb()}
+            "n_params": n, "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb(),
+            "probe_peak_flops": statistics.median(peaks), "step_mfu": 6 * n * tokens / available,
+            "step_mfus": [round(x, 4) for x in step_mfu]}
+
+
+def matmul_peak(sizes, reps: int) -> float:
+    """fp32 matmul FLOP/s, best over `sizes` x `reps` (one untimed call per size first)."""
+    import torch
+
+    best = 0.0
+    for n in sizes:
+        x, y = torch.randn(n, n), torch.randn(n, n)
+        torch.matmul(x, y)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.matmul(x, y)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
 
 
 def phase_dpo(a) -> dict:
@@ -253,22 +280,16 @@ def phase_dpo(a) -> dict:
 def phase_matmul(a) -> dict:
     import torch
 
-    best = {}
-    for n in a.matmul_sizes:
-        x, y = torch.randn(n, n), torch.randn(n, n)
-        torch.matmul(x, y)
-        ts = []
-        for _ in range(a.matmul_reps):
-            t0 = time.perf_counter()
-            torch.matmul(x, y)
-            ts.append(time.perf_counter() - t0)
-        best[n] = 2 * n ** 3 / min(ts)
+    best = {n: matmul_peak([n], a.matmul_reps) for n in a.matmul_sizes}
     n = max(best, key=best.get)
     return {"phase": "matmul", "best_flops": best[n], "best_n": n, "by_n": {str(k): v for k, v in best.items()},
             "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb()}
 
 
-def phase_gen(a, batch_size: int) -> dict:
+def phase_gen(a) -> dict:
+    """Batched (all prompts, batch 16) and sequential (batch 1) generation interleaved in one process: batched,
+    first half one at a time, batched again, second half one at a time, so that both see the same machine (its
+    speed drifts within a minute). Greedy, so both batched runs give the same tokens."""
     from neat_studio.config import Workspace
     from neat_studio.generation import GenParams, generate
     from neat_studio.models import load_model
@@ -281,12 +302,18 @@ def phase_gen(a, batch_size: int) -> dict:
         prompts = [p["prompt"] for p in load_pairs(a.snap, a.n_gen_prompts)][: a.n_gen_prompts]
     params = GenParams(temperature=0.0, max_new_tokens=a.gen_tokens, seed=0)
     generate(lm, prompts[:2], params=GenParams(temperature=0.0, max_new_tokens=4), batch_size=2)  # warm-up
-    t0 = time.perf_counter()
-    res = generate(lm, prompts, params=params, batch_size=batch_size)
-    dt = time.perf_counter() - t0
-    ntok = sum(s.n_tokens for r in res for s in r)
-    return {"phase": f"gen_b{batch_size}", "prompts": len(prompts), "seconds": dt, "tokens": ntok,
-            "tokens_per_s": ntok / dt, "peak_rss_gb": rss_gb()}
+    out = {"batched": [0.0, 0], "seq": [0.0, 0]}
+    half = (len(prompts) + 1) // 2
+    for part in (prompts[:half], prompts[half:]):
+        for kind, ps, bs in (("batched", prompts, 16), ("seq", part, 1)):
+            t0 = time.perf_counter()
+            res = generate(lm, ps, params=params, batch_size=bs)
+            out[kind][0] += time.perf_counter() - t0
+            out[kind][1] += sum(s.n_tokens for r in res for s in r)
+    rss = rss_gb()
+    return {"phase": "gen", **{f"gen_{k}": {"phase": f"gen_{k}", "prompts": len(prompts), "seconds": dt,
+                                            "tokens": n, "tokens_per_s": n / dt, "peak_rss_gb": rss}
+                               for k, (dt, n) in out.items()}}
 
 
 # -- driver -------------------------------------------------------------------------------------------------------
@@ -296,7 +323,8 @@ def run_child(phase: str, a, tmp: Path, label: str | None = None) -> dict:
             "--batch-size", str(a.batch_size), "--max-prompt-len", str(a.max_prompt_len),
             "--max-response-len", str(a.max_response_len), "--gen-tokens", str(a.gen_tokens),
             "--n-gen-prompts", str(a.n_gen_prompts), "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
-            "--matmul-reps", str(a.matmul_reps), "--threads", str(a.threads), "--gen-prompts", a.gen_prompts,
+            "--matmul-reps", str(a.matmul_reps), "--probe-sizes", ",".join(map(str, a.probe_sizes)),
+            "--probe-reps", str(a.probe_reps), "--threads", str(a.threads), "--gen-prompts", a.gen_prompts,
             "--k-neg", str(a.k_neg), "--big-batch", str(a.big_batch)]
     t0 = time.time()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)} if a.threads else {}))
@@ -335,6 +363,9 @@ def main() -> int:
                     help="generation prompts: the pairs' prompts (default) or data/seed_prompts.jsonl")
     ap.add_argument("--matmul-sizes", default="1024,2048,4096")
     ap.add_argument("--matmul-reps", type=int, default=5)
+    ap.add_argument("--probe-sizes", default="1024,2048", help="matmul sizes of the peak probe run after each "
+                    "timed step of the NEAT phases (untimed)")
+    ap.add_argument("--probe-reps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=None, help="rounds of the phases (default 3, 1 with --quick); "
                     "the table shows each phase's best round, the ratios are medians over rounds")
     ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads in every phase (0 = torch default). "
@@ -346,6 +377,7 @@ def main() -> int:
     ap.add_argument("--_snap", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.matmul_sizes = [int(x) for x in str(a.matmul_sizes).split(",") if x]
+    a.probe_sizes = [int(x) for x in str(a.probe_sizes).split(",") if x]
 
     if a._phase:  # child
         a.tmp, a.snap = a._tmp, a._snap
@@ -364,7 +396,7 @@ def main() -> int:
         fn = {"neat": phase_neat, "neat_on": lambda x: phase_neat(x, "on"), "neat_off": lambda x: phase_neat(x, "off"),
               "neat_big": lambda x: phase_neat(x, big=True),
               "dpo": phase_dpo, "matmul": phase_matmul,
-              "gen_batched": lambda x: phase_gen(x, 16), "gen_seq": lambda x: phase_gen(x, 1)}[a._phase]
+              "gen": phase_gen}[a._phase]
         print(json.dumps(fn(a)))
         return 0
 
@@ -399,9 +431,11 @@ def main() -> int:
         run_child("neat", a, tmp, label="warm-up (untimed)")
     for _ in range(a.repeats):  # one round = every pairs phase, the peak and both generation phases, back to back;
         # the two phases of each target ratio run next to each other: matmul peak | neat | dpo, gen batched | seq
-        for ph in ("matmul", "neat", "dpo", "neat_on", "neat_off", *(("neat_big",) if a.big_batch else ()),
-                   "gen_batched", "gen_seq"):
-            res.setdefault(ph, []).append(run_child(ph, a, tmp))
+        for ph in ("matmul", "neat", "dpo", "neat_on", "neat_off", *(("neat_big",) if a.big_batch else ()), "gen"):
+            r = run_child(ph, a, tmp)
+            for key, part in ({"gen_batched": r["gen_batched"], "gen_seq": r["gen_seq"]} if ph == "gen"
+                              else {ph: r}).items():
+                res.setdefault(key, []).append(part)
     if a.k_neg:  # NEAT's own case: lists (chosen > rejected > k_neg negative samples); DPO gets their pairs
         t0 = time.time()
         pair_snap = a.snap
@@ -428,7 +462,11 @@ def main() -> int:
     # judged, with the range printed beside it: the best of a short phase is not set against a long phase's mean
     paired = {
         "neat_vs_dpo_pairs": [n["pairs_per_s"] / d["pairs_per_s"] for n, d in zip(res["neat"], res["dpo"])],
-        "mfu": [6 * n["n_params"] * n["tokens_per_s"] / m["best_flops"] for n, m in zip(res["neat"], res["matmul"])],
+        # each timed step against the peak probed right after it (the host's speed drifts within a minute);
+        # against the separate matmul phase as information (mfu_separate)
+        "mfu": [n["step_mfu"] for n in res["neat"]],
+        "mfu_separate": [6 * n["n_params"] * n["tokens_per_s"] / m["best_flops"]
+                         for n, m in zip(res["neat"], res["matmul"])],
         "gen_speedup": [b["tokens_per_s"] / q["tokens_per_s"] for b, q in zip(res["gen_batched"], res["gen_seq"])],
     }
     if "neat_big" in res:  # information only: no target
@@ -457,6 +495,8 @@ def main() -> int:
             f"{dl['tokens_per_s']:.0f}", f"{6 * neat['n_params'] * dl['tokens_per_s'] / 1e9:.1f}",
             f"{dl['peak_rss_gb']:.2f}")] if nl and dl else []),
         (f"fp32 matmul peak (n={mm['best_n']})", "", "", f"{mm['best_flops'] / 1e9:.1f}", f"{mm['peak_rss_gb']:.2f}"),
+        ("fp32 matmul peak probed after each NEAT step (median)", "", "",
+         f"{neat['probe_peak_flops'] / 1e9:.1f}", ""),
         ("generate, batch 16", "", f"{gb['tokens_per_s']:.1f}", "", f"{gb['peak_rss_gb']:.2f}"),
         ("generate, one at a time", "", f"{gs['tokens_per_s']:.1f}", "", f"{gs['peak_rss_gb']:.2f}"),
     ]
@@ -480,6 +520,8 @@ def main() -> int:
                   if len(paired.get(key, [])) > 1 else "")
         print(f"{name:30s}  {v * scale:8.2f}{unit:3s} {op + ' ' + f'{target * scale:g}' + unit.strip():8s} "
               f"{'yes' if ok else 'NO'}{spread}")
+    print(f"info: NEAT FLOP/s / the separate matmul phase's peak  {ratios['mfu_separate'] * 100:.2f} %  (rounds: "
+          f"{', '.join(f'{x * 100:.2f}' for x in paired['mfu_separate'])})")
     if "mfu_big" in ratios:
         print(f"info: matmul-peak share at batch {a.big_batch} (no target)  {ratios['mfu_big'] * 100:.2f} %  (rounds: "
               f"{', '.join(f'{x * 100:.2f}' for x in paired['mfu_big'])})")
