@@ -186,3 +186,18 @@ def test_train_scorer_from_studio_gives_annotate_suggestions(workspace):
         assert st.next_prompt("ann", order="disagreement") == clear
         with pytest.raises(ValueError, match="unknown queue order"):
             st.next_prompt("ann", order="random")
+
+
+def test_prompt_editor_change_detection():
+    """The library editor warns before a row click or New replaces unsaved changes: what counts as a change."""
+    from neat_studio.ui.studio_tab import editor_changed
+
+    loaded = ("toxic", "negative", "toxic@1", "Be rude.", "tone, test", 0.9, 0.95, 128, 1)
+    assert not editor_changed(loaded, loaded)
+    assert not editor_changed(loaded, ("toxic", "negative", "toxic@1", "Be rude.  ", "test,tone", 0.9, 0.95, 128.0, 1))
+    for i, v in ((0, "toxic2"), (1, "positive"), (3, "Be very rude."), (4, "tone"), (5, 1.0), (7, 64), (8, 2)):
+        changed = list(loaded)
+        changed[i] = v
+        assert editor_changed(loaded, tuple(changed)), i
+    assert not editor_changed(None, ("", "negative", "", "  ", "", 0.9, 0.95, 128, 1))  # empty editor
+    assert editor_changed(None, ("new", "negative", "", "Answer rudely.", "", 0.9, 0.95, 128, 1))

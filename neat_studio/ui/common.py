@@ -126,5 +126,9 @@ def error_box(message: str) -> str:
     return f"<div class='neat-error' role='alert'><b>Error.</b> {esc(message)}</div>"
 
 
+def warn_box(message: str) -> str:
+    return f"<div class='neat-warn' role='alert'>{esc(message)}</div>"
+
+
 def ok_box(message: str) -> str:
     return f"<div class='neat-ok' role='status'>{esc(message)}</div>"

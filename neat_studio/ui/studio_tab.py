@@ -7,7 +7,7 @@ import pandas as pd
 import gradio as gr
 
 from ..library import word_diff
-from .common import Ctx, error_box, esc, fmt_num, ok_box, parse_tags, prompt_text
+from .common import Ctx, error_box, esc, fmt_num, ok_box, parse_tags, prompt_text, warn_box
 
 LIB_COLUMNS = ["name", "kind", "latest", "versions", "tags", "author"]
 CMP_COLUMNS = ["version", "normal side", "prompts", "negatives", "undesirability", "distance", "diversity",
@@ -60,6 +60,32 @@ def metrics_md(m: dict | None) -> str:
             f"**{fmt_num(m.get('diversity'))}** · refusals **{fmt_num(m.get('refusal_share'))}** · leaks "
             f"**{fmt_num(m.get('leak_share'))}** · length ratio {fmt_num(m.get('mean_len_ratio'))}"
             + (f"\n\n_{notes}_" if notes else ""))
+
+
+NEW = "\x00new"  # the guard's target for the New button
+
+
+def editor_changed(loaded: tuple | None, values: tuple) -> bool:
+    """Whether the prompt editor's `values` (name, kind, ref, text, tags, temperature, top_p, max tokens, k) differ
+    from the `loaded` version's (same order; None: nothing loaded, then any text counts as a change)."""
+    if loaded is None:
+        return bool(str(values[3] or "").strip())
+    for i, (a, b) in enumerate(zip(loaded, values)):
+        if i == 2:
+            continue  # the ref is what was loaded, not something the user edits
+        if i >= 5:
+            try:
+                if abs(float(a) - float(b)) > 1e-9:
+                    return True
+            except (TypeError, ValueError):
+                if a != b:
+                    return True
+        elif i == 4:
+            if sorted(parse_tags(str(a or ""))) != sorted(parse_tags(str(b or ""))):
+                return True
+        elif str(a or "").strip() != str(b or "").strip():
+            return True
+    return False
 
 
 def build(ctx: Ctx) -> dict:
@@ -164,19 +190,40 @@ def build(ctx: Ctx) -> dict:
                 p.get("top_p", 0.95), p.get("max_new_tokens", 128), p.get("k", 1))
 
     editor = [name, kind, current, text, tags, temperature, top_p, max_tokens, k]
+    guard = gr.State(None)  # what the user was last warned would replace unsaved editor changes
 
-    def on_select(evt: gr.SelectData, df):
+    def unsaved(values) -> bool:
+        """Does the editor hold changes that are not saved? (Against the loaded version, or any text when none.)"""
+        cur = values[2]
+        sp = None
+        if cur:
+            try:
+                sp = st.store.resolve_ref(cur)
+            except ValueError:
+                sp = None
+        return editor_changed(load_version(sp["name"], sp["version"]) if sp else None, values)
+
+    def keep_editor(values, target, gd):
+        """None to go ahead; else the warning to show (the first click only: the same target again discards)."""
+        if gd == target or not unsaved(values):
+            return None
+        return warn_box("The editor has unsaved changes. Save them as a new version, or click "
+                        f"{'New system prompt' if target == NEW else target} again to discard them.")
+
+    def on_select(evt: gr.SelectData, df, gd, *values):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
             nm = str(df.iloc[row, 0])
         except Exception:  # noqa: BLE001
-            return [gr.update()] * (len(editor) + 6)
+            return [gr.update()] * (len(editor) + 8)
+        warn = keep_editor(values, nm, gd)
+        if warn is not None:
+            return (*[gr.update()] * (len(editor) + 6), warn, nm)
         ed = load_version(nm)
         vdf, a, b = versions_view(nm)
-        neg, _ = refs()
         d = diff_for(nm, a["value"], b["value"])
         pv = gr.update(value=ed[2]) if ed[1] == "negative" else gr.update()
-        return (*ed, vdf, a, b, *d, pv)
+        return (*ed, vdf, a, b, *d, pv, "", None)
 
     def diff_for(nm, a, b):
         if not nm or not a or not b:
@@ -195,14 +242,17 @@ def build(ctx: Ctx) -> dict:
             html += f"<div class='neat-diff-params'>parameters: {esc('; '.join(pchg))}</div>"
         return html, raw
 
-    lib.select(on_select, [lib], [*editor, versions, va, vb, diff_out, diff_raw, neg_ref])
+    lib.select(on_select, [lib, guard, *editor], [*editor, versions, va, vb, diff_out, diff_raw, neg_ref, save_msg, guard])
     kind_filter.change(lib_df, kind_filter, lib)
     diff_btn.click(diff_for, [name, va, vb], [diff_out, diff_raw])
 
-    def new_prompt():
-        return "", "negative", "", "", "", 0.9, 0.95, 128, 1
+    def new_prompt(gd, *values):
+        warn = keep_editor(values, NEW, gd)
+        if warn is not None:
+            return (*[gr.update()] * len(editor), warn, NEW)
+        return ("", "negative", "", "", "", 0.9, 0.95, 128, 1, "", None)
 
-    new_btn.click(new_prompt, None, editor)
+    new_btn.click(new_prompt, [guard, *editor], [*editor, save_msg, guard])
 
     def save(nm, kd, tx, tg, temp, tp, mt, kk, kf, request: gr.Request):
         actor = ctx.require_admin(request, "edit the prompt library")

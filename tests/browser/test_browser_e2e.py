@@ -66,6 +66,21 @@ def test_full_flow(app, browser, page_errors):
     origins = sorted({r["origin"] for pid in pv["prompt_ids"] for r in st.store.list_responses(pid)})
     assert origins == ["negative:curt@2", "policy"]
 
+    # -- unsaved editor text is not replaced by a library click without a second click ---------------------
+    import re
+
+    field(page, "lib-text").fill("Answer in a curt way. (draft, not saved)")
+    toxic_cell = page.locator("#lib-table [data-testid^='cell-']", has_text=re.compile(r"^\s*toxic\s*$")).first
+    toxic_cell.click()
+    wait_text(page.locator("#lib-save-msg"), r"unsaved changes.*click toxic again")
+    assert field(page, "lib-text").input_value() == "Answer in a curt way. (draft, not saved)"
+    assert field(page, "lib-current").input_value() == "curt@2"
+    toxic_cell.click()  # the second click discards the draft and loads toxic
+    page.wait_for_function("() => (document.querySelector('#lib-current input, #lib-current textarea') || {})"
+                           ".value?.startsWith('toxic@')", timeout=30000)
+    assert field(page, "lib-text").input_value() == st.store.get_system_prompt("toxic")["text"]
+    assert page.locator("#lib-save-msg").inner_text().strip() == ""
+
     # -- annotate: edit one response (E), then rank 3 responses with a tie, keyboard only ------------------
     open_tab(page, "Annotate")
     page.wait_for_selector("#ann-ranker .neat-card")
