@@ -170,7 +170,7 @@ def cmd_library(args):
             _print(versions)
         elif args.action == "save":
             # a new version of an existing prompt keeps what is not given: its kind, text and parameters
-            latest = s.get_system_prompt(args.ref) if isinstance(args.ref, str) and "@" not in args.ref else None
+            latest = s.get_system_prompt(args.ref) if "@" not in args.ref else None
             text = Path(args.file).read_text(encoding="utf-8") if args.file else args.text
             if text is None:
                 if latest is None:

@@ -194,13 +194,12 @@ def build(ctx: Ctx) -> dict:
 
     def unsaved(values) -> bool:
         """Does the editor hold changes that are not saved? (Against the loaded version, or any text when none.)"""
-        cur = values[2]
         sp = None
-        if cur:
+        if values[2]:
             try:
-                sp = st.store.resolve_ref(cur)
+                sp = st.store.resolve_ref(values[2])
             except ValueError:
-                sp = None
+                pass
         return editor_changed(load_version(sp["name"], sp["version"]) if sp else None, values)
 
     def keep_editor(values, target, gd):
