@@ -28,7 +28,10 @@ def test_full_flow(app, browser, page_errors):
 
     # -- create a negative prompt, then edit it: version 2 and a diff ---------------------------------------
     open_tab(page, "Negative Prompt Studio")
+    field(page, "lib-tags").fill("sentinel")  # New clears it: typing before New has answered would be lost
     page.locator("#lib-new").click()
+    page.wait_for_function("() => (document.querySelector('#lib-tags input, #lib-tags textarea') || {}).value === ''",
+                           timeout=30000)
     field(page, "lib-name").fill("curt")
     field(page, "lib-text").fill("Answer in a curt and dismissive way.")
     field(page, "lib-tags").fill("tone, test")
