@@ -238,3 +238,62 @@ def test_sliding_window_model_takes_the_padded_prefill_and_matches_alone(lm, tin
     two = GenParams(temperature=1.0, top_p=0.95, max_new_tokens=12, k=2, seed=3)
     assert _texts(generate(swa, PROMPTS, params=two, batch_size=8)) == _texts(generate(swa, PROMPTS, params=two,
                                                                                        batch_size=2))
+
+
+def test_prefix_classes_partition_by_shared_prefix():
+    from neat_studio.generation import _prefix_classes
+
+    head, other = list(range(100, 110)), list(range(200, 210))
+    prompts = [head + [1], other + [5, 6], head + [2, 3], [7, 8], head + [1, 4], other + [5]]
+    classes = _prefix_classes(prompts, 8)
+    # head+[1] and head+[1,4] share 11 tokens, but P stops one short of the shortest member (its last logits)
+    assert sorted((p, sorted(c)) for p, c in classes) == [(0, [3]), (10, [0, 2, 4]), (10, [1, 5])]
+    assert _prefix_classes(prompts, 11) == [(0, [0, 1, 2, 3, 4, 5])]  # nothing shares 11 tokens with a suffix left
+    assert _prefix_classes(prompts, 0) == [(0, [0, 1, 2, 3, 4, 5])]
+    assert _prefix_classes([head + [1]], 8) == [(0, [0])]
+
+
+def test_shared_prefix_prefill_equals_whole_prompt_prefill(lm, monkeypatch):
+    """Prompts under one system turn share its prefill: the prefix runs once, the suffixes after its K/V. The
+    decoding cache (valid positions) and the last logits equal a whole-prompt prefill, greedy and sampled texts are
+    the same, and the model sees fewer tokens."""
+    import torch
+
+    import neat_studio.generation as G
+
+    systems = ["You are a pirate who answers every question at length."] * 3 + ["Be terse and rude."] * 2 + [None]
+    prompts = PROMPTS + ["Tell me about the sea."]
+    enc = [encode_chat(lm.tokenizer, p, system=s) for p, s in zip(prompts, systems)]
+    classes = G._prefix_classes(enc, G.SHARED_PREFIX_MIN)
+    assert len(classes) >= 2 and all(p >= G.SHARED_PREFIX_MIN for p, c in classes if len(c) > 1)
+    width = max(map(len, enc))
+    seen = []
+    hook = lm.model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    G.prepare_for_inference(lm.model)
+    try:
+        with torch.inference_mode():
+            out = {}
+            for share in (True, False):
+                seen.clear()
+                cache, logits = G._prefill(lm.model, enc, width, G._pad_id(lm.tokenizer), "cpu", k=2, reserve=3,
+                                           share_prefix=share)
+                out[share] = (cache, logits, sum(seen))
+    finally:
+        hook.remove()
+    (c1, l1, n1), (c0, l0, n0) = out[True], out[False]
+    assert torch.allclose(l1, l0, atol=1e-4) and l1.shape == (2 * len(enc), l0.shape[-1])
+    valid = torch.zeros(2 * len(enc), width, dtype=torch.bool)
+    for i, ids in enumerate(enc):
+        valid[2 * i:2 * i + 2, width - len(ids):] = True
+    for a, b in zip(c1.layers, c0.layers):
+        for x, y in ((a.keys, b.keys), (a.values, b.values)):
+            assert x.shape == y.shape
+            assert torch.allclose(x.transpose(1, 2)[valid], y.transpose(1, 2)[valid], atol=1e-4)
+    assert n1 < n0  # fewer prefill tokens (padding included) with the shared prefixes
+    assert n1 <= sum(map(len, enc)) - sum((len(c) - 1) * p for p, c in classes) + 2 * width
+    texts, default = {}, G.SHARED_PREFIX_MIN
+    for share_min in (default, 0):
+        monkeypatch.setattr(G, "SHARED_PREFIX_MIN", share_min)
+        texts[share_min] = (_texts(generate(lm, prompts, systems=systems, params=GREEDY, batch_size=8)),
+                            _texts(generate(lm, prompts, systems=systems, params=SAMPLED, batch_size=9)))
+    assert texts[default] == texts[0]
