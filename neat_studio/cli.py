@@ -12,12 +12,24 @@ from tqdm import tqdm
 from .io.importers import FORMATS
 
 
+# commands that may create a workspace and its store; every other store command needs an existing one, so that a
+# mistyped --workspace / --db is an error instead of a new, empty studio
+_CREATES_STORE = {"init", "import"}
+
+
 def _studio(args):
     from .config import Workspace
     from .studio import Studio
 
     ws = Workspace.from_env(getattr(args, "workspace", None))
-    return Studio(ws, db_path=getattr(args, "db", None), model_spec=getattr(args, "model", None) or "default")
+    db = getattr(args, "db", None)
+    if getattr(args, "command", None) not in _CREATES_STORE:
+        path = Path(db).resolve() if db else ws.db_path
+        if not path.is_file():
+            flag = f" --workspace {ws.root}" if getattr(args, "workspace", None) else ""
+            raise ValueError(f"no studio store at {path} (workspace {ws.root}): check --workspace / --db / "
+                             f"NEAT_STUDIO_HOME, or create one with `python -m neat_studio init{flag}`")
+    return Studio(ws, db_path=db, model_spec=getattr(args, "model", None) or "default")
 
 
 def _bar(desc):
@@ -222,6 +234,8 @@ def cmd_backup(args):
     parquet = out.with_suffix("") if args.parquet else None
     if parquet is not None:
         parquet = parquet.with_name(parquet.name + "-parquet")
+    if not db.is_file():
+        raise ValueError(f"no studio store at {db.resolve()} to back up: check --workspace / --db / NEAT_STUDIO_HOME")
     try:
         store = Store(db)
     except StoreLockedError:

@@ -467,7 +467,8 @@ _GROUP_SLACK = 1.25
 def _prefix_classes(prompt_ids: list[list[int]], min_len: int) -> list[tuple[int, list[int]]]:
     """Partition prompt indices into classes ``(P, members)`` whose members all start with the same P tokens,
     P >= min_len (P = 0: no shared prefix; such prompts are prefilled whole). Prompts are sorted by their tokens,
-    so prompts with one system turn are neighbours; a class grows while its common prefix stays >= min_len.
+    so prompts with one system turn are neighbours; a class grows while its common prefix stays >= min_len and
+    the tokens it saves do not shrink (a short common start of two system turns does not merge their classes).
     P is capped one token short of the shortest member (every member keeps a suffix whose last logits are
     needed). min_len <= 0 gives one class of everything with P = 0."""
     n = len(prompt_ids)
@@ -482,7 +483,8 @@ def _prefix_classes(prompt_ids: list[list[int]], min_len: int) -> list[tuple[int
         top = min(lcp, len(b) - 1)
         while m < top and a[m] == b[m]:
             m += 1
-        if m >= min_len:
+        # join when the class then saves more: c members sharing m tokens vs c - 1 sharing lcp
+        if m >= min_len and len(cur) * m > (len(cur) - 1) * lcp:
             cur.append(i)
             lcp = m
         else:

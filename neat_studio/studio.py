@@ -627,8 +627,10 @@ class Studio:
             if scorer is not None:
                 try:
                     groups = scorer.suggest_ranking(prompt["messages"], [r["text"] for r in responses])
+                    m = getattr(scorer, "metrics", None) or {}
                     suggestion = {"ranking": [[responses[i]["id"] for i in g] for g in groups],
-                                  "scorer": scorer.scorer_version}
+                                  "scorer": scorer.scorer_version, "dev_acc": m.get("dev_acc"),
+                                  "n_dev_pairs": m.get("n_dev_pairs"), "n_train_pairs": m.get("n_train_pairs")}
                 except Exception:  # noqa: BLE001
                     suggestion = None
         return {"prompt": prompt, "responses": responses, "annotation": latest, "suggestion": suggestion,
@@ -825,16 +827,27 @@ class Studio:
         out = [("default (SmolLM2-135M-Instruct)", "default")]
         if self.model_spec not in ("default", "tiny"):
             out.append((f"current generator ({self.model_spec})", self.model_spec))
+        known = set()
         for r in self.store.list_runs(limit=100):
             d = Path(r["run_dir"]) if r.get("run_dir") else None
             if d is None:
                 continue
+            known.add(d.resolve())
             if (d / "final" / "config.json").exists():
                 out.append((f"run {r['id']} · {r['name']} (final)", str(d)))
             else:
                 ck = JobRunner.latest_checkpoint(d)
                 if ck is not None:
                     out.append((f"run {r['id']} · {r['name']} ({ck.name}, {r['status']})", str(ck)))
+        # runs started from a shell (`python -m neat_studio train --out <workspace>/runs/...`) are not in the store:
+        # their final models are offered too, newest first
+        try:
+            extra = [d for d in Path(self.workspace.runs).iterdir()
+                     if d.is_dir() and d.resolve() not in known and (d / "final" / "config.json").is_file()]
+        except OSError:
+            extra = []
+        for d in sorted(extra, key=lambda d: (d / "final" / "config.json").stat().st_mtime, reverse=True)[:100]:
+            out.append((f"run dir {d.name} (started from the CLI, final)", str(d)))
         out.append(("tiny (random test model)", "tiny"))
         return out
 

@@ -22,6 +22,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# `python -m neat_studio` from any folder: the venv's site-packages points at this checkout (rewritten on every run,
+# so a moved checkout is picked up by running this script again)
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+pwd > "$site/neat_studio_checkout.pth"
+
 if [ "$dev" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

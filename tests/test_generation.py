@@ -251,6 +251,9 @@ def test_prefix_classes_partition_by_shared_prefix():
     assert _prefix_classes(prompts, 11) == [(0, [0, 1, 2, 3, 4, 5])]  # nothing shares 11 tokens with a suffix left
     assert _prefix_classes(prompts, 0) == [(0, [0, 1, 2, 3, 4, 5])]
     assert _prefix_classes([head + [1]], 8) == [(0, [0])]
+    # two system turns that start alike (10 common tokens) stay two classes of 20 shared tokens each
+    a, b = list(range(100, 120)), list(range(100, 110)) + list(range(300, 310))
+    assert _prefix_classes([a + [1], b + [1], a + [2], b + [2]], 8) == [(20, [0, 2]), (20, [1, 3])]
 
 
 def test_shared_prefix_prefill_equals_whole_prompt_prefill(lm, monkeypatch):

@@ -60,6 +60,41 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, capsys):
     assert rc == 2 and "record 1" in err and "label" in err
 
 
+def test_cli_mistyped_workspace_is_an_error_and_creates_nothing(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    _run(capsys, ws, "init")
+    typo = tmp_path / "sw"
+    for argv in (["prompts", "list"], ["library", "list"], ["export", "trl", str(tmp_path / "o.jsonl")],
+                 ["snapshot"], ["annotate", "deadbeef"], ["preview", "toxic", "--model", "tiny"]):
+        rc, out, err = _run(capsys, typo, *argv)
+        assert rc == 2 and out == "" and err.startswith(f"error: no studio store at {typo / 'studio.duckdb'}")
+        assert "neat_studio init --workspace" in err
+    rc = main(["--workspace", str(ws), "--db", str(tmp_path / "nope.duckdb"), "library", "list"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no studio store at" in err and "nope.duckdb" in err
+    assert not typo.exists() and not (tmp_path / "nope.duckdb").exists() and not (tmp_path / "o.jsonl").exists()
+    rc, out, _ = _run(capsys, ws, "library", "list")  # the real one still works
+    assert rc == 0 and "toxic" in out
+
+
+def test_cli_runs_are_offered_as_models(tmp_path):
+    """A run started from a shell (not through the app) is not in the store; its final model is still offered in
+    the Compare / Train model lists, next to the store's runs."""
+    from neat_studio.config import Workspace
+    from neat_studio.studio import Studio
+
+    ws = Workspace(tmp_path / "ws").ensure()
+    for name, final in (("20261124-1200-neat", True), ("20261124-1300-sft", False)):
+        d = ws.runs / name
+        (d / "final" if final else d).mkdir(parents=True)
+        if final:
+            (d / "final" / "config.json").write_text("{}")
+    with Studio(ws, model_spec="tiny") as st:
+        choices = dict((spec, label) for label, spec in st.model_choices())
+    assert choices[str(ws.runs / "20261124-1200-neat")] == "run dir 20261124-1200-neat (started from the CLI, final)"
+    assert str(ws.runs / "20261124-1300-sft") not in choices  # no final model: nothing to load
+
+
 def test_cli_generate_system_none_is_the_plain_policy(tmp_path, capsys):
     ws = tmp_path / "ws"
     _run(capsys, ws, "init")
@@ -213,3 +248,23 @@ def test_cli_bad_marks_and_preview_counts_are_clear_errors(tmp_path, capsys):
     assert rc == 2 and err == "error: --mark must look like RESPONSE_ID=pos|neg|neutral, not 'abc'\n"
     rc, _, err = _run(capsys, ws, "preview", "toxic", "--model", "tiny", "--n", "-1")
     assert rc == 2 and err == "error: the number of prompts to preview must be at least 1, not -1\n"
+
+
+def test_cli_runs_from_any_folder(tmp_path):
+    """scripts/setup.sh points the venv at this checkout, so `.venv/bin/python -m neat_studio` works outside the
+    repository root too (the default workspace stays the checkout's data/)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    if Path(sys.prefix).resolve() != (repo / ".venv").resolve():
+        pytest.skip("not the checkout's .venv (made by scripts/setup.sh)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-m", "neat_studio", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "init" in r.stdout and "train" in r.stdout

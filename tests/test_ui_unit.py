@@ -30,6 +30,12 @@ def test_ranker_html_escapes_everything_and_loads_saved_ranking():
     assert "&lt;img src=x onerror=alert(1)&gt;&lt;script&gt;" in h
     assert "data-rid='r1' data-rank='2' data-mark='neg'" in h and "data-rid='r2' data-rank='1'" in h
     assert "data-suggest='[[&quot;r1&quot;, &quot;r2&quot;]]'" in h
+    assert "no dev accuracy measured" in h and "Weak evidence" in h  # a scorer without held-out figures
+    good = dict(_item(), suggestion={"ranking": [["r1", "r2"]], "scorer": "v1", "dev_acc": 0.8123, "n_dev_pairs": 40})
+    hg = ranker_html(good)
+    assert "dev accuracy 0.81 on 40 pairs" in hg and "Weak" not in hg
+    low = dict(good, suggestion=dict(good["suggestion"], dev_acc=0.55))
+    assert "Weak scorer: it orders only 55% of held-out pairs" in ranker_html(low)
     # a draft for the same item wins over the saved annotation
     h2 = ranker_html(_item(), {"item": "p1", "ranks": {"r1": 1, "r2": 1}, "marks": {}})
     assert "data-rid='r1' data-rank='1' data-mark=''" in h2
@@ -157,6 +163,10 @@ def test_train_scorer_from_studio_gives_annotate_suggestions(workspace):
         ids = {r["id"] for r in item["responses"]}
         sugg = item["suggestion"]
         assert sugg is not None and {i for g in sugg["ranking"] for i in g} == ids
+        # the suggestion carries the scorer's held-out figures; with so few dev pairs the view says it is weak
+        assert sugg["n_dev_pairs"] == m["n_dev_pairs"] and sugg["dev_acc"] == m["dev_acc"]
+        h = ranker_html(item)
+        assert "Weak evidence: this scorer was checked on" in h and f"{m['n_dev_pairs']} held-out pair" in h
         assert any(a["action"] == "train_scorer" for a in st.store.audit(limit=5))
 
         # active learning: the queue can be ordered by scorer uncertainty / scorer-vs-human disagreement

@@ -21,6 +21,30 @@ def _label(i: int) -> str:
     return f"#{i + 1}"
 
 
+WEAK_SCORER_MIN_DEV_PAIRS = 30
+WEAK_SCORER_MIN_DEV_ACC = 0.6
+
+
+def scorer_quality(sugg: dict) -> str:
+    """' · dev accuracy 0.71 on 42 pairs' (or '' without the figures)."""
+    acc, n = sugg.get("dev_acc"), sugg.get("n_dev_pairs")
+    if acc is None or not n:
+        return " · no dev accuracy measured"
+    return f" · dev accuracy {float(acc):.2f} on {int(n)} pairs"
+
+
+def weak_scorer_note(sugg: dict) -> str:
+    """A warning when the scorer's dev accuracy is unmeasured, low or measured on few pairs ('' otherwise)."""
+    acc, n = sugg.get("dev_acc"), sugg.get("n_dev_pairs") or 0
+    if acc is None or n < WEAK_SCORER_MIN_DEV_PAIRS:
+        return (f"Weak evidence: this scorer was checked on {int(n)} held-out pair(s) (fewer than "
+                f"{WEAK_SCORER_MIN_DEV_PAIRS}); treat the suggestion as a hint and retrain it as rankings accumulate.")
+    if float(acc) < WEAK_SCORER_MIN_DEV_ACC:
+        return (f"Weak scorer: it orders only {float(acc):.0%} of held-out pairs like the annotators; treat the "
+                f"suggestion as a hint.")
+    return ""
+
+
 def ranker_html(item: dict | None, draft: dict | None = None, message: str = "") -> str:
     """The ranking view for one prompt. EVERY text is escaped (responses are untrusted model/user output)."""
     if item is None:
@@ -43,9 +67,12 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
         groups = [[rid for rid in g if rid in idx] for g in sugg["ranking"]]
         groups = [g for g in groups if g]
         sugg_attr = f" data-suggest='{esc(json.dumps(groups))}'"
-        sugg_text = ("<div class='neat-suggest'>AI suggestion (scorer " + esc(sugg.get("scorer")) + "): <b>" +
+        sugg_text = ("<div class='neat-suggest'>AI suggestion (scorer " + esc(sugg.get("scorer")) +
+                     esc(scorer_quality(sugg)) + "): <b>" +
                      esc("  >  ".join(" = ".join(_label(idx[r]) for r in g) for g in groups)) +
-                     "</b> · press <b>A</b> to accept</div>")
+                     "</b> · press <b>A</b> to accept" +
+                     ("<div class='neat-weak'>" + esc(weak_scorer_note(sugg)) + "</div>" if weak_scorer_note(sugg)
+                      else "") + "</div>")
     conv = "".join(f"<div class='neat-turn neat-{esc(m.get('role'))}'><span class='neat-role-tag'>"
                    f"{esc(m.get('role'))}</span><div class='neat-turn-text'>{esc(m.get('content'))}</div></div>"
                    for m in p["messages"])
@@ -73,7 +100,8 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
             f"title='edit: saved as a new human response'>edit</button></div>"
             f"<div class='neat-card-text'>{esc(r['text']) or '<i>(empty response)</i>'}</div></div>")
     return (
-        f"<div class='neat-ranker' data-item='{esc(p['id'])}'{sugg_attr}>"
+        f"<div class='neat-ranker' data-item='{esc(p['id'])}'{sugg_attr} data-comment='{esc(ann.get('comment') or '')}'"
+        f" data-flagged='{'1' if ann.get('flagged') else ''}'>"
         f"<div class='neat-rk-top'><span class='neat-pid'>prompt {esc(p['id'])}</span>"
         f"<span class='neat-tags'>{esc(', '.join(p.get('tags') or []))}</span>{saved}</div>"
         f"<div class='neat-conv'>{conv}</div>{sugg_text}{dup_note}"

@@ -152,6 +152,9 @@ def build(ctx: Ctx) -> dict:
         return [], [], [], [], "", "", gr.update(), gr.update()
 
     clear.click(new_chat, None, outs)
+    # the chat windows' own trash buttons start a new chat on BOTH sides (the histories stay paired for votes)
+    chat_a.clear(new_chat, None, outs)
+    chat_b.clear(new_chat, None, outs)
 
     def change_model(spec, side):
         return load_info(spec, side), [], [], [], [], ""

@@ -1,7 +1,8 @@
 // NEAT Studio ranker: keyboard-first ranking with ties. Runs as the js_on_load of the Annotate tab's gr.HTML.
 // State lives in the DOM (data-rank / data-mark on each card). Every change is also kept as a DRAFT in the
-// browser's localStorage (key neat-draft:<prompt id>), so ranks not yet submitted survive a reload, a crash or a
-// detour to another prompt; the draft is dropped once a submit or skip of that prompt has been accepted (the server moved on). Only whole commands go
+// browser's localStorage (key neat-draft:<prompt id>), so ranks, marks, the comment and the flag not yet submitted
+// survive a reload, a crash or a detour to another prompt (comment and flag only where they differ from what the
+// server last saved: the root's data-comment / data-flagged); the draft is dropped once a submit or skip of that prompt has been accepted (the server moved on). Only whole commands go
 // to the server (submit, skip, edit, previous): trigger('click', {...}).
 //
 // Keys: 1-9 select a response, then 1-9 set its rank group (same group = tie) · Esc clear selection ·
@@ -79,13 +80,27 @@
     if (r.dataset.item === S.item) saveDraft();
   }
 
+  const commentBox = () => document.querySelector("#ann-comment textarea");
+  const flagBox = () => document.querySelector("#ann-flag input[type=checkbox]");
+  function fieldsDraft() {  // the comment / flag where they differ from the server's saved values
+    const r = root(), out = {};
+    if (!r) return out;
+    const cb = commentBox(), fb = flagBox();
+    if (cb && cb.value !== (r.dataset.comment || "")) out.comment = cb.value;
+    if (fb && fb.checked !== (r.dataset.flagged === "1")) out.flag = fb.checked;
+    return out;
+  }
   function saveDraft() {
     const it = itemId();
     if (!it) return;
     const st = state();
+    const f = S.fields || {};  // set by the user's own edits (onField) or a restored draft, never read at a render
     try {
-      if (!Object.keys(st.ranks).length && !Object.keys(st.marks).length) { localStorage.removeItem(DRAFT + it); return; }
-      localStorage.setItem(DRAFT + it, JSON.stringify({ ranks: st.ranks, marks: st.marks, t: Date.now() }));
+      if (!Object.keys(st.ranks).length && !Object.keys(st.marks).length && !Object.keys(f).length) {
+        localStorage.removeItem(DRAFT + it);
+        return;
+      }
+      localStorage.setItem(DRAFT + it, JSON.stringify(Object.assign({ ranks: st.ranks, marks: st.marks, t: Date.now() }, f)));
       const keys = Object.keys(localStorage).filter((k) => k.startsWith(DRAFT));
       if (keys.length > MAX_DRAFTS) {  // keep the newest drafts
         keys.map((k) => [k, (JSON.parse(localStorage.getItem(k) || "{}").t || 0)]).sort((a, b) => a[1] - b[1])
@@ -106,7 +121,32 @@
       if (d.ranks && d.ranks[rid]) { c.dataset.rank = String(d.ranks[rid]); n++; }
       if (d.marks && d.marks[rid]) { c.dataset.mark = d.marks[rid]; n++; }
     });
+    // the comment and flag go back into Gradio's own fields. The server's values for this prompt may land in
+    // those fields just after the ranker's HTML, so they are applied now and again shortly after (until the
+    // user edits a field himself)
+    S.fields = {};
+    if (typeof d.comment === "string") { S.fields.comment = d.comment; n++; }
+    if (typeof d.flag === "boolean") { S.fields.flag = d.flag; n++; }
+    if (Object.keys(S.fields).length) {
+      const it = itemId();
+      S.fieldsTouched = false;
+      [0, 250, 750, 1500, 3000].forEach((ms) => setTimeout(() => applyFields(it), ms));
+    }
     return n > 0;
+  }
+  function applyFields(it) {  // an input / click event, so that Gradio takes the value
+    if (S.item !== it || itemId() !== it || S.fieldsTouched || !S.fields) return;
+    const cb = commentBox(), fb = flagBox();
+    S.applying = true;
+    try {
+      if (typeof S.fields.comment === "string" && cb && cb.value !== S.fields.comment) {
+        cb.value = S.fields.comment;
+        cb.dispatchEvent(new Event("input", { bubbles: true }));
+      }
+      if (typeof S.fields.flag === "boolean" && fb && fb.checked !== S.fields.flag) fb.click();
+    } finally {
+      S.applying = false;
+    }
   }
 
   function sync() {
@@ -116,6 +156,7 @@
       if (S.pendingDrop && S.pendingDrop !== it) dropDraft(S.pendingDrop);
       S.pendingDrop = null;
       S.item = it;
+      S.fields = {};
       S.undo = [];
       S.sel = null;
       if (it && cards().length) {
@@ -257,6 +298,22 @@
     }
   }
 
+  // typing a comment or ticking the flag updates the draft too (document-level: Gradio may re-create the fields)
+  function onField(e) {
+    const t = e.target;
+    if (!t || !t.closest || !(t.closest("#ann-comment") || t.closest("#ann-flag"))) return;
+    if (!root() || itemId() !== S.item || S.applying) return;
+    S.fieldsTouched = true;  // the user's own edit: restoring a draft no longer overrides the fields
+    S.fields = fieldsDraft();
+    saveDraft();
+  }
+  if (W.__neatFieldHandler) {
+    document.removeEventListener("input", W.__neatFieldHandler);
+    document.removeEventListener("change", W.__neatFieldHandler);
+  }
+  W.__neatFieldHandler = onField;
+  document.addEventListener("input", onField);
+  document.addEventListener("change", onField);
   if (W.__neatKeyHandler) document.removeEventListener("keydown", W.__neatKeyHandler);
   W.__neatKeyHandler = onKey;
   document.addEventListener("keydown", onKey);

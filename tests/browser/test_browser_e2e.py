@@ -124,6 +124,9 @@ def test_full_flow(app, browser, page_errors):
     page.keyboard.press("1")
     page.keyboard.press("2")
     assert ranker_state(page)[0]["rank"] == "2"
+    comment = "half done <b>not bold</b>, back after lunch"
+    field(page, "ann-comment").fill(comment)  # the comment and the flag are part of the draft too
+    page.locator("#ann-flag input[type=checkbox]").check()
     page.wait_for_timeout(500)  # let the next prompt's follow-up requests finish before reloading
     page.reload()
     page.wait_for_selector("#prompts-table")
@@ -131,10 +134,18 @@ def test_full_flow(app, browser, page_errors):
     page.wait_for_function(f"(document.querySelector('#ann-ranker .neat-ranker') || {{}}).dataset?.item === '{pid2}'")
     page.wait_for_function("document.querySelector('#ann-ranker .neat-card').dataset.rank === '2'")
     assert "draft restored" in page.locator("#ann-ranker .neat-rk-status").inner_text()
+    page.wait_for_timeout(1000)  # the restored fields must also survive whatever the page renders after load
+    assert field(page, "ann-comment").input_value() == comment
+    assert page.locator("#ann-flag input[type=checkbox]").is_checked()
     assert st.store.latest_annotation(pid2, "local") is None  # a draft, not an annotation
     page.locator("body").click(position={"x": 5, "y": 5})
-    page.keyboard.press("u")  # back to what the server sent: unranked, and the draft is gone
+    page.keyboard.press("u")  # back to what the server sent: unranked (the comment and flag stay)
     assert ranker_state(page)[0]["rank"] == ""
+    page.keyboard.press("Enter")  # the restored comment and flag reach the server: a flag-only annotation
+    wait_text(page.locator("#ann-msg"), rf"Saved prompt {pid2}: \(flag only\)")
+    ann2 = st.store.latest_annotation(pid2, "local")
+    assert ann2["comment"] == comment and ann2["flagged"] is True
+    assert ann2["ranking"] == []
 
     # -- reload: the saved ranking is there -----------------------------------------------------------------
     page.reload()

@@ -151,5 +151,10 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
     assert len(anns) == 1 and anns[0]["annotator"] == "local"
     row = next(r for r in st.store.listwise_rows() if r["prompt_id"] == anns[0]["prompt_id"])
     assert sorted(o.split(":")[0] for o in row["origins"]) == ["compare", "compare"]
+    # the trash button of ONE chat window starts a new chat on both sides: no stale half-conversation to vote on
+    page.locator("#cmp-chat-a button[aria-label='Clear']").first.click()
+    page.wait_for_function("() => !document.querySelector('#cmp-chat-b').innerText.includes('<b>hi</b>')")
+    page.locator("#cmp-vote-A").click()
+    wait_text(page.locator("#cmp-vote-msg"), r"Vote not saved: nothing to vote on yet", timeout=30)
     assert not [e for e in page_errors.events if e.startswith(("dialog", "pageerror"))], page_errors.events
     ctx.close()
