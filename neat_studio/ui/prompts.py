@@ -37,7 +37,7 @@ def build(ctx: Ctx) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             table = gr.Dataframe(headers=COLUMNS, datatype="str", interactive=False, wrap=True, max_height=420,
-                                 column_widths=["140px", "42%", "15%", "14%", "60px", "60px", "66px"],
+                                 column_widths=["15%", "39%", "12%", "12%", "8%", "7%", "7%"],  # 100 %: no sideways cut
                                  elem_id="prompts-table")
             with gr.Row():
                 prev_btn = gr.Button("◀ Previous", size="sm", scale=0, min_width=110)
