@@ -165,7 +165,7 @@
         if (!restored) S.undo = [];
       }
     }
-    paint(restored ? "Unsaved draft restored (not submitted yet; U to discard it)." : undefined);
+    paint(restored ? "Unsaved draft restored (not submitted yet; U undoes its ranks and marks)." : undefined);
   }
 
   function state() {
