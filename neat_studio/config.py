@@ -48,6 +48,9 @@ class Workspace:
         return self.root / "exports"
 
     def ensure(self) -> "Workspace":
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"the workspace {self.root} is a file, not a folder: pass a folder to --workspace "
+                             f"(or NEAT_STUDIO_HOME)")
         for p in (self.root, self.model_cache, self.snapshots, self.runs, self.exports):
             p.mkdir(parents=True, exist_ok=True)
         return self

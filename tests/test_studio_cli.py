@@ -73,6 +73,12 @@ def test_cli_mistyped_workspace_is_an_error_and_creates_nothing(tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and "no studio store at" in err and "nope.duckdb" in err
     assert not typo.exists() and not (tmp_path / "nope.duckdb").exists() and not (tmp_path / "o.jsonl").exists()
+    (tmp_path / "afile").write_text("x")
+    for argv in (["init"], ["prompts", "list"]):
+        rc, _, err = _run(capsys, tmp_path / "afile", *argv)
+        assert rc == 2 and err == (f"error: the workspace {tmp_path / 'afile'} is a file, not a folder: pass a folder "
+                                   f"to --workspace (or NEAT_STUDIO_HOME)\n")
+    assert (tmp_path / "afile").read_text() == "x"
     rc, out, _ = _run(capsys, ws, "library", "list")  # the real one still works
     assert rc == 0 and "toxic" in out
 
