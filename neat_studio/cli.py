@@ -21,10 +21,8 @@ def _studio(args):
     from .config import Workspace
     from .studio import Studio
 
-    ws = Workspace.from_env(getattr(args, "workspace", None))
+    ws = Workspace.from_env(getattr(args, "workspace", None)).check()
     db = getattr(args, "db", None)
-    if ws.root.exists() and not ws.root.is_dir():
-        ws.ensure()  # one clear error: the workspace is a file
     if getattr(args, "command", None) not in _CREATES_STORE:
         path = Path(db).resolve() if db else ws.db_path
         if not path.is_file():

@@ -47,10 +47,15 @@ class Workspace:
     def exports(self) -> Path:
         return self.root / "exports"
 
-    def ensure(self) -> "Workspace":
+    def check(self) -> "Workspace":
+        """ValueError when the workspace path is a file (a folder, or nothing yet, is fine)."""
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"the workspace {self.root} is a file, not a folder: pass a folder to --workspace "
                              f"(or NEAT_STUDIO_HOME)")
+        return self
+
+    def ensure(self) -> "Workspace":
+        self.check()
         for p in (self.root, self.model_cache, self.snapshots, self.runs, self.exports):
             p.mkdir(parents=True, exist_ok=True)
         return self

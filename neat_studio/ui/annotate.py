@@ -67,12 +67,12 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
         groups = [[rid for rid in g if rid in idx] for g in sugg["ranking"]]
         groups = [g for g in groups if g]
         sugg_attr = f" data-suggest='{esc(json.dumps(groups))}'"
+        weak = weak_scorer_note(sugg)
         sugg_text = ("<div class='neat-suggest'>AI suggestion (scorer " + esc(sugg.get("scorer")) +
                      esc(scorer_quality(sugg)) + "): <b>" +
                      esc("  >  ".join(" = ".join(_label(idx[r]) for r in g) for g in groups)) +
                      "</b> · press <b>A</b> to accept" +
-                     ("<div class='neat-weak'>" + esc(weak_scorer_note(sugg)) + "</div>" if weak_scorer_note(sugg)
-                      else "") + "</div>")
+                     (f"<div class='neat-weak'>{esc(weak)}</div>" if weak else "") + "</div>")
     conv = "".join(f"<div class='neat-turn neat-{esc(m.get('role'))}'><span class='neat-role-tag'>"
                    f"{esc(m.get('role'))}</span><div class='neat-turn-text'>{esc(m.get('content'))}</div></div>"
                    for m in p["messages"])
