@@ -32,7 +32,10 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
          8 one at a time, batched again, the last 8 one at a time (the two sides see the same machine). Then the
          same for the Negative Prompt Studio's preview call: 8 seed prompts x (normal side, negative side under
          the `toxic` preset) = 16 sequences with per-sequence system prompts, batched vs one sequence at a time.
-         Both ratios are printed against the 5x target.
+         Both ratios are printed against the 5x target. The model runs in the studio's generation dtype
+         (--gen-dtype, default auto: bfloat16 on a CPU with AVX512-BF16/AMX or a bf16 GPU, else float32, as
+         `serve` / `generate` / `preview` load it). Where that is not float32, a second phase (gen_fp32) runs the
+         same workloads in float32 right after it; its ratios and the dtype's gain are printed as information.
 Tokens in training = real (unpadded) prompt+response tokens the model ran (with prompt_cache the prompt counts once
 per list, since it runs once; for DPO and plain NEAT once per row); achieved
 FLOP/s = 6 * N * tokens/s with N = parameter count (tied embeddings counted once). For DPO this understates its
@@ -291,15 +294,18 @@ def phase_matmul(a) -> dict:
             "threads": torch.get_num_threads(), "peak_rss_gb": rss_gb()}
 
 
-def phase_gen(a) -> dict:
+def phase_gen(a, dtype: str | None = None, prefix: str = "") -> dict:
     """Batched (all prompts, batch 16) and sequential (batch 1) generation interleaved in one process: batched,
     first half one at a time, batched again, second half one at a time, so that both see the same machine (its
-    speed drifts within a minute). Greedy, so both batched runs give the same tokens."""
+    speed drifts within a minute). Greedy, so both batched runs give the same tokens. The model is loaded in the
+    studio's generation dtype (`--gen-dtype`, default auto: bfloat16 on a CPU with bf16 instructions), or in
+    `dtype` (the float32 comparison phase)."""
     from neat_studio.config import Workspace
     from neat_studio.generation import GenParams, generate
-    from neat_studio.models import load_model
+    from neat_studio.models import generation_dtype, load_model
 
-    lm = load_model("default", workspace=Workspace.from_env(a.workspace))
+    dt = generation_dtype(dtype or a.gen_dtype)
+    lm = load_model("default", workspace=Workspace.from_env(a.workspace), dtype=dt)
     if a.gen_prompts == "seed":  # the studio's own seed prompts (short single-turn user prompts)
         rows = [json.loads(x) for x in (REPO / "data" / "seed_prompts.jsonl").read_text().splitlines() if x.strip()]
         prompts = [r["prompt"] for r in rows][: a.n_gen_prompts]
@@ -325,9 +331,11 @@ def phase_gen(a) -> dict:
                 acc[1] += sum(s.n_tokens for r in res for s in r)
         out[f"{key}batched"], out[f"{key}seq"] = (batched, len(jobs)), (seq, len(jobs))
     rss = rss_gb()
-    return {"phase": "gen", **{f"gen_{k}": {"phase": f"gen_{k}", "prompts": n_jobs, "seconds": dt,
-                                            "tokens": n, "tokens_per_s": n / dt, "peak_rss_gb": rss}
-                               for k, ((dt, n), n_jobs) in out.items()}}
+    dname = str(dt).removeprefix("torch.")
+    return {"phase": "gen", **{f"gen_{prefix}{k}": {"phase": f"gen_{prefix}{k}", "prompts": n_jobs, "seconds": secs,
+                                                     "tokens": n, "tokens_per_s": n / secs, "peak_rss_gb": rss,
+                                                     "dtype": dname}
+                               for k, ((secs, n), n_jobs) in out.items()}}
 
 
 # -- driver -------------------------------------------------------------------------------------------------------
@@ -336,7 +344,8 @@ def run_child(phase: str, a, tmp: Path, label: str | None = None) -> dict:
             "--workspace", a.workspace, "--n-pairs", str(a.n_pairs), "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--batch-size", str(a.batch_size), "--max-prompt-len", str(a.max_prompt_len),
             "--max-response-len", str(a.max_response_len), "--gen-tokens", str(a.gen_tokens),
-            "--n-gen-prompts", str(a.n_gen_prompts), "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
+            "--n-gen-prompts", str(a.n_gen_prompts), "--gen-dtype", a.gen_dtype,
+            "--matmul-sizes", ",".join(map(str, a.matmul_sizes)),
             "--matmul-reps", str(a.matmul_reps), "--probe-sizes", ",".join(map(str, a.probe_sizes)),
             "--probe-reps", str(a.probe_reps), "--threads", str(a.threads), "--gen-prompts", a.gen_prompts,
             "--k-neg", str(a.k_neg), "--big-batch", str(a.big_batch)]
@@ -373,6 +382,10 @@ def main() -> int:
                     "(0 = skip them)")
     ap.add_argument("--big-batch", type=int, default=8, help="pairs per step of the informational neat_big phase "
                     "(0 = skip it)")
+    ap.add_argument("--gen-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="dtype of the generation phase, as the studio's --dtype (auto: bfloat16 on a CPU with bf16 "
+                    "instructions, else float32). When it is not float32, a float32 generation phase runs beside "
+                    "it for comparison (information, no target)")
     ap.add_argument("--gen-prompts", default="pairs", choices=["pairs", "seed"],
                     help="generation prompts: the pairs' prompts (default) or data/seed_prompts.jsonl")
     ap.add_argument("--matmul-sizes", default="1024,2048,4096")
@@ -410,7 +423,7 @@ def main() -> int:
         fn = {"neat": phase_neat, "neat_on": lambda x: phase_neat(x, "on"), "neat_off": lambda x: phase_neat(x, "off"),
               "neat_big": lambda x: phase_neat(x, big=True),
               "dpo": phase_dpo, "matmul": phase_matmul,
-              "gen": phase_gen}[a._phase]
+              "gen": phase_gen, "gen_fp32": lambda x: phase_gen(x, "float32", "fp32_")}[a._phase]
         print(json.dumps(fn(a)))
         return 0
 
@@ -437,6 +450,11 @@ def main() -> int:
           f"(+{a.warmup} warm-up) batch={a.batch_size} max_prompt_len={a.max_prompt_len} "
           f"max_response_len={a.max_response_len}; torch threads={__import__('torch').get_num_threads()}", flush=True)
 
+    import torch
+
+    from neat_studio.models import generation_dtype
+
+    gen_dt = generation_dtype(a.gen_dtype)
     res: dict[str, list[dict]] = {}
     # an untimed warm-up phase first: on this VM the first memory-heavy process after an idle spell was the slowest
     # NEAT measurement of every full run (0.61, 0.81 and 0.84 pairs/s where the identical prompt_cache=on phase right
@@ -445,9 +463,10 @@ def main() -> int:
         run_child("neat", a, tmp, label="warm-up (untimed)")
     for _ in range(a.repeats):  # one round = every pairs phase, the peak and both generation phases, back to back;
         # the two phases of each target ratio run next to each other: matmul peak | neat | dpo, gen batched | seq
-        for ph in ("matmul", "neat", "dpo", "neat_on", "neat_off", *(("neat_big",) if a.big_batch else ()), "gen"):
+        for ph in ("matmul", "neat", "dpo", "neat_on", "neat_off", *(("neat_big",) if a.big_batch else ()), "gen",
+                   *(("gen_fp32",) if gen_dt != torch.float32 else ())):
             r = run_child(ph, a, tmp)
-            for key, part in ({k: v for k, v in r.items() if k.startswith("gen_")} if ph == "gen"
+            for key, part in ({k: v for k, v in r.items() if k.startswith("gen_")} if ph.startswith("gen")
                               else {ph: r}).items():
                 res.setdefault(key, []).append(part)
     if a.k_neg:  # NEAT's own case: lists (chosen > rejected > k_neg negative samples); DPO gets their pairs
@@ -485,6 +504,12 @@ def main() -> int:
         "gen_speedup_preview": [b["tokens_per_s"] / q["tokens_per_s"]
                                 for b, q in zip(res["gen_preview_batched"], res["gen_preview_seq"])],
     }
+    if "gen_fp32_batched" in res:  # information only: the same workloads in float32
+        for name, w in (("hh", ""), ("preview", "preview_")):
+            paired[f"gen_fp32_speedup_{name}"] = [b["tokens_per_s"] / q["tokens_per_s"] for b, q in
+                                                  zip(res[f"gen_fp32_{w}batched"], res[f"gen_fp32_{w}seq"])]
+            paired[f"gen_dtype_gain_{name}"] = [b["tokens_per_s"] / f["tokens_per_s"] for b, f in
+                                                zip(res[f"gen_{w}batched"], res[f"gen_fp32_{w}batched"])]
     if "neat_big" in res:  # information only: no target
         paired["mfu_big"] = [6 * n["n_params"] * n["tokens_per_s"] / m["best_flops"]
                              for n, m in zip(res["neat_big"], res["matmul"])]
@@ -513,11 +538,17 @@ def main() -> int:
         (f"fp32 matmul peak (n={mm['best_n']})", "", "", f"{mm['best_flops'] / 1e9:.1f}", f"{mm['peak_rss_gb']:.2f}"),
         ("fp32 matmul peak probed after each NEAT step (median)", "", "",
          f"{neat['probe_peak_flops'] / 1e9:.1f}", ""),
-        ("generate, batch 16", "", f"{gb['tokens_per_s']:.1f}", "", f"{gb['peak_rss_gb']:.2f}"),
-        ("generate, one at a time", "", f"{gs['tokens_per_s']:.1f}", "", f"{gs['peak_rss_gb']:.2f}"),
-        (f"preview call ({best['gen_preview_batched']['prompts']} seed prompt x side sequences), batch 16", "",
-         f"{best['gen_preview_batched']['tokens_per_s']:.1f}", "", ""),
-        ("same sequences, one at a time", "", f"{best['gen_preview_seq']['tokens_per_s']:.1f}", "", ""),
+        *(row for pre in ("", *(("fp32_",) if "gen_fp32_batched" in best else ()))
+          for row in ((f"generate, batch 16 ({best[f'gen_{pre}batched']['dtype']})", "",
+                       f"{best[f'gen_{pre}batched']['tokens_per_s']:.1f}", "",
+                       f"{best[f'gen_{pre}batched']['peak_rss_gb']:.2f}"),
+                      ("generate, one at a time", "", f"{best[f'gen_{pre}seq']['tokens_per_s']:.1f}", "",
+                       f"{best[f'gen_{pre}seq']['peak_rss_gb']:.2f}"),
+                      (f"preview call ({best[f'gen_{pre}preview_batched']['prompts']} seed prompt x side sequences),"
+                       f" batch 16 ({best[f'gen_{pre}preview_batched']['dtype']})", "",
+                       f"{best[f'gen_{pre}preview_batched']['tokens_per_s']:.1f}", "", ""),
+                      ("same sequences, one at a time", "", f"{best[f'gen_{pre}preview_seq']['tokens_per_s']:.1f}",
+                       "", ""))),
     ]
     w = [max(len(r[i]) for r in rows + [("phase", "pairs/s", "tokens/s", "GFLOP/s", "peak RSS GB")]) for i in range(5)]
     print()
@@ -543,6 +574,12 @@ def main() -> int:
               f"{'yes' if ok else 'NO'}{spread}")
     print(f"info: NEAT FLOP/s / the separate matmul phase's peak  {ratios['mfu_separate'] * 100:.2f} %  (rounds: "
           f"{', '.join(f'{x * 100:.2f}' for x in paired['mfu_separate'])})")
+    for key, what in (("gen_fp32_speedup_hh", "batched / sequential gen in float32"),
+                      ("gen_fp32_speedup_preview", "  same, the preview call, float32"),
+                      ("gen_dtype_gain_hh", f"batched gen, {gb['dtype']} / float32"),
+                      ("gen_dtype_gain_preview", "  same, the preview call")):
+        if key in ratios:
+            print(f"info: {what}  {ratios[key]:.2f}x  (rounds: {', '.join(f'{x:.2f}' for x in paired[key])})")
     if "mfu_big" in ratios:
         print(f"info: matmul-peak share at batch {a.big_batch} (no target)  {ratios['mfu_big'] * 100:.2f} %  (rounds: "
               f"{', '.join(f'{x * 100:.2f}' for x in paired['mfu_big'])})")

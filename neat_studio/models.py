@@ -58,7 +58,9 @@ _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "
 _ROLES = ("system", "user", "assistant")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+GEN_DTYPES = ("auto", "float32", "bfloat16")  # the studio's generation dtype choices (see generation_dtype)
 _DEFAULT_LOCK = threading.Lock()
+_CPUINFO = Path("/proc/cpuinfo")
 
 
 class ModelLoadError(RuntimeError):
@@ -136,6 +138,36 @@ def load_model(spec: str | os.PathLike = "default", *, workspace=None, dtype=Non
                              "model directory, a run directory containing final/, 'default' or 'tiny'.")
     path = _hub_snapshot(spec_str)
     return _load_dir(path, model_id=spec_str, spec=spec_str, dtype=torch_dtype, device=device)
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """True where bfloat16 matrix products run in hardware: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or
+    AMX-BF16 instructions (read from /proc/cpuinfo). Without them PyTorch emulates bf16 and it is slower than
+    float32 (measured 1.77x slower for a training step on an AVX-512 CPU without AVX512-BF16)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = set(_CPUINFO.read_text().split())
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def generation_dtype(choice: str | None = "auto", device: str = "cpu"):
+    """The dtype the studio loads generation models in: ``auto`` = bfloat16 where :func:`native_bf16` (on such a
+    CPU, measured: matrix products 4x faster than float32, a batch of 16 generations ~1.9x faster, the same greedy
+    text on most prompts), else float32; ``float32`` / ``bfloat16`` as named. Evaluation and training keep their own
+    dtype settings."""
+    import torch
+
+    choice = (choice or "auto").strip().lower()
+    if choice not in GEN_DTYPES:
+        raise ValueError(f"unknown generation dtype {choice!r}: use one of {', '.join(GEN_DTYPES)}")
+    if choice == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return getattr(torch, choice)
 
 
 def resolve_model_dir(path: str | os.PathLike) -> tuple[Path, str]:

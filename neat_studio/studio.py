@@ -24,7 +24,10 @@ class Studio:
     GEN_BATCH = 16
 
     def __init__(self, workspace: Workspace | None = None, db_path: str | Path | None = None,
-                 model_spec: str = "default"):
+                 model_spec: str = "default", gen_dtype: str = "auto"):
+        from .models import generation_dtype
+
+        self.gen_dtype = generation_dtype(gen_dtype)  # ValueError before anything is created
         self.workspace = (workspace or Workspace.from_env()).ensure()
         self.db_path = Path(db_path) if db_path else self.workspace.db_path
         self.store = Store(self.db_path)
@@ -140,7 +143,7 @@ class Studio:
             if self._lm is None:
                 from .models import load_model
 
-                self._lm = load_model(self.model_spec, workspace=self.workspace)
+                self._lm = load_model(self.model_spec, workspace=self.workspace, dtype=self.gen_dtype)
             return self._lm
 
     def use_model(self, spec: str) -> str:
@@ -149,7 +152,7 @@ class Studio:
         from .safety import check_model_spec
 
         spec = check_model_spec(spec, self.workspace)  # a user's choice: only allowed model folders
-        lm = load_model(spec, workspace=self.workspace)
+        lm = load_model(spec, workspace=self.workspace, dtype=self.gen_dtype)
         with self._lm_lock:
             self._lm, self.model_spec = lm, spec
         return lm.model_id
@@ -871,7 +874,7 @@ class Studio:
             from .safety import check_model_spec
 
             check_model_spec(spec, self.workspace)  # user-typed: only allowed model folders (ValueError)
-            lm = load_model(spec, workspace=self.workspace)
+            lm = load_model(spec, workspace=self.workspace, dtype=self.gen_dtype)
             cache[spec] = lm
             while len(cache) > self.COMPARE_CACHE:
                 cache.popitem(last=False)

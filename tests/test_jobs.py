@@ -275,7 +275,7 @@ def test_compare_fingerprints_and_vote_flow_into_export(studio, finished_run, tm
     out = tmp_path / "pairs.jsonl"
     n = studio.export("trl", out)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert n >= 1 and any(tb in json.dumps(x) and ta in json.dumps(x) for x in lines)
+    assert n >= 1 and any(tb in json.dumps(x, ensure_ascii=False) and ta in json.dumps(x, ensure_ascii=False) for x in lines)
 
     bad = studio.save_compare_vote(ha, hb, "tiny", run_dir, "both_bad", annotator="carol")
     assert bad["marks"] == {a: "neg", b: "neg"} and bad["ranking"] == [[a, b]]

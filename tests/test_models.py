@@ -252,3 +252,48 @@ def test_run_id_resolves_under_workspace_runs(tiny_model_dir, workspace):
     shutil.copytree(tiny_model_dir, workspace.runs / "run-7" / "final")
     lm = M.load_model("run-7", workspace=workspace)
     assert lm.path == workspace.runs / "run-7" / "final" and lm.model_id == "run-7" and lm.spec == "run-7"
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512bw avx512_vnni", False),
+                                           ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),
+                                           ("fpu avx2 amx_tile amx_bf16 amx_int8", True),
+                                           ("fpu avx2 xavx512_bf16x", False)])
+def test_generation_dtype_auto_follows_the_cpu_bf16_instructions(tmp_path, monkeypatch, flags, native):
+    import torch
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(M, "_CPUINFO", info)
+    assert M.native_bf16("cpu") is native
+    assert M.generation_dtype("auto") == (torch.bfloat16 if native else torch.float32)
+    assert M.generation_dtype(None) == M.generation_dtype("auto")
+    assert M.generation_dtype("float32") == torch.float32 and M.generation_dtype("bfloat16") == torch.bfloat16
+    monkeypatch.setattr(M, "_CPUINFO", tmp_path / "missing")
+    assert M.native_bf16("cpu") is False and M.generation_dtype("auto") == torch.float32
+    with pytest.raises(ValueError, match="unknown generation dtype 'float16'"):
+        M.generation_dtype("float16")
+
+
+def test_studio_loads_its_generation_models_in_its_dtype(tmp_path, monkeypatch, tiny_model_dir):
+    import torch
+
+    from neat_studio.studio import Studio
+
+    with pytest.raises(ValueError, match="unknown generation dtype"):
+        Studio(Workspace(tmp_path / "bad"), gen_dtype="int8")
+    assert not (tmp_path / "bad").exists()  # refused before anything was created
+
+    monkeypatch.setattr(M, "native_bf16", lambda device="cpu": True)
+    monkeypatch.setenv("NEAT_STUDIO_MODEL_ROOTS", str(tiny_model_dir.parent))
+    with Studio(Workspace(tmp_path / "ws"), model_spec="tiny") as st:
+        assert st.gen_dtype == torch.bfloat16
+        assert st.policy().model.dtype == torch.bfloat16
+        assert st.compare_model(str(tiny_model_dir)).model.dtype == torch.bfloat16
+        st.use_model(str(tiny_model_dir))
+        assert st.policy().model.dtype == torch.bfloat16
+        from neat_studio.generation import GenParams, generate
+
+        out = generate(st.policy(), ["Hello"], params=GenParams(temperature=0.0, max_new_tokens=5, seed=0))
+        assert out[0][0].n_tokens >= 1  # generation runs in bf16
+    with Studio(Workspace(tmp_path / "ws"), model_spec="tiny", gen_dtype="float32") as st:
+        assert st.policy().model.dtype == torch.float32

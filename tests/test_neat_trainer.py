@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from neat_studio.config import Workspace
 from neat_studio.neat.config import ConfigError, NeatConfig
 from neat_studio.neat.rounds import build_list, epoch_schedule, rank_reward, rank_rule, dense
 
@@ -601,3 +602,16 @@ def test_reward_ranking_with_positive_prompts_runs_end_to_end(tiny_model_dir, sn
         want = [sorted(set(keys)).index(k) for k in keys]
         assert lst["ranks"] == want, (lst, keys)
     assert {"policy", "positive", "negative"} <= seen
+
+
+def test_trainers_of_two_precisions_in_one_process(tiny_model_dir, snap, tmp_path):
+    """accelerate's process-wide state refused a second precision in one process: a float32 run and then a bf16
+    (autocast) run, as `dtype=auto` gives on a CPU with bf16 instructions. Both finish now, each in its own."""
+    from neat_studio.neat.trainer import train
+
+    for i, dt in enumerate(("fp32", "bf16", "fp32")):
+        cfg = NeatConfig.from_dict({"model": str(tiny_model_dir), "snapshot": str(snap), "method": "sft",
+                                    "dtype": dt, "max_steps": 1, "max_response_len": 32,
+                                    "output_dir": str(tmp_path / f"{i}-{dt}")})
+        res = train(cfg, workspace=Workspace(tmp_path / "ws").ensure())
+        assert res["status"] == "finished", res

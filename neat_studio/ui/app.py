@@ -101,13 +101,13 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
 
 
 def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0.1", port: int = 7860,
-           auth_file=None, share: bool = False, block: bool = True):
+           auth_file=None, share: bool = False, block: bool = True, dtype: str = "auto"):
     """Start the studio (what `python -m neat_studio serve` runs)."""
     from ..config import Workspace
     from ..studio import Studio
 
     auth = load_auth(auth_file)
-    studio = Studio(Workspace.from_env(workspace), db_path=db, model_spec=model or "default")
+    studio = Studio(Workspace.from_env(workspace), db_path=db, model_spec=model or "default", gen_dtype=dtype)
     try:
         if studio.store.count_prompts() == 0 and not studio.store.get_setting("seeded"):
             studio.init(actor="system")
@@ -115,7 +115,7 @@ def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0
         log.warning("seeding the workspace failed: %s", e)
     print(f"NEAT Studio: loading the generation model {model!r} ...", flush=True)
     lm = studio.policy()  # the studio answers with its model loaded (first start converts the GGUF once)
-    print(f"NEAT Studio: model {lm.model_id} loaded", flush=True)
+    print(f"NEAT Studio: model {lm.model_id} loaded ({str(studio.gen_dtype).removeprefix('torch.')})", flush=True)
     demo = build_app(studio, auth=auth)
     studio.start_background_embedding()  # new prompts/responses get vectors without blocking anyone
     print(f"NEAT Studio: workspace {studio.workspace.root}, model {model}, "
