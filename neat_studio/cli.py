@@ -264,6 +264,14 @@ def cmd_serve(args):
            auth_file=args.auth_file, share=False, dtype=args.dtype)
 
 
+def _add_gen_dtype(s) -> None:
+    from .models import GEN_DTYPES
+
+    s.add_argument("--dtype", choices=GEN_DTYPES, default="auto",
+                   help="generation dtype: auto = bfloat16 on a CPU with bf16 instructions (AVX512-BF16/AMX) or a "
+                        "bf16 GPU, else float32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m neat_studio",
                                 description="NEAT Studio: negative-prompt-driven alignment of language models.")
@@ -302,9 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--system", help="system prompt reference name@version (latest if no @); leave out or say "
                                     "none: the plain policy")
     s.add_argument("--model", help="model spec: default, tiny, a local path or a run directory")
-    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="generation dtype: auto = bfloat16 on a CPU with bf16 instructions (AVX512-BF16/AMX) or a "
-                        "bf16 GPU, else float32")
+    _add_gen_dtype(s)
     s.add_argument("--prompt-id", action="append", help="prompt id (repeatable); default: --limit prompts")
     s.add_argument("--tag")
     s.add_argument("--split", choices=["train", "dev", "test"])
@@ -320,9 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("negative", help="negative prompt reference name@version (latest if no @)")
     s.add_argument("--normal", help="positive prompt reference for the normal side (default: no system prompt)")
     s.add_argument("--model", help="model spec: default, tiny, a local path or a run directory")
-    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="generation dtype: auto = bfloat16 on a CPU with bf16 instructions (AVX512-BF16/AMX) or a "
-                        "bf16 GPU, else float32")
+    _add_gen_dtype(s)
     s.add_argument("--n", type=int, default=3, help="how many prompts to sample")
     s.add_argument("--tag", help="sample among prompts with this tag")
     s.add_argument("--prompt-id", action="append", help="preview these prompts (repeatable) instead of sampling")
@@ -378,9 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--model", default="default", help="policy model: default, tiny, HF name or local path")
-    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="generation dtype: auto = bfloat16 on a CPU with bf16 instructions (AVX512-BF16/AMX) or a "
-                        "bf16 GPU, else float32")
+    _add_gen_dtype(s)
     s.add_argument("--auth-file", help="users file (JSON/YAML with hashed passwords and roles); enables login")
     s.set_defaults(func=cmd_serve)
 

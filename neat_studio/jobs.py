@@ -196,12 +196,20 @@ def explain_error(log_lines: list[str], events: list[dict] | None = None, exit_c
 # ---------------------------------------------------------------------------------------------------------------
 # time estimate
 # ---------------------------------------------------------------------------------------------------------------
-CPU_FLOPS = 2.0e10          # sustained fp32 matmul FLOP/s of a 2-core CPU with torch (measured order of magnitude)
-GEN_EFFICIENCY = 0.15       # share of CPU_FLOPS reached by token-by-token decoding (small batches, python overhead)
-STEP_OVERHEAD_S = 0.05      # python/optimizer overhead per training step
-DECODE_OVERHEAD_S = 0.004   # per decoding step of a batch
-STARTUP_S = 20.0           # process start, imports (torch, transformers, accelerate), model load
+# A model of where a run's time goes on a 2-core CPU, float32; its constants are throughputs measured with
+# benchmarks/bench_train.py and checked against whole runs (README, "Training time estimate"). bf16 (autocast on a
+# CPU with bf16 instructions) is measured separately: BF16_TRAIN_SPEEDUP and half the weight bytes in decoding.
+TRAIN_FLOPS = 1.4e11        # sustained 6·N·token FLOP/s of a training step's forward + backward (bench: 140-185)
+OPT_S_PER_PARAM = 1.0e-9    # AdamW + clipping + bookkeeping per parameter and optimizer step (~0.14 s at 135M)
+DECODE_BYTES_S = 1.3e10     # a decoding step streams every weight once: N x 4 bytes at this rate (~40 ms at 135M)
+DECODE_ROW_FLOPS = 3.5e10   # ... plus 2·N FLOPs per sequence in the batch at this rate (~8 ms per row at 135M)
+PREFILL_FLOPS = 1.2e11      # prompt prefill, 2·N FLOPs per prompt token (once per prompt and system prompt)
+DPO_SLOWDOWN = 2.3          # TRL DPOTrainer's tokens/s below ours at the same 6·N accounting (bench: 97 vs 221)
+BF16_TRAIN_SPEEDUP = 1.8    # measured: bf16-autocast step / fp32 step on an AVX512-BF16 CPU (0.98 -> 1.80 pairs/s)
+BF16_MATMUL_SPEEDUP = 4.0   # measured: bf16 / fp32 GEMM FLOP/s at 16-2048 rows on that CPU (97 -> 398 at 16 rows)
+STARTUP_S = 20.0            # process start, imports (torch, transformers, accelerate), model load
 PROMPT_TOKENS = 48          # typical prompt length (tokens) of the studio's data
+RESPONSE_TOKENS = 64        # typical curated response length (tokens; capped by max_response_len)
 CURATED_PER_LIST = 2        # typical curated responses per prompt
 
 
@@ -225,18 +233,25 @@ def model_params(spec: str, workspace=None) -> tuple[float, str]:
 
 
 def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
-    """Rough wall time of a run on this CPU (2 cores, fp32), ±3x. Heuristic:
+    """Wall time of a run on this kind of machine (2 CPU cores), from the constants above. The model:
 
     - steps = rounds x epochs x ceil(n_prompts / (batch_size x grad_accum)), capped by max_steps;
     - each round SAMPLES online answers (neat: k plain + k_neg per negative + k_pos per positive; rrhf: k plain;
-      sft / dpo: none): n_prompts x samples x max_new_tokens tokens at 2·N FLOPs per token and GEN_EFFICIENCY of
-      CPU_FLOPS, plus DECODE_OVERHEAD_S per decoding step of a generation batch;
-    - each optimizer step TRAINS on batch_size x grad_accum lists of (curated + online) responses of
-      (PROMPT_TOKENS + min(max_new_tokens, max_response_len)) tokens at 6·N FLOPs per token (dpo: 2 responses,
-      plus a reference forward pass = 8·N) at CPU_FLOPS, plus STEP_OVERHEAD_S;
+      sft / dpo: none) in batches of gen_batch_size sequences: max_new_tokens decoding steps per batch, each
+      streaming the weights once (N x bytes / DECODE_BYTES_S) plus 2·N FLOPs per sequence (DECODE_ROW_FLOPS), and
+      a prefill of PROMPT_TOKENS per prompt and sampling pass (PREFILL_FLOPS);
+    - each optimizer step TRAINS on batch_size x grad_accum lists: the shared-prompt layout runs a list's prompt
+      once and each of its responses (curated: RESPONSE_TOKENS, online: max_new_tokens, both capped by
+      max_response_len) at 6·N FLOPs per token (TRAIN_FLOPS); dpo (TRL) runs prompt + response per row for two rows
+      per pair, DPO_SLOWDOWN times slower per token (its reference forward, full-vocabulary logits); plus
+      OPT_S_PER_PARAM x N per step;
+    - bf16 (dtype bf16, or auto on a CPU with AVX512-BF16 / AMX): training BF16_TRAIN_SPEEDUP faster, decoding
+      streams 2-byte weights and its FLOPs run BF16_MATMUL_SPEEDUP faster;
     - plus STARTUP_S; N = parameter count (config.json of a local model; 135M for `default`).
 
-    Returns {"seconds", "steps", "sampling_s", "training_s", "startup_s", "params", "text"}."""
+    Returns {"seconds", "steps", "sampling_s", "training_s", "startup_s", "params", "bf16", "text"}."""
+    from .models import native_bf16
+
     def g(k, d):
         v = config.get(k, d)
         return d if v in (None, "") else v
@@ -251,25 +266,40 @@ def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
         steps = min(steps, int(g("max_steps", 0)))
     negs, poss = list(g("negatives", []) or []), list(g("positives", []) or [])
     k, k_neg, k_pos = int(g("k", 2)), int(g("k_neg", 2)), int(g("k_pos", 0))
-    online = {"neat": k + k_neg * len(negs) + k_pos * len(poss), "rrhf": k + (k_pos * len(poss))}.get(method, 0)
+    passes = {"neat": [k] + [k_neg] * len(negs) + [k_pos] * len(poss), "rrhf": [k] + [k_pos] * len(poss)}.get(
+        method, [])
+    passes = [x for x in passes if x > 0]  # sampling passes (plain, each negative / positive prompt), k each
+    online = sum(passes)
     new_tok = int(g("max_new_tokens", 96))
-    resp_tok = min(new_tok, int(g("max_response_len", 128)))
+    max_resp = int(g("max_response_len", 128))
+    dtype = str(g("dtype", "auto"))
+    bf16 = dtype == "bf16" or (dtype == "auto" and native_bf16("cpu"))
     params, how = model_params(str(g("model", "default")), workspace)
     # rounds actually reached when max_steps cuts the run short
     rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))
     gen_batch = max(int(g("gen_batch_size", 8)), 1)
-    gen_tokens = n * online * new_tok
-    sampling = rounds_run * (gen_tokens * 2 * params / (CPU_FLOPS * GEN_EFFICIENCY)
-                             + math.ceil(n * online / gen_batch) * new_tok * DECODE_OVERHEAD_S) if online else 0.0
-    per_list = {"sft": 1, "dpo": 2}.get(method, CURATED_PER_LIST + online)
-    flops_tok = 8 if method == "dpo" else 6
-    step_tokens = bs * acc * per_list * (PROMPT_TOKENS + resp_tok)
-    training = steps * (step_tokens * flops_tok * params / CPU_FLOPS + STEP_OVERHEAD_S)
+    mm = BF16_MATMUL_SPEEDUP if bf16 else 1.0
+    sampling = 0.0
+    for kk in passes:  # one generate call per pass; a prompt's k samples share a batch
+        seqs, per_batch = n * kk, max(1, gen_batch // kk) * kk
+        step_s = [params * (2 if bf16 else 4) / DECODE_BYTES_S + rows * 2 * params / (DECODE_ROW_FLOPS * mm)
+                  for rows in [per_batch] * (seqs // per_batch) + ([seqs % per_batch] if seqs % per_batch else [])]
+        sampling += new_tok * sum(step_s) + n * PROMPT_TOKENS * 2 * params / (PREFILL_FLOPS * mm)
+    sampling *= rounds_run
+    resp_curated, resp_online = min(RESPONSE_TOKENS, max_resp), min(new_tok, max_resp)
+    if method == "dpo":
+        step_tokens, flops_tok = bs * acc * 2 * (PROMPT_TOKENS + resp_curated), 6 * DPO_SLOWDOWN
+    else:
+        per_list = (resp_curated if method == "sft" else CURATED_PER_LIST * resp_curated + online * resp_online)
+        step_tokens, flops_tok = bs * acc * (PROMPT_TOKENS + per_list), 6
+    train_flops = TRAIN_FLOPS * (BF16_TRAIN_SPEEDUP if bf16 else 1.0)
+    training = steps * (step_tokens * flops_tok * params / train_flops + OPT_S_PER_PARAM * params)
     total = STARTUP_S + sampling + training
     text = (f"about {fmt_duration(total)} ({steps} steps; sampling ~{fmt_duration(sampling)}, training "
-            f"~{fmt_duration(training)}; {how}; rough, ±3x)") if n else "no training data matches the filters"
+            f"~{fmt_duration(training)}; {how}{', bf16' if bf16 else ''}; rough, ±2x)") if n else \
+        "no training data matches the filters"
     return {"seconds": round(total, 1), "steps": steps, "sampling_s": round(sampling, 1),
-            "training_s": round(training, 1), "startup_s": STARTUP_S, "params": params, "text": text}
+            "training_s": round(training, 1), "startup_s": STARTUP_S, "params": params, "bf16": bf16, "text": text}
 
 
 def fmt_duration(s: float | None) -> str:

@@ -754,10 +754,11 @@ class Studio:
     def training_options(self) -> dict:
         """Choices and defaults of the Train tab: methods, prompt versions, tags, base models, NeatConfig defaults
         and help text."""
-        from .neat.config import METHODS, NeatConfig
+        from .neat.config import DTYPES, METHODS, NeatConfig
+        from .neat.trainer import bf16_supported
 
         allv = self.store.all_system_prompt_versions()
-        return {"methods": list(METHODS),
+        return {"methods": list(METHODS), "dtypes": list(DTYPES), "auto_dtype": "bf16" if bf16_supported() else "fp32",
                 "negatives": [v["ref"] for v in allv if v["kind"] == "negative"],
                 "positives": [v["ref"] for v in allv if v["kind"] == "positive"],
                 "tags": self.store.prompt_tags(), "models": self.model_choices(),
@@ -882,7 +883,8 @@ class Studio:
 
     def compare_info(self, spec: str) -> dict:
         lm = self.compare_model(spec)
-        return {"spec": spec, "model_id": lm.model_id, "fingerprint": lm.fingerprint}
+        return {"spec": spec, "model_id": lm.model_id, "fingerprint": lm.fingerprint,
+                "dtype": str(lm.model.dtype).removeprefix("torch.")}
 
     def compare_stream(self, spec_a: str, spec_b: str, history_a: list[dict], history_b: list[dict], user_text: str,
                        params: dict | None = None):
@@ -958,7 +960,8 @@ class Studio:
             mid = "".join(c if not c.isspace() else "_" for c in info["model_id"])[:200] or "model"
             rows.append({"prompt_id": pid, "text": h[-1].get("content") or "", "origin": f"compare:{mid}",
                          "model_id": info["model_id"], "seed": gp.get("seed"),
-                         "params": {**gp, "spec": info["spec"], "fingerprint": info["fingerprint"]}})
+                         "params": {**gp, "spec": info["spec"], "fingerprint": info["fingerprint"],
+                                    "dtype": info["dtype"]}})
         a, b = self.store.add_responses(rows, actor=annotator)
         marks = {}
         if a == b:

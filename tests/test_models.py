@@ -289,6 +289,7 @@ def test_studio_loads_its_generation_models_in_its_dtype(tmp_path, monkeypatch, 
         assert st.gen_dtype == torch.bfloat16
         assert st.policy().model.dtype == torch.bfloat16
         assert st.compare_model(str(tiny_model_dir)).model.dtype == torch.bfloat16
+        assert st.compare_info(str(tiny_model_dir))["dtype"] == "bfloat16"  # shown beside the fingerprint
         st.use_model(str(tiny_model_dir))
         assert st.policy().model.dtype == torch.bfloat16
         from neat_studio.generation import GenParams, generate

@@ -42,6 +42,7 @@ def test_app_builds_with_train_and_compare_tabs(studio):
     demo = build_app(studio)
     comps = demo.neat_ctx.components
     for k in ("train.start", "train.stop", "train.resume", "train.progress", "train.history", "train.timer",
+              "train.dtype",
               "compare.send", "compare.chat_a", "compare.vote_B", "compare.info_a", "compare.evaluate"):
         assert k in comps, k
     assert studio.__dict__.get("_jobs") is not None  # the Train tab created the runner (re-attach on app start)
@@ -107,6 +108,9 @@ def test_training_options_and_estimate(studio):
     opts = studio.training_options()
     assert opts["methods"] == ["neat", "rrhf", "sft", "dpo"] and opts["negatives"] == ["rude@1"]
     assert "lr" in opts["help"] and opts["defaults"]["method"] == "neat"
+    from neat_studio.neat.trainer import bf16_supported
+
+    assert opts["dtypes"] == ["auto", "bf16", "fp32"] and opts["auto_dtype"] == ("bf16" if bf16_supported() else "fp32")
     e = studio.estimate_training({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "rounds": 1,
                                   "batch_size": 2, "data": {"tags": ["t"]}})
     assert e["n_prompts"] == 4 and e["steps"] == 2 and e["seconds"] > 0
@@ -139,8 +143,9 @@ def test_compare_rendering_is_inert():
     assert [m["role"] for m in msgs] == ["user", "assistant", "assistant"]
     assert msgs[0]["content"] == "&lt;img src=x onerror=alert(1)&gt;" and "<script>" not in msgs[1]["content"]
     assert msgs[2]["content"] == "<i>(empty)</i>"
-    h = info_html("A", {"spec": "<b>", "model_id": "m<1>", "fingerprint": "abc"})
+    h = info_html("A", {"spec": "<b>", "model_id": "m<1>", "fingerprint": "abc", "dtype": "bfloat16"})
     assert "<b>" not in h.replace("<b>A</b>", "") and "m&lt;1&gt;" in h and "data-fingerprint='abc'" in h
+    assert "<code class='neat-fp'>abc</code> · bfloat16<br>" in h
     assert "neat-error" in info_html("B", None, "cannot <load>") and "&lt;load&gt;" in info_html("B", None, "<load>")
 
 

@@ -34,7 +34,8 @@ def info_html(side: str, info: dict | None, error: str | None = None) -> str:
         return f"<div class='neat-empty'>Model {esc(side)}: not loaded</div>"
     return (f"<div class='neat-model-info' data-fingerprint='{esc(info['fingerprint'])}' id='cmp-info-{esc(side)}'>"
             f"<b>{esc(side)}</b>: <code>{esc(info['model_id'])}</code> · weights "
-            f"<code class='neat-fp'>{esc(info['fingerprint'])}</code><br><span style='font-size:.8rem'>"
+            f"<code class='neat-fp'>{esc(info['fingerprint'])}</code>"
+            f"{' · ' + esc(info['dtype']) if info.get('dtype') else ''}<br><span style='font-size:.8rem'>"
             f"{esc(info['spec'])}</span></div>")
 
 

@@ -164,6 +164,8 @@ def build(ctx: Ctx) -> dict:
                                            info=helps.get(key), elem_id=f"train-{key}"))
         with gr.Row():
             lora = gr.Checkbox(False, label="LoRA adapters", info=helps.get("lora"), elem_id="train-lora")
+            dtype = gr.Dropdown(opts["dtypes"], value=defaults.get("dtype", "auto"), label="Precision",
+                                info=f"{helps.get('dtype')}; here auto = {opts['auto_dtype']}", elem_id="train-dtype")
             name = gr.Textbox(label="Run name (optional)", max_lines=1, elem_id="train-name")
     estimate = gr.Markdown("", elem_id="train-estimate")
     with gr.Row():
@@ -203,9 +205,10 @@ def build(ctx: Ctx) -> dict:
                           elem_id="train-config")
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def config_from(bm, md, ng, ps, ao, im, tg, lr_, nm, *hv):
+    def config_from(bm, md, ng, ps, ao, im, tg, lr_, dt, nm, *hv):
         cfg = {"model": (bm or "").strip() or "default", "method": md, "negatives": list(ng or []),
-               "positives": list(ps or []), "lora": bool(lr_), "name": (nm or "").strip() or None,
+               "positives": list(ps or []), "lora": bool(lr_), "dtype": dt or "auto",
+               "name": (nm or "").strip() or None,
                "data": {"annotated_only": bool(ao), "include_imported": bool(im), "tags": list(tg or []),
                         "split": "train"}}
         for (key, _, kind, _, _), v in zip(HYPER, hv):
@@ -217,7 +220,7 @@ def build(ctx: Ctx) -> dict:
             cfg["positives"] = []
         return cfg
 
-    cfg_inputs = [base, method, negs, poss, annotated_only, imported, tags, lora, name, *hyper]
+    cfg_inputs = [base, method, negs, poss, annotated_only, imported, tags, lora, dtype, name, *hyper]
 
     def do_estimate(*args):
         try:
@@ -390,4 +393,4 @@ def build(ctx: Ctx) -> dict:
             "resume": resume_btn, "message": msg, "run": run_sel, "progress": prog, "loss_plot": loss_plot,
             "acc_plot": acc_plot, "gap_plot": gap_plot, "error": err, "log": log, "timer": timer,
             "history": history, "report": report_md, **{f"hp_{h[0]}": c for h, c in zip(HYPER, hyper)},
-            "lora": lora, "name": name, "_on_show": (on_show, cfg_inputs, show_outs)}
+            "lora": lora, "dtype": dtype, "name": name, "_on_show": (on_show, cfg_inputs, show_outs)}

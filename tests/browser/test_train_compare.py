@@ -83,11 +83,15 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
     for k, v in (("epochs", 30), ("batch_size", 1), ("k", 1), ("k_neg", 1), ("max_new_tokens", 8),
                  ("max_response_len", 16), ("max_prompt_len", 32)):
         set_number(page, f"train-{k}", v)
+    prec = field(page, "train-dtype")
+    prec.fill("fp32")
+    prec.press("Enter")
     wait_text(page.locator("#train-estimate"), r"120 steps.*4 training prompt", timeout=30)
     page.locator("#train-start").click()
     wait_text(page.locator("#train-msg"), r"Started run", timeout=60)
     rid = st.store.active_run()["id"]
     assert st.store.get_run(rid)["config"]["model"] == "tiny"
+    assert st.store.get_run(rid)["config"]["dtype"] == "fp32"  # the Precision choice reached the run
 
     # -- progress moves; a reload mid-run still shows it ---------------------------------------------------
     # The trainer is frozen with SIGSTOP across the reload and the stop click (it stays alive, so its run stays
