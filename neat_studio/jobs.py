@@ -196,17 +196,18 @@ def explain_error(log_lines: list[str], events: list[dict] | None = None, exit_c
 # ---------------------------------------------------------------------------------------------------------------
 # time estimate
 # ---------------------------------------------------------------------------------------------------------------
-# A model of where a run's time goes on a 2-core CPU, float32; its constants are throughputs measured with
-# benchmarks/bench_train.py and checked against whole runs (README, "Training time estimate"). bf16 (autocast on a
-# CPU with bf16 instructions) is measured separately: BF16_TRAIN_SPEEDUP and half the weight bytes in decoding.
-TRAIN_FLOPS = 1.4e11        # sustained 6·N·token FLOP/s of a training step's forward + backward (bench: 140-185)
+# A model of where a run's time goes on a 2-core CPU, float32. Its constants are throughputs measured with
+# benchmarks/bench_train.py and whole runs (README, "Training time estimate"); bf16 (autocast on a CPU with bf16
+# instructions) was measured separately, on whole runs.
+TRAIN_FLOPS = 1.2e11        # sustained 6·N·token FLOP/s of a real run's training steps (bench phases: 140-185)
 OPT_S_PER_PARAM = 1.0e-9    # AdamW + clipping + bookkeeping per parameter and optimizer step (~0.14 s at 135M)
-DECODE_BYTES_S = 1.3e10     # a decoding step streams every weight once: N x 4 bytes at this rate (~40 ms at 135M)
-DECODE_ROW_FLOPS = 3.5e10   # ... plus 2·N FLOPs per sequence in the batch at this rate (~8 ms per row at 135M)
-PREFILL_FLOPS = 1.2e11      # prompt prefill, 2·N FLOPs per prompt token (once per prompt and system prompt)
-DPO_SLOWDOWN = 2.3          # TRL DPOTrainer's tokens/s below ours at the same 6·N accounting (bench: 97 vs 221)
-BF16_TRAIN_SPEEDUP = 1.8    # measured: bf16-autocast step / fp32 step on an AVX512-BF16 CPU (0.98 -> 1.80 pairs/s)
-BF16_MATMUL_SPEEDUP = 4.0   # measured: bf16 / fp32 GEMM FLOP/s at 16-2048 rows on that CPU (97 -> 398 at 16 rows)
+DECODE_BYTES_S = 1.3e10     # a decoding step streams every fp32 weight once at this rate (~40 ms at 135M)
+DECODE_ROW_FLOPS = 3.5e10   # ... plus 2·N FLOPs per sequence still decoding, at this rate (~8 ms per row at 135M)
+SAMPLE_FILL = 0.75          # mean sample length / max_new_tokens (HH prompts, 96 new tokens: 0.73-0.75)
+PREFILL_FLOPS = 1.2e11      # prompt prefill, 2·N FLOPs per prompt token (once per prompt and sampling pass)
+DPO_SLOWDOWN = 2.3          # TRL DPOTrainer's tokens/s below ours at the same 6·N accounting (bench: 87-97 vs 192-221)
+BF16_TRAIN_SPEEDUP = 1.9    # bf16-autocast / fp32 training step on an AVX512-BF16 CPU (bench 1.83x, a whole run 2.17x)
+BF16_SAMPLE_SPEEDUP = 1.5   # same for a round's sampling (fp32 master weights under autocast: 242 s -> 158 s)
 STARTUP_S = 20.0            # process start, imports (torch, transformers, accelerate), model load
 PROMPT_TOKENS = 48          # typical prompt length (tokens) of the studio's data
 RESPONSE_TOKENS = 64        # typical curated response length (tokens; capped by max_response_len)
@@ -237,16 +238,17 @@ def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
 
     - steps = rounds x epochs x ceil(n_prompts / (batch_size x grad_accum)), capped by max_steps;
     - each round SAMPLES online answers (neat: k plain + k_neg per negative + k_pos per positive; rrhf: k plain;
-      sft / dpo: none) in batches of gen_batch_size sequences: max_new_tokens decoding steps per batch, each
-      streaming the weights once (N x bytes / DECODE_BYTES_S) plus 2·N FLOPs per sequence (DECODE_ROW_FLOPS), and
-      a prefill of PROMPT_TOKENS per prompt and sampling pass (PREFILL_FLOPS);
+      sft / dpo: none), one pass per system prompt, in batches of gen_batch_size sequences (a prompt's k samples
+      share a batch): max_new_tokens decoding steps per batch, each streaming the weights once
+      (N x 4 bytes / DECODE_BYTES_S) plus 2·N FLOPs per sequence still running (SAMPLE_FILL of them on average,
+      DECODE_ROW_FLOPS), and a prefill of PROMPT_TOKENS per prompt and pass (PREFILL_FLOPS);
     - each optimizer step TRAINS on batch_size x grad_accum lists: the shared-prompt layout runs a list's prompt
-      once and each of its responses (curated: RESPONSE_TOKENS, online: max_new_tokens, both capped by
-      max_response_len) at 6·N FLOPs per token (TRAIN_FLOPS); dpo (TRL) runs prompt + response per row for two rows
-      per pair, DPO_SLOWDOWN times slower per token (its reference forward, full-vocabulary logits); plus
+      once and each of its responses (curated: RESPONSE_TOKENS; online: SAMPLE_FILL x max_new_tokens; both capped
+      by max_response_len) at 6·N FLOPs per token (TRAIN_FLOPS); dpo (TRL) runs prompt + response per row for two
+      rows per pair, DPO_SLOWDOWN times slower per token (its reference forward, full-vocabulary logits); plus
       OPT_S_PER_PARAM x N per step;
-    - bf16 (dtype bf16, or auto on a CPU with AVX512-BF16 / AMX): training BF16_TRAIN_SPEEDUP faster, decoding
-      streams 2-byte weights and its FLOPs run BF16_MATMUL_SPEEDUP faster;
+    - bf16 (dtype bf16, or auto on a CPU with AVX512-BF16 / AMX): training BF16_TRAIN_SPEEDUP and sampling
+      BF16_SAMPLE_SPEEDUP times faster;
     - plus STARTUP_S; N = parameter count (config.json of a local model; 135M for `default`).
 
     Returns {"seconds", "steps", "sampling_s", "training_s", "startup_s", "params", "bf16", "text"}."""
@@ -278,15 +280,14 @@ def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
     # rounds actually reached when max_steps cuts the run short
     rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))
     gen_batch = max(int(g("gen_batch_size", 8)), 1)
-    mm = BF16_MATMUL_SPEEDUP if bf16 else 1.0
     sampling = 0.0
     for kk in passes:  # one generate call per pass; a prompt's k samples share a batch
         seqs, per_batch = n * kk, max(1, gen_batch // kk) * kk
-        step_s = [params * (2 if bf16 else 4) / DECODE_BYTES_S + rows * 2 * params / (DECODE_ROW_FLOPS * mm)
-                  for rows in [per_batch] * (seqs // per_batch) + ([seqs % per_batch] if seqs % per_batch else [])]
-        sampling += new_tok * sum(step_s) + n * PROMPT_TOKENS * 2 * params / (PREFILL_FLOPS * mm)
-    sampling *= rounds_run
-    resp_curated, resp_online = min(RESPONSE_TOKENS, max_resp), min(new_tok, max_resp)
+        batches = [per_batch] * (seqs // per_batch) + ([seqs % per_batch] if seqs % per_batch else [])
+        sampling += new_tok * sum(params * 4 / DECODE_BYTES_S + SAMPLE_FILL * rows * 2 * params / DECODE_ROW_FLOPS
+                                  for rows in batches) + n * PROMPT_TOKENS * 2 * params / PREFILL_FLOPS
+    sampling *= rounds_run / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0)
+    resp_curated, resp_online = min(RESPONSE_TOKENS, max_resp), min(SAMPLE_FILL * new_tok, max_resp)
     if method == "dpo":
         step_tokens, flops_tok = bs * acc * 2 * (PROMPT_TOKENS + resp_curated), 6 * DPO_SLOWDOWN
     else:

@@ -107,6 +107,29 @@ def test_estimate_time_scales_with_work():
     assert estimate_time({}, 0)["text"] == "no training data matches the filters"
 
 
+def test_estimate_time_hand_computed(monkeypatch):
+    """The documented model, worked by hand (N = 1.35e8 for `default`)."""
+    import neat_studio.models as M
+
+    monkeypatch.setattr(M, "native_bf16", lambda device="cpu": False)
+    # sft, 4 prompts, batch 2: 2 steps of 2 x (48 prompt + 64 response) tokens at 6N / 1.2e11, + 0.135 s each
+    e = estimate_time({"model": "default", "method": "sft", "rounds": 1, "batch_size": 2, "dtype": "auto"}, 4)
+    assert (e["steps"], e["sampling_s"], e["training_s"], e["seconds"], e["bf16"]) == (2, 0.0, 3.3, 23.3, False)
+    # neat, 10 prompts, 1 negative, k = k_neg = 1, 32 new tokens, batches of 8 sequences.
+    # sampling, per pass: batches of 8 and 2 rows, 32 steps each of 0.0415385 s (4N bytes / 1.3e10) + 0.75 x rows x
+    # 0.0077143 s (2N / 3.5e10): 32 x (0.0878242 + 0.0531099) = 4.50989 s, + prefill 10 x 48 x 2N / 1.2e11 = 1.08 s;
+    # two passes: 11.17978 s. training: 5 steps of 2 x (48 + 2 x 64 + 2 x 0.75 x 32) = 448 tokens: 5 x 3.159 s.
+    cfg = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "gen_batch_size": 8,
+           "max_new_tokens": 32, "rounds": 1, "batch_size": 2, "max_response_len": 128}
+    e = estimate_time({**cfg, "dtype": "fp32"}, 10)
+    assert (e["steps"], e["sampling_s"], e["training_s"], e["seconds"]) == (5, 11.2, 15.8, 47.0)
+    # bf16 (auto on a CPU with bf16 instructions): sampling / 1.5, training steps' FLOPs / 1.9
+    monkeypatch.setattr(M, "native_bf16", lambda device="cpu": True)
+    e = estimate_time({**cfg, "dtype": "auto"}, 10)
+    assert (e["sampling_s"], e["training_s"], e["seconds"], e["bf16"]) == (7.5, 8.6, 36.1, True)
+    assert "bf16" in e["text"] and estimate_time({**cfg, "dtype": "fp32"}, 10)["bf16"] is False
+
+
 def test_bad_config_is_refused_before_anything_is_recorded(studio):
     n = len(studio.store.list_runs())
     with pytest.raises(ValueError, match="negative"):
