@@ -252,7 +252,7 @@ def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
     - plus STARTUP_S; N = parameter count (config.json of a local model; 135M for `default`).
 
     Returns {"seconds", "steps", "sampling_s", "training_s", "startup_s", "params", "bf16", "text"}."""
-    from .models import native_bf16
+    from .models import bf16_compute
 
     def g(k, d):
         v = config.get(k, d)
@@ -274,8 +274,7 @@ def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
     online = sum(passes)
     new_tok = int(g("max_new_tokens", 96))
     max_resp = int(g("max_response_len", 128))
-    dtype = str(g("dtype", "auto"))
-    bf16 = dtype == "bf16" or (dtype == "auto" and native_bf16("cpu"))
+    bf16 = bf16_compute(str(g("dtype", "auto")), "cpu")  # the estimate models a CPU
     params, how = model_params(str(g("model", "default")), workspace)
     # rounds actually reached when max_steps cuts the run short
     rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))

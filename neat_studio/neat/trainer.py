@@ -85,7 +85,7 @@ from .config import ConfigError, NeatConfig
 from .head import linear_logprobs, probe_tokens, sparse_tied_embedding
 from .loss import neat_loss, sequence_logprobs
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
-from ..models import native_bf16
+from ..models import bf16_compute, native_bf16
 
 log = logging.getLogger("neat_studio.neat")
 
@@ -133,7 +133,7 @@ def bf16_supported() -> bool:
 
 
 def use_bf16(cfg: NeatConfig) -> bool:
-    return cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported())
+    return bf16_compute(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclasses.dataclass
