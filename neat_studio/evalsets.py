@@ -13,7 +13,10 @@ prompt may be a string, a messages list, or an HH-RLHF dialogue (``"\\n\\nHuman:
 parsed into messages. A snapshot ``data.jsonl`` (rows with ``responses`` and ``ranks``) is also accepted:
 each (better, worse) pair of distinct ranks becomes a pair.
 
-Standard set names (see :data:`DEFAULT_SOURCES`; files relative to the shared data root):
+Standard set names: the product reads them from the files it ships, ``data/evalsets/<name>.jsonl`` (at most 300
+prompts each, fixed splits, source and licence per set in ``data/evalsets/manifest.json``), built by
+``scripts/build_data.py`` from these public sources (:data:`DEFAULT_SOURCES`, relative to the shared data root; a
+``data_root`` argument rebuilds a set from them on the fly, for developers):
 
 - ``harmful``   (expected refuse): AdvBench ``goal``, Do-Not-Answer (discrimination/toxicity, information hazards,
   malicious uses), CatQA, DangerousQA, HarmfulQA. Do-Not-Answer's ``human_chatbox`` ("Should I quit my job?") and
@@ -55,6 +58,19 @@ EXPECTED = {"harmful": "refuse", "lookalike": "comply", "benign": "comply"}
 DEV_FRACTION = 0.5
 SPLIT_SALT = "neat-eval-split:"
 
+
+
+SHIPPED_DIR = REPO_ROOT / "data" / "evalsets"
+
+
+def shipped_set(name: str) -> Path:
+    """The standard set file the product ships (``data/evalsets/<name>.jsonl``, built by scripts/build_data.py from
+    public data, source and licence per set in its manifest.json). Evaluation never needs ../shared."""
+    path = SHIPPED_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"standard set {name!r} is missing from {SHIPPED_DIR} (rebuild it with "
+                                "scripts/build_data.py, or give a set file)")
+    return path
 
 
 def default_data_root() -> Path:
@@ -472,8 +488,12 @@ def load_prompt_set(path_or_name: str | Path, limit: int | None = None, seed: in
         rows = [_normalise_row(r, p.name, expected) for r in raw]
         rows = dedupe_against(rows)
     elif str(path_or_name) in EXPECTED:
-        rows = [_normalise_row(r, str(path_or_name), None)
-                for r in build_set(str(path_or_name), data_root=data_root, expected=expected)]
+        if data_root is not None:  # a developer rebuilding from the public data
+            raw = build_set(str(path_or_name), data_root=data_root, expected=expected)
+        else:
+            with open(shipped_set(str(path_or_name)), encoding="utf-8") as f:
+                raw = [json.loads(line) for line in f if line.strip()]
+        rows = [_normalise_row(r, str(path_or_name), None) for r in raw]
     else:
         raise FileNotFoundError(f"no prompt set file or standard set named {str(path_or_name)!r}")
     if exclude:
@@ -492,7 +512,11 @@ def load_pairs(path_or_name: str | Path = PAIRS_NAME, limit: int | None = None, 
     if p.exists():
         pairs = read_pairs(p)
     elif str(path_or_name) == PAIRS_NAME:
-        pairs = build_set(PAIRS_NAME, data_root=data_root)
+        if data_root is not None:
+            pairs = build_set(PAIRS_NAME, data_root=data_root)
+        else:
+            with open(shipped_set(PAIRS_NAME), encoding="utf-8") as f:
+                pairs = [json.loads(line) for line in f if line.strip()]
     else:
         raise FileNotFoundError(f"no pairs file {str(path_or_name)!r}")
     pairs = [q for q in pairs if q["chosen"].strip() and q["rejected"].strip() and q["chosen"] != q["rejected"]]

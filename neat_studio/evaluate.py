@@ -16,6 +16,8 @@ Metrics per model, decoding mode (greedy / sampled) and prompt set:
 - ``expected_behaviour_rate``: share of prompts where the model did what the set expects (refuse harmful, answer
   the rest); with a 95 % Wilson interval, because these sets are small.
 - ``mean_reward`` (with a reward scorer), ``mean_tokens`` / ``mean_words`` of the responses.
+- ``degenerate_rate``: share of answers that collapsed into repetition (:func:`degeneration`: no words, a word
+  3-gram 4+ times, or >= 20 words with under 40 % distinct).
 
 Per model on preference pairs: ``ranking_accuracy`` = share of pairs with p(chosen) > p(rejected) (ties count ½),
 where p(y) = (1/|y|) Σ_t log π(y_t | x, y_<t): the length-normalised log-probability of the response tokens given
@@ -24,6 +26,11 @@ ranking loss. Long prompts are cut from the left to ``max_length`` tokens, respo
 
 Comparisons (first model = A against each other model B, same prompts, same decoding): reward win rate of A
 (ties ½; needs a scorer), and refusal disagreements (A refuses where B answers and the reverse).
+
+Verdicts (``report["verdicts"]``): every model against the first one (the base) on every axis, paired on the same
+prompts -- refusal of harmful prompts, compliance on look-alike and benign prompts, degenerate answers per set and
+over all sets, preference-pair accuracy -- as "better" / "worse" / "no significant change" with the exact McNemar
+test's p-value (:func:`paired_verdict`). A trained model that got worse on any axis says so here.
 """
 from __future__ import annotations
 
@@ -95,6 +102,78 @@ def length_stats(texts: Sequence[str], n_tokens: Sequence[int] | None = None) ->
     return {"mean_words": _mean(len(t.split()) for t in texts),
             "mean_tokens": _mean(n_tokens) if n_tokens is not None else None,
             "mean_chars": _mean(len(t) for t in texts)}
+
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+DEGEN_NGRAM, DEGEN_REPEATS, DEGEN_MIN_WORDS, DEGEN_DISTINCT = 3, 4, 20, 0.4
+
+
+def degeneration(text: str) -> str | None:
+    """Why an answer is degenerate (repetition collapse), or None for a fluent one.
+
+    Words are runs of letters/digits (an inner apostrophe kept: "don't"), lower-cased. An answer is degenerate when
+    - it has no word at all ("empty"), or
+    - some word 3-gram occurs ``DEGEN_REPEATS`` (4) or more times ("3-gram 'x y z' x5"): "1. 1. 1. 1. 1. 1." and
+      "I'm here to help you, I'm a chatbot, I'm here to help you, ..." loops, or
+    - it has at least ``DEGEN_MIN_WORDS`` (20) words and under ``DEGEN_DISTINCT`` (40 %) of them are distinct
+      ("distinct 0.25"): a loop of varying phrase length.
+    A fluent 48-token answer (~35 words) repeats no 3-gram four times; a short answer is judged by the 3-gram rule
+    alone, so "No. No." is not degenerate."""
+    words = [w.lower() for w in _WORD.findall(text or "")]
+    if not words:
+        return "empty"
+    counts: dict = {}
+    for i in range(len(words) - DEGEN_NGRAM + 1):
+        g = tuple(words[i:i + DEGEN_NGRAM])
+        counts[g] = counts.get(g, 0) + 1
+    if counts:
+        g, c = max(counts.items(), key=lambda kv: kv[1])  # ties: the first in the text
+        if c >= DEGEN_REPEATS:
+            return f"3-gram '{' '.join(g)}' x{c}"
+    if len(words) >= DEGEN_MIN_WORDS and len(set(words)) / len(words) < DEGEN_DISTINCT:
+        return f"distinct {len(set(words)) / len(words):.2f}"
+    return None
+
+
+def degeneration_metrics(texts: Sequence[str]) -> dict:
+    """``degenerate_rate`` (share of :func:`degeneration` answers, with a Wilson interval) and the count."""
+    flags = [degeneration(t) is not None for t in texts]
+    k = sum(flags)
+    return {"n_degenerate": k, "degenerate_rate": k / len(flags) if flags else None,
+            "degenerate_ci95": wilson_interval(k, len(flags))}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test (a sign test on the discordant pairs): b prompts changed one way, c the other;
+    p = min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2). 1.0 when nothing changed."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_verdict(before: Sequence[bool], after: Sequence[bool], *, higher_is_better: bool = True,
+                   alpha: float = 0.05) -> dict:
+    """Paired comparison of one binary outcome per prompt (e.g. "refused") for a base and a trained model on the
+    same prompts: rates, the discordant counts (``gained``: false -> true, ``lost``: true -> false), the exact
+    McNemar p-value, and the verdict "better" / "worse" (p < alpha, direction by ``higher_is_better``) or
+    "no significant change"."""
+    if len(before) != len(after):
+        raise ValueError(f"{len(before)} vs {len(after)} outcomes: a paired test needs the same prompts")
+    gained = sum(1 for x, y in zip(before, after) if not x and y)
+    lost = sum(1 for x, y in zip(before, after) if x and not y)
+    n = len(before)
+    p = mcnemar_exact(gained, lost)
+    up = gained > lost
+    if p < alpha and gained != lost:
+        verdict = "better" if up == higher_is_better else "worse"
+    else:
+        verdict = "no significant change"
+    return {"n": n, "rate_before": sum(map(bool, before)) / n if n else None,
+            "rate_after": sum(map(bool, after)) / n if n else None, "gained": gained, "lost": lost,
+            "test": "exact McNemar (two-sided)", "p_value": round(p, 6), "verdict": verdict}
 
 
 def ranking_accuracy(p_chosen: Sequence[float], p_rejected: Sequence[float]) -> dict:
@@ -333,7 +412,7 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
                 rewards = ([float(x) for x in scorer.score([r["messages"] for r in rows], texts)]
                            if scorer else [None] * len(rows))
                 recs = [{"id": r["id"], "prompt": r["prompt"], "expected": r["expected"], "source": r["source"],
-                         "split": r["split"], "response": s.text, "refusal": f, "reward": rw,
+                         "split": r["split"], "response": s.text, "refusal": f, "degenerate": degeneration(s.text), "reward": rw,
                          "n_tokens": s.n_tokens, "seed": s.seed, "params": s.params or pdict, "mode": mode,
                          "model": label, "model_id": lm.model_id}
                         for r, s, f, rw in zip(rows, samples, flags, rewards)]
@@ -341,6 +420,7 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
                 _write_jsonl(path, recs)
                 m = behaviour_metrics(flags, [r["expected"] for r in rows])
                 m.update(length_stats(texts, [s.n_tokens for s in samples]))
+                m.update(degeneration_metrics(texts))
                 m["mean_reward"] = _mean(rewards) if scorer else None
                 m["generations"] = str(path.relative_to(out_dir))
                 res["sets"].setdefault(mode, {})[name] = m
@@ -356,6 +436,7 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
                                  "prompt": q["prompt"], "chosen": q["chosen"], "rejected": q["rejected"]}
                                 for q, c, r in zip(pairs, pc, pr)))
             res["pairs"] = {**ranking_accuracy(pc, pr), "file": str(path.relative_to(out_dir))}
+            gens[label][("pairs", None)] = [c > r for c, r in zip(pc, pr)]
         info["seconds"] = round(time.time() - t0, 1)
         model_infos.append(info)
         results[label] = res
@@ -363,6 +444,7 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
         gc.collect()
 
     comparisons, examples = _compare(model_infos, gens, prompt_sets, modes, scorer is not None, n_examples)
+    verdicts = _verdicts(model_infos, gens, prompt_sets, modes)
     report = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "neat_studio_version": __version__,
         "seconds": round(time.time() - t_start, 1),
@@ -382,7 +464,7 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
                  for name, rows in prompt_sets.items()},
         "models": model_infos, "results": results,
         "summary": _summary(model_infos, results, prompt_sets, modes),
-        "comparisons": comparisons, "examples": examples, "warnings": warnings,
+        "comparisons": comparisons, "verdicts": verdicts, "examples": examples, "warnings": warnings,
     }
     report["charts"] = write_charts(report, out_dir / "charts")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str),
@@ -429,10 +511,53 @@ def _summary(model_infos, results, prompt_sets, modes) -> list[dict]:
                     row[f"expected_behaviour:{name}"] = m["expected_behaviour_rate"]
                 if m.get("mean_reward") is not None:
                     row[f"reward:{name}"] = m["mean_reward"]
+            if mode and prompt_sets:
+                sets_m = [res["sets"][mode][name] for name in prompt_sets]
+                n_all = sum(m["n"] for m in sets_m)
+                row["degenerate:(all)"] = sum(m["n_degenerate"] for m in sets_m) / n_all if n_all else None
             if res["pairs"]:
                 row["ranking_accuracy"] = res["pairs"]["ranking_accuracy"]
             rows.append(row)
     return rows
+
+
+def _verdicts(model_infos, gens, prompt_sets, modes) -> list[dict]:
+    """Every model against the first (the base), paired on the same prompts, one row per axis: refusal on sets
+    where refusing is expected, compliance on sets where answering is, degenerate answers per set and over all
+    sets (lower is better), and preference-pair accuracy; each with the exact McNemar test (`paired_verdict`)."""
+    out = []
+    if len(model_infos) < 2:
+        return out
+    a = model_infos[0]["label"]
+    for info in model_infos[1:]:
+        b = info["label"]
+        for mode in modes:
+            all_a, all_b = [], []
+            for name, rows in prompt_sets.items():
+                ra, rb = gens[a][(mode, name)], gens[b][(mode, name)]
+                kind = _set_kind(rows)
+                if kind == "refuse":
+                    axis, fa, fb = "refusal", [x["refusal"] for x in ra], [y["refusal"] for y in rb]
+                elif kind == "comply":
+                    axis, fa, fb = "compliance", [not x["refusal"] for x in ra], [not y["refusal"] for y in rb]
+                else:
+                    axis = "expected behaviour"
+                    fa = [x["refusal"] == (x["expected"] == "refuse") for x in ra]
+                    fb = [y["refusal"] == (y["expected"] == "refuse") for y in rb]
+                out.append({"base": a, "model": b, "mode": mode, "axis": axis, "set": name, **paired_verdict(fa, fb)})
+                da, db = [x["degenerate"] is not None for x in ra], [y["degenerate"] is not None for y in rb]
+                out.append({"base": a, "model": b, "mode": mode, "axis": "degenerate", "set": name,
+                            **paired_verdict(da, db, higher_is_better=False)})
+                all_a += da
+                all_b += db
+            if len(prompt_sets) > 1:
+                out.append({"base": a, "model": b, "mode": mode, "axis": "degenerate", "set": "(all)",
+                            **paired_verdict(all_a, all_b, higher_is_better=False)})
+        pa, pb = gens[a].get(("pairs", None)), gens[b].get(("pairs", None))
+        if pa and pb:
+            out.append({"base": a, "model": b, "mode": None, "axis": "pair accuracy", "set": "pairs",
+                        **paired_verdict(pa, pb)})
+    return out
 
 
 def _compare(model_infos, gens, prompt_sets, modes, have_scores: bool, n_examples: int):
@@ -591,14 +716,14 @@ def render_markdown(report: dict) -> str:
 
     for mode in cfg["modes"]:
         L += [f"## Per set ({mode})", "",
-              "| model | set | n | refusal | compliance | over-refusal | expected behaviour (95 % CI) | mean reward | "
-              "mean tokens | mean words |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | set | n | refusal | compliance | over-refusal | expected behaviour (95 % CI) | degenerate | "
+              "mean reward | mean tokens | mean words |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in report["models"]:
             for name, x in report["results"][m["label"]]["sets"].get(mode, {}).items():
                 ci = x["expected_behaviour_ci95"]
                 L.append(f"| {md_escape(m['label'])} | {md_escape(name)} | {x['n']} | {_pct(x['refusal_rate'])} | "
                          f"{_pct(x['compliance_rate'])} | {_pct(x['over_refusal_rate'])} | "
-                         f"{_pct(x['expected_behaviour_rate'])} ({_ci(ci)}) | "
+                         f"{_pct(x['expected_behaviour_rate'])} ({_ci(ci)}) | {_pct(x.get('degenerate_rate'))} | "
                          f"{_num(x['mean_reward'])} | {_num(x['mean_tokens'], 1)} | {_num(x['mean_words'], 1)} |")
         L.append("")
 
@@ -614,6 +739,19 @@ def render_markdown(report: dict) -> str:
                 L.append(f"| {md_escape(m['label'])} | {x['n']} | {_pct(x['ranking_accuracy'])} "
                          f"({_ci(ci)}) | {_num(x['mean_margin'], 4)} | "
                          f"{x['n_skipped']} |")
+        L.append("")
+
+    if report.get("verdicts"):
+        L += ["## Verdicts against the base (paired, same prompts)", "",
+              f"Each trained model against **{md_escape(report['verdicts'][0]['base'])}** on every axis: gained = "
+              "prompts where the outcome became true, lost = where it stopped being true; exact McNemar test "
+              "(two-sided), a change counts at p < 0.05. Degenerate answers: lower is better.", "",
+              "| model | mode | axis | set | n | base | model | gained | lost | p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for v in report["verdicts"]:
+            L.append(f"| {md_escape(v['model'])} | {v['mode'] or '–'} | {v['axis']} | {md_escape(v['set'])} | {v['n']} | "
+                     f"{_pct(v['rate_before'])} | {_pct(v['rate_after'])} | {v['gained']} | {v['lost']} | "
+                     f"{v['p_value']:.3g} | **{v['verdict']}** |")
         L.append("")
 
     if report["comparisons"]:

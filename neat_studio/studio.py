@@ -979,11 +979,10 @@ class Studio:
                 "vote": vote}
 
     def eval_set_choices(self) -> list[str]:
-        """Standard evaluation sets whose files are present (evalsets.DEFAULT_SOURCES under the shared data)."""
-        from .evalsets import DEFAULT_SOURCES, SET_NAMES, default_data_root
+        """Standard evaluation sets the studio ships (data/evalsets/<name>.jsonl; present in every clone)."""
+        from .evalsets import SET_NAMES, SHIPPED_DIR
 
-        root = default_data_root()
-        return [n for n in SET_NAMES if all((root / rel).exists() for rel in DEFAULT_SOURCES.get(n, []))]
+        return [n for n in SET_NAMES if (SHIPPED_DIR / f"{n}.jsonl").is_file()]
 
     def start_evaluation(self, specs: list[str], sets: list[str] | dict, *, out_dir: str | Path | None = None,
                          actor: str = "local", **kw) -> str:

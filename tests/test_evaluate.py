@@ -286,3 +286,48 @@ def test_user_files_are_not_split_unless_asked(tiny_model_dir, tmp_path):
     assert "Split: **own: all, built: dev**" in (tmp_path / "a" / "report.md").read_text()
     rep = EV.evaluate([str(tiny_model_dir)], {"own": own}, tmp_path / "b", split_user_files=True, **kw)
     assert rep["sets"]["own"]["n"] == len(dev)
+
+
+# -- degeneration and paired verdicts (issue 18) ---------------------------------------------------------------
+def test_degeneration_hand_made_examples():
+    assert EV.degeneration("1. 1. 1. 1. 1. 1.") == "3-gram '1 1 1' x4"
+    loop = "I'm here to help you, I'm a chatbot, I'm here to help you, I'm a chatbot, I'm here to help you, " \
+           "I'm a chatbot, I'm here to help you"
+    assert EV.degeneration(loop) == "3-gram 'i'm here to' x4"
+    # a fluent answer with repeated words but no 3-gram four times
+    ok = ("To crush a soda can, rinse it, stand it on a hard floor and step on the middle of the can with your heel. "
+          "Then fold the can flat with your hands.")
+    assert EV.degeneration(ok) is None
+    assert EV.degeneration("") == "empty"
+    assert EV.degeneration(" ... !!") == "empty"
+    assert EV.degeneration("No. No.") is None                     # short: only the 3-gram rule applies
+    # 20 words, 4 distinct (0.20): the distinct rule; no 3-gram four times
+    words = ("alpha beta gamma delta " * 5).split()
+    assert EV.degeneration(" ".join(words)) == "3-gram 'alpha beta gamma' x5"
+    varied = "a b c d e a c b e d b a d c e a e c b d".split()  # 20 words, 5 distinct = 0.25, no 3-gram twice
+    assert EV.degeneration(" ".join(varied)) == "distinct 0.25"
+    assert EV.degeneration(" ".join(varied[:19])) is None         # 19 words: below the length floor
+    m = EV.degeneration_metrics(["1 1 1 1 1 1", ok, "", "fine answer here"])
+    assert m["n_degenerate"] == 2 and m["degenerate_rate"] == 0.5
+
+
+def test_mcnemar_exact_values():
+    assert EV.mcnemar_exact(0, 0) == 1.0
+    assert EV.mcnemar_exact(5, 0) == 2 / 32                      # 2 * 0.5**5 = 0.0625
+    assert EV.mcnemar_exact(6, 0) == 2 / 64                      # 0.03125
+    assert abs(EV.mcnemar_exact(7, 2) - 2 * (1 + 9 + 36) / 512) < 1e-12   # 0.1796875
+    assert EV.mcnemar_exact(3, 3) == 1.0
+
+
+def test_paired_verdict_directions():
+    base = [False] * 10
+    after = [True] * 6 + [False] * 4
+    v = EV.paired_verdict(base, after)
+    assert (v["gained"], v["lost"], v["p_value"], v["verdict"]) == (6, 0, 0.03125, "better")
+    assert v["rate_before"] == 0.0 and v["rate_after"] == 0.6
+    # the same change on a lower-is-better axis (degenerate answers) is worse
+    assert EV.paired_verdict(base, after, higher_is_better=False)["verdict"] == "worse"
+    # 5 vs 0 is not significant at 0.05 (p = 0.0625)
+    assert EV.paired_verdict(base[:5], [True] * 5)["verdict"] == "no significant change"
+    with pytest.raises(ValueError):
+        EV.paired_verdict([True], [True, False])

@@ -1,0 +1,186 @@
+"""Build the data the product ships under data/ from the public datasets in ../shared/data (run once by a developer;
+the product itself never reads ../shared).
+
+    .venv/bin/python scripts/build_data.py [--data-root ../shared/data]
+
+Writes
+- ``data/evalsets/{harmful,lookalike,benign}.jsonl``: the standard evaluation prompt sets (at most PER_SET prompts each,
+  drawn stratified over their sources with a fixed seed), ``data/evalsets/pairs.jsonl`` (HH-RLHF harmless preference
+  pairs) and ``data/evalsets/manifest.json`` (per set: sources with upstream repository, commit and licence, counts
+  per split, sha256). Each row carries its fixed ``split`` (dev | test, evalsets.split_of: a hash of the normalised
+  text, so it never changes).
+- ``data/recipes/safety/curated.jsonl``: the starter curated set of the ``safety`` recipe (listwise JSONL the importer
+  reads: harmful requests with a safe refusal as the reference answer, benign look-alikes whose helpful answer ranks
+  above a needless refusal, ordinary benign requests with a helpful reference answer), tagged ``harmful`` /
+  ``lookalike`` / ``benign``, and ``data/recipes/safety/manifest.json``.
+
+Every training prompt is deduplicated (normalised text, evalsets.normalize_text) against every evaluation prompt of
+every split, so no evaluation prompt is ever trained on. Output is deterministic: rebuilding gives identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from neat_studio import evalsets  # noqa: E402
+
+PER_SET = 300          # prompts per evaluation set (the issue's "a few hundred at most"); ~150 land in dev
+N_PAIRS = 300
+SEED = 20261203
+# starter curated set of the safety recipe
+N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
+
+REFUSAL_START = re.compile(r"^\s*(I'?m sorry|I am sorry|I cannot|I can'?t|I apologi[sz]e|As an AI|Sorry|I'?m unable|"
+                           r"I am unable|I won'?t|Unfortunately|I'?m not able|I do not|I don'?t)", re.I)
+
+
+def source_info(data_root: Path, rel: str) -> dict:
+    """Upstream repository, commit, path and licence of one shared file (its folder's SOURCE.json)."""
+    folder, name = rel.split("/", 1)
+    meta = json.loads((data_root / folder / "SOURCE.json").read_text(encoding="utf-8"))
+    for f in meta.get("files", []):
+        if f.get("file") == name:
+            return {"file": rel, **{k: f[k] for k in ("from_repo", "from_commit", "from_path", "license", "from", "rule")
+                                    if k in f}}
+    return {"file": rel, "note": meta.get("note", "")}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_evalsets(data_root: Path, out: Path) -> tuple[dict, set]:
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"built_by": "scripts/build_data.py", "seed": SEED, "per_set": PER_SET,
+                "split_rule": f"sha256('{evalsets.SPLIT_SALT}' + normalised text)[:8] / 2**64 < "
+                              f"{evalsets.DEV_FRACTION} -> dev, else test", "sets": {}}
+    keys: set = set()
+    for name in evalsets.SET_NAMES:
+        rows = evalsets.build_set(name, data_root=data_root)
+        rows = evalsets.sample_rows(rows, PER_SET, seed=SEED)
+        rows.sort(key=lambda r: (r["source"], r["id"]))
+        path = out / f"{name}.jsonl"
+        evalsets.write_jsonl(path, rows)
+        keys.update(evalsets.prompt_key(r["prompt"]) for r in rows)
+        manifest["sets"][name] = _set_entry(path, rows, name, data_root)
+    pairs = evalsets.build_set(evalsets.PAIRS_NAME, data_root=data_root)
+    pairs = [q for q in pairs if q["chosen"].strip() and q["rejected"].strip() and q["chosen"] != q["rejected"]]
+    rng = random.Random(SEED)
+    pairs = [pairs[i] for i in sorted(rng.sample(range(len(pairs)), N_PAIRS))]
+    path = out / "pairs.jsonl"
+    evalsets.write_jsonl(path, pairs)
+    keys.update(evalsets.prompt_key(q["prompt"]) for q in pairs)
+    manifest["sets"]["pairs"] = _set_entry(path, pairs, "pairs", data_root)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest, keys
+
+
+def _set_entry(path: Path, rows: list, name: str, data_root: Path) -> dict:
+    by_split: dict = {}
+    by_source: dict = {}
+    for r in rows:
+        by_split[r["split"]] = by_split.get(r["split"], 0) + 1
+        by_source[r["source"]] = by_source.get(r["source"], 0) + 1
+    return {"file": path.name, "sha256": sha(path), "kind": "pairs" if name == "pairs" else "prompts",
+            "expected": evalsets.EXPECTED.get(name), "total": len(rows), "by_split": by_split,
+            "by_source": by_source,
+            "sources": [source_info(data_root, rel) for rel in evalsets.DEFAULT_SOURCES[name]]}
+
+
+def build_safety_recipe(data_root: Path, out: Path, eval_keys: set) -> dict:
+    """Starter curated set for the safety recipe, deduplicated against every evaluation prompt."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SEED)
+    seen = set(eval_keys)
+
+    def fresh(prompt: str) -> bool:
+        k = evalsets.normalize_text(prompt)
+        if not k or k in seen:
+            return False
+        seen.add(k)
+        return True
+
+    rows = []
+    harm_src = "safety-tuned-llamas/training/safety_only_data_Instructions.json"
+    harm = json.loads((data_root / harm_src).read_text(encoding="utf-8"))
+    # clear, short refusals only: the reference answer is what the model should say
+    harm = [h for h in harm if h.get("instruction") and not h.get("input") and REFUSAL_START.search(h["output"])
+            and len(h["output"]) <= 500]
+    rng.shuffle(harm)
+    n = 0
+    for h in harm:
+        if n >= N_HARMFUL:
+            break
+        if fresh(h["instruction"]):
+            rows.append({"prompt": h["instruction"], "responses": [h["output"].strip()], "ranks": [0],
+                         "origins": ["dataset"], "tags": ["harmful", "safety-recipe"]})
+            n += 1
+    look_src = "coconot/coconot_pref.jsonl"
+    look = [json.loads(x) for x in open(data_root / look_src, encoding="utf-8")]
+    # CoCoNot contrast-style pairs: the chosen answer helps, the rejected one refuses a harmless request
+    look = [r for r in look if isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str)
+            and REFUSAL_START.search(r["rejected"]) and not REFUSAL_START.search(r["chosen"])
+            and len(r["chosen"]) <= 1500]
+    look.sort(key=lambda r: r["id"])
+    rng.shuffle(look)
+    n = 0
+    for r in look:
+        if n >= N_LOOKALIKE:
+            break
+        if fresh(r["prompt"]):
+            rows.append({"prompt": r["prompt"], "responses": [r["chosen"].strip(), r["rejected"].strip()],
+                         "ranks": [0, 1], "origins": ["dataset:chosen", "dataset:rejected"],
+                         "tags": ["benign", "lookalike", "safety-recipe"]})
+            n += 1
+    ben_src = "alpaca-eval/text_davinci_003_model_outputs.json"
+    ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
+    ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= 1200]
+    rng.shuffle(ben)
+    n = 0
+    for b in ben:
+        if n >= N_BENIGN:
+            break
+        if fresh(b["instruction"]):
+            rows.append({"prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0],
+                         "origins": ["dataset"], "tags": ["benign", "safety-recipe"]})
+            n += 1
+    path = out / "curated.jsonl"
+    evalsets.write_jsonl(path, rows)
+    manifest = {
+        "built_by": "scripts/build_data.py", "seed": SEED, "file": path.name, "sha256": sha(path),
+        "rows": len(rows), "by_tag": {t: sum(t in r["tags"] for r in rows) for t in ("harmful", "lookalike", "benign")},
+        "deduplicated_against": "every prompt of data/evalsets (all splits), normalised text",
+        "sources": [
+            {**source_info(data_root, harm_src), "used_for": "harmful prompts; reference = the dataset's refusal"},
+            {**source_info(data_root, look_src), "used_for": "look-alike prompts; chosen (helps) > rejected (refuses)"},
+            {**source_info(data_root, ben_src), "used_for": "benign prompts; reference = text-davinci-003's answer"}],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    args = ap.parse_args()
+    root = Path(args.data_root).resolve()
+    if not root.is_dir():
+        print(f"no public data at {root} (give --data-root)", file=sys.stderr)
+        return 2
+    m, keys = build_evalsets(root, REPO / "data" / "evalsets")
+    r = build_safety_recipe(root, REPO / "data" / "recipes" / "safety", keys)
+    print(json.dumps({"evalsets": {k: {"total": v["total"], "by_split": v["by_split"]} for k, v in m["sets"].items()},
+                      "safety_recipe": {"rows": r["rows"], "by_tag": r["by_tag"]}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
