@@ -112,6 +112,10 @@ def cmd_export(args):
 def cmd_snapshot(args):
     with _studio(args) as st:
         filters = {"annotated_only": args.annotated_only, "include_imported": not args.no_imported}
+        if args.min_responses is not None:
+            if args.min_responses < 1:
+                raise ValueError(f"--min-responses must be >= 1, got {args.min_responses}")
+            filters["min_responses"] = args.min_responses
         if args.split:
             filters["split"] = args.split
         if args.tag:
@@ -304,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append")
     s.add_argument("--annotated-only", action="store_true")
     s.add_argument("--no-imported", action="store_true", help="leave out imported dataset rankings")
+    s.add_argument("--min-responses", type=int, default=None,
+                   help="keep prompts with at least this many ranked responses (default 2; 1 keeps prompts with only a "
+                        "reference answer, which NEAT and RRHF complete with their own samples)")
     s.set_defaults(func=cmd_snapshot)
 
     s = sub.add_parser("generate", help="sample responses for stored prompts under a system prompt")

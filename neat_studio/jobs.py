@@ -555,7 +555,7 @@ class JobRunner:
         filters: split, tags, annotated_only, include_imported, min_responses, exclude_flagged; data keys may also be
         given at the top level), `name` and optionally `snapshot_id` (reuse a frozen snapshot). Negative/positive
         refs are pinned to name@version from the library. ValueError when it cannot work."""
-        from .neat.config import NeatConfig
+        from .neat.config import NeatConfig, split_scope
 
         config = dict(config or {})
         filters = dict(config.pop("data", None) or {})
@@ -573,11 +573,12 @@ class JobRunner:
         cfg = NeatConfig.from_dict({**config, "snapshot": "<frozen at start>"})  # ConfigError (a ValueError)
         for key, kind in (("negatives", "negative"), ("positives", "positive")):
             pinned = []
-            for ref in getattr(cfg, key):
+            for scoped in getattr(cfg, key):
+                ref, tag = split_scope(scoped)
                 sp = self.store.resolve_ref(ref)  # ValueError for an unknown name/version
                 if sp["kind"] != kind:
                     raise ValueError(f"{sp['ref']} is a {sp['kind']} prompt, not a {kind} prompt")
-                pinned.append(f"{sp['name']}@{sp['version']}")
+                pinned.append(f"{sp['name']}@{sp['version']}" + (f":{tag}" if tag else ""))
             setattr(cfg, key, pinned)
         cfg.validate()
         d = cfg.to_dict()

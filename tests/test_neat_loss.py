@@ -110,3 +110,37 @@ def test_neat_loss_rank_gradient_pushes_the_right_pair():
     neat_loss(sum_logp, n_tok, li, ranks, sft_weight=0.0)["loss"].backward()
     # only the violated pair (0 below 1) of list 0 is active: d/dp0 = +1, d/dp1 = -1; mean over 2 lists
     assert sum_logp.grad.tolist() == pytest.approx([1 / 2 / 2, -1 / 3 / 2, 0.0, 0.0, 0.0])
+
+
+# -- anchor=round and rank_reduction=mean (issue 18) ------------------------------------------------------------
+def test_rank_loss_mean_reduction_divides_by_pairs():
+    p, ranks = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([2, 1, 0])
+    loss, n_pairs, n_correct = rrhf_rank_loss(p, ranks, 0.5, reduction="mean")
+    assert loss.item() == pytest.approx(5.5 / 3)
+    assert (n_pairs, n_correct) == (3, 0)
+    # a list without pairs (all tied) stays 0, no division by zero
+    loss0, n0, _ = rrhf_rank_loss(p, torch.tensor([0, 0, 0]), 0.5, reduction="mean")
+    assert (loss0.item(), n0) == (0.0, 0)
+
+
+def test_anchored_loss_ranks_gains_over_the_reference():
+    # one list: best (rank 0) p = -2.0 (an off-policy reference), worse (rank 1) p = -0.8 (the model's own sample).
+    # Raw p: the hinge wants the sample 1.2 + m below the reference. Anchored at the round's start (ref = p), the
+    # gains are 0 and the hinge asks only for the margin m.
+    sum_logp, n_tok = torch.tensor([-4.0, -1.6]), torch.tensor([2.0, 2.0])
+    li, ranks = torch.tensor([0, 0]), torch.tensor([0, 1])
+    raw = neat_loss(sum_logp, n_tok, li, ranks, margin=0.5, sft_weight=0.0)
+    assert raw["rank_loss"].item() == pytest.approx(-0.8 + 2.0 + 0.5)
+    ref = torch.tensor([-2.0, -0.8])
+    anch = neat_loss(sum_logp, n_tok, li, ranks, margin=0.5, sft_weight=1.0, ref_p=ref)
+    assert anch["rank_loss"].item() == pytest.approx(0.5)
+    assert anch["sft_loss"].item() == pytest.approx(2.0)  # the NLL term still uses p itself
+    assert anch["loss"].item() == pytest.approx(2.5)
+    # after the model moved: the best gained 0.3 nats/token, the sample lost 0.1 -> hinge 0.5 - 0.4 = 0.1
+    moved = neat_loss(torch.tensor([-3.4, -1.8]), n_tok, li, ranks, margin=0.5, sft_weight=0.0, ref_p=ref)
+    assert moved["rank_loss"].item() == pytest.approx(0.1)
+    assert moved["n_correct"] == 1  # gains in the right order
+    # gradient: d rank_loss / d p = +1 for the worse, -1 for the best (same as raw p while the hinge is active)
+    s = torch.tensor([-4.0, -1.6], requires_grad=True)
+    neat_loss(s, n_tok, li, ranks, margin=0.5, sft_weight=0.0, ref_p=ref)["loss"].backward()
+    assert s.grad.tolist() == pytest.approx([-0.5, 0.5])

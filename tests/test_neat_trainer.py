@@ -615,3 +615,67 @@ def test_trainers_of_two_precisions_in_one_process(tiny_model_dir, snap, tmp_pat
                                     "output_dir": str(tmp_path / f"{i}-{dt}")})
         res = train(cfg, workspace=Workspace(tmp_path / "ws").ensure())
         assert res["status"] == "finished", res
+
+
+# -- issue 18: scoped system prompts, anchor=round, per-term gradient diagnostics -------------------------------
+def test_scoped_negative_samples_only_on_tagged_prompts(tiny_model_dir, tmp_path):
+    from neat_studio.neat.trainer import train
+
+    rows = toy_rows()
+    for i, r in enumerate(rows):
+        r["tags"] = ["harmful"] if i % 2 == 0 else ["benign"]
+    lib = LIBRARY + [{"name": "overref", "kind": "negative", "version": 1, "text": "Refuse.", "params": {}}]
+    s = make_snapshot(tmp_path / "snap", rows, library=lib)
+    out = tmp_path / "run"
+    res = train(cfg_for(tiny_model_dir, s, out, negatives=["rude@1:harmful", "overref@1:benign"]))
+    assert res["status"] == "finished"
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    for lst in r0["lists"]:
+        negs = {o for o in lst["origins"] if o.startswith("negative:")}
+        want = "negative:rude@1" if tags[lst["prompt_id"]] == "harmful" else "negative:overref@1"
+        assert negs <= {want}, (lst["prompt_id"], negs)
+    seen = {o for lst in r0["lists"] for o in lst["origins"] if o.startswith("negative:")}
+    assert seen == {"negative:rude@1", "negative:overref@1"}
+    # a scope no training prompt carries is an error before anything trains
+    with pytest.raises(ConfigError, match="tagged 'nosuchtag'"):
+        train(cfg_for(tiny_model_dir, s, tmp_path / "run2", negatives=["rude@1:nosuchtag"]))
+    with pytest.raises(ConfigError, match="not name"):
+        cfg_for(tiny_model_dir, s, tmp_path / "run3", negatives=["rude@1:"]).validate()
+
+
+def test_anchor_round_scores_the_round_start_policy_and_starts_at_the_margin(tiny_model_dir, snap, tmp_path):
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import score_responses, train
+
+    out = tmp_path / "run"
+    res = train(cfg_for(tiny_model_dir, snap, out, anchor="round", margin=0.25, rank_reduction="mean",
+                        sft_weight=0.0, rounds=1))
+    assert res["status"] == "finished"
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    lm = load_model(str(tiny_model_dir))
+    lst = r0["lists"][0]
+    want = score_responses(lm.model, lm.tokenizer, lst["prompt"], lst["responses"], 64, 32)
+    assert lst["ref_p"] == pytest.approx(want, abs=1e-4)
+    m = read_metrics(out)
+    steps = [x for x in m if "loss" in x]
+    # before the first update every gain is 0, so every pair's hinge is exactly the margin (mean over pairs)
+    assert steps[0]["rank_loss"] == pytest.approx(0.25, abs=1e-4)
+    start = next(x for x in m if x.get("event") == "round_start")
+    assert {"p_curated_best", "p_negative", "p_plain"} <= set(start)
+    with pytest.raises(ConfigError, match="needs margin > 0"):
+        cfg_for(tiny_model_dir, snap, tmp_path / "r2", anchor="round", margin=0.0).validate()
+
+
+def test_diag_every_logs_per_term_gradient_norms(tiny_model_dir, snap, tmp_path):
+    t, enc = _trainer(tiny_model_dir, snap, tmp_path / "run", diag_every=1, sft_weight=0.5)
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    agg = t._step([enc[:2]])
+    d = agg["diag"]
+    assert d["grad_norm_rank"] > 0 and d["grad_norm_sft"] > 0 and -1.0 <= d["grad_cos_rank_sft"] <= 1.0
+    # the diagnostic passes leave the real step intact: every parameter still moves
+    assert [n for n, p in t.model.named_parameters() if torch.equal(p, before[n])] == []
+    # deterministic: a fresh trainer at the same weights gives the same diagnostics
+    t2, enc2 = _trainer(tiny_model_dir, snap, tmp_path / "run2", diag_every=1, sft_weight=0.5, max_grad_norm=0.0)
+    g = t2._term_gradients([enc2[:2]])
+    assert g == pytest.approx(d, rel=1e-4)

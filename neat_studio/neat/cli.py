@@ -1,7 +1,7 @@
 """`python -m neat_studio train ...` (registered by neat_studio.cli) and `python -m neat_studio.neat.cli ...`
 (the same command standalone, e.g. for `accelerate launch --num_processes 2 --cpu -m neat_studio.neat.cli`).
 
-Precedence of settings: NeatConfig defaults < --config file < explicit flags < --set key=value.
+Precedence of settings: NeatConfig defaults < --recipe < --config file < explicit flags < --set key=value.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
     s.add_argument("--snapshot", help="snapshot directory (data.jsonl + manifest.json)")
     s.add_argument("--config", help="YAML file with NeatConfig keys")
+    s.add_argument("--recipe", help="named preset of settings (neat_studio/neat/recipes.py), e.g. safety")
     s.add_argument("--method", choices=METHODS)
     s.add_argument("--model", help="model spec: default, tiny, a local HF dir or a run dir")
     s.add_argument("--negative", action="append", help="negative prompt name@version (repeatable)")
@@ -40,7 +41,17 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 def build_config(args):
     from .config import NeatConfig
 
-    cfg = NeatConfig.from_yaml(args.config) if args.config else NeatConfig()
+    cfg = NeatConfig()
+    if getattr(args, "recipe", None):
+        from .recipes import apply_recipe
+
+        apply_recipe(cfg, args.recipe)
+    if args.config:
+        import yaml
+
+        over = NeatConfig.from_yaml(args.config)  # the file's own keys win over the recipe
+        for key in yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}:
+            setattr(cfg, key, getattr(over, key))
     for key, val in (("snapshot", args.snapshot), ("method", args.method), ("model", args.model),
                      ("output_dir", args.out)):
         if val is not None:
@@ -67,7 +78,7 @@ def cmd_train(args) -> int:
     try:
         ws = Workspace.from_env(getattr(args, "workspace", None))
         if args.resume:
-            given = [f"--{k.replace('_', '-')}" for k in ("snapshot", "config", "method", "model", "negative",
+            given = [f"--{k.replace('_', '-')}" for k in ("snapshot", "config", "recipe", "method", "model", "negative",
                                                           "positive", "out", "set") if getattr(args, k, None)]
             if given:  # silently ignoring them would train something else than the user asked for
                 from .config import ConfigError

@@ -9,6 +9,8 @@ import yaml
 
 METHODS = ("neat", "rrhf", "sft", "dpo")
 RANKINGS = ("rule", "reward")
+ANCHORS = ("none", "round")
+RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 PROMPT_CACHE = ("auto", "on", "off")
 
@@ -30,8 +32,9 @@ class NeatConfig:
     method: str = _f("neat", "neat (negative-prompt samples) | rrhf (curated + plain samples) | sft (NLL on best) "
                              "| dpo (TRL DPOTrainer on pairs from the same rankings)", choices=METHODS)
     snapshot: str = _f("", "snapshot directory (data.jsonl + manifest.json)")
-    negatives: list = _f([], "negative system prompts, name@version (name alone = latest in the snapshot manifest)")
-    positives: list = _f([], "positive system prompts (NEAT-PP), name@version")
+    negatives: list = _f([], "negative system prompts, name@version (name alone = latest in the snapshot manifest); "
+                             "name@version:TAG samples it only on prompts tagged TAG (e.g. over_refusal on benign)")
+    positives: list = _f([], "positive system prompts (NEAT-PP), name@version[:TAG] as for negatives")
     # sampling per round
     k: int = _f(2, "plain policy samples per prompt and round (neat, rrhf)")
     k_neg: int = _f(2, "samples per prompt and round under EACH negative prompt (neat)")
@@ -54,6 +57,12 @@ class NeatConfig:
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_steps: int = _f(0, "stop after this many optimizer steps (0 = rounds x epochs x steps per epoch)")
     margin: float = _f(0.0, "hinge margin m of the ranking loss")
+    anchor: str = _f("none", "what the ranking loss ranks: none = the log-prob p itself (RRHF); round = the gain "
+                             "p - p_ref over the policy that started the round (scored once per round), so the "
+                             "ranking asks for a relative change of `margin` and no more (needs margin > 0)",
+                     choices=ANCHORS)
+    rank_reduction: str = _f("sum", "the ranking loss of a list: sum over its pairs (RRHF) or mean (a list's weight "
+                                    "does not grow with the square of its length)", choices=RANK_REDUCTIONS)
     sft_weight: float = _f(1.0, "lambda: weight of the NLL of the best response(s)")
     dpo_beta: float = _f(0.1, "beta of the dpo baseline")
     max_prompt_len: int = _f(256, "prompt tokens kept (longer prompts keep their END)")
@@ -75,6 +84,8 @@ class NeatConfig:
     seed: int = _f(0, "seed of shuffling, sampling and initialisation")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0 = at the end of each round only)")
     keep_checkpoints: int = _f(2, "checkpoints kept (newest first; 0 = keep all)")
+    diag_every: int = _f(0, "every N steps also log each loss term's gradient norm and their cosine (two extra "
+                            "forward+backward passes on those steps; one process; 0 = off)")
     output_dir: str = _f("", "run directory (default: <workspace>/runs/<timestamp>-<method>)")
 
     # -- (de)serialisation --------------------------------------------------------------------------------
@@ -143,6 +154,20 @@ class NeatConfig:
             bad(f"ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
         if self.dtype not in DTYPES:
             bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.anchor not in ANCHORS:
+            bad(f"anchor must be one of {', '.join(ANCHORS)}, not {self.anchor!r}")
+        if self.rank_reduction not in RANK_REDUCTIONS:
+            bad(f"rank_reduction must be one of {', '.join(RANK_REDUCTIONS)}, not {self.rank_reduction!r}")
+        if self.anchor == "round" and not self.margin > 0:
+            bad("anchor=round ranks gains over the round's starting policy, which are all 0 at the start: "
+                "it needs margin > 0")
+        if self.diag_every < 0:
+            bad(f"diag_every must be >= 0, got {self.diag_every}")
+        for key in ("negatives", "positives"):
+            for ref in getattr(self, key):
+                name, tag = split_scope(ref)
+                if not name or tag == "":
+                    bad(f"{key}: {ref!r} is not name[@version][:TAG]")
         if self.prompt_cache not in PROMPT_CACHE:
             bad(f"prompt_cache must be one of {', '.join(PROMPT_CACHE)}, not {self.prompt_cache!r}")
 
@@ -181,6 +206,13 @@ class NeatConfig:
         if not 0 <= self.lora_dropout < 1:
             bad(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         return self
+
+
+def split_scope(ref: str) -> tuple[str, str | None]:
+    """'over_refusal@1:benign' -> ('over_refusal@1', 'benign'); 'toxic@2' -> ('toxic@2', None). A scoped system
+    prompt is sampled only on the training prompts that carry the tag (snapshot rows' `tags`)."""
+    ref, sep, tag = str(ref).partition(":")
+    return ref.strip(), (tag.strip() if sep else None)
 
 
 def _is_list(name: str) -> bool:

@@ -4,6 +4,8 @@ For one prompt x with responses y_1..y_n and ranks r (lower = better, equal = ti
 
     p_i    = (1/|y_i|) * sum_t log pi(y_i,t | x, y_i,<t)        |y_i| = the response's OWN token count
     L_rank = sum_{(i, j): r_i > r_j} max(0, p_i - p_j + margin)  tied pairs contribute nothing
+             (anchor=round: p_i - p_j becomes (p_i - ref_i) - (p_j - ref_j), the gains over the round's
+             starting policy; rank_reduction=mean: divided by the list's number of pairs)
     L_sft  = mean over the best (rank == min rank) responses of -p_best
     L      = L_rank + sft_weight * L_sft
 
@@ -34,28 +36,39 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Te
     return (tok * m).sum(-1), m.sum(-1)
 
 
-def rrhf_rank_loss(p: torch.Tensor, ranks: torch.Tensor, margin: float = 0.0):
+def rrhf_rank_loss(p: torch.Tensor, ranks: torch.Tensor, margin: float = 0.0, reduction: str = "sum"):
     """Hinge over every ordered pair of one list. p [n], ranks [n] (lower = better).
 
     Returns (loss = sum over pairs i-worse-than-j of max(0, p_i - p_j + margin), n_pairs, n_correct), where a
-    pair is correct when the better response has the strictly higher p.
+    pair is correct when the better response has the strictly higher p. reduction="mean" divides the sum by the
+    number of pairs (0 for a list without pairs), so a long list does not outweigh a short one quadratically.
     """
     worse = ranks[:, None] > ranks[None, :]           # worse[i, j]: i is ranked below j
     diff = p[:, None] - p[None, :]                     # p_i - p_j
     loss = (F.relu(diff + margin) * worse).sum()
-    return loss, int(worse.sum()), int(((diff < 0) & worse).sum())
+    n_pairs = int(worse.sum())
+    if reduction == "mean" and n_pairs:
+        loss = loss / n_pairs
+    return loss, n_pairs, int(((diff < 0) & worse).sum())
 
 
 def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.Tensor, ranks: torch.Tensor,
-              margin: float = 0.0, sft_weight: float = 1.0, is_negative: torch.Tensor | None = None) -> dict:
+              margin: float = 0.0, sft_weight: float = 1.0, is_negative: torch.Tensor | None = None,
+              ref_p: torch.Tensor | None = None, rank_reduction: str = "sum") -> dict:
     """Loss of a micro-batch holding several lists, flattened.
 
     sum_logp, n_tokens: [R] from `sequence_logprobs`; list_index [R]: which list each response belongs to;
     ranks [R]: rank inside its list; is_negative [R] (bool, optional): marks negative-prompt samples, only for
-    the p_gap metric. Returns a dict: loss, rank_loss, sft_loss (tensors, mean over lists), n_pairs, n_correct,
-    p_best_sum / n_best and p_neg_sum / n_neg (floats for p_gap), n_lists.
+    the p_gap metric. ref_p [R] (optional, anchor=round): p of each response under the policy that started the
+    round; the hinge then ranks the gains p - ref_p instead of p. Why: curated best answers are off-policy texts
+    the model finds unlikely (p ~ -2) and its own samples likely (p ~ -0.8); ranking raw p pushes the model's own
+    fluent text ~1.2 nats per token below the curated text, which wrecks fluency (repetition collapse) long
+    before the ranking is right. Gains start at 0 and ask only for a `margin` of relative change.
+    The NLL term always uses p. Returns a dict: loss, rank_loss, sft_loss (tensors, mean over lists), n_pairs,
+    n_correct, p_best_sum / n_best and p_neg_sum / n_neg (floats for p_gap), n_lists.
     """
     p = sum_logp / n_tokens.clamp_min(1)
+    q = p if ref_p is None else p - ref_p.to(p.dtype)  # what the hinge ranks
     rank_losses, sft_losses = [], []
     n_pairs = n_correct = n_best = n_neg = 0
     p_best_sum = p_neg_sum = 0.0
@@ -63,7 +76,7 @@ def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.
     for li in lists.tolist():
         sel = list_index == li
         p_l, r_l = p[sel], ranks[sel]
-        rl, n, c = rrhf_rank_loss(p_l, r_l, margin)
+        rl, n, c = rrhf_rank_loss(q[sel], r_l, margin, rank_reduction)
         best = r_l == r_l.min()
         rank_losses.append(rl)
         sft_losses.append(-p_l[best].mean())

@@ -38,6 +38,7 @@ class RankedList:
     ranks: list             # ints, dense, lower = better
     origins: list           # policy | negative:<ref> | positive:<ref> | dataset:* | human | ...
     curated: list = field(default_factory=list)  # bool per response: from the snapshot
+    ref_p: list | None = None  # p of each response under the policy that started the round (anchor=round)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -81,7 +81,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, NeatConfig
+from .config import ConfigError, NeatConfig, split_scope
 from .head import linear_logprobs, probe_tokens, sparse_tied_embedding
 from .loss import neat_loss, sequence_logprobs
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
@@ -112,7 +112,9 @@ def read_snapshot(path: str | Path) -> tuple[list[dict], dict, str]:
 
 
 def resolve_prompt(manifest: dict, ref: str, kind: str) -> dict:
-    """`name@version` or `name` (latest) -> the manifest's prompt_library entry (+ "ref": "name@version")."""
+    """`name@version` or `name` (latest), optionally `:TAG` -> the manifest's prompt_library entry
+    (+ "ref": "name@version", "scope": TAG or None)."""
+    ref, scope = split_scope(ref)
     name, _, ver = str(ref).partition("@")
     lib = [e for e in manifest.get("prompt_library") or [] if e.get("name") == name]
     if ver:
@@ -125,7 +127,7 @@ def resolve_prompt(manifest: dict, ref: str, kind: str) -> dict:
     e = max(lib, key=lambda e: int(e.get("version") or 0))
     if e.get("kind", kind) != kind:
         raise ConfigError(f"prompt {ref!r} is a {e.get('kind')} prompt, not a {kind} prompt")
-    return {**e, "ref": f"{e['name']}@{e['version']}"}
+    return {**e, "ref": f"{e['name']}@{e['version']}", "scope": scope}
 
 
 def bf16_supported() -> bool:
@@ -161,6 +163,10 @@ def preflight(cfg: NeatConfig, workspace=None, lm=None) -> Prepared:
     negs = [resolve_prompt(manifest, ref, "negative") for ref in cfg.negatives] if cfg.method == "neat" else []
     poss = ([resolve_prompt(manifest, ref, "positive") for ref in cfg.positives]
             if cfg.method in ("neat", "rrhf") and cfg.k_pos > 0 else [])
+    for e in negs + poss:
+        if e["scope"] and not any(e["scope"] in (r.get("tags") or []) for r in train_rows):
+            raise ConfigError(f"{e['ref']}:{e['scope']}: no training prompt of snapshot {cfg.snapshot} is tagged "
+                              f"{e['scope']!r}")
     scorer = None
     if cfg.ranking == "reward" and cfg.method in ("neat", "rrhf"):
         try:
@@ -190,6 +196,8 @@ class EncodedList:
     response_ids: list   # list[list[int]]
     ranks: list
     is_negative: list
+    ref_p: list | None = None  # per kept response (anchor=round)
+    src: list = dataclasses.field(default_factory=list)  # index in the RankedList of each kept response
 
     @property
     def cost(self) -> int:  # tokens of the padded block (what a micro-batch costs)
@@ -199,8 +207,8 @@ class EncodedList:
 def encode_list(tokenizer, lst: RankedList, max_prompt_len: int, max_response_len: int) -> EncodedList | None:
     from ..models import encode_prompt_and_response
 
-    prompt_ids, resp, ranks, neg = None, [], [], []
-    for text, rank, is_neg in zip(lst.responses, lst.ranks, lst.is_negative):
+    prompt_ids, resp, ranks, neg, src = None, [], [], [], []
+    for i, (text, rank, is_neg) in enumerate(zip(lst.responses, lst.ranks, lst.is_negative)):
         p, r = encode_prompt_and_response(tokenizer, lst.prompt, text)
         r = list(r)[:max_response_len]
         if not r:
@@ -209,9 +217,16 @@ def encode_list(tokenizer, lst: RankedList, max_prompt_len: int, max_response_le
         resp.append(r)
         ranks.append(rank)
         neg.append(is_neg)
+        src.append(i)
     if not resp:
         return None
-    return EncodedList(prompt_ids, resp, ranks, neg)
+    ref = [float(lst.ref_p[i]) for i in src] if lst.ref_p is not None else None
+    return EncodedList(prompt_ids, resp, ranks, neg, ref, src)
+
+
+def _ref_tensor(lists: list[EncodedList]):
+    return (torch.tensor([x for el in lists for x in el.ref_p], dtype=torch.float32)
+            if all(el.ref_p is not None for el in lists) else None)
 
 
 def collate(lists: list[EncodedList], pad_id: int) -> dict:
@@ -231,6 +246,7 @@ def collate(lists: list[EncodedList], pad_id: int) -> dict:
         "list_index": torch.tensor([li for li, _, _ in rows]),
         "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
         "is_negative": torch.tensor([n for el in lists for n in el.is_negative], dtype=torch.bool),
+        "ref_p": _ref_tensor(lists),
         "n_tokens": int(att.sum()),
     }
 
@@ -275,6 +291,7 @@ def collate_shared(lists: list[EncodedList], pad_id: int) -> dict:
         "list_index": torch.tensor([li for li, el in enumerate(lists) for _ in el.response_ids]),
         "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
         "is_negative": torch.tensor([x for el in lists for x in el.is_negative], dtype=torch.bool),
+        "ref_p": _ref_tensor(lists),
         "n_tokens": int((seg >= 0).sum()),
     }
 
@@ -652,6 +669,8 @@ class NeatTrainer:
                              self.prep.scorer)
             if lst is not None:
                 lists.append(lst)
+        if self.cfg.anchor == "round" or self.cfg.diag_every:
+            self._score_round(lists)
         if self.main:
             f.parent.mkdir(parents=True, exist_ok=True)
             tmp = f.with_suffix(".tmp")
@@ -662,6 +681,53 @@ class NeatTrainer:
         self.acc.wait_for_everyone()
         return lists
 
+    @torch.no_grad()
+    def _score_round(self, lists: list[RankedList]) -> None:
+        """p of every response under the policy that starts the round (these weights, before the round trains),
+        into each list's ref_p: the anchor of anchor=round, and the round's diagnostics (mean p of curated best
+        answers, plain samples and negative-prompt samples, logged with round_start)."""
+        cfg = self.cfg
+        enc = [(lst, encode_list(self.tok, lst, cfg.max_prompt_len, cfg.max_response_len)) for lst in lists]
+        enc = [(lst, e) for lst, e in enc if e is not None]
+        scorer = self.acc.unwrap_model(self.scorer)
+        was = scorer.model.training
+        scorer.model.eval()
+        try:
+            order = sorted(range(len(enc)), key=lambda i: enc[i][1].cost)
+            for s0 in range(0, len(order), 8):
+                part = [enc[i] for i in order[s0:s0 + 8]]
+                els = [e for _, e in part]
+                batch = (collate_shared if self.shared_ok else collate)(els, self.pad_id)
+                with self.acc.autocast():
+                    sums, n = scorer(to_device(batch, self.acc.device))
+                p = (sums / n.clamp_min(1)).float().cpu().tolist()
+                k = 0
+                for lst, e in part:
+                    ref = [float("nan")] * len(lst.responses)
+                    for i in e.src:
+                        ref[i] = p[k]
+                        k += 1
+                    lst.ref_p = ref
+        finally:
+            scorer.model.train(was)
+
+    @staticmethod
+    def _round_p_means(lists: list[RankedList]) -> dict:
+        """Mean round-start p per kind of response: the curated best, other curated, plain, positive, negative."""
+        acc: dict = {}
+        for lst in lists:
+            if lst.ref_p is None:
+                continue
+            best = min(lst.ranks)
+            for p, o, c, r in zip(lst.ref_p, lst.origins, lst.curated, lst.ranks):
+                if p != p:  # NaN: no tokens
+                    continue
+                kind = ("curated_best" if r == best else "curated_other") if c else \
+                    "negative" if o.startswith(NEG) else "positive" if o.startswith(POS) else "plain"
+                s, n = acc.get(kind, (0.0, 0))
+                acc[kind] = (s + p, n + 1)
+        return {f"p_{k}": round(s / n, 4) for k, (s, n) in sorted(acc.items())}
+
     def _sample(self, r: int) -> dict:
         """{prompt_id: [(text, origin)]} in the order plain, positive, negative; sampled by this process for
         rows[rank::world] and gathered."""
@@ -671,9 +737,11 @@ class NeatTrainer:
 
         cfg = self.cfg
         rows = self.prep.rows[self.rank::self.world]
-        specs = [("policy", None, cfg.k, {})]
-        specs += [(POS + e["ref"], e.get("text"), cfg.k_pos, e.get("params") or {}) for e in self.prep.positives]
-        specs += [(NEG + e["ref"], e.get("text"), cfg.k_neg, e.get("params") or {}) for e in self.prep.negatives]
+        specs = [("policy", None, cfg.k, {}, None)]
+        specs += [(POS + e["ref"], e.get("text"), cfg.k_pos, e.get("params") or {}, e.get("scope"))
+                  for e in self.prep.positives]
+        specs += [(NEG + e["ref"], e.get("text"), cfg.k_neg, e.get("params") or {}, e.get("scope"))
+                  for e in self.prep.negatives]
         out = {str(row["prompt_id"]): [] for row in rows}
         model = self.acc.unwrap_model(self.scorer).model
         model.eval()
@@ -686,16 +754,20 @@ class NeatTrainer:
                 raise Stop()
 
         try:
-            for j, (origin, system, k, params) in enumerate(specs):
-                if k <= 0 or not rows:
+            for j, (origin, system, k, params, scope) in enumerate(specs):
+                # a scoped system prompt samples only on the prompts carrying its tag (over_refusal on benign
+                # prompts: a refusal of a harmful request must never be pushed down as "undesirable")
+                srows = [row for row in rows if scope is None or scope in (row.get("tags") or [])]
+                if k <= 0 or not srows:
                     continue
                 gp = GenParams(temperature=float(params.get("temperature", cfg.temperature)),
                                top_p=float(params.get("top_p", cfg.top_p)), max_new_tokens=cfg.max_new_tokens,
                                k=k, seed=_seed(cfg.seed, r, j, self.rank))
                 with self.acc.autocast():
-                    res = generate(lm, [row["prompt"] for row in rows], system=system, params=gp,
-                                   batch_size=cfg.gen_batch_size, progress=progress)
-                for row, samples in zip(rows, res):
+                    res = generate(lm, [row["prompt"] for row in srows], system=system, params=gp,
+                                   batch_size=cfg.gen_batch_size, progress=progress,
+                                   max_prompt_tokens=cfg.max_prompt_len, ids=[row["prompt_id"] for row in srows])
+                for row, samples in zip(srows, res):
                     out[str(row["prompt_id"])] += [(s.text, origin) for s in samples]
         finally:
             # the generator's transposed weight layout must not leak into training and save_pretrained (see the
@@ -708,20 +780,54 @@ class NeatTrainer:
         return merged
 
     # .. training ..
+    def _loss(self, batch: dict, sum_logp, n_tok) -> dict:
+        cfg = self.cfg
+        ref = batch.get("ref_p") if cfg.anchor == "round" else None
+        return neat_loss(sum_logp, n_tok, batch["list_index"], batch["ranks"], cfg.margin, cfg.sft_weight,
+                         batch["is_negative"], ref_p=ref, rank_reduction=cfg.rank_reduction)
+
+    def _batch(self, lists: list[EncodedList]) -> tuple[dict, bool]:
+        cfg = self.cfg
+        shared = self.shared_ok and (cfg.prompt_cache == "on" or (cfg.prompt_cache == "auto" and cache_pays(lists)))
+        return to_device((collate_shared if shared else collate)(lists, self.pad_id), self.acc.device), shared
+
+    def _term_gradients(self, micro: list[list[EncodedList]]) -> dict:
+        """Diagnostics (diag_every): the gradient norm of the ranking term and of the weighted NLL term on this
+        step's micro-batches, and the cosine between them: which term pushes the weights, and whether they pull
+        together. Two extra forward+backward passes; .grad is left empty for the real step."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flat = {}
+        for term, w in (("rank_loss", 1.0), ("sft_loss", self.cfg.sft_weight)):
+            self.opt.zero_grad(set_to_none=True)
+            for lists in micro:
+                batch, _ = self._batch(lists)
+                sum_logp, n_tok = self.scorer(batch)
+                out = self._loss(batch, sum_logp, n_tok)
+                if out[term].requires_grad:
+                    self.acc.backward(out[term] * w / len(micro))
+            flat[term] = torch.cat([(p.grad.to_dense() if p.grad.is_sparse else p.grad).reshape(-1).double()
+                                    if p.grad is not None else torch.zeros(p.numel(), dtype=torch.float64)
+                                    for p in params])
+        self.opt.zero_grad(set_to_none=True)
+        a, b = flat["rank_loss"], flat["sft_loss"]
+        na, nb = float(a.norm()), float(b.norm())
+        return {"grad_norm_rank": na, "grad_norm_sft": nb,
+                "grad_cos_rank_sft": float(a @ b) / (na * nb) if na > 0 and nb > 0 else None}
+
     def _step(self, micro: list[list[EncodedList]]) -> dict:
         cfg = self.cfg
+        diag = {}
+        if cfg.diag_every and self.world == 1 and (self.pos["global_step"] + 1) % cfg.diag_every == 0:
+            diag = self._term_gradients(micro)
         agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
                "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0, "shared_batches": 0}
         for m, lists in enumerate(micro):
-            shared = self.shared_ok and (cfg.prompt_cache == "on" or (cfg.prompt_cache == "auto" and cache_pays(lists)))
-            batch = (collate_shared if shared else collate)(lists, self.pad_id)
+            batch, shared = self._batch(lists)
             agg["shared_batches"] += int(shared)
-            batch = to_device(batch, self.acc.device)
             sync = m == len(micro) - 1
             with (nullcontext() if sync else self.acc.no_sync(self.scorer)):
                 sum_logp, n_tok = self.scorer(batch)
-                out = neat_loss(sum_logp, n_tok, batch["list_index"], batch["ranks"], cfg.margin,
-                                cfg.sft_weight, batch["is_negative"])
+                out = self._loss(batch, sum_logp, n_tok)
                 self.acc.backward(out["loss"] / len(micro))
             n = out["n_lists"]
             for k in ("loss", "rank_loss", "sft_loss"):
@@ -737,6 +843,7 @@ class NeatTrainer:
             self.opt.__dict__.pop("grad_scale", None)  # this step's clipping only
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        agg["diag"] = diag
         return agg
 
     def _clip_gradients(self, max_norm: float) -> float | None:
@@ -774,7 +881,7 @@ class NeatTrainer:
         return norm
 
     def _reduce(self, agg: dict, stop: bool) -> dict:
-        keys = [k for k in agg if k not in ("lr", "grad_norm")]
+        keys = [k for k in agg if k not in ("lr", "grad_norm", "diag")]
         t = torch.tensor([float(agg[k]) for k in keys] + [1.0 if stop else 0.0], dtype=torch.float64)
         if self.world > 1:
             t = self.acc.reduce(t.to(self.acc.device), "sum").cpu()
@@ -824,7 +931,7 @@ class NeatTrainer:
                 self._log({"event": "round_start", "round": r, "step": self.pos["global_step"],
                            "n_lists": len(enc), "n_responses": sum(len(e.response_ids) for e in enc),
                            "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
-                           "sample_s": round(time.time() - t0, 3)})
+                           "sample_s": round(time.time() - t0, 3), **self._round_p_means(lists)})
             scheds = {}
             while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
                 e = self.pos["epoch"]
@@ -852,6 +959,8 @@ class NeatTrainer:
                     "loss": v["loss"] / nl, "rank_loss": v["rank_loss"] / nl, "sft_loss": v["sft_loss"] / nl,
                     "rank_acc": v["n_correct"] / v["n_pairs"] if v["n_pairs"] else None,
                     "p_gap": (v["p_best_sum"] / v["n_best"] - v["p_neg_sum"] / v["n_neg"]) if v["n_neg"] else None,
+                    "p_best": v["p_best_sum"] / v["n_best"] if v["n_best"] else None,
+                    "p_neg": v["p_neg_sum"] / v["n_neg"] if v["n_neg"] else None, **agg["diag"],
                     "lr": agg["lr"], "grad_norm": agg["grad_norm"],
                     "tokens_per_s": round(v["tokens"] / max(dt, 1e-9), 2),
                     "elapsed_s": round(elapsed, 3),

@@ -1,0 +1,40 @@
+"""Named training recipes: NeatConfig presets, in one place (the CLI's --recipe, the Train tab, the study).
+
+A recipe is a set of NeatConfig values over the defaults; a user's --config / flags / --set still win over it.
+Each says what it is for and what data it expects. The figures behind `safety` are in benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+from .config import ConfigError, NeatConfig
+
+RECIPES: dict[str, dict] = {
+    "safety": {
+        "description": (
+            "Refuse harmful requests without refusing harmless ones. Expects prompts tagged `harmful` (best answer: a "
+            "safe refusal) and `benign` (best answer: a helpful one; look-alikes with their needless refusal ranked "
+            "below), such as data/recipes/safety/curated.jsonl. Each round samples `dangerous_compliance` only on "
+            "harmful prompts and `over_refusal` only on benign ones as negatives, and ranks gains over the round's "
+            "starting policy (anchor=round), so the model's own fluent text is never pushed far down."),
+        "config": {
+            "method": "neat",
+            "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
+            "k": 1, "k_neg": 1, "rounds": 2, "epochs": 1,
+            "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0,
+            "lr": 1e-5, "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 16,
+        },
+    },
+}
+
+
+def recipe_names() -> list[str]:
+    return sorted(RECIPES)
+
+
+def apply_recipe(cfg: NeatConfig, name: str) -> NeatConfig:
+    """Set the recipe's values on `cfg` (in place) and return it; ConfigError for an unknown name."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r} (known: {', '.join(recipe_names())})")
+    fresh = NeatConfig.from_dict(RECIPES[name]["config"])
+    for key in RECIPES[name]["config"]:
+        setattr(cfg, key, getattr(fresh, key))
+    return cfg
