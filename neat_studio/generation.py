@@ -103,8 +103,8 @@ def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, params: GenParams | None = None,
              batch_size: int = 8, progress: Progress = None, systems: Sequence[str | None] | None = None,
              seed_index: Sequence[int] | None = None,
-             on_step: Callable[[list[int], Callable[[], list[list[str]]]], None] | None = None
-             ) -> list[list[Sample]]:
+             on_step: Callable[[list[int], Callable[[], list[list[str]]]], None] | None = None,
+             max_prompt_tokens: int | None = None, ids: Sequence | None = None) -> list[list[Sample]]:
     """k samples for each prompt (messages, or a plain string = one user turn), in input order.
 
     ``batch_size`` is the number of sequences decoded together (prompts x k; a prompt's k samples stay in one
@@ -114,7 +114,12 @@ def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, p
     ``on_step(prompt_indices, texts)`` (optional) is called after every decoding step of a batch with the batch's
     prompt indices and a function returning the text so far of each of their k samples (decoded only when
     called; for streaming several prompts at once).
-    Raises ValueError for malformed messages or a prompt longer than the model's context."""
+    ``max_prompt_tokens`` (optional) keeps only the LAST that many tokens of each rendered prompt (system turn and
+    generation prompt included), as training does with ``max_prompt_len``: the end of a long prompt (the latest
+    turn and the assistant header the reply follows) is what a reply conditions on.
+    ``ids`` (optional, one per prompt, e.g. the stored prompt ids) name the prompts in error messages; without
+    them a prompt is named by its position in the call.
+    Raises ValueError for malformed messages or a prompt longer than the model's context (naming the prompt)."""
     import torch
 
     params = params or GenParams()
@@ -127,13 +132,31 @@ def generate(lm: LoadedModel, prompts: Sequence, *, system: str | None = None, p
         raise ValueError(f"systems has {len(systems)} entries for {len(prompts)} prompts")
     if seed_index is not None and len(seed_index) != len(prompts):
         raise ValueError(f"seed_index has {len(seed_index)} entries for {len(prompts)} prompts")
+    if ids is not None and len(ids) != len(prompts):
+        raise ValueError(f"ids has {len(ids)} entries for {len(prompts)} prompts")
+    if max_prompt_tokens is not None and (isinstance(max_prompt_tokens, bool) or int(max_prompt_tokens) < 1):
+        raise ValueError(f"max_prompt_tokens must be a positive integer or None, got {max_prompt_tokens!r}")
+
+    where = "" if ids is not None else " (prompts are numbered from 0 in the order given)"
+
+    def name(i: int) -> str:
+        return f"prompt {ids[i]}" if ids is not None else f"prompt {i}"
+
     tok, model = lm.tokenizer, lm.model
-    encoded = [encode_chat(tok, p, system=systems[i] if systems is not None else system) for i, p in enumerate(prompts)]
+    encoded = []
+    for i, p in enumerate(prompts):
+        try:
+            e = encode_chat(tok, p, system=systems[i] if systems is not None else system)
+        except ValueError as ex:
+            raise ValueError(f"{name(i)}{where}: {ex}") from None
+        encoded.append(list(e)[-int(max_prompt_tokens):] if max_prompt_tokens is not None else e)
     prepare_for_inference(model)
     max_len = model_max_length(lm)
-    for i, ids in enumerate(encoded):
-        if len(ids) >= max_len:
-            raise ValueError(f"prompt {i} has {len(ids)} tokens; the model's context is {max_len} tokens")
+    for i, e in enumerate(encoded):
+        if len(e) >= max_len:
+            cut = f" (after keeping its last {int(max_prompt_tokens)})" if max_prompt_tokens is not None else ""
+            raise ValueError(f"{name(i)} has {len(e)} tokens{cut}; the model's context is {max_len} tokens: "
+                             f"shorten the prompt or keep fewer prompt tokens (max_prompt_len){where}")
     k = params.k
     per_batch = max(1, batch_size // k)
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
