@@ -9,7 +9,7 @@ Values returned to callers are plain JSON-serialisable Python (timestamps as ISO
 "Z", JSON columns decoded, tags as sorted lists).
 
 API (see each method's docstring):
-  lifecycle   Store(db_path), schema_version, checkpoint(), close(), context manager
+  lifecycle   Store(db_path), schema_version, checkpoint(), close(), context manager, transaction()
   prompts     add_prompts(rows, actor) -> ids; get_prompt(id); list_prompts(**filters, limit, offset, order);
               count_prompts(**filters); set_tags(ids, tags, actor, mode); set_split(ids, split, actor);
               prompt_sources(); prompt_tags(); sample_prompts(n, seed, tag)
@@ -520,6 +520,14 @@ class Store:
                 raise
             finally:
                 self._tx_depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several store writes into ONE transaction: every write method called inside the block joins it,
+        and any exception rolls all of them back (nothing is written). E.g. a Compare vote stores its prompt, two
+        responses and the annotation together or not at all."""
+        with self._tx():
+            yield
 
     def _rows(self, sql: str, params: Sequence | None = None) -> list[dict]:
         with self._lock:

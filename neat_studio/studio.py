@@ -942,7 +942,9 @@ class Studio:
         chat both sides saw the same). Both replies are stored as responses with origin `compare:<model_id>`;
         ranking: A -> [[a], [b]], B -> [[b], [a]], tie -> [[a, b]], both_bad -> [[a, b]] with both marked neg;
         two identical answers (one response) -> no ranking, the vote in the comment (both_bad: the response marked).
-        The latest vote of a user on a prompt replaces their earlier one (as in Annotate)."""
+        The latest vote of a user on a prompt replaces their earlier one (as in Annotate).
+        Everything is checked before anything is written, then the prompt, both responses and the annotation are
+        written in ONE transaction: a refused vote (ValueError) writes nothing."""
         if vote not in self.COMPARE_VOTES:
             raise ValueError(f"vote must be one of {', '.join(self.COMPARE_VOTES)}, got {vote!r}")
         ha, hb = list(history_a or []), list(history_b or [])
@@ -952,29 +954,29 @@ class Studio:
             raise ValueError("the two sides answered different messages; send the same message again")
         context = (hb if vote == "B" else ha)[:-1]
         ia, ib = self.compare_info(spec_a), self.compare_info(spec_b)
-        pid = self.store.add_prompts([{"messages": context, "source": "compare", "tags": ["compare"],
-                                       "split": "train"}], actor=annotator)[0]
         gp = {k: v for k, v in (params or {}).items() if k in ("temperature", "top_p", "max_new_tokens", "seed")}
         rows = []
         for info, h in ((ia, ha), (ib, hb)):
             mid = "".join(c if not c.isspace() else "_" for c in info["model_id"])[:200] or "model"
-            rows.append({"prompt_id": pid, "text": h[-1].get("content") or "", "origin": f"compare:{mid}",
+            rows.append({"text": h[-1].get("content") or "", "origin": f"compare:{mid}",
                          "model_id": info["model_id"], "seed": gp.get("seed"),
                          "params": {**gp, "spec": info["spec"], "fingerprint": info["fingerprint"],
                                     "dtype": info["dtype"]}})
-        a, b = self.store.add_responses(rows, actor=annotator)
-        marks = {}
-        if a == b:
-            if vote in ("A", "B"):
-                raise ValueError("both answers are identical; vote tie or both bad")
-            ranking = []  # one response has nothing to be ranked against: the vote is kept as a comment (+ marks)
-        else:
-            ranking = {"A": [[a], [b]], "B": [[b], [a]]}.get(vote, [[a, b]])
-        if vote == "both_bad":
-            marks = {a: "neg", b: "neg"}
+        # a response's id is (prompt, origin, text): the two answers are ONE stored response exactly when the same
+        # model gave the same text, and then there is nothing to prefer
+        same = (rows[0]["origin"], rows[0]["text"]) == (rows[1]["origin"], rows[1]["text"])
+        if same and vote in ("A", "B"):
+            raise ValueError("both answers are identical; vote tie or both bad")
         comment = (f"compare vote {vote}: A={ia['model_id']} ({ia['fingerprint']}) vs "
                    f"B={ib['model_id']} ({ib['fingerprint']})")
-        aid = self.store.save_annotation(pid, annotator, ranking, marks=marks, comment=comment)
+        with self.store.transaction():  # all or nothing (store errors roll back the prompt and the responses)
+            pid = self.store.add_prompts([{"messages": context, "source": "compare", "tags": ["compare"],
+                                           "split": "train"}], actor=annotator)[0]
+            a, b = self.store.add_responses([{**r, "prompt_id": pid} for r in rows], actor=annotator)
+            # one response has nothing to be ranked against: the vote is kept as a comment (+ marks)
+            ranking = [] if a == b else {"A": [[a], [b]], "B": [[b], [a]]}.get(vote, [[a, b]])
+            marks = {a: "neg", b: "neg"} if vote == "both_bad" else {}
+            aid = self.store.save_annotation(pid, annotator, ranking, marks=marks, comment=comment)
         return {"prompt_id": pid, "response_ids": [a, b], "annotation_id": aid, "ranking": ranking, "marks": marks,
                 "vote": vote}
 
