@@ -20,7 +20,8 @@ API (see each method's docstring):
               edit_response(response_id, new_text, actor) -> new id
   annotations save_annotation(prompt_id, annotator, ranking, marks, comment, flagged) -> id;
               latest_annotation(prompt_id, annotator); latest_annotations(prompt_id);
-              annotation_history(prompt_id, annotator); annotator_progress(); next_in_queue(annotator, ...)
+              annotation_history(prompt_id, annotator); annotator_progress(); next_in_queue(annotator, ...);
+              skipped_prompts(annotator); set_skipped(annotator, prompt_id, skipped, actor)
   import      import_records(records, actor) -> report
   snapshot    listwise_rows(split, tags, annotated_only, include_imported, min_responses, exclude_flagged);
               record_snapshot(manifest, path, actor); list_snapshots(); get_snapshot(id)
@@ -1079,10 +1080,12 @@ class Store:
 
     def next_in_queue(self, annotator: str, search: str | None = None, tag: str | list[str] | None = None,
                       source: str | None = None, split: str | None = None, skip_ids: Iterable[str] = (),
-                      min_responses: int = 2, include_annotated: bool = False) -> str | None:
+                      min_responses: int = 2, include_annotated: bool = False,
+                      last_ids: Sequence[str] = ()) -> str | None:
         """Next prompt id for `annotator`: prompts with >= min_responses responses that this annotator has not
-        annotated, oldest first; None when the queue is done. With `include_annotated`, already annotated
-        prompts follow (least recently annotated by them first)."""
+        annotated, oldest first; None when the queue is done. `skip_ids` are left out; `last_ids` (e.g. the
+        annotator's skipped prompts, in the order they were skipped) come after every other unannotated prompt.
+        With `include_annotated`, already annotated prompts follow (least recently annotated by them first)."""
         where, params = self._prompt_where(search, tag, source, split)
         sql = f"""SELECT p.id, p.seq, (SELECT max(a.seq) FROM annotations a WHERE a.prompt_id = p.id
                                                AND a.annotator = ?) AS mine
@@ -1090,9 +1093,32 @@ class Store:
                   WHERE {where} AND NOT list_contains(?::VARCHAR[], p.id)
                     AND (SELECT count(*) FROM responses r WHERE r.prompt_id = p.id) >= ?"""
         sql = (f"SELECT id FROM ({sql}) WHERE {'TRUE' if include_annotated else 'mine IS NULL'} "
-               "ORDER BY mine NULLS FIRST, seq LIMIT 1")
-        r = self._rows(sql, [annotator] + params + [list(skip_ids), int(min_responses)])
+               "ORDER BY mine IS NOT NULL, coalesce(list_position(?::VARCHAR[], id), 0), mine, seq LIMIT 1")
+        r = self._rows(sql, [annotator] + params + [list(skip_ids), int(min_responses), list(last_ids)])
         return r[0]["id"] if r else None
+
+    SKIPS_KEY = "annotate_skips:{annotator}"
+    MAX_SKIPS = 2000
+
+    def skipped_prompts(self, annotator: str) -> list[str]:
+        """The prompts `annotator` skipped and has not annotated since, oldest skip first (kept in the settings
+        table, so a reload or a restart keeps them; the queue shows them after every other prompt)."""
+        return list(self.get_setting(self.SKIPS_KEY.format(annotator=annotator)) or [])
+
+    def set_skipped(self, annotator: str, prompt_id: str, skipped: bool, actor: str | None = None) -> list[str]:
+        """Record (skipped=True: moved to the end of the list) or clear a skip of `prompt_id` by `annotator`.
+        Returns the new list. ValueError (nothing written) for an unknown prompt; clearing a prompt that was not
+        skipped writes nothing."""
+        annotator = _req_str(annotator, "annotator", 100)
+        key = self.SKIPS_KEY.format(annotator=annotator)
+        with self._tx() as con:
+            if skipped and _first(con.execute("SELECT count(*) FROM prompts WHERE id = ?", [prompt_id]))[0] == 0:
+                raise ValueError(f"unknown prompt id {prompt_id!r}")
+            old = self.skipped_prompts(annotator)
+            new = [p for p in old if p != prompt_id] + ([prompt_id] if skipped else [])
+            if new != old:
+                self.set_setting(key, new[-self.MAX_SKIPS:], actor=actor or annotator)
+        return new[-self.MAX_SKIPS:]
 
     # -- import -------------------------------------------------------------------------------------------
     def import_records(self, records: list[dict], actor: str) -> dict:

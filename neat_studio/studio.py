@@ -557,14 +557,19 @@ class Studio:
         """The annotator's next prompt. `order`: `queue` (unannotated first, oldest first), `uncertainty` (the
         prompt whose two best candidates the reward scorer separates least) or `disagreement` (among prompts a
         human ranked, the one where the scorer's ranking disagrees most: Kendall tau distance). The scorer orders
-        look at the first `pool` candidates of the queue and fall back to queue order without a trained scorer."""
+        look at the first `pool` candidates of the queue and fall back to queue order without a trained scorer.
+        `skip_ids` are left out (this page's skips); the prompts the annotator skipped before (`skip_prompt`, kept
+        in the store, so a reload keeps them) come after every other prompt, in any order."""
         if order not in ("queue", "uncertainty", "disagreement"):
             raise ValueError(f"unknown queue order {order!r}: use queue, uncertainty or disagreement")
         skip = set(skip_ids)
+        skipped_before = self.store.skipped_prompts(annotator)
+        later = set(skipped_before)
         for _ in range(1000):  # a prompt whose candidates are near-duplicates of each other shows < 2: skip it
             first = self.store.next_in_queue(annotator, search=search or None, tag=tag or None,
                                              source=source or None, split=split or None, skip_ids=list(skip),
-                                             include_annotated=include_annotated or order == "disagreement")
+                                             include_annotated=include_annotated or order == "disagreement",
+                                             last_ids=skipped_before)
             if first is None or self._rankable(first):
                 break
             skip.add(first)
@@ -587,7 +592,7 @@ class Studio:
                      and (not search or search.lower() in p["text"].lower())]
         best, best_key = first, None
         for p in cands:
-            if p["id"] in skip:
+            if p["id"] in skip or p["id"] in later:  # skipped before: only when nothing else is left (= first)
                 continue
             rs = self.store.list_responses(p["id"])
             if len(rs) < 2:
@@ -667,9 +672,49 @@ class Studio:
 
     def save_annotation(self, prompt_id: str, annotator: str, ranking: list[list[str]],
                         marks: dict | None = None, comment: str = "", flagged: bool = False) -> str:
-        """Durable immediately (one committed transaction); the latest annotation per annotator counts."""
-        return self.store.save_annotation(prompt_id, annotator, ranking, marks=marks or {}, comment=comment or "",
-                                          flagged=bool(flagged))
+        """Durable immediately (one committed transaction); the latest annotation per annotator counts. A skip of
+        the prompt by this annotator is cleared in the same transaction."""
+        with self.store.transaction():
+            aid = self.store.save_annotation(prompt_id, annotator, ranking, marks=marks or {},
+                                             comment=comment or "", flagged=bool(flagged))
+            self.store.set_skipped(annotator, prompt_id, False)
+        return aid
+
+    def submit_ranking(self, prompt_id: str, annotator: str, ranks: dict, marks: dict | None = None,
+                       comment: str = "", flagged: bool = False) -> dict:
+        """What Annotate's submit saves. `ranks`: {response id: rank group (1 = best, same number = tie)} over
+        the responses the view shows (`annotation_item`). Rules (the view's hint says the same):
+        every shown response ranked -> that ranking; some ranked but not all -> refused unless the prompt is
+        flagged; a flagged prompt is saved with the ranking of what was ranked when that is two or more responses,
+        else with no ranking (one ranked response has nothing to be ranked against). Returns {"annotation_id",
+        "ranking", "shown" (the shown response ids, in view order)}. ValueError (nothing written) otherwise."""
+        item = self.annotation_item(prompt_id, annotator, suggest=False)
+        shown = [r["id"] for r in item["responses"]]
+        try:
+            ranks = {str(k): int(v) for k, v in (ranks or {}).items()}
+        except (TypeError, ValueError):
+            raise ValueError("ranks must map response ids to rank group numbers") from None
+        unknown = [k for k in ranks if k not in shown]
+        if unknown:
+            raise ValueError(f"response(s) {', '.join(unknown[:5])} are not shown for prompt {prompt_id}")
+        unranked = [f"#{i + 1}" for i, rid in enumerate(shown) if rid not in ranks]
+        if unranked and ranks and not flagged:
+            raise ValueError(f"rank every response ({', '.join(unranked)} unranked), or flag the prompt: a flagged "
+                             "prompt is saved with what you ranked (no ranking when only one response is ranked)")
+        groups: dict[int, list[str]] = {}
+        for rid in shown:
+            if rid in ranks:
+                groups.setdefault(ranks[rid], []).append(rid)
+        ranking = [groups[g] for g in sorted(groups)]
+        if flagged and sum(len(g) for g in ranking) < 2:
+            ranking = []
+        aid = self.save_annotation(prompt_id, annotator, ranking, marks=marks, comment=comment, flagged=flagged)
+        return {"annotation_id": aid, "ranking": ranking, "shown": shown}
+
+    def skip_prompt(self, prompt_id: str, annotator: str) -> list[str]:
+        """Remember that `annotator` skipped the prompt (the store's settings: it survives a reload and a restart);
+        their queue then shows it after every other prompt. Saving an annotation for it clears the skip."""
+        return self.store.set_skipped(annotator, prompt_id, True)
 
     def edit_response(self, response_id: str, new_text: str, actor: str = "local") -> str:
         """A human edit becomes a new response (origin human); the original stays."""

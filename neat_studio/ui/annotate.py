@@ -270,30 +270,31 @@ def build(ctx: Ctx) -> dict:
         marks = {str(k): str(v) for k, v in (data.get("marks") or {}).items()}
         s["draft"] = {"item": item, "ranks": ranks, "marks": marks}
         if cmd == "submit":
-            item_d = st.annotation_item(item, me, suggest=False)
-            ids = [r["id"] for r in item_d["responses"]]
-            unranked = [f"#{i + 1}" for i, rid in enumerate(ids) if rid not in ranks]
-            if unranked and ranks and not fl:
-                return (gr.update(), gr.update(), gr.update(),
-                        error_box(f"Not saved: rank every response ({', '.join(unranked)} unranked) or flag the "
-                                  f"prompt."), gr.update(), s, gr.update(), gr.update())
-            groups: dict[int, list[str]] = {}
-            for rid in ids:
-                if rid in ranks:
-                    groups.setdefault(ranks[rid], []).append(rid)
-            ranking = [groups[g] for g in sorted(groups)]
-            try:
-                st.save_annotation(item, me, ranking, marks=marks, comment=cm or "", flagged=bool(fl))
+            try:  # the rules (every response ranked, or flagged with what was ranked) live in Studio
+                r = st.submit_ranking(item, me, ranks, marks=marks, comment=cm or "", flagged=bool(fl))
             except ValueError as e:
                 return (gr.update(), gr.update(), gr.update(), error_box(f"Not saved: {e}"), gr.update(), s,
                         gr.update(), gr.update())
-            desc = "  >  ".join(" = ".join(f"#{ids.index(r) + 1}" for r in g) for g in ranking) or "(flag only)"
+            ids, ranking = r["shown"], r["ranking"]
+            desc = "  >  ".join(" = ".join(f"#{ids.index(x) + 1}" for x in g) for g in ranking)
+            if not desc:
+                desc = "(flag only)" if fl else "(comment / marks only)"
+            elif fl:
+                desc += " (flagged)"
             s = _next(me, s, tg, sp, src, q, inc, order)
             return _view(me, s, f"Saved prompt {item}: {desc}.")
         if cmd == "skip":
+            try:
+                st.skip_prompt(item, me)  # kept in the store: a reload or a restart shows it last too
+            except ValueError as e:
+                return (gr.update(), gr.update(), gr.update(), error_box(f"Not skipped: {e}"), gr.update(), s,
+                        gr.update(), gr.update())
             s.setdefault("skip", []).append(item)
             s = _next(me, s, tg, sp, src, q, inc, order)
-            return _view(me, s, f"Skipped {item} (it comes back after the rest of the queue).")
+            if s["item"] is None and s.get("skip"):
+                s["skip"] = []  # only skipped prompts are left: they come back, the longest skipped first
+                s = _next(me, s, tg, sp, src, q, inc, order)
+            return _view(me, s, f"Skipped {item} (it comes back after the rest of the queue, also after a reload).")
         if cmd == "prev":
             ids = [pid for _, pid in _recent(me)]  # newest first: step back from the one shown, if it is there
             recent = ids[ids.index(item) + 1:] if item in ids else ids
@@ -342,7 +343,7 @@ def build(ctx: Ctx) -> dict:
     next_btn.click(go_next, [sess, *filters], outputs)
     open_btn.click(open_prompt, [sess, open_id], outputs)
     open_id.select(open_prompt, [sess, open_id], outputs)
-    for f in (q_tag, q_split, q_source, q_all):
+    for f in (q_tag, q_split, q_source, q_all, q_order):  # a new order or filter reloads the queue at once
         f.change(refilter, [sess, *filters], outputs)
     q_search.submit(refilter, [sess, *filters], outputs)
 
