@@ -15,7 +15,7 @@ API (see each method's docstring):
               prompt_sources(); prompt_tags(); sample_prompts(n, seed, tag)
   system      save_system_prompt(name, kind, text, params, author, tags) -> version;
               get_system_prompt(name, version); resolve_ref("name@v"); list_system_prompts(kind);
-              list_versions(name); all_system_prompt_versions()
+              list_versions(name); all_system_prompt_versions(); newest_system_prompt(kind)
   responses   add_responses(rows, actor) -> ids; list_responses(prompt_id); get_response(id);
               edit_response(response_id, new_text, actor) -> new id
   annotations save_annotation(prompt_id, annotator, ranking, marks, comment, flagged) -> id;
@@ -881,6 +881,12 @@ class Store:
     def all_system_prompt_versions(self) -> list[dict]:
         """Every version of every system prompt (name, version order): what a snapshot freezes."""
         return [self._sp_out(r) for r in self._rows("SELECT * FROM system_prompts ORDER BY name, version")]
+
+    def newest_system_prompt(self, kind: str | None = None) -> dict | None:
+        """The most recently saved version (of `kind`, or of any kind), or None when the library has none."""
+        rows = self._rows("SELECT * FROM system_prompts WHERE (? IS NULL OR kind = ?) "
+                          "ORDER BY created_at DESC, version DESC, name LIMIT 1", [kind, kind])
+        return self._sp_out(rows[0]) if rows else None
 
     # -- responses ----------------------------------------------------------------------------------------
     _RESPONSE_SCHEMA = pa.schema([("id", pa.string()), ("seq", pa.int64()), ("prompt_id", pa.string()),

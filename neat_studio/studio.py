@@ -301,6 +301,12 @@ class Studio:
         created = before is None or before["version"] != v
         return {"ref": f"{name}@{v}", "version": v, "created": created}
 
+    def newest_prompt_ref(self, kind: str) -> str | None:
+        """`name@version` of the system prompt version of `kind` saved last (what the preview and Train choose
+        by default), or None when the library has none."""
+        sp = self.store.newest_system_prompt(kind)
+        return sp["ref"] if sp else None
+
     def library_diff(self, name: str, a: int | None, b: int | None) -> str:
         from .library import diff_versions
 
@@ -797,8 +803,8 @@ class Studio:
             runner.close(detach=True)
 
     def training_options(self) -> dict:
-        """Choices and defaults of the Train tab: methods, prompt versions, tags, base models, NeatConfig defaults
-        and help text."""
+        """Choices and defaults of the Train tab: methods, prompt versions (+ the newest negative and positive
+        version, the default choice), tags, base models, NeatConfig defaults and help text."""
         from .neat.config import DTYPES, METHODS, NeatConfig
         from .neat.trainer import bf16_supported
 
@@ -806,6 +812,8 @@ class Studio:
         return {"methods": list(METHODS), "dtypes": list(DTYPES), "auto_dtype": "bf16" if bf16_supported() else "fp32",
                 "negatives": [v["ref"] for v in allv if v["kind"] == "negative"],
                 "positives": [v["ref"] for v in allv if v["kind"] == "positive"],
+                "newest_negative": self.newest_prompt_ref("negative"),
+                "newest_positive": self.newest_prompt_ref("positive"),
                 "tags": self.store.prompt_tags(), "models": self.model_choices(),
                 "defaults": NeatConfig().to_dict(), "help": NeatConfig.fields_help()}
 

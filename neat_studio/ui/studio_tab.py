@@ -150,6 +150,7 @@ def build(ctx: Ctx) -> dict:
     pv_metrics = gr.Markdown("", elem_id="pv-metrics")
     pv_out = gr.HTML(preview_html([], "", "", None, 0, 0), js_on_load=None, elem_id="pv-out")
     pv_ref_state = gr.State(None)
+    pv_auto = gr.State(None)  # the default last given to the preview's version choice (not a user choice)
     gr.Markdown("### Compare versions (latest preview of each)")
     cmp_table = gr.Dataframe(headers=CMP_COLUMNS, datatype="str", interactive=False, wrap=True, max_height=300,
                              elem_id="pv-compare")
@@ -268,7 +269,7 @@ def build(ctx: Ctx) -> dict:
         d = diff_for(nm.strip(), a["value"], b["value"])
         neg, pos = refs()
         return (msg, r["ref"], lib_df(kf), vdf, a, b, *d,
-                gr.update(choices=neg, value=r["ref"] if kd == "negative" else None),
+                gr.update(choices=neg, value=r["ref"]) if kd == "negative" else gr.update(choices=neg),
                 gr.update(choices=[NONE_NORMAL] + pos))
 
     save_btn.click(save, [name, kind, text, tags, temperature, top_p, max_tokens, k, kind_filter],
@@ -335,21 +336,20 @@ def build(ctx: Ctx) -> dict:
     pool_btn.click(to_pool, [pv_ref_state], [pv_msg, cmp_table])
     ctx.admin_only += [run_btn, stop_btn, pool_btn]
 
-    def on_show():
+    def on_show_keep(cur_neg, kf, auto):
+        """Page load / tab opened: fresh choices; the preview's version is the one saved last unless the user
+        chose another one (kept while it exists)."""
         neg, pos = refs()
         tags_ = st.store.prompt_tags()
-        return (gr.update(choices=neg, value=neg[-1] if neg else None) if neg else gr.update(choices=[]),
-                gr.update(choices=[NONE_NORMAL] + pos), gr.update(choices=tags_), lib_df("all"), cmp_df())
-
-    def on_show_keep(cur_neg, kf):
-        neg, pos = refs()
-        tags_ = st.store.prompt_tags()
-        val = cur_neg if cur_neg in neg else (neg[0] if neg else None)
+        newest = st.newest_prompt_ref("negative")
+        val = cur_neg if cur_neg in neg and cur_neg != auto else newest
         return (gr.update(choices=neg, value=val), gr.update(choices=[NONE_NORMAL] + pos),
-                gr.update(choices=tags_), lib_df(kf), cmp_df())
+                gr.update(choices=tags_), lib_df(kf), cmp_df(), newest)
 
     return {"lib": lib, "name": name, "kind": kind, "text": text, "tags": tags, "save": save_btn,
             "save_msg": save_msg, "versions": versions, "diff": diff_out, "diff_raw": diff_raw, "neg_ref": neg_ref,
             "normal_ref": normal_ref, "seed": seed, "mode": mode, "n": n, "run": run_btn, "pool": pool_btn,
             "pv_out": pv_out, "pv_msg": pv_msg, "compare": cmp_table,
-            "_on_show": (on_show_keep, [neg_ref, kind_filter], [neg_ref, normal_ref, pv_tag, lib, cmp_table])}
+            "stop": stop_btn,
+            "_on_show": (on_show_keep, [neg_ref, kind_filter, pv_auto],
+                         [neg_ref, normal_ref, pv_tag, lib, cmp_table, pv_auto])}

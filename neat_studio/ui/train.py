@@ -143,9 +143,11 @@ def build(ctx: Ctx) -> dict:
         method = gr.Radio(opts["methods"], value="neat", label="Method", scale=2, elem_id="train-method",
                           info=helps.get("method"))
     with gr.Row():
+        newest = [opts["newest_negative"]] if opts["newest_negative"] else []
         negs = gr.Dropdown(label="Negative prompt versions", choices=opts["negatives"], multiselect=True,
-                           value=opts["negatives"][-1:] if opts["negatives"] else [], elem_id="train-negatives",
-                           info=helps.get("negatives"))
+                           value=newest, elem_id="train-negatives",
+                           info=helps.get("negatives") + " (default: the version saved last)")
+        negs_auto = gr.State(newest)  # the default last given to the choice (replaced by a newer version on open)
         poss = gr.Dropdown(label="Positive prompt versions (optional, NEAT-PP)", choices=opts["positives"],
                            multiselect=True, value=[], elem_id="train-positives",
                            info="used when k_pos > 0: " + helps.get("positives", ""))
@@ -262,20 +264,26 @@ def build(ctx: Ctx) -> dict:
         runs = st.training_runs()
         return runs, history_df(runs)
 
-    def on_show(*vals):
+    def on_show(auto, *vals):
         """Page load / tab opened: the active run (else the newest), fresh choices, the time estimate;
-        runs re-attached after an app restart show up here."""
+        runs re-attached after an app restart show up here. The negative prompt choice follows the newest saved
+        version while it still holds the default it was given (a choice the user made stays, if it exists)."""
         runs, df = hist()
         act = st.jobs.active()
         sel = act["id"] if act else (runs[0]["id"] if runs else None)
         o = st.training_options()
         vals = list(vals)
-        vals[2] = [v for v in (vals[2] or []) if v in o["negatives"]] or o["negatives"][-1:]
+        newest = [o["newest_negative"]] if o["newest_negative"] else []
+        cur = list(vals[2] or [])
+        if not cur or cur == list(auto or []):
+            vals[2] = newest
+        else:
+            vals[2] = [v for v in cur if v in o["negatives"]] or newest
         return (gr.update(choices=run_choices(runs), value=sel), df, *view(sel),
                 gr.update(choices=o["models"]), gr.update(choices=o["negatives"], value=vals[2]),
-                gr.update(choices=o["positives"]), gr.update(choices=o["tags"]), do_estimate(*vals))
+                gr.update(choices=o["positives"]), gr.update(choices=o["tags"]), do_estimate(*vals), newest)
 
-    show_outs = [run_sel, history, *view_outs, base, negs, poss, tags, estimate]
+    show_outs = [run_sel, history, *view_outs, base, negs, poss, tags, estimate, negs_auto]
 
     def start(data: dict, request: gr.Request):
         """`data`: {component: value} of the run selector and the config inputs (set-style inputs)."""
@@ -382,7 +390,7 @@ def build(ctx: Ctx) -> dict:
     stop_btn.click(stop, [run_sel], [msg, *view_outs])
     resume_btn.click(resume, [run_sel], [msg, run_sel, history, *view_outs])
     run_sel.input(lambda r: view(r), [run_sel], view_outs, show_progress="hidden")
-    refresh_btn.click(on_show, cfg_inputs, show_outs)
+    refresh_btn.click(on_show, [negs_auto, *cfg_inputs], show_outs)
     timer.tick(tick, [run_sel, plot_key, hist_key], [*view_outs, history, run_sel, hist_key], show_progress="hidden")
     history.select(select_history, [history], [run_sel, *view_outs])
     report_btn.click(open_report, [run_sel], [report_msg, report_md, report_gallery, config_code])
@@ -393,4 +401,4 @@ def build(ctx: Ctx) -> dict:
             "resume": resume_btn, "message": msg, "run": run_sel, "progress": prog, "loss_plot": loss_plot,
             "acc_plot": acc_plot, "gap_plot": gap_plot, "error": err, "log": log, "timer": timer,
             "history": history, "report": report_md, **{f"hp_{h[0]}": c for h, c in zip(HYPER, hyper)},
-            "lora": lora, "dtype": dtype, "name": name, "_on_show": (on_show, cfg_inputs, show_outs)}
+            "lora": lora, "dtype": dtype, "name": name, "_on_show": (on_show, [negs_auto, *cfg_inputs], show_outs)}
