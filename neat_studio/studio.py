@@ -343,7 +343,7 @@ class Studio:
         return out
 
     def run_preview(self, negative_ref: str, prompt_ids: list[str], *, normal_ref: str | None = None,
-                    params: dict | None = None, seed: int = 0, actor: str = "local"):
+                    params: dict | None = None, seed: int = 0, actor: str = "local", run_key: str | None = None):
         """Generate a preview: every prompt x side (normal, negative) x k samples decoded together in batches of
         GEN_BATCH sequences, streamed. A generator: yields `("rows", 0, n, rows)` about 4 times a second while the
         texts grow (samples marked "streaming"), then `("row", i, n, row)` for each finished prompt i = 1..n, and
@@ -352,7 +352,10 @@ class Studio:
 
         row = {"prompt_id", "prompt", "normal": [sample], "negative": [sample]}; sample = {"text", "seed",
         "params", "n_tokens"}. `params` override the version's stored generation parameters; `seed` fixes every
-        sample so the same preview can be reproduced."""
+        sample so the same preview can be reproduced.
+
+        `run_key` (e.g. the browser session) registers the run so that `stop_preview(run_key)` can stop it and say
+        how far it got."""
         import queue
         import time
 
@@ -386,8 +389,25 @@ class Studio:
         q: queue.Queue = queue.Queue()
         stop = threading.Event()
         last = [0.0]
+        # a prompt is done when both its sides are: generate decodes batches one after the other, so a batch
+        # is finished when the next one starts (or the call returns)
+        status = {"stop": stop, "state": "running", "done": 0, "total": n, "_batch": None, "_jobs_done": set()}
+        if run_key is not None:
+            runs = self.__dict__.setdefault("_preview_runs", {})
+            runs.pop(run_key, None)
+            runs[run_key] = status
+            while len(runs) > 64:  # old sessions' entries
+                runs.pop(next(iter(runs)))
+
+        def count_done(idx=None):
+            if status["_batch"] is not None and status["_batch"] != idx:
+                status["_jobs_done"].update(status["_batch"])
+                status["done"] = sum(1 for i in range(n) if 2 * i in status["_jobs_done"]
+                                     and 2 * i + 1 in status["_jobs_done"])
+            status["_batch"] = idx
 
         def on_step(idx, texts):
+            count_done(list(idx))
             if stop.is_set():
                 raise _PreviewCancelled()
             now = time.monotonic()
@@ -408,9 +428,13 @@ class Studio:
 
         th = threading.Thread(target=work, daemon=True, name="neat-preview")
         th.start()
+        generated = False
         try:
             while True:
                 kind, payload = q.get()
+                if stop.is_set():  # stop_preview: nothing more is shown or saved
+                    status["state"] = "stopped"
+                    return
                 if kind == "partial":
                     for j, texts in payload.items():
                         i, side, _ = jobs[j]
@@ -419,16 +443,22 @@ class Studio:
                                          for m, t in enumerate(texts)]
                     yield ("rows", 0, n, [dict(r) for r in rows])
                 elif kind == "done":
+                    status["done"] = n
                     for (i, side, _), samples in zip(jobs, payload):
                         rows[i][side] = [_sample_dict(x) for x in samples]
                     for i in range(n):
                         yield ("row", i + 1, n, rows[i])
+                    generated = status["generated"] = True  # all generated: it is saved even if Stop comes now
                     break
                 elif kind == "error":
+                    status["state"] = "failed"
                     raise payload
                 else:
+                    status["state"] = "stopped"
                     return
         finally:  # the consumer went away (Stop in the UI): the generation thread stops at its next step
+            if status["state"] == "running" and not generated:
+                status["state"] = "stopped"
             stop.set()
         from datetime import datetime, timezone
 
@@ -439,7 +469,21 @@ class Studio:
                    "prompt_ids": prompt_ids, "rows": rows, "pooled": False}
         preview["metrics"] = self.compute_preview_metrics(rows)
         self._save_preview(preview, actor)
+        status["state"] = "finished"
         yield ("done", n, n, preview)
+
+    def stop_preview(self, run_key: str) -> dict | None:
+        """Stop the preview registered under `run_key` (see run_preview) at its next decoding step; nothing of it is
+        saved. Returns {"state": "stopped" | "finished" | "failed", "done": prompts finished (both sides), "total"}
+        (a run that had already ended keeps its state), or None when no preview ran under that key."""
+        st = self.__dict__.get("_preview_runs", {}).get(run_key)
+        if st is None:
+            return None
+        if st["state"] == "running" and not st.get("generated"):
+            st["stop"].set()
+            st["state"] = "stopped"
+        state = "finished" if st.get("generated") and st["state"] == "running" else st["state"]
+        return {"state": state, "done": st["done"], "total": st["total"]}
 
     def compute_preview_metrics(self, rows: list[dict]) -> dict:
         """Metrics of a preview (see neat_studio.metrics.preview_metrics); scorer/embeddings when available."""
@@ -855,7 +899,8 @@ class Studio:
 
     def run_report(self, run_id: str) -> dict:
         """A run's evaluation report (run_dir/report/) and its config: {"markdown", "charts", "report", "path",
-        "config_yaml"}; markdown is None when the run has not been evaluated yet."""
+        "config_yaml", "name", "model_names"}; markdown is None when the run has not been evaluated yet.
+        `model_names`: (label in the report, the studio's name: "run <id> · <name>") per evaluated model."""
         run = self.store.get_run(run_id)
         if run is None:
             raise ValueError(f"unknown run id {run_id!r}")

@@ -286,6 +286,7 @@ def build(ctx: Ctx) -> dict:
 
     def run_preview(ref, normal, sd, md, nn, tg, ids, request: gr.Request, progress=gr.Progress()):
         actor = ctx.require_admin(request, "run previews")
+        key = getattr(request, "session_hash", None)  # Stop finds this session's preview by it
         if not ref:
             yield error_box("Choose a negative prompt version first."), "", gr.update(), None, gr.update()
             return
@@ -293,7 +294,7 @@ def build(ctx: Ctx) -> dict:
             sd = int(sd or 0)
             pids = st.sample_for_preview(md, int(nn or 3), seed=sd, tag=tg or None, ids=parse_tags(ids))
             normal_ref = None if (not normal or normal == NONE_NORMAL) else normal
-            gen = st.run_preview(ref, pids, normal_ref=normal_ref, seed=sd, actor=actor)
+            gen = st.run_preview(ref, pids, normal_ref=normal_ref, seed=sd, actor=actor, run_key=key)
             rows = []
             progress((0, len(pids)), desc="loading the model / generating")
             yield (ok_box(f"Generating {len(pids)} prompt(s) with seed {sd}…"), "",
@@ -319,7 +320,17 @@ def build(ctx: Ctx) -> dict:
 
     run_ev = run_btn.click(run_preview, [neg_ref, normal_ref, seed, mode, n, pv_tag, pv_ids],
                            [pv_msg, pv_metrics, pv_out, pv_ref_state, cmp_table], concurrency_limit=1)
-    stop_btn.click(None, None, None, cancels=[run_ev])
+
+    def stop_preview(request: gr.Request):
+        """Stop: the running preview of this session stops at its next decoding step; the message says so."""
+        ctx.require_admin(request, "stop previews")
+        r = st.stop_preview(getattr(request, "session_hash", None))
+        if r is None or r["state"] in ("finished", "failed"):
+            return gr.update()  # nothing was running: the last message stands
+        return warn_box(f"Preview stopped: {r['done']} of {r['total']} prompt(s) finished generating; nothing was "
+                        "saved (a preview is saved, and can be added to the pool, once it completes).")
+
+    stop_btn.click(stop_preview, None, [pv_msg], cancels=[run_ev])
 
     def to_pool(ref, request: gr.Request):
         actor = ctx.require_admin(request, "add candidates to the pool")
