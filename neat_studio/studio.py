@@ -23,15 +23,21 @@ class Studio:
     # 2-core CPU, benchmarks/bench_train.py)
     GEN_BATCH = 16
 
+    GENERATOR_KEY = "generator_model"  # setting: the spec chosen with "Use as generator" (Compare tab)
+
     def __init__(self, workspace: Workspace | None = None, db_path: str | Path | None = None,
-                 model_spec: str = "default", gen_dtype: str = "auto"):
+                 model_spec: str | None = "default", gen_dtype: str = "auto"):
+        """`model_spec`: the generation policy; None = the one chosen last with "Use as generator" in this
+        workspace (`saved_generator`), else "default" (what the web app does)."""
         from .models import generation_dtype
 
         self.gen_dtype = generation_dtype(gen_dtype)  # ValueError before anything is created
         self.workspace = (workspace or Workspace.from_env()).ensure()
         self.db_path = Path(db_path) if db_path else self.workspace.db_path
         self.store = Store(self.db_path)
-        self.model_spec = model_spec
+        saved = self.saved_generator() if model_spec is None else None
+        self.generator_restored = saved is not None  # True: model_spec came from the workspace settings
+        self.model_spec = model_spec or saved or "default"
         self._lm = None
         self._lm_lock = threading.Lock()
         self._embed_thread: threading.Thread | None = None
@@ -146,16 +152,37 @@ class Studio:
                 self._lm = load_model(self.model_spec, workspace=self.workspace, dtype=self.gen_dtype)
             return self._lm
 
-    def use_model(self, spec: str) -> str:
-        """Switch the generation policy (e.g. to an aligned run's model). Returns the new model id."""
+    def use_model(self, spec: str, actor: str = "local") -> str:
+        """Switch the generation policy (e.g. to an aligned run's model) and remember the choice in the workspace
+        settings, so the next app start uses it too (`Studio(model_spec=None)`). Returns the new model id.
+        Nothing changes (and nothing is saved) when the model does not load."""
         from .models import load_model
         from .safety import check_model_spec
 
         spec = check_model_spec(spec, self.workspace)  # a user's choice: only allowed model folders
         lm = load_model(spec, workspace=self.workspace, dtype=self.gen_dtype)
+        self.store.set_setting(self.GENERATOR_KEY, spec, actor=actor)
         with self._lm_lock:
             self._lm, self.model_spec = lm, spec
         return lm.model_id
+
+    def saved_generator(self) -> str | None:
+        """The generator chosen last with "Use as generator" in this workspace, when it is still usable (an
+        allowed spec; a model folder that still exists), else None (a warning is logged for a stale choice)."""
+        from .safety import check_model_spec
+
+        spec = self.store.get_setting(self.GENERATOR_KEY)
+        if not spec:
+            return None
+        try:
+            spec = check_model_spec(spec, self.workspace)
+        except ValueError as e:
+            log.warning("the saved generator %r is not allowed any more (%s); using the default model", spec, e)
+            return None
+        if Path(spec).is_absolute() and not Path(spec).exists():  # a path (check_model_spec resolved it)
+            log.warning("the saved generator %s does not exist any more; using the default model", spec)
+            return None
+        return spec
 
     def generate(self, prompt_ids: Iterable[str], system_ref: str | None = None, params: dict | None = None,
                  actor: str = "local", progress: Progress = None, write: bool = True) -> list[dict]:
@@ -907,7 +934,7 @@ class Studio:
         d = Path(run["run_dir"]) if run.get("run_dir") else None
         rep = d / "report" if d else None
         out = {"path": str(rep) if rep else None, "markdown": None, "charts": [], "report": None,
-               "config_yaml": None}
+               "config_yaml": None, "name": run.get("name") or "", "model_names": []}
         if d is not None and (d / "config.yaml").exists():
             out["config_yaml"] = (d / "config.yaml").read_text(encoding="utf-8")
         if rep is not None and (rep / "report.md").exists():
@@ -919,6 +946,7 @@ class Studio:
                 out["report"] = _json.loads((rep / "report.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 pass
+            out["model_names"] = self.report_model_names(out["report"])
         return out
 
     def model_choices(self) -> list[tuple[str, str]]:
@@ -951,6 +979,87 @@ class Studio:
         for d in sorted(extra, key=lambda d: (d / "final" / "config.json").stat().st_mtime, reverse=True)[:100]:
             out.append((f"run dir {d.name} (started from the CLI, final)", str(d)))
         out.append(("tiny (random test model)", "tiny"))
+        return out
+
+    def newest_finished_run(self) -> dict | None:
+        """The finished run whose final model was written last: a store run {"id", "name", "spec" (its run dir),
+        "base" (the model it was trained from)} or a run directory started from the CLI ({"id": None, ...}).
+        None when no run has a final model yet."""
+        best, best_t = None, None
+        known = set()
+        for r in self.store.list_runs(limit=100):
+            d = Path(r["run_dir"]) if r.get("run_dir") else None
+            if d is None:
+                continue
+            known.add(d.resolve())
+            f = d / "final" / "config.json"
+            if r["status"] != "finished" or not f.is_file():
+                continue
+            t = f.stat().st_mtime
+            if best_t is None or t > best_t:
+                best, best_t = {"id": r["id"], "name": r.get("name") or "", "spec": str(d),
+                                "base": (r.get("config") or {}).get("model") or None}, t
+        try:
+            cli = [d for d in Path(self.workspace.runs).iterdir()
+                   if d.is_dir() and d.resolve() not in known and (d / "final" / "config.json").is_file()]
+        except OSError:
+            cli = []
+        for d in cli:
+            t = (d / "final" / "config.json").stat().st_mtime
+            if best_t is None or t > best_t:
+                base = None
+                try:
+                    import yaml
+
+                    base = (yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}).get("model")
+                except Exception:  # noqa: BLE001 - no or unreadable config: compare against the generator
+                    base = None
+                best, best_t = {"id": None, "name": d.name, "spec": str(d),
+                                "base": base if isinstance(base, str) and base else None}, t
+        return best
+
+    def default_compare_models(self) -> tuple[str, str]:
+        """(Model A, Model B) that the Compare tab shows unless the user chose others: B = the newest finished
+        run's final model, A = the model that run was trained from (else the current generator); without any
+        finished run both are the current generator. Called on every page load / tab open and when a run
+        finishes, so a new run shows up without a restart."""
+        run = self.newest_finished_run()
+        if run is None:
+            return self.model_spec, self.model_spec
+        base = run["base"] or self.model_spec
+        if Path(base).resolve() == Path(run["spec"]).resolve():
+            base = self.model_spec
+        return base, run["spec"]
+
+    def model_label(self, spec: str) -> str:
+        """A model spec as people know it: "run <id> · <name>" for a run directory of this workspace (its final
+        model or a checkpoint of it), else the spec itself."""
+        spec = str(spec or "")
+        try:
+            p = Path(spec).resolve() if spec.startswith(("/", ".", "~")) or Path(spec).exists() else None
+        except (OSError, RuntimeError, ValueError):
+            p = None
+        if p is None:
+            return spec
+        for r in self.store.list_runs(limit=200):
+            d = Path(r["run_dir"]).resolve() if r.get("run_dir") else None
+            if d is not None and (p == d or d in p.parents):
+                rest = "" if p in (d, d / "final") else f" ({p.name})"
+                return f"run {r['id']} · {r.get('name') or ''}{rest}".rstrip(" ·")
+        runs = Path(self.workspace.runs).resolve()
+        if runs in p.parents:
+            d = p if p.parent == runs else next(x for x in p.parents if x.parent == runs)
+            rest = "" if p in (d, d / "final") else f" ({p.name})"
+            return f"run dir {d.name} (CLI){rest}"
+        return spec
+
+    def report_model_names(self, report: dict | None) -> list[tuple[str, str]]:
+        """(label in the report, what the model is called in the studio) for each model of an evaluation report:
+        a report labels a run by its folder name (the run id); this gives the run's name beside it."""
+        out = []
+        for m in (report or {}).get("models") or []:
+            label, spec = str(m.get("label") or ""), str(m.get("spec") or "")
+            out.append((label, self.model_label(spec) or label))
         return out
 
     def compare_model(self, spec: str):
@@ -1124,11 +1233,14 @@ class Studio:
         return eid
 
     def evaluation_status(self, eval_id: str) -> dict:
-        """{"status": running|done|failed, "stage", "done", "total", "error", "out_dir", "markdown", "charts"}."""
+        """{"status": running|done|failed, "stage", "done", "total", "error", "out_dir", "markdown", "charts",
+        "model_names"}; model_names: (label in the report, "run <id> · <name>" or the spec) per model."""
         job = self.__dict__.get("_eval_jobs", {}).get(eval_id)
         if job is None:
             raise ValueError(f"unknown evaluation {eval_id!r}")
         out = {k: v for k, v in job.items() if k != "report"}
+        out["model_names"] = (self.report_model_names(job["report"]) if job.get("report") else
+                              [(sp, self.model_label(sp)) for sp in job["specs"]])
         d = Path(job["out_dir"])
         out["markdown"] = (d / "report.md").read_text(encoding="utf-8") if job["status"] == "done" and \
             (d / "report.md").exists() else None

@@ -102,23 +102,35 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
 
 def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0.1", port: int = 7860,
            auth_file=None, share: bool = False, block: bool = True, dtype: str = "auto"):
-    """Start the studio (what `python -m neat_studio serve` runs)."""
+    """Start the studio (what `python -m neat_studio serve` runs). `model` "default" (serve's default) starts with
+    the generator chosen last with "Use as generator" in this workspace, when there is one; any other model
+    is used as given."""
     from ..config import Workspace
     from ..studio import Studio
 
     auth = load_auth(auth_file)
-    studio = Studio(Workspace.from_env(workspace), db_path=db, model_spec=model or "default", gen_dtype=dtype)
+    studio = Studio(Workspace.from_env(workspace), db_path=db,
+                    model_spec=None if model in (None, "", "default") else model, gen_dtype=dtype)
     try:
         if studio.store.count_prompts() == 0 and not studio.store.get_setting("seeded"):
             studio.init(actor="system")
     except Exception as e:  # noqa: BLE001 - seeding is a convenience; the app still starts empty
         log.warning("seeding the workspace failed: %s", e)
-    print(f"NEAT Studio: loading the generation model {model!r} ...", flush=True)
-    lm = studio.policy()  # the studio answers with its model loaded (first start converts the GGUF once)
+    restored = " (chosen with 'Use as generator')" if studio.generator_restored else ""
+    print(f"NEAT Studio: loading the generation model {studio.model_spec!r}{restored} ...", flush=True)
+    try:
+        lm = studio.policy()  # the studio answers with its model loaded (first start converts the GGUF once)
+    except Exception as e:  # noqa: BLE001 - a remembered generator that no longer loads must not block the app
+        if not studio.generator_restored:
+            raise
+        log.warning("the remembered generator %s does not load (%s); starting with the default model",
+                    studio.model_spec, e)
+        studio.model_spec, studio.generator_restored = "default", False
+        lm = studio.policy()
     print(f"NEAT Studio: model {lm.model_id} loaded ({str(studio.gen_dtype).removeprefix('torch.')})", flush=True)
     demo = build_app(studio, auth=auth)
     studio.start_background_embedding()  # new prompts/responses get vectors without blocking anyone
-    print(f"NEAT Studio: workspace {studio.workspace.root}, model {model}, "
+    print(f"NEAT Studio: workspace {studio.workspace.root}, model {studio.model_spec}, "
           f"{'login required (' + str(len(auth.users)) + ' users)' if auth else 'single local user (no login)'}")
     # Saves and page loads run concurrently (the store serialises writes); model work is limited per handler.
     demo.queue(default_concurrency_limit=16)

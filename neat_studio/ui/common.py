@@ -122,6 +122,13 @@ def report_for_page(markdown: str | None) -> str:
     return out.replace("## Charts\n", "## Charts\n\n(shown below)\n", 1) if out != markdown else out
 
 
+def names_text(model_names) -> str:
+    """' Models: <label> = run <id> · <name>; ...' for an evaluation report, whose labels are run folder names
+    (ids): `model_names` = Studio.report_model_names(...) pairs. Plain text: escape it where it is shown."""
+    parts = [f"{label} = {name}" if name != label else label for label, name in model_names or []]
+    return f" Models: {'; '.join(parts)}." if parts else ""
+
+
 def error_box(message: str) -> str:
     return f"<div class='neat-error' role='alert'><b>Error.</b> {esc(message)}</div>"
 

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ..safety import check_model_spec
-from .common import Ctx, error_box, esc, fmt_num, ok_box, report_for_page
+from .common import Ctx, error_box, esc, fmt_num, names_text, ok_box, report_for_page
 
 HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
@@ -347,12 +347,13 @@ def build(ctx: Ctx) -> dict:
         except ValueError as ex:
             return error_box(str(ex)), "", gr.update(visible=False), gr.update(visible=False)
         cfg = gr.update(value=r["config_yaml"] or "", visible=bool(r["config_yaml"]))
+        who = f"run {run_id} · {r['name']}" if r.get("name") else f"run {run_id}"
         if r["markdown"] is None:
-            return (ok_box(f"Run {run_id} has no evaluation report yet: press 'Evaluate shown run vs its base "
-                           "model' (an evaluation started in the Compare tab goes to the workspace's reports/ "
-                           "folder instead)."), "", gr.update(visible=False), cfg)
-        return (ok_box(f"Report of run {run_id} ({r['path']})."), report_for_page(r["markdown"]),
-                gr.update(value=r["charts"], visible=bool(r["charts"])), cfg)
+            return (ok_box(f"{who[0].upper() + who[1:]} has no evaluation report yet: press 'Evaluate shown run vs "
+                           "its base model' (an evaluation started in the Compare tab goes to the workspace's "
+                           "reports/ folder instead)."), "", gr.update(visible=False), cfg)
+        return (ok_box(f"Report of {who} ({r['path']}).{names_text(r.get('model_names'))}"),
+                report_for_page(r["markdown"]), gr.update(value=r["charts"], visible=bool(r["charts"])), cfg)
 
     def evaluate_run(run_id, request: gr.Request):
         ctx.require_admin(request, "evaluate runs")
@@ -374,13 +375,14 @@ def build(ctx: Ctx) -> dict:
             s = st.evaluation_status(eid)
             if s["status"] != "running":
                 break
-            yield (ok_box(f"Evaluating {run_id} vs {base_spec}: {s['stage']} {s['done']}/{s['total']}…"),
-                   gr.update(), gr.update())
+            yield (ok_box(f"Evaluating {st.model_label(run['run_dir'])} vs {st.model_label(base_spec)}: "
+                          f"{s['stage']} {s['done']}/{s['total']}…"), gr.update(), gr.update())
             time.sleep(2.0)
         if s["status"] == "failed":
             yield error_box(f"Evaluation failed: {s['error']}"), gr.update(), gr.update(visible=False)
             return
-        yield (ok_box(f"Evaluation done ({s['out_dir']})."), report_for_page(s["markdown"]),
+        yield (ok_box(f"Evaluation done ({s['out_dir']}).{names_text(s.get('model_names'))}"),
+               report_for_page(s["markdown"]),
                gr.update(value=s["charts"], visible=bool(s["charts"])))
 
     for comp in cfg_inputs:
