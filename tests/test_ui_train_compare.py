@@ -207,20 +207,18 @@ def test_compare_multi_turn_regenerate_and_new_chat(studio):
 
 
 def test_compare_evaluate_button_writes_a_report(studio, tmp_path):
-    """The Evaluate button's handler: a background evaluation of both models on a standard set, progress
-    messages while it runs, then the Markdown report and its charts."""
-    from tests.conftest import shared
-
-    shared("safety-tuned-llamas")  # the standard sets are built from ../shared/data
+    """The Evaluate button's handler: a background evaluation of both models on a standard set (shipped in
+    data/evalsets), progress messages while it runs, then the Markdown report and its charts."""
     from neat_studio.ui.app import build_app
 
     demo = build_app(studio)
     evaluate = _handler(demo, "evaluate")
-    outs = list(evaluate("tiny", "tiny", ["harmful"], 2, None))
+    # (model A, model B, standard sets, own set file, its expected behaviour, prompts per set, request)
+    outs = list(evaluate("tiny", "tiny", ["harmful"], None, "rows", 2, None))
     msg, md = outs[-1][0], outs[-1][1]
     assert "Report written to" in msg, msg
     assert "harmful" in md and "refusal" in md.lower()
-    bad = list(evaluate("tiny", "/etc", ["harmful"], 2, None))
+    bad = list(evaluate("tiny", "/etc", ["harmful"], None, "rows", 2, None))
     assert "Not started" in bad[-1][0]
 
 

@@ -5,7 +5,10 @@ the chat is multi-turn (each side keeps its own history), Regenerate re-samples 
 Each side shows its model id and weights fingerprint. Votes (A / B / tie / both bad) are stored as a ranking
 annotation by the signed-in user (Studio.save_compare_vote), so they flow into the next snapshot / export.
 "Evaluate" runs neat_studio.evaluate in a background thread and shows the report; "Use as generator" switches the
-studio's generation policy (admin).
+studio's generation policy (admin) and is remembered for the next start.
+
+Model A / B default to `Studio.default_compare_models()` (B = the newest finished run, A = its base model) and follow
+new runs: on page load, when the tab is opened and (a timer) when a run finishes, unless the user chose a model.
 
 Everything a model or user wrote is escaped before display (the chat shows escaped text; nothing is rendered as
 HTML)."""
@@ -15,7 +18,7 @@ import time
 
 import gradio as gr
 
-from .common import Ctx, error_box, esc, ok_box, report_for_page
+from .common import Ctx, error_box, esc, names_text, ok_box, report_for_page
 
 VOTES = [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both bad", "both_bad")]
 
@@ -39,20 +42,29 @@ def info_html(side: str, info: dict | None, error: str | None = None) -> str:
             f"{esc(info['spec'])}</span></div>")
 
 
+def follow(current: tuple, auto: tuple | None, defaults: tuple) -> list:
+    """New values of (Model A, Model B): a side still showing the default it was given (`auto`; or nothing)
+    takes the new default, a side the user changed keeps the user's choice. None = leave the side as it is."""
+    out = []
+    for cur, was, new in zip(current, auto or (None, None), defaults):
+        out.append(new if (not cur or cur == was) and cur != new else None)
+    return out
+
+
 def build(ctx: Ctx) -> dict:
     st = ctx.studio
     choices = st.model_choices()
-    default_b = next((spec for label, spec in choices if label.startswith("run ")), None)
+    default_a, default_b = st.default_compare_models()
     with gr.Row():
         with gr.Column():
-            model_a = gr.Dropdown(label="Model A", choices=choices, value=st.model_spec, allow_custom_value=True,
+            model_a = gr.Dropdown(label="Model A", choices=choices, value=default_a, allow_custom_value=True,
                                   elem_id="cmp-model-a", info="base, a run's model, or an HF name / local path")
             info_a = gr.HTML(info_html("A", None), js_on_load=None, elem_id="cmp-info-a-box")
             chat_a = gr.Chatbot(label="A", height=360, elem_id="cmp-chat-a", render_markdown=False,
                                 sanitize_html=True, allow_tags=False, latex_delimiters=[], feedback_options=None,
                                 buttons=["copy"])
         with gr.Column():
-            model_b = gr.Dropdown(label="Model B", choices=choices, value=default_b or st.model_spec,
+            model_b = gr.Dropdown(label="Model B", choices=choices, value=default_b,
                                   allow_custom_value=True, elem_id="cmp-model-b",
                                   info="base, a run's model, or an HF name / local path")
             info_b = gr.HTML(info_html("B", None), js_on_load=None, elem_id="cmp-info-b-box")
@@ -84,16 +96,27 @@ def build(ctx: Ctx) -> dict:
     with gr.Accordion("Evaluate A vs B (refusal, over-refusal, ranking accuracy)", open=False):
         with gr.Row():
             sets = gr.CheckboxGroup(label="Prompt sets", choices=st.eval_set_choices(),
-                                    value=st.eval_set_choices(), elem_id="cmp-eval-sets")
+                                    value=st.eval_set_choices(), elem_id="cmp-eval-sets",
+                                    info="the standard sets shipped with the studio (data/evalsets; dev split)")
             n_per = gr.Number(value=10, precision=0, minimum=1, maximum=500, label="prompts per set",
                               elem_id="cmp-eval-n")
             eval_btn = gr.Button("Evaluate", elem_id="cmp-eval")
+        with gr.Row():
+            own_set = gr.File(label="Your own prompt set (optional)", file_types=[".jsonl", ".json", ".csv", ".gz"],
+                              type="filepath", elem_id="cmp-eval-file", scale=2)
+            own_expected = gr.Radio([("rows say it ('expected' per row)", "rows"), ("refuse", "refuse"),
+                                     ("comply", "comply")], value="rows", label="Expected behaviour of its prompts",
+                                    elem_id="cmp-eval-expected", scale=2,
+                                    info="a set file (JSONL rows with prompt + expected) says it per row; for a "
+                                         "plain prompt file (CSV / JSONL / JSON), say what every prompt should get")
         eval_msg = gr.HTML("", js_on_load=None, elem_id="cmp-eval-msg")
         eval_md = gr.Markdown("", elem_id="cmp-eval-report")
         eval_gallery = gr.Gallery(label="charts", columns=3, height="auto", visible=False, elem_id="cmp-eval-charts")
     ctx.admin_only.append(eval_btn)
 
     hist_a, hist_b = gr.State([]), gr.State([])
+    auto = gr.State((default_a, default_b))  # the defaults the two dropdowns were last given (not user choices)
+    follow_timer = gr.Timer(5.0)
 
     # -- handlers --------------------------------------------------------------------------------------------
     def load_info(spec, side):
@@ -179,17 +202,18 @@ def build(ctx: Ctx) -> dict:
         btn.click(make_vote(v), [model_a, model_b, hist_a, hist_b, temperature, top_p, max_new, seed], vote_msg)
 
     def use(spec, request: gr.Request):
-        ctx.require_admin(request, "switch the generation model")
+        actor = ctx.require_admin(request, "switch the generation model")
         try:
-            mid = st.use_model(spec)
+            mid = st.use_model(spec, actor=actor)
         except Exception as e:  # noqa: BLE001
             return error_box(f"Not switched: {e}")
-        return ok_box(f"The generator is now {mid} ({spec}); new candidates in the studio come from it.")
+        return ok_box(f"The generator is now {mid} ({st.model_label(st.model_spec)}); new candidates in the "
+                      "studio come from it, and the studio starts with it next time.")
 
     use_a.click(use, [model_a], vote_msg)
     use_b.click(use, [model_b], vote_msg)
 
-    def evaluate(sa, sb, chosen, n, request: gr.Request):
+    def evaluate(sa, sb, chosen, own, expected, n, request: gr.Request):
         actor = ctx.require_admin(request, "run evaluations")
         try:
             from ..safety import check_model_spec
@@ -197,7 +221,9 @@ def build(ctx: Ctx) -> dict:
             for spec in (sa, sb):  # user-typed: only allowed model folders (the operator's model is always fine)
                 if spec and spec != st.model_spec:
                     check_model_spec(spec, st.workspace)
-            eid = st.start_evaluation([sa, sb] if sa != sb else [sa], list(chosen or []), n_per_set=int(n or 10),
+            sets_ = st.evaluation_sets(list(chosen or []), own or None,
+                                       expected if expected in ("refuse", "comply") else None, actor=actor)
+            eid = st.start_evaluation([sa, sb] if sa != sb else [sa], sets_, n_per_set=int(n or 10),
                                       max_new_tokens=64, actor=actor)
         except (ValueError, RuntimeError) as e:
             yield error_box(f"Not started: {e}"), gr.update(), gr.update(visible=False)
@@ -212,19 +238,40 @@ def build(ctx: Ctx) -> dict:
         if s["status"] == "failed":
             yield error_box(f"Evaluation failed: {s['error']}"), "", gr.update(visible=False)
             return
-        yield ok_box(f"Report written to {s['out_dir']}."), report_for_page(s["markdown"]), \
-            gr.update(value=s["charts"], visible=bool(s["charts"]))
+        yield ok_box(f"Report written to {s['out_dir']}.{names_text(s.get('model_names'))}"), \
+            report_for_page(s["markdown"]), gr.update(value=s["charts"], visible=bool(s["charts"]))
 
-    eval_btn.click(evaluate, [model_a, model_b, sets, n_per], [eval_msg, eval_md, eval_gallery])
+    eval_btn.click(evaluate, [model_a, model_b, sets, own_set, own_expected, n_per],
+                   [eval_msg, eval_md, eval_gallery])
 
-    def on_show():
-        """Fresh model choices (new runs); models load on first use, not on page load."""
+    def refresh(cur_a, cur_b, was, force=True):
+        """Model choices and defaults after new runs: a side still on its default follows the new default (B = the
+        newest finished run), a side the user chose stays. Without `force` (the timer) nothing is sent unless the
+        defaults changed. Models load on first use (a changed side loads its info), not on page load."""
+        defaults = st.default_compare_models()
+        was = tuple(was) if was else (None, None)
+        if not force and defaults == was:
+            return gr.update(), gr.update(), was, gr.update()
         ch = st.model_choices()
-        return gr.update(choices=ch), gr.update(choices=ch)
+        new_a, new_b = follow((cur_a, cur_b), was, defaults)
+        sets_ = st.eval_set_choices()
+        return (gr.update(choices=ch) if new_a is None else gr.update(choices=ch, value=new_a),
+                gr.update(choices=ch) if new_b is None else gr.update(choices=ch, value=new_b), defaults,
+                gr.update(choices=sets_) if force else gr.update())
+
+    def on_show(cur_a, cur_b, was):
+        return refresh(cur_a, cur_b, was, True)
+
+    def follow_runs(cur_a, cur_b, was):
+        return refresh(cur_a, cur_b, was, False)
+
+    follow_timer.tick(follow_runs, [model_a, model_b, auto], [model_a, model_b, auto, sets],
+                      show_progress="hidden")
 
     return {"model_a": model_a, "model_b": model_b, "info_a": info_a, "info_b": info_b, "chat_a": chat_a,
             "chat_b": chat_b, "input": box, "send": send, "regenerate": regen, "clear": clear, "seed": seed,
             "temperature": temperature, "max_new_tokens": max_new, "vote_message": vote_msg,
             **{f"vote_{v}": b for b, (_, v) in zip(vote_btns, VOTES)}, "use_a": use_a, "use_b": use_b,
-            "evaluate": eval_btn, "eval_report": eval_md,
-            "_on_show": (on_show, [model_a, model_b])}
+            "evaluate": eval_btn, "eval_report": eval_md, "eval_sets": sets, "eval_file": own_set,
+            "eval_expected": own_expected, "eval_message": eval_msg,
+            "_on_show": (on_show, [model_a, model_b, auto], [model_a, model_b, auto, sets])}
