@@ -96,7 +96,7 @@ def test_compare_use_and_train_refuse_escaping_model_paths(app, client):
             st.use_model(spec)
     out = client.predict("/etc", "tiny", "hello", 0.7, 0.9, 8, 0, api_name="/run_turn")
     assert any("outside the allowed" in str(o) for o in out), out
-    out = client.predict("tiny", "../../../../etc", [], 2, api_name="/evaluate")
+    out = client.predict("tiny", "../../../../etc", [], None, "rows", 2, api_name="/evaluate")  # + own set, expected
     assert "Not started" in str(out[0]) and "outside the allowed" in str(out[0]), out
     assert st.model_spec == "tiny"
     # Train tab: the start handler refuses the path before anything is frozen or recorded
