@@ -877,6 +877,7 @@ class Studio:
         """Choices and defaults of the Train tab: methods, prompt versions (+ the newest negative and positive
         version, the default choice), tags, base models, NeatConfig defaults and help text."""
         from .neat.config import DTYPES, METHODS, NeatConfig
+        from .neat.recipes import recipe_names
         from .neat.trainer import bf16_supported
 
         allv = self.store.all_system_prompt_versions()
@@ -886,7 +887,26 @@ class Studio:
                 "newest_negative": self.newest_prompt_ref("negative"),
                 "newest_positive": self.newest_prompt_ref("positive"),
                 "tags": self.store.prompt_tags(), "models": self.model_choices(),
+                "recipes": recipe_names(),
                 "defaults": NeatConfig().to_dict(), "help": NeatConfig.fields_help()}
+
+    def recipe_config(self, name: str) -> dict:
+        """A named recipe (neat/recipes.py) as a Train-tab config: its NeatConfig values, its system prompts pinned
+        to the newest saved version of each name (scopes kept: `over_refusal@2:benign`) and its data filters."""
+        from .neat.config import split_scope
+        from .neat.recipes import recipe
+
+        r = recipe(name)
+        cfg = dict(r["config"])
+        for key in ("negatives", "positives"):
+            pinned = []
+            for scoped in cfg.get(key) or []:
+                ref, tag = split_scope(scoped)
+                sp = self.store.resolve_ref(ref)  # ValueError when the workspace lacks that prompt
+                pinned.append(f"{sp['name']}@{sp['version']}" + (f":{tag}" if tag else ""))
+            cfg[key] = pinned
+        cfg["data"] = {"split": "train", **r["data"]}
+        return {"name": name, "description": r["description"], "config": cfg}
 
     def training_data_count(self, config: dict) -> int:
         """Training prompts (rows with >= 2 ranked responses, split train) the config's data filters select."""

@@ -22,12 +22,23 @@ RECIPES: dict[str, dict] = {
             "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0,
             "lr": 1e-5, "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 16,
         },
+        # which curated prompts a run of this recipe freezes: rows with only a reference answer count too (the
+        # recipe's own samples complete their lists)
+        "data": {"min_responses": 1},
     },
 }
 
 
 def recipe_names() -> list[str]:
     return sorted(RECIPES)
+
+
+def recipe(name: str) -> dict:
+    """{"description", "config", "data"} of a recipe; ConfigError for an unknown name."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r} (known: {', '.join(recipe_names())})")
+    r = RECIPES[name]
+    return {"description": r["description"], "config": dict(r["config"]), "data": dict(r.get("data") or {})}
 
 
 def apply_recipe(cfg: NeatConfig, name: str) -> NeatConfig:
