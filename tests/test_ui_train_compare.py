@@ -264,3 +264,25 @@ def test_annotate_tab_switch_keeps_the_comment_and_flag(workspace):
         again = on_show(s, None, None, None, "", False, "queue", None)
         assert again[5]["item"] == pid
         assert again[1] == {"__type__": "update"} and again[2] == {"__type__": "update"}
+
+
+def test_recipe_config_pins_scoped_prompts_and_validates(studio):
+    """The Train tab's recipe choice: the safety recipe's system prompts pinned to the newest saved versions with
+    their scopes kept, its data rule, and a config the job runner accepts as it is (one validation)."""
+    from neat_studio.neat.recipes import RECIPES
+
+    for name in ("dangerous_compliance", "over_refusal"):
+        studio.store.save_system_prompt(name, "negative", f"{name} text", None, "t")
+    assert studio.training_options()["recipes"] == sorted(RECIPES)
+    r = studio.recipe_config("safety")
+    c = r["config"]
+    assert c["negatives"] == ["dangerous_compliance@1:harmful", "over_refusal@1:benign"]
+    assert c["anchor"] == "round" and c["margin"] > 0 and c["data"] == {"split": "train", "min_responses": 1}
+    studio.store.save_system_prompt("over_refusal", "negative", "v2 text", None, "t")
+    c2 = studio.recipe_config("safety")["config"]
+    assert c2["negatives"][1] == "over_refusal@2:benign"
+    train_cfg, filters, _, _ = studio.jobs.split_config({**c2, "model": "tiny"})
+    assert train_cfg["negatives"] == ["dangerous_compliance@1:harmful", "over_refusal@2:benign"]
+    assert filters["min_responses"] == 1
+    with pytest.raises(ValueError, match="unknown recipe"):
+        studio.recipe_config("nope")

@@ -137,6 +137,12 @@ def build(ctx: Ctx) -> dict:
 
     gr.Markdown("### New training run")
     with gr.Row():
+        recipe = gr.Dropdown(["(none)"] + opts["recipes"], value="(none)", label="Recipe", scale=1,
+                             elem_id="train-recipe",
+                             info="a named preset of the settings below (neat_studio/neat/recipes.py); you can "
+                                  "still change any of them")
+        recipe_info = gr.Markdown("", elem_id="train-recipe-info")
+    with gr.Row():
         base = gr.Dropdown(label="Base model", choices=opts["models"], value="default", allow_custom_value=True,
                            scale=3, elem_id="train-model",
                            info="default (SmolLM2-135M-Instruct), a previous run's model, or an HF name / local path")
@@ -145,17 +151,20 @@ def build(ctx: Ctx) -> dict:
     with gr.Row():
         newest = [opts["newest_negative"]] if opts["newest_negative"] else []
         negs = gr.Dropdown(label="Negative prompt versions", choices=opts["negatives"], multiselect=True,
-                           value=newest, elem_id="train-negatives",
+                           value=newest, elem_id="train-negatives", allow_custom_value=True,
                            info=helps.get("negatives") + " (default: the version saved last)")
         negs_auto = gr.State(newest)  # the default last given to the choice (replaced by a newer version on open)
         poss = gr.Dropdown(label="Positive prompt versions (optional, NEAT-PP)", choices=opts["positives"],
-                           multiselect=True, value=[], elem_id="train-positives",
+                           multiselect=True, value=[], elem_id="train-positives", allow_custom_value=True,
                            info="used when k_pos > 0: " + helps.get("positives", ""))
     with gr.Row():
         annotated_only = gr.Checkbox(False, label="Annotated only (prompts a human ranked)", elem_id="train-annotated")
         imported = gr.Checkbox(True, label="Include imported ranked pairs", elem_id="train-imported")
         tags = gr.Dropdown(label="Only prompts with these tags (empty = all)", choices=opts["tags"], multiselect=True,
                            value=[], elem_id="train-tags")
+        min_resp = gr.Number(2, label="Min. ranked responses per prompt", precision=0, minimum=1,
+                             elem_id="train-min-responses",
+                             info="1 also trains on prompts with only a reference answer (NEAT / RRHF add samples)")
     hyper = []
     with gr.Accordion("Hyper-parameters (defaults are sized for a 2-core CPU)", open=False):
         for i in range(0, len(HYPER), 4):
@@ -169,6 +178,12 @@ def build(ctx: Ctx) -> dict:
             dtype = gr.Dropdown(opts["dtypes"], value=defaults.get("dtype", "auto"), label="Precision",
                                 info=f"{helps.get('dtype')}; here auto = {opts['auto_dtype']}", elem_id="train-dtype")
             name = gr.Textbox(label="Run name (optional)", max_lines=1, elem_id="train-name")
+        with gr.Row():
+            anchor = gr.Dropdown(["none", "round"], value=defaults.get("anchor", "none"), label="Anchor",
+                                 info=helps.get("anchor"), elem_id="train-anchor")
+            rank_red = gr.Dropdown(["sum", "mean"], value=defaults.get("rank_reduction", "sum"),
+                                   label="Rank loss per list", info=helps.get("rank_reduction"),
+                                   elem_id="train-rank-reduction")
     estimate = gr.Markdown("", elem_id="train-estimate")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -199,6 +214,9 @@ def build(ctx: Ctx) -> dict:
     with gr.Row():
         report_btn = gr.Button("Open report of the shown run", size="sm", elem_id="train-report")
         eval_btn = gr.Button("Evaluate shown run vs its base model", size="sm", elem_id="train-evaluate")
+        eval_n = gr.Number(50, label="prompts per set (dev split)", precision=0, minimum=4, maximum=300,
+                           elem_id="train-eval-n",
+                           info="~1 s per prompt and model here; 100+ for differences that are not noise")
     ctx.admin_only.append(eval_btn)
     report_msg = gr.HTML("", js_on_load=None, elem_id="train-report-msg")
     report_md = gr.Markdown("", elem_id="train-report-md")
@@ -207,12 +225,15 @@ def build(ctx: Ctx) -> dict:
                           elem_id="train-config")
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def config_from(bm, md, ng, ps, ao, im, tg, lr_, dt, nm, *hv):
-        cfg = {"model": (bm or "").strip() or "default", "method": md, "negatives": list(ng or []),
+    def config_from(bm, md, ng, ps, ao, im, tg, mr, lr_, dt, nm, an, rr, rc, *hv):
+        # a recipe's settings that the form does not show (e.g. gen_batch_size) come from the recipe itself
+        cfg = dict(st.recipe_config(rc)["config"]) if rc and rc != "(none)" else {}
+        cfg.pop("data", None)
+        cfg |= {"model": (bm or "").strip() or "default", "method": md, "negatives": list(ng or []),
                "positives": list(ps or []), "lora": bool(lr_), "dtype": dt or "auto",
-               "name": (nm or "").strip() or None,
+               "name": (nm or "").strip() or None, "anchor": an or "none", "rank_reduction": rr or "sum",
                "data": {"annotated_only": bool(ao), "include_imported": bool(im), "tags": list(tg or []),
-                        "split": "train"}}
+                        "split": "train", "min_responses": int(mr or 2)}}
         for (key, _, kind, _, _), v in zip(HYPER, hv):
             if v is not None and v != "":
                 cfg[key] = kind(v)
@@ -222,7 +243,26 @@ def build(ctx: Ctx) -> dict:
             cfg["positives"] = []
         return cfg
 
-    cfg_inputs = [base, method, negs, poss, annotated_only, imported, tags, lora, dtype, name, *hyper]
+    cfg_inputs = [base, method, negs, poss, annotated_only, imported, tags, min_resp, lora, dtype, name, anchor,
+                  rank_red, recipe, *hyper]
+
+    def pick_recipe(name):
+        """A recipe fills in the form (method, system prompts with their scopes, hyper-parameters, data rule)."""
+        keep = [gr.update()] * (6 + len(HYPER))
+        if not name or name == "(none)":
+            return "", *keep
+        try:
+            r = st.recipe_config(name)
+        except ValueError as ex:
+            return f"⚠ {esc(ex)}", *keep
+        c = r["config"]
+        hv = [gr.update(value=c[key]) if key in c else gr.update() for key, *_ in HYPER]
+        return (f"**{esc(name)}**: {esc(r['description'])}", gr.update(value=c.get("method", "neat")),
+                gr.update(value=c.get("negatives", [])), gr.update(value=c.get("positives", [])),
+                gr.update(value=r["config"]["data"].get("min_responses", 2)),
+                gr.update(value=c.get("anchor", "none")), gr.update(value=c.get("rank_reduction", "sum")), *hv)
+
+    recipe.change(pick_recipe, [recipe], [recipe_info, method, negs, poss, min_resp, anchor, rank_red, *hyper])
 
     def do_estimate(*args):
         try:
@@ -355,7 +395,7 @@ def build(ctx: Ctx) -> dict:
         return (ok_box(f"Report of {who} ({r['path']}).{names_text(r.get('model_names'))}"),
                 report_for_page(r["markdown"]), gr.update(value=r["charts"], visible=bool(r["charts"])), cfg)
 
-    def evaluate_run(run_id, request: gr.Request):
+    def evaluate_run(run_id, eval_n, request: gr.Request):
         ctx.require_admin(request, "evaluate runs")
         if not run_id:
             yield error_box("No run selected."), gr.update(), gr.update(visible=False)
@@ -366,8 +406,10 @@ def build(ctx: Ctx) -> dict:
                 raise ValueError(f"run {run_id} has no final model yet (status {run['status']})")
             sets = st.eval_set_choices()
             base_spec = (run.get("config") or {}).get("model") or "default"
-            eid = st.start_evaluation([run["run_dir"], base_spec], sets, out_dir=f"{run['run_dir']}/report",
-                                      n_per_set=8, max_new_tokens=48, actor=ctx.user(request))
+            # the base first: the report's verdicts judge every model against the first one
+            eid = st.start_evaluation([base_spec, run["run_dir"]], sets, out_dir=f"{run['run_dir']}/report",
+                                      n_per_set=int(eval_n or 50), max_new_tokens=48,
+                                      pairs_path="pairs", actor=ctx.user(request))
         except (ValueError, RuntimeError) as ex:
             yield error_box(f"Not evaluated: {ex}"), gr.update(), gr.update(visible=False)
             return
@@ -396,7 +438,7 @@ def build(ctx: Ctx) -> dict:
     timer.tick(tick, [run_sel, plot_key, hist_key], [*view_outs, history, run_sel, hist_key], show_progress="hidden")
     history.select(select_history, [history], [run_sel, *view_outs])
     report_btn.click(open_report, [run_sel], [report_msg, report_md, report_gallery, config_code])
-    eval_btn.click(evaluate_run, [run_sel], [report_msg, report_md, report_gallery])
+    eval_btn.click(evaluate_run, [run_sel, eval_n], [report_msg, report_md, report_gallery])
 
     return {"model": base, "method": method, "negatives": negs, "positives": poss, "annotated_only": annotated_only,
             "include_imported": imported, "tags": tags, "estimate": estimate, "start": start_btn, "stop": stop_btn,
