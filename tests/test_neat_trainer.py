@@ -88,6 +88,13 @@ def test_rule_ranking_places_online_samples():
     assert rank_rule([], [("p", "policy"), ("n", "negative:x@1")]) == [-1.0, float("inf")]
     # sft keeps only the best curated group and ignores online samples
     assert build_list(row, online, "sft").responses == ["best"]
+    # positive_above_plain (NEAT-PP): the positive sample sits between the better curated groups and the plain one
+    up = build_list(row, online, "neat", positive_above_plain=True)
+    assert up.responses == ["best", "mid", "worst", "plain1", "pos", "neg1", "neg2"]
+    assert up.ranks == [0, 1, 3, 3, 2, 4, 4]
+    assert build_list(row1, [("p", "policy"), ("q", "positive:kind@1")], "neat", positive_above_plain=True).ranks \
+        == [0, 3, 2, 1]
+    assert rank_rule([], [("p", "policy"), ("q", "positive:k@1")], True) == [-1.0, -1.25]
 
 
 def test_reward_ranking_merges_scores_with_curated_ranks():

@@ -10,6 +10,7 @@ import yaml
 METHODS = ("neat", "rrhf", "sft", "dpo")
 RANKINGS = ("rule", "reward")
 ANCHORS = ("none", "round")
+POSITIVE_RANKS = ("plain", "above_plain")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 PROMPT_CACHE = ("auto", "on", "off")
@@ -44,6 +45,9 @@ class NeatConfig:
     top_p: float = _f(0.95, "nucleus sampling of the online samples")
     gen_batch_size: int = _f(8, "prompts per generation batch")
     max_new_tokens: int = _f(96, "generation length of the online samples (<= max_response_len)")
+    positive_rank: str = _f("plain", "rule ranking of positive-prompt samples: plain = tied with the plain samples; "
+                                     "above_plain = just above them (still below the curated answers they lose to)",
+                            choices=POSITIVE_RANKS)
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")
@@ -154,6 +158,8 @@ class NeatConfig:
             bad(f"ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
         if self.dtype not in DTYPES:
             bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.positive_rank not in POSITIVE_RANKS:
+            bad(f"positive_rank must be one of {', '.join(POSITIVE_RANKS)}, not {self.positive_rank!r}")
         if self.anchor not in ANCHORS:
             bad(f"anchor must be one of {', '.join(ANCHORS)}, not {self.anchor!r}")
         if self.rank_reduction not in RANK_REDUCTIONS:

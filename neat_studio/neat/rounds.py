@@ -8,7 +8,8 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   has >= 2 curated non-negative groups they TIE with the worst of them (so they lose to the better curated
   answers and make no claim against the worst one); with one curated non-negative group they go right below it;
   with none they are the top group. Plain and positive samples tie with each other (ordering them is the
-  reward scorer's job);
+  reward scorer's job), unless `positive_above_plain` (config `positive_rank=above_plain`): then positive-prompt
+  samples sit just above the plain ones, still below the curated groups the plain samples lose to;
 - negative-prompt samples (online) are the bottom group, tied among themselves: every one ranks below every
   non-negative response of the prompt (curated responses whose origin is `negative:*` keep their human rank).
 Reward rule (`ranking="reward"`): a scorer object with `.score(prompts, responses) -> scores` (higher = better)
@@ -78,8 +79,10 @@ def curated_items(row: dict, best_only: bool = False):
     return items
 
 
-def rank_rule(curated, online) -> list:
-    """curated: [(text, origin, rank)]; online: [(text, origin)] -> keys (sortable) for curated + online."""
+def rank_rule(curated, online, positive_above_plain: bool = False) -> list:
+    """curated: [(text, origin, rank)]; online: [(text, origin)] -> keys (sortable) for curated + online.
+    `positive_above_plain`: positive-prompt samples sit just above the plain samples (still below every curated
+    group the plain samples lose to) instead of tying with them (NEAT-PP: the positive prompt is evidence)."""
     nonneg = sorted({r for _, o, r in curated if not o.startswith(NEG)})
     if len(nonneg) >= 2:
         mid = float(nonneg[-1])
@@ -89,7 +92,12 @@ def rank_rule(curated, online) -> list:
         mid = -1.0
     keys = [float(r) for _, _, r in curated]
     for _, o in online:
-        keys.append(math.inf if o.startswith(NEG) else mid)
+        if o.startswith(NEG):
+            keys.append(math.inf)
+        elif o.startswith(POS) and positive_above_plain:
+            keys.append(mid - 0.25)
+        else:
+            keys.append(mid)
     return keys
 
 
@@ -117,7 +125,8 @@ def rank_reward(curated, online, scores) -> list:
     return keys
 
 
-def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None) -> RankedList | None:
+def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
+               positive_above_plain: bool = False) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
     texts = {t.strip() for t, *_ in cur}
@@ -131,7 +140,7 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
         scores = list(scorer.score(prompts, [t for t, *_ in cur] + [t for t, _ in onl]))
         keys = rank_reward(cur, onl, scores)
     else:
-        keys = rank_rule(cur, onl)
+        keys = rank_rule(cur, onl, positive_above_plain)
         keys = [(k, 0.0) for k in keys]
     return RankedList(prompt_id=str(row["prompt_id"]), prompt=row["prompt"],
                       responses=[t for t, *_ in cur] + [t for t, _ in onl],

@@ -666,7 +666,7 @@ class NeatTrainer:
         lists = []
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
-                             self.prep.scorer)
+                             self.prep.scorer, positive_above_plain=self.cfg.positive_rank == "above_plain")
             if lst is not None:
                 lists.append(lst)
         if self.cfg.anchor == "round" or self.cfg.diag_every:
