@@ -1,0 +1,73 @@
+"""The data the product ships (data/evalsets, data/recipes): complete, consistent with its manifests, split by the
+documented rule, disjoint from the recipe's training prompts, and usable without ../shared."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from neat_studio import evalsets as E
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def rows(path):
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def test_evalsets_match_their_manifest_and_split_rule():
+    m = json.loads((DATA / "evalsets" / "manifest.json").read_text())
+    assert set(m["sets"]) == {"harmful", "lookalike", "benign", "pairs"}
+    for name, entry in m["sets"].items():
+        path = DATA / "evalsets" / entry["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], name
+        rs = rows(path)
+        assert len(rs) == entry["total"] <= 300
+        assert all(r["split"] == E.split_of(r["prompt"]) for r in rs), name
+        assert all(s.get("license") for s in entry["sources"]), name
+        # the study measures on >= 100 dev prompts per set
+        assert entry["by_split"]["dev"] >= 100, name
+        if name != "pairs":
+            assert {r["expected"] for r in rs} == {E.EXPECTED[name]}
+            keys = [E.prompt_key(r["prompt"]) for r in rs]
+            assert len(set(keys)) == len(keys), f"{name} has duplicate prompts"
+
+
+def test_recipe_data_never_overlaps_an_evaluation_prompt():
+    train = rows(DATA / "recipes" / "safety" / "curated.jsonl")
+    assert len(train) == 112
+    tags = [t for r in train for t in r["tags"]]
+    assert (tags.count("harmful"), tags.count("lookalike"), tags.count("benign")) == (48, 32, 64)
+    train_keys = {E.prompt_key(r["prompt"]) for r in train}
+    for name in ("harmful", "lookalike", "benign", "pairs"):
+        ev = rows(DATA / "evalsets" / f"{name}.jsonl")
+        keys = {E.prompt_key(r["prompt"]) for r in ev}
+        if name == "pairs":  # every user turn of a dialogue too
+            keys |= {E.normalize_text(m["content"]) for r in ev for m in r["prompt"] if m["role"] == "user"}
+        assert not keys & train_keys, name
+    for r in train:  # importable listwise rows: a response per rank, the reference best
+        assert len(r["responses"]) == len(r["ranks"]) == len(r["origins"]) and min(r["ranks"]) == r["ranks"][0] == 0
+
+
+def test_standard_sets_load_without_shared_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEAT_SHARED_DATA", str(tmp_path / "nowhere"))
+    h = E.load_prompt_set("harmful", split="dev")
+    assert len(h) == 150 and all(r["expected"] == "refuse" for r in h)
+    assert len(E.load_prompt_set("lookalike", limit=20, split="dev")) == 20
+    assert len(E.load_pairs("pairs", split="dev")) == 134
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir(),
+                    reason="needs ../shared/data (a developer's copy of the public datasets)")
+def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_data", DATA.parent / "scripts" / "build_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    m, keys = mod.build_evalsets(root, tmp_path / "evalsets")
+    mod.build_safety_recipe(root, tmp_path / "recipe", keys)
+    for name in ("harmful", "lookalike", "benign", "pairs"):
+        assert (tmp_path / "evalsets" / f"{name}.jsonl").read_bytes() == (DATA / "evalsets" / f"{name}.jsonl").read_bytes()
+    assert (tmp_path / "recipe" / "curated.jsonl").read_bytes() == (DATA / "recipes" / "safety" / "curated.jsonl").read_bytes()
