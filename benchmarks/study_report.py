@@ -26,7 +26,8 @@ def pct(x) -> str:
 def cell(v: dict | None) -> str:
     if not v:
         return "–"
-    return f"{pct(v['rate_after'])} {MARK[v['verdict']]} (p={v['p_value']:.2g})"
+    p = v["p_value"]
+    return f"{pct(v['rate_after'])} {MARK[v['verdict']]} (p{'<1e-4' if p < 1e-4 else f'={p:.2g}'})"
 
 
 def main() -> int:
