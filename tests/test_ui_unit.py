@@ -211,3 +211,14 @@ def test_prompt_editor_change_detection():
         assert editor_changed(loaded, tuple(changed)), i
     assert not editor_changed(None, ("", "negative", "", "  ", "", 0.9, 0.95, 128, 1))  # empty editor
     assert editor_changed(None, ("new", "negative", "", "Answer rudely.", "", 0.9, 0.95, 128, 1))
+
+
+def test_snapshot_message_counts_in_words_not_a_dict():
+    """Issue 19: the Data tab's snapshot message printed a Python dict ("{'train': 2313} by_split")."""
+    from neat_studio.ui.data import snapshot_counts_text
+
+    t = snapshot_counts_text({"rows": 3, "responses": 6, "pairs": 3, "by_split": {"dev": 1, "train": 2},
+                              "human_rows": 3})
+    assert t == "3 prompt(s) (dev 1, train 2), 6 response(s), 3 ranked pair(s), 3 ranked by people"
+    assert "{" not in t and "'" not in t
+    assert snapshot_counts_text({}) == "" and snapshot_counts_text(None) == ""

@@ -27,6 +27,24 @@ def agreement_md(a: dict) -> str:
             f"pairwise agreement **{fmt_num(a['pairwise_agreement'])}** (1 = identical rankings, ties included).")
 
 
+def snapshot_counts_text(c: dict | None) -> str:
+    """A snapshot manifest's counts in words: "3 prompts (train 3), 6 responses, 3 ranked pairs, 3 ranked by
+    people" (not a Python dict)."""
+    c = dict(c or {})
+    parts = []
+    if "rows" in c:
+        by = c.get("by_split") or {}
+        split = ", ".join(f"{k} {v}" for k, v in by.items()) if isinstance(by, dict) else ""
+        parts.append(f"{c['rows']} prompt(s)" + (f" ({split})" if split else ""))
+    for key, label in (("responses", "response(s)"), ("pairs", "ranked pair(s)"),
+                       ("human_rows", "ranked by people")):
+        if key in c:
+            parts.append(f"{c[key]} {label}")
+    parts += [f"{k} {v}" for k, v in c.items() if k not in ("rows", "by_split", "responses", "pairs", "human_rows")
+              and not isinstance(v, (dict, list))]
+    return ", ".join(parts)
+
+
 def build(ctx: Ctx) -> dict:
     st = ctx.studio
     with gr.Row():
@@ -134,7 +152,7 @@ def build(ctx: Ctx) -> dict:
             m = st.snapshot(actor=actor, **filters)
         except (ValueError, OSError) as e:
             return error_box(f"Snapshot not created: {e}"), gr.update()
-        counts = ", ".join(f"{v} {k}" for k, v in (m.get("counts") or {}).items())
+        counts = snapshot_counts_text(m.get("counts"))
         return ok_box(f"Snapshot {m['snapshot_id']} created (sha256 {m['sha256'][:16]}…; {counts}). Training reads "
                       f"it from {st.workspace.snapshots / m['snapshot_id']}."), \
             _snaps()
