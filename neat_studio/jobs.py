@@ -233,7 +233,7 @@ def model_params(spec: str, workspace=None) -> tuple[float, str]:
     return 1.35e8, "unknown size, assumed 135M parameters"
 
 
-def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
+def estimate_time(config: dict, n_prompts: int, workspace=None, tag_counts: dict | None = None) -> dict:
     """Wall time of a run on this kind of machine (2 CPU cores), from the constants above. The model:
 
     - steps = rounds x epochs x ceil(n_prompts / (batch_size x grad_accum)), capped by max_steps;
@@ -251,40 +251,53 @@ def estimate_time(config: dict, n_prompts: int, workspace=None) -> dict:
       BF16_SAMPLE_SPEEDUP times faster;
     - plus STARTUP_S; N = parameter count (config.json of a local model; 135M for `default`).
 
+    A system prompt scoped to a tag (`over_refusal@1:benign`) samples only that tag's prompts: `tag_counts`
+    ({tag: training prompts carrying it}) says how many; without it every prompt is counted. Settings the config
+    leaves out take NeatConfig's defaults (the one source of defaults).
+
     Returns {"seconds", "steps", "sampling_s", "training_s", "startup_s", "params", "bf16", "text"}."""
     from .models import bf16_compute
+    from .neat.config import NeatConfig, split_scope
 
-    def g(k, d):
-        v = config.get(k, d)
-        return d if v in (None, "") else v
+    defaults = NeatConfig().to_dict()
+
+    def g(k, d=None):
+        v = config.get(k)
+        return defaults.get(k, d) if v in (None, "") else v
 
     method = g("method", "neat")
     n = max(int(n_prompts or 0), 0)
-    bs, acc = max(int(g("batch_size", 2)), 1), max(int(g("grad_accum", 1)), 1)
-    rounds, epochs = max(int(g("rounds", 2)), 1), max(int(g("epochs", 1)), 1)
+    bs, acc = max(int(g("batch_size")), 1), max(int(g("grad_accum")), 1)
+    rounds, epochs = max(int(g("rounds")), 1), max(int(g("epochs")), 1)
     spe = math.ceil(n / (bs * acc)) if n else 0
     steps = rounds * epochs * spe
-    if int(g("max_steps", 0) or 0) > 0:
-        steps = min(steps, int(g("max_steps", 0)))
-    negs, poss = list(g("negatives", []) or []), list(g("positives", []) or [])
-    k, k_neg, k_pos = int(g("k", 2)), int(g("k_neg", 2)), int(g("k_pos", 0))
-    passes = {"neat": [k] + [k_neg] * len(negs) + [k_pos] * len(poss), "rrhf": [k] + [k_pos] * len(poss)}.get(
-        method, [])
-    passes = [x for x in passes if x > 0]  # sampling passes (plain, each negative / positive prompt), k each
-    online = sum(passes)
-    new_tok = int(g("max_new_tokens", 96))
-    max_resp = int(g("max_response_len", 128))
-    bf16 = bf16_compute(str(g("dtype", "auto")), "cpu")  # the estimate models a CPU
-    params, how = model_params(str(g("model", "default")), workspace)
+    if int(g("max_steps") or 0) > 0:
+        steps = min(steps, int(g("max_steps")))
+    negs, poss = list(g("negatives") or []), list(g("positives") or [])
+    k, k_neg, k_pos = int(g("k")), int(g("k_neg")), int(g("k_pos"))
+
+    def rows_of(ref):  # prompts a (possibly scoped) system prompt samples on
+        tag = split_scope(ref)[1]
+        return n if tag is None or tag_counts is None else min(n, int(tag_counts.get(tag, 0)))
+
+    # sampling passes (plain, each negative / positive prompt): (k, prompts sampled)
+    passes = {"neat": [(k, n)] + [(k_neg, rows_of(r)) for r in negs] + [(k_pos, rows_of(r)) for r in poss],
+              "rrhf": [(k, n)] + [(k_pos, rows_of(r)) for r in poss]}.get(method, [])
+    passes = [(kk, m) for kk, m in passes if kk > 0 and m > 0]
+    online = sum(kk * m for kk, m in passes) / n if n else 0  # online samples per list, on average
+    new_tok = int(g("max_new_tokens"))
+    max_resp = int(g("max_response_len"))
+    bf16 = bf16_compute(str(g("dtype")), "cpu")  # the estimate models a CPU
+    params, how = model_params(str(g("model")), workspace)
     # rounds actually reached when max_steps cuts the run short
     rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))
-    gen_batch = max(int(g("gen_batch_size", 8)), 1)
+    gen_batch = max(int(g("gen_batch_size")), 1)
     sampling = 0.0
-    for kk in passes:  # one generate call per pass; a prompt's k samples share a batch
-        seqs, per_batch = n * kk, max(1, gen_batch // kk) * kk
+    for kk, m in passes:  # one generate call per pass; a prompt's k samples share a batch
+        seqs, per_batch = m * kk, max(1, gen_batch // kk) * kk
         batches = [per_batch] * (seqs // per_batch) + ([seqs % per_batch] if seqs % per_batch else [])
         sampling += new_tok * sum(params * 4 / DECODE_BYTES_S + SAMPLE_FILL * rows * 2 * params / DECODE_ROW_FLOPS
-                                  for rows in batches) + n * PROMPT_TOKENS * 2 * params / PREFILL_FLOPS
+                                  for rows in batches) + m * PROMPT_TOKENS * 2 * params / PREFILL_FLOPS
     sampling *= rounds_run / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0)
     resp_curated, resp_online = min(RESPONSE_TOKENS, max_resp), min(SAMPLE_FILL * new_tok, max_resp)
     if method == "dpo":
@@ -522,8 +535,8 @@ class JobRunner:
             if t is None:
                 time.sleep(0.2)
 
-    def estimate_time(self, config: dict, n_prompts: int) -> dict:
-        return estimate_time(config, n_prompts, self.workspace)
+    def estimate_time(self, config: dict, n_prompts: int, tag_counts: dict | None = None) -> dict:
+        return estimate_time(config, n_prompts, self.workspace, tag_counts=tag_counts)
 
     def active(self) -> dict | None:
         return self.store.active_run()

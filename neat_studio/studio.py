@@ -915,8 +915,14 @@ class Studio:
 
     def estimate_training(self, config: dict) -> dict:
         """`jobs.estimate_time` for the config on the data it would freeze now (+ "n_prompts")."""
-        n = self.training_data_count(config)
-        return {**self.jobs.estimate_time(config, n), "n_prompts": n}
+        _, filters, _, _ = self.jobs.split_config(config)
+        rows = self.store.listwise_rows(**filters)
+        tags: dict = {}
+        for r in rows:
+            for t in r.get("tags") or []:
+                tags[t] = tags.get(t, 0) + 1
+        n = len(rows)
+        return {**self.jobs.estimate_time(config, n, tag_counts=tags), "n_prompts": n}
 
     def start_training(self, config: dict, actor: str = "local") -> str:
         return self.jobs.start(config, actor=actor)

@@ -128,6 +128,14 @@ def test_estimate_time_hand_computed(monkeypatch):
     e = estimate_time({**cfg, "dtype": "auto"}, 10)
     assert (e["sampling_s"], e["training_s"], e["seconds"], e["bf16"]) == (7.5, 8.6, 36.1, True)
     assert "bf16" in e["text"] and estimate_time({**cfg, "dtype": "fp32"}, 10)["bf16"] is False
+    # the negative scoped to a tag that 2 of the 10 prompts carry: its pass samples 2 prompts (one batch of 2 rows:
+    # 32 x (0.0415385 + 0.75 x 2 x 0.0077143) = 1.69952 s + prefill 2 x 48 x 2N / 1.2e11 = 0.216 s), the plain pass
+    # as before (5.58989 s): sampling 7.5 s; a list holds 1 + 2/10 online samples on average:
+    # 2 x (48 + 2 x 64 + 1.2 x 0.75 x 32) = 409.6 tokens a step: 5 x (2.7648 + 0.135) = 14.5 s; + 20 s startup
+    e = estimate_time({**cfg, "negatives": ["a@1:x"], "dtype": "fp32"}, 10, tag_counts={"x": 2, "y": 8})
+    assert (e["sampling_s"], e["training_s"], e["seconds"]) == (7.5, 14.5, 42.0)
+    # without tag counts a scoped prompt is counted on every prompt (the estimate errs long)
+    assert estimate_time({**cfg, "negatives": ["a@1:x"], "dtype": "fp32"}, 10)["seconds"] == 47.0
 
 
 def test_bad_config_is_refused_before_anything_is_recorded(studio):
