@@ -286,3 +286,24 @@ def test_recipe_config_pins_scoped_prompts_and_validates(studio):
     assert filters["min_responses"] == 1
     with pytest.raises(ValueError, match="unknown recipe"):
         studio.recipe_config("nope")
+
+
+def test_train_form_starts_from_the_cpu_recipe_and_the_cli_gives_the_same_config(tmp_path):
+    """One source of defaults: the Train tab's starting values are NeatConfig's defaults with the `cpu` recipe, and
+    `train --recipe cpu` on the command line resolves to exactly those values."""
+    import argparse
+
+    from neat_studio.neat.cli import add_arguments, build_config
+    from neat_studio.neat.config import NeatConfig
+    from neat_studio.ui.train import DEFAULT_RECIPE, HYPER, form_defaults
+
+    assert DEFAULT_RECIPE == "cpu"
+    form = form_defaults()
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cli = build_config(p.parse_args(["--recipe", "cpu", "--snapshot", str(tmp_path)])).to_dict()
+    for key, *_ in HYPER:
+        assert form[key] == cli[key], key
+    # the recipe changes what a CPU run needs and leaves the rest at NeatConfig's defaults
+    assert (form["rounds"], form["k"], form["max_new_tokens"]) == (1, 1, 48)
+    assert form["lr"] == NeatConfig().lr and form["margin"] == NeatConfig().margin

@@ -8,6 +8,15 @@ from __future__ import annotations
 from .config import ConfigError, NeatConfig
 
 RECIPES: dict[str, dict] = {
+    "cpu": {
+        "description": (
+            "Any curated data, sized for a 2-core CPU: one round, one plain sample and one sample per negative prompt, "
+            "short samples. The Train tab starts from it."),
+        "config": {
+            "rounds": 1, "epochs": 1, "k": 1, "k_neg": 1, "k_pos": 0, "batch_size": 2, "max_steps": 0,
+            "max_new_tokens": 48, "max_prompt_len": 192, "max_response_len": 96, "save_every": 0,
+        },
+    },
     "safety": {
         "description": (
             "Refuse harmful requests without refusing harmless ones. Expects prompts tagged `harmful` (best answer: a "

@@ -18,25 +18,35 @@ from .common import Ctx, error_box, esc, fmt_num, names_text, ok_box, report_for
 
 HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
-# (key, label, kind, CPU-sane default or None = NeatConfig default, min)
+# (key, label, kind, min); the form starts from the DEFAULT_RECIPE's values over NeatConfig's defaults, the same
+# values `train --recipe cpu` gives on the command line (one source: neat/recipes.py)
 HYPER = [
-    ("rounds", "rounds", int, 1, 1),
-    ("epochs", "epochs per round", int, 1, 1),
-    ("k", "k (plain samples)", int, 1, 0),
-    ("k_neg", "k_neg (per negative)", int, 1, 0),
-    ("k_pos", "k_pos (per positive)", int, 0, 0),
-    ("lr", "learning rate", float, None, 0),
-    ("batch_size", "batch size (lists)", int, 2, 1),
-    ("grad_accum", "grad accumulation", int, None, 1),
-    ("max_steps", "max steps (0 = all)", int, 0, 0),
-    ("max_new_tokens", "max new tokens (samples)", int, 48, 1),
-    ("max_prompt_len", "max prompt tokens", int, 192, 1),
-    ("max_response_len", "max response tokens", int, 96, 1),
-    ("margin", "margin", float, None, 0),
-    ("sft_weight", "sft weight (λ)", float, None, 0),
-    ("save_every", "checkpoint every N steps", int, 0, 0),
-    ("seed", "seed", int, None, 0),
+    ("rounds", "rounds", int, 1),
+    ("epochs", "epochs per round", int, 1),
+    ("k", "k (plain samples)", int, 0),
+    ("k_neg", "k_neg (per negative)", int, 0),
+    ("k_pos", "k_pos (per positive)", int, 0),
+    ("lr", "learning rate", float, 0),
+    ("batch_size", "batch size (lists)", int, 1),
+    ("grad_accum", "grad accumulation", int, 1),
+    ("max_steps", "max steps (0 = all)", int, 0),
+    ("max_new_tokens", "max new tokens (samples)", int, 1),
+    ("max_prompt_len", "max prompt tokens", int, 1),
+    ("max_response_len", "max response tokens", int, 1),
+    ("margin", "margin", float, 0),
+    ("sft_weight", "sft weight (λ)", float, 0),
+    ("save_every", "checkpoint every N steps", int, 0),
+    ("seed", "seed", int, 0),
 ]
+DEFAULT_RECIPE = "cpu"
+
+
+def form_defaults() -> dict:
+    """The Train form's starting values: NeatConfig's defaults with DEFAULT_RECIPE applied."""
+    from ..neat.config import NeatConfig
+    from ..neat.recipes import apply_recipe
+
+    return apply_recipe(NeatConfig(), DEFAULT_RECIPE).to_dict()
 
 
 # -- rendering (pure; every dynamic string escaped) --------------------------------------------------------------
@@ -134,10 +144,11 @@ def build(ctx: Ctx) -> dict:
     st.jobs  # create the job runner now: re-attaches runs left running by an earlier app process
     opts = st.training_options()
     helps, defaults = opts["help"], opts["defaults"]
+    start = form_defaults()
 
     gr.Markdown("### New training run")
     with gr.Row():
-        recipe = gr.Dropdown(["(none)"] + opts["recipes"], value="(none)", label="Recipe", scale=1,
+        recipe = gr.Dropdown(["(none)"] + opts["recipes"], value=DEFAULT_RECIPE, label="Recipe", scale=1,
                              elem_id="train-recipe",
                              info="a named preset of the settings below (neat_studio/neat/recipes.py); you can "
                                   "still change any of them")
@@ -169,8 +180,8 @@ def build(ctx: Ctx) -> dict:
     with gr.Accordion("Hyper-parameters (defaults are sized for a 2-core CPU)", open=False):
         for i in range(0, len(HYPER), 4):
             with gr.Row():
-                for key, label, kind, dflt, lo in HYPER[i:i + 4]:
-                    v = defaults.get(key) if dflt is None else dflt
+                for key, label, kind, lo in HYPER[i:i + 4]:
+                    v = start[key]
                     hyper.append(gr.Number(value=v, label=label, precision=0 if kind is int else None, minimum=lo,
                                            info=helps.get(key), elem_id=f"train-{key}"))
         with gr.Row():
@@ -234,7 +245,7 @@ def build(ctx: Ctx) -> dict:
                "name": (nm or "").strip() or None, "anchor": an or "none", "rank_reduction": rr or "sum",
                "data": {"annotated_only": bool(ao), "include_imported": bool(im), "tags": list(tg or []),
                         "split": "train", "min_responses": int(mr or 2)}}
-        for (key, _, kind, _, _), v in zip(HYPER, hv):
+        for (key, _, kind, _), v in zip(HYPER, hv):
             if v is not None and v != "":
                 cfg[key] = kind(v)
         if md != "neat":
@@ -246,23 +257,28 @@ def build(ctx: Ctx) -> dict:
     cfg_inputs = [base, method, negs, poss, annotated_only, imported, tags, min_resp, lora, dtype, name, anchor,
                   rank_red, recipe, *hyper]
 
-    def pick_recipe(name):
-        """A recipe fills in the form (method, system prompts with their scopes, hyper-parameters, data rule)."""
+    def pick_recipe(name, negs_now):
+        """A recipe fills in the whole form: NeatConfig's defaults with the recipe's values (method, system prompts
+        with their scopes, hyper-parameters, data rule); "(none)" is NeatConfig's defaults. System prompts stay as
+        they are when the recipe names none."""
         keep = [gr.update()] * (6 + len(HYPER))
-        if not name or name == "(none)":
-            return "", *keep
-        try:
-            r = st.recipe_config(name)
-        except ValueError as ex:
-            return f"⚠ {esc(ex)}", *keep
-        c = r["config"]
-        hv = [gr.update(value=c[key]) if key in c else gr.update() for key, *_ in HYPER]
-        return (f"**{esc(name)}**: {esc(r['description'])}", gr.update(value=c.get("method", "neat")),
-                gr.update(value=c.get("negatives", [])), gr.update(value=c.get("positives", [])),
-                gr.update(value=r["config"]["data"].get("min_responses", 2)),
-                gr.update(value=c.get("anchor", "none")), gr.update(value=c.get("rank_reduction", "sum")), *hv)
+        info, c, data = "", dict(defaults), {}
+        if name and name != "(none)":
+            try:
+                r = st.recipe_config(name)
+            except ValueError as ex:
+                return f"⚠ {esc(ex)}", *keep
+            c.update(r["config"])
+            data = r["config"]["data"]
+            info = f"**{esc(name)}**: {esc(r['description'])}"
+        mine = "negatives" in c and c["negatives"] != defaults.get("negatives")
+        return (info, gr.update(value=c["method"]),
+                gr.update(value=c["negatives"]) if mine else gr.update(value=negs_now),
+                gr.update(value=c["positives"]), gr.update(value=data.get("min_responses", 2)),
+                gr.update(value=c["anchor"]), gr.update(value=c["rank_reduction"]),
+                *[gr.update(value=c[key]) for key, *_ in HYPER])
 
-    recipe.change(pick_recipe, [recipe], [recipe_info, method, negs, poss, min_resp, anchor, rank_red, *hyper])
+    recipe.change(pick_recipe, [recipe, negs], [recipe_info, method, negs, poss, min_resp, anchor, rank_red, *hyper])
 
     def do_estimate(*args):
         try:
