@@ -144,3 +144,23 @@ def test_anchored_loss_ranks_gains_over_the_reference():
     s = torch.tensor([-4.0, -1.6], requires_grad=True)
     neat_loss(s, n_tok, li, ranks, margin=0.5, sft_weight=0.0, ref_p=ref)["loss"].backward()
     assert s.grad.tolist() == pytest.approx([-0.5, 0.5])
+
+
+def test_anchor_weight_asks_negatives_to_lose_and_the_best_to_gain():
+    # list: best (rank 0), plain (1), negative (2); all at their round-start p (gains 0), margin 0.25
+    sum_logp, n_tok = torch.tensor([-2.0, -1.0, -3.0]), torch.tensor([1.0, 1.0, 1.0])
+    li, ranks, neg = torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2]), torch.tensor([False, False, True])
+    ref = sum_logp.clone()
+    out = neat_loss(sum_logp, n_tok, li, ranks, margin=0.25, sft_weight=0.0, is_negative=neg, ref_p=ref,
+                    rank_reduction="mean", anchor_weight=2.0)
+    # best must gain 0.25 (0.25), the negative lose 0.25 (0.25): anchor 0.5; rank: 3 pairs of 0.25, mean 0.25
+    assert out["anchor_loss"].item() == pytest.approx(0.5)
+    assert out["rank_loss"].item() == pytest.approx(0.25)
+    assert out["loss"].item() == pytest.approx(0.25 + 2.0 * 0.5)
+    # everything drifted up by 0.4 together: the relative hinge is unchanged, the anchor sees the negative's gain
+    up = neat_loss(sum_logp + 0.4, n_tok, li, ranks, margin=0.25, sft_weight=0.0, is_negative=neg, ref_p=ref,
+                   rank_reduction="mean", anchor_weight=1.0)
+    assert up["rank_loss"].item() == pytest.approx(0.25)
+    assert up["anchor_loss"].item() == pytest.approx(0.0 + 0.65)    # best: max(0, 0.25 - 0.4); neg: 0.4 + 0.25
+    # a plain sample is never anchored; without ref_p or with weight 0 the term is 0 and not in the loss
+    assert neat_loss(sum_logp, n_tok, li, ranks, margin=0.25, is_negative=neg)["anchor_loss"].item() == 0.0

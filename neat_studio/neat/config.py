@@ -65,6 +65,9 @@ class NeatConfig:
                              "p - p_ref over the policy that started the round (scored once per round), so the "
                              "ranking asks for a relative change of `margin` and no more (needs margin > 0)",
                      choices=ANCHORS)
+    anchor_weight: float = _f(0.0, "anchor=round only: weight of the absolute anchored hinge (each negative-prompt "
+                                    "sample must lose `margin` of log-prob per token against the round's starting "
+                                    "policy, each best answer gain `margin`); 0 = off")
     rank_reduction: str = _f("sum", "the ranking loss of a list: sum over its pairs (RRHF) or mean (a list's weight "
                                     "does not grow with the square of its length)", choices=RANK_REDUCTIONS)
     sft_weight: float = _f(1.0, "lambda: weight of the NLL of the best response(s)")
@@ -167,6 +170,8 @@ class NeatConfig:
         if self.anchor == "round" and not self.margin > 0:
             bad("anchor=round ranks gains over the round's starting policy, which are all 0 at the start: "
                 "it needs margin > 0")
+        if self.anchor_weight < 0 or (self.anchor_weight > 0 and self.anchor != "round"):
+            bad("anchor_weight must be >= 0 and needs anchor=round")
         if self.diag_every < 0:
             bad(f"diag_every must be >= 0, got {self.diag_every}")
         for key in ("negatives", "positives"):

@@ -7,7 +7,7 @@ For one prompt x with responses y_1..y_n and ranks r (lower = better, equal = ti
              (anchor=round: p_i - p_j becomes (p_i - ref_i) - (p_j - ref_j), the gains over the round's
              starting policy; rank_reduction=mean: divided by the list's number of pairs)
     L_sft  = mean over the best (rank == min rank) responses of -p_best
-    L      = L_rank + sft_weight * L_sft
+    L      = L_rank + sft_weight * L_sft (+ anchor_weight * L_anchor, with anchor=round; see neat_loss)
 
 Per list L_rank is a SUM over its pairs (as in the design); a batch of lists is AVERAGED over lists, so the
 learning rate does not depend on the batch size. Prompt and padding tokens never count: `mask` selects the
@@ -54,7 +54,7 @@ def rrhf_rank_loss(p: torch.Tensor, ranks: torch.Tensor, margin: float = 0.0, re
 
 def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.Tensor, ranks: torch.Tensor,
               margin: float = 0.0, sft_weight: float = 1.0, is_negative: torch.Tensor | None = None,
-              ref_p: torch.Tensor | None = None, rank_reduction: str = "sum") -> dict:
+              ref_p: torch.Tensor | None = None, rank_reduction: str = "sum", anchor_weight: float = 0.0) -> dict:
     """Loss of a micro-batch holding several lists, flattened.
 
     sum_logp, n_tokens: [R] from `sequence_logprobs`; list_index [R]: which list each response belongs to;
@@ -65,12 +65,19 @@ def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.
     for plain samples at temperature 0.8), so a raw-p hinge keeps pushing the model's own text down until it falls
     below the reference, and it never stops while new samples keep being likelier. Gains start at 0 and ask only
     for a `margin` of relative change.
-    The NLL term always uses p. Returns a dict: loss, rank_loss, sft_loss (tensors, mean over lists), n_pairs,
-    n_correct, p_best_sum / n_best and p_neg_sum / n_neg (floats for p_gap), n_lists.
+    The NLL term always uses p.
+    anchor_weight (with ref_p and is_negative): the starting policy also counts as a member of each list, ranked
+    below the best answers and above the negative-prompt samples: L_anchor = mean over negatives of
+    max(0, gain_neg + margin) + mean over the best of max(0, margin - gain_best), averaged over lists. The relative
+    hinge alone lets every response of a list drift up together (a global refusal prior raised by the NLL of
+    refusals made the benign prompts' negative samples, needless refusals, likelier, not less likely); this term
+    asks each negative to lose `margin` against the round's start, and no more.
+    Returns a dict: loss, rank_loss, sft_loss, anchor_loss (tensors, mean over lists), n_pairs, n_correct,
+    p_best_sum / n_best and p_neg_sum / n_neg (floats for p_gap), n_lists.
     """
     p = sum_logp / n_tokens.clamp_min(1)
     q = p if ref_p is None else p - ref_p.to(p.dtype)  # what the hinge ranks
-    rank_losses, sft_losses = [], []
+    rank_losses, sft_losses, anchor_losses = [], [], []
     n_pairs = n_correct = n_best = n_neg = 0
     p_best_sum = p_neg_sum = 0.0
     lists = torch.unique(list_index, sorted=True)
@@ -81,6 +88,12 @@ def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.
         best = r_l == r_l.min()
         rank_losses.append(rl)
         sft_losses.append(-p_l[best].mean())
+        if anchor_weight and ref_p is not None and is_negative is not None:
+            q_l, neg_l = q[sel], is_negative[sel]
+            a = F.relu(margin - q_l[best]).mean()
+            if bool(neg_l.any()):
+                a = a + F.relu(q_l[neg_l] + margin).mean()
+            anchor_losses.append(a)
         n_pairs, n_correct = n_pairs + n, n_correct + c
         p_best_sum += float(p_l[best].detach().sum())
         n_best += int(best.sum())
@@ -90,6 +103,8 @@ def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.
             n_neg += int(neg.sum())
     rank_loss = torch.stack(rank_losses).mean()
     sft_loss = torch.stack(sft_losses).mean()
-    return {"loss": rank_loss + sft_weight * sft_loss, "rank_loss": rank_loss, "sft_loss": sft_loss,
+    anchor_loss = torch.stack(anchor_losses).mean() if anchor_losses else torch.zeros((), device=p.device)
+    return {"loss": rank_loss + sft_weight * sft_loss + anchor_weight * anchor_loss, "rank_loss": rank_loss,
+            "sft_loss": sft_loss, "anchor_loss": anchor_loss,
             "n_pairs": n_pairs, "n_correct": n_correct, "p_best_sum": p_best_sum, "n_best": n_best,
             "p_neg_sum": p_neg_sum, "n_neg": n_neg, "n_lists": len(lists)}

@@ -784,7 +784,8 @@ class NeatTrainer:
         cfg = self.cfg
         ref = batch.get("ref_p") if cfg.anchor == "round" else None
         return neat_loss(sum_logp, n_tok, batch["list_index"], batch["ranks"], cfg.margin, cfg.sft_weight,
-                         batch["is_negative"], ref_p=ref, rank_reduction=cfg.rank_reduction)
+                         batch["is_negative"], ref_p=ref, rank_reduction=cfg.rank_reduction,
+                         anchor_weight=cfg.anchor_weight)
 
     def _batch(self, lists: list[EncodedList]) -> tuple[dict, bool]:
         cfg = self.cfg
@@ -819,7 +820,7 @@ class NeatTrainer:
         diag = {}
         if cfg.diag_every and self.world == 1 and (self.pos["global_step"] + 1) % cfg.diag_every == 0:
             diag = self._term_gradients(micro)
-        agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
+        agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "anchor_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
                "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0, "shared_batches": 0}
         for m, lists in enumerate(micro):
             batch, shared = self._batch(lists)
@@ -830,7 +831,7 @@ class NeatTrainer:
                 out = self._loss(batch, sum_logp, n_tok)
                 self.acc.backward(out["loss"] / len(micro))
             n = out["n_lists"]
-            for k in ("loss", "rank_loss", "sft_loss"):
+            for k in ("loss", "rank_loss", "sft_loss", "anchor_loss"):
                 agg[k] += float(out[k].detach()) * n
             for k in ("n_lists", "n_pairs", "n_correct", "p_best_sum", "n_best", "p_neg_sum", "n_neg"):
                 agg[k] += out[k] if k != "n_lists" else n
@@ -957,6 +958,7 @@ class NeatTrainer:
                 self._log({
                     "step": step, "round": r, "epoch": e,
                     "loss": v["loss"] / nl, "rank_loss": v["rank_loss"] / nl, "sft_loss": v["sft_loss"] / nl,
+                    "anchor_loss": v["anchor_loss"] / nl,
                     "rank_acc": v["n_correct"] / v["n_pairs"] if v["n_pairs"] else None,
                     "p_gap": (v["p_best_sum"] / v["n_best"] - v["p_neg_sum"] / v["n_neg"]) if v["n_neg"] else None,
                     "p_best": v["p_best_sum"] / v["n_best"] if v["n_best"] else None,
