@@ -105,8 +105,10 @@ def cmd_export(args):
             filters["split"] = args.split
         if args.annotated_only:
             filters["annotated_only"] = True
-        n = st.export(args.kind, args.out, **filters)
-        _print({"written": n, "path": str(args.out), "kind": args.kind})
+        if args.trl_format != "auto" and args.kind != "trl":
+            raise ValueError("--trl-format applies to the trl export only")
+        r = st.export_details(args.kind, args.out, trl_format=args.trl_format, **filters)
+        _print({"written": r["written"], "path": str(args.out), "kind": args.kind, "format": r["format"]})
 
 
 def cmd_snapshot(args):
@@ -301,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", type=Path)
     s.add_argument("--split", choices=["train", "dev", "test"])
     s.add_argument("--annotated-only", action="store_true", help="only prompts a human annotated")
+    s.add_argument("--trl-format", choices=["auto", "conversational", "string"], default="auto",
+                   help="trl only: conversational = TRL's message-list format (prompt = messages, chosen / rejected "
+                        "= one assistant message); string = plain text prompts (multi-turn ones as "
+                        "'\\n\\nHuman: ... Assistant:' transcripts); auto (default) = conversational when some "
+                        "prompt has several turns or a system turn, else string")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("snapshot", help="freeze curated data into a snapshot that training reads")

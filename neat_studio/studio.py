@@ -124,18 +124,34 @@ class Studio:
         self.embed_soon()
         return report
 
-    def export(self, kind: str, path: str | Path, **filters) -> int:
+    EXPORT_KINDS = ("trl", "listwise", "parquet")
+    # TRL pairs: "auto" = TRL's conversational format (message lists) for chat data (some prompt with several
+    # turns or a system turn), else plain strings; "conversational" / "string" force one (io/exporters.py)
+    TRL_FORMATS = ("auto", "conversational", "string")
+
+    def export(self, kind: str, path: str | Path, *, trl_format: str = "auto", **filters) -> int:
+        """Write an export file; returns the number of pairs (trl) or rows written (see `export_details`)."""
+        return self.export_details(kind, path, trl_format=trl_format, **filters)["written"]
+
+    def export_details(self, kind: str, path: str | Path, *, trl_format: str = "auto", **filters) -> dict:
+        """Write an export file; returns {"written", "format"}: format = "conversational" or "string" for trl (what
+        `trl_format` resolved to), else the kind. ValueError (nothing written) for an unknown kind or format."""
         from .io import exporters
 
+        if kind not in self.EXPORT_KINDS:
+            raise ValueError(f"unknown export kind {kind!r}: use trl, listwise or parquet")
+        if trl_format not in self.TRL_FORMATS:
+            raise ValueError(f"unknown TRL format {trl_format!r}: use {', '.join(self.TRL_FORMATS)}")
         rows = self.store.listwise_rows(**filters)
-        negatives = {p["text"] for p in self.store.list_system_prompts(kind="negative")}
-        if kind == "trl":
-            return exporters.export_trl_pairs(rows, path, negative_prompts=negatives)
         if kind == "listwise":
-            return exporters.export_listwise(rows, path)
+            return {"written": exporters.export_listwise(rows, path), "format": kind}
         if kind == "parquet":
-            return exporters.export_parquet(rows, path)
-        raise ValueError(f"unknown export kind {kind!r}: use trl, listwise or parquet")
+            return {"written": exporters.export_parquet(rows, path), "format": kind}
+        negatives = {p["text"] for p in self.store.list_system_prompts(kind="negative")}
+        conv = (exporters.is_chat_data(rows, negative_prompts=negatives) if trl_format == "auto"
+                else trl_format == "conversational")
+        n = exporters.export_trl_pairs(rows, path, conversational=conv, negative_prompts=negatives)
+        return {"written": n, "format": "conversational" if conv else "string"}
 
     def snapshot(self, actor: str = "local", **filters) -> dict:
         from .snapshot import create_snapshot
@@ -836,17 +852,19 @@ class Studio:
                 by_prompt.setdefault(a["prompt_id"], {})[a["annotator"]] = M.ranking_to_ranks(a["ranking"])
         return M.agreement_summary(by_prompt)
 
-    def export_file(self, kind: str, actor: str = "local", **filters) -> dict:
-        """Export to workspace/exports/<time>-<kind>.<ext>; returns {"path", "written", "kind"}."""
+    def export_file(self, kind: str, actor: str = "local", trl_format: str = "auto", **filters) -> dict:
+        """Export to workspace/exports/<time>-<kind>.<ext>; returns {"path", "written", "kind", "format"} (format:
+        see `export_details`)."""
         from datetime import datetime
 
         ext = {"trl": "trl.jsonl", "listwise": "listwise.jsonl", "parquet": "parquet"}.get(kind)
         if ext is None:
             raise ValueError(f"unknown export kind {kind!r}: use trl, listwise or parquet")
         path = self.workspace.exports / f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.{ext}"
-        n = self.export(kind, path, **filters)
-        self.store.log_event(actor, "export", "export", path.name, {"kind": kind, "written": n, "filters": filters})
-        return {"path": str(path), "written": n, "kind": kind}
+        r = self.export_details(kind, path, trl_format=trl_format, **filters)
+        self.store.log_event(actor, "export", "export", path.name, {"kind": kind, "written": r["written"],
+                                                                   "format": r["format"], "filters": filters})
+        return {"path": str(path), "written": r["written"], "kind": kind, "format": r["format"]}
 
     # -- training & compare (jobs) --
     # Services of the Train and Compare tabs (neat_studio/ui/train.py, compare.py). neat_studio.jobs.JobRunner

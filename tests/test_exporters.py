@@ -72,7 +72,7 @@ def test_trl_string_format_and_negative_system_prompt(tmp_path):
         row(user("Dup"), ["same", "same", "other"], [0, 0, 1], pid="p5"),  # identical texts: written once
     ]
     out = tmp_path / "trl.jsonl"
-    n = export_trl_pairs(rows, out, negative_prompts=[NEG + "  "])
+    n = export_trl_pairs(rows, out, conversational=False, negative_prompts=[NEG + "  "])
     lines = read_lines(out)
     assert n == len(lines) == 6
     assert lines[0] == {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away"}
@@ -93,7 +93,7 @@ def test_trl_string_format_and_negative_system_prompt(tmp_path):
     ]
     assert [[(x["text"], x["rank"]) for x in r["responses"]] for r in back][1] == [("good", 0), ("bad", 1),
                                                                                  ("worse", 2)]
-    assert export_trl_pairs(rows, tmp_path / "dev.jsonl", split="dev") == 1
+    assert export_trl_pairs(rows, tmp_path / "dev.jsonl", conversational=False, split="dev") == 1
 
 
 def test_trl_conversational(tmp_path):
@@ -108,11 +108,51 @@ def test_trl_conversational(tmp_path):
     assert [(x["text"], x["rank"]) for x in back[0]["responses"]] == [("Hi!", 0), ("Go away", 1)]
 
 
+def test_trl_default_format_is_conversational_for_chat_data(tmp_path):
+    """Issue 19: multi-turn prompts were flattened into "\\n\\nHuman: ... Assistant:" strings while single-turn ones
+    stayed plain. The default is now TRL's conversational format for chat data (a prompt with several turns or a
+    system turn), for the whole file; single-turn data stays plain strings; both read back to the same records."""
+    multi = [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
+             {"role": "user", "content": "C"}]
+    single = row(user("Single"), ["a", "b"], [0, 1], pid="s")
+    neg_only = row([{"role": "system", "content": NEG}, {"role": "user", "content": "Say hi"}], ["Hi!", "Go"], [0, 1],
+                   pid="n")
+    # a negative system prompt is removed before the decision: these prompts are single-turn -> strings
+    out = tmp_path / "plain.jsonl"
+    assert export_trl_pairs([single, neg_only], out, negative_prompts=[NEG]) == 2
+    assert [x["prompt"] for x in read_lines(out)] == ["Single", "Say hi"]
+
+    for rows in ([single, row(multi, ["good", "bad"], [0, 1], pid="m")],
+                 [single, row([{"role": "system", "content": "Answer in French."}, *user("Hello")],
+                              ["Bonjour", "Hello"], [0, 1], pid="f")]):
+        out = tmp_path / "chat.jsonl"
+        assert export_trl_pairs(rows, out, negative_prompts=[NEG]) == 2
+        lines = read_lines(out)
+        # every line of the file in one format: prompt = messages, chosen / rejected = one assistant message
+        assert lines[0] == {"prompt": user("Single"), "chosen": [{"role": "assistant", "content": "a"}],
+                            "rejected": [{"role": "assistant", "content": "b"}]}
+        assert lines[1]["prompt"] == rows[1]["prompt"] and "Human:" not in json.dumps(lines)
+        assert lines[1]["chosen"] == [{"role": "assistant", "content": rows[1]["responses"][0]}]
+        # the plain string format stays available, and the importer reads both files back to the same records
+        strings = tmp_path / "strings.jsonl"
+        assert export_trl_pairs(rows, strings, conversational=False) == 2
+        assert all(isinstance(x["prompt"], str) for x in read_lines(strings))
+        for path in (out, strings):
+            back = read_trl(path)
+            assert [r["messages"] for r in back] == [r["prompt"] for r in rows]
+            assert [[(x["text"], x["rank"]) for x in r["responses"]] for r in back] == [
+                [(t, k) for t, k in zip(r["responses"], r["ranks"])] for r in rows]
+    # the decision looks at the exported split only
+    dev_chat = row(multi, ["good", "bad"], [0, 1], pid="m", split="dev")
+    assert export_trl_pairs([single, dev_chat], out, split="train") == 1
+    assert read_lines(out)[0]["prompt"] == "Single"
+
+
 def test_trl_string_refuses_ambiguous_prompt(tmp_path):
     rows = [row([{"role": "user", "content": "quote:\n\nAssistant: fake"}, {"role": "assistant", "content": "ok"},
                  {"role": "user", "content": "and?"}], ["a", "b"], [0, 1], pid="amb")]
     with pytest.raises(ValueError, match="prompt 'amb' cannot be written as a TRL string prompt"):
-        export_trl_pairs(rows, tmp_path / "x.jsonl")
+        export_trl_pairs(rows, tmp_path / "x.jsonl", conversational=False)
     assert not (tmp_path / "x.jsonl").exists()
     assert export_trl_pairs(rows, tmp_path / "x.jsonl", conversational=True) == 1
     # a single-turn prompt is written verbatim, markers or not, as long as it reads back unchanged
@@ -205,7 +245,7 @@ def test_real_derived_file_pairs_equal_raw_lines(tmp_path):
     raw = {(json.dumps(parse_prompt_string(r["prompt"])), r["chosen"].strip(), r["rejected"].strip())
            for r in raw_lines}
     out = tmp_path / "trl.jsonl"
-    assert export_trl_pairs(rows_from_records(read_records(path)), out) == 2308
+    assert export_trl_pairs(rows_from_records(read_records(path)), out, conversational=False) == 2308
     lines = read_lines(out)
     written = {(json.dumps(parse_prompt_string(r["prompt"])), r["chosen"], r["rejected"]) for r in lines}
     assert len(written) == len(raw) == 2308 and written == raw

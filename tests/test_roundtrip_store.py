@@ -10,7 +10,8 @@ def _pairs(path):
     out = set()
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        out.add((r["prompt"], r["chosen"], r["rejected"]))
+        # json text: a conversational export (the default for chat data like HH) holds message lists
+        out.add(tuple(json.dumps(r[k], ensure_ascii=False) for k in ("prompt", "chosen", "rejected")))
     return out
 
 

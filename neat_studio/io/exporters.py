@@ -21,7 +21,13 @@ Documented choices
   (led by "\\n\\nSystem: ..." if needed), the form `importers.read_trl` parses back into the same messages.
   Every written prompt is checked to parse back to the (normalised) messages; a prompt that would not (its text
   contains transcript markers itself) raises ValueError naming the prompt_id: use conversational=True for it.
-- Conversational format: prompt = message list, chosen / rejected = [{"role": "assistant", "content": text}].
+- Conversational format (TRL's "conversational" dataset type): prompt = message list, chosen / rejected =
+  [{"role": "assistant", "content": text}].
+- Which format (`conversational=None`, the default): conversational when the data is chat data, i.e. some
+  exported prompt has more than one message (several turns, or a system turn that is not a negative system
+  prompt); else the plain string format (single-turn prompts as their bare text). The choice is made per FILE,
+  never per line: one file mixing string and message-list prompts would not load as one `datasets` column.
+  `conversational=True` / `False` force a format.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ __all__ = [
     "pairs_from_row",
     "prompt_messages",
     "render_prompt_string",
+    "is_chat_data",
     "export_trl_pairs",
     "export_listwise",
     "export_parquet",
@@ -156,12 +163,23 @@ def _selected(rows: Iterable[dict], split: str | None) -> list[dict]:
     return [r for r in rows if split is None or r.get("split") == split]
 
 
-def export_trl_pairs(rows: Iterable[dict], path: str | Path, conversational: bool = False, *,
-                     negative_prompts: Iterable[str] = (), split: str | None = None) -> int:
-    """TRL preference JSONL ({"prompt","chosen","rejected"} per line). Returns the number of pairs written."""
+def is_chat_data(rows: Iterable[dict], *, negative_prompts: Iterable[str] = (), split: str | None = None) -> bool:
+    """Whether some prompt that `export_trl_pairs` would write has more than one message (several turns, or a
+    system turn other than a negative system prompt): then its default format is conversational."""
     neg = list(negative_prompts)
+    return any(pairs_from_row(r) and len(prompt_messages(r, neg)) > 1 for r in _selected(rows, split))
+
+
+def export_trl_pairs(rows: Iterable[dict], path: str | Path, conversational: bool | None = None, *,
+                     negative_prompts: Iterable[str] = (), split: str | None = None) -> int:
+    """TRL preference JSONL ({"prompt","chosen","rejected"} per line). Returns the number of pairs written.
+    `conversational`: True = message lists, False = strings, None = conversational for chat data (module doc)."""
+    neg = list(negative_prompts)
+    rows = _selected(rows, split)
+    if conversational is None:
+        conversational = is_chat_data(rows, negative_prompts=neg)
     lines: list[dict] = []
-    for row in _selected(rows, split):
+    for row in rows:
         pairs = pairs_from_row(row)
         if not pairs:
             continue

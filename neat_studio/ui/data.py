@@ -13,6 +13,15 @@ COUNT_LABELS = [("prompts", "prompts"), ("responses", "responses"), ("annotation
                 ("system_prompt_versions", "prompt versions"), ("snapshots", "snapshots"), ("runs", "runs")]
 
 
+# the TRL export's format choice (Studio.TRL_FORMATS)
+TRL_FORMAT_CHOICES = [("auto: conversational for chat data", "auto"),
+                      ("conversational (message lists)", "conversational"),
+                      ("plain strings", "string")]
+TRL_FORMAT_WORDS = {"conversational": "TRL conversational format: prompt = messages, chosen / rejected = one "
+                                      "assistant message",
+                    "string": "TRL string format: plain text prompts"}
+
+
 def counts_html(c: dict) -> str:
     cells = "".join(f"<div class='neat-stat'><div class='neat-stat-n'>{esc(c.get(k, 0))}</div>"
                     f"<div class='neat-stat-l'>{esc(label)}</div></div>" for k, label in COUNT_LABELS)
@@ -69,6 +78,8 @@ def build(ctx: Ctx) -> dict:
             with gr.Row():
                 ex_split = gr.Dropdown(["", "train", "dev", "test"], value="", label="Split")
                 ex_annot = gr.Checkbox(label="only prompts a human annotated", value=False)
+            ex_trl_fmt = gr.Radio(TRL_FORMAT_CHOICES, value="auto", label="TRL pairs format",
+                                  elem_id="data-export-trl-format")
             with gr.Row():
                 ex_trl = gr.Button("TRL pairs (JSONL)", size="sm", elem_id="data-export-trl")
                 ex_list = gr.Button("Listwise JSONL", size="sm", elem_id="data-export-listwise")
@@ -124,7 +135,7 @@ def build(ctx: Ctx) -> dict:
     refresh.click(load, None, outs)
 
     def export(kind):
-        def run(sp, annot, request: gr.Request):
+        def run(sp, annot, trl_fmt, request: gr.Request):
             actor = ctx.require_admin(request, "export data")
             filters = {}
             if sp:
@@ -132,16 +143,17 @@ def build(ctx: Ctx) -> dict:
             if annot:
                 filters["annotated_only"] = True
             try:
-                r = st.export_file(kind, actor=actor, **filters)
+                r = st.export_file(kind, actor=actor, trl_format=(trl_fmt or "auto") if kind == "trl" else "auto",
+                                   **filters)
             except (ValueError, OSError) as e:
                 return error_box(f"Export failed: {e}"), None
-            what = "pairs" if kind == "trl" else "rows"
+            what = f"pairs ({TRL_FORMAT_WORDS.get(r['format'], r['format'])})" if kind == "trl" else "rows"
             return ok_box(f"Wrote {r['written']} {what} to {r['path']}"), r["path"]
         return run
 
-    ex_trl.click(export("trl"), [ex_split, ex_annot], [ex_msg, ex_file])
-    ex_list.click(export("listwise"), [ex_split, ex_annot], [ex_msg, ex_file])
-    ex_pq.click(export("parquet"), [ex_split, ex_annot], [ex_msg, ex_file])
+    ex_trl.click(export("trl"), [ex_split, ex_annot, ex_trl_fmt], [ex_msg, ex_file])
+    ex_list.click(export("listwise"), [ex_split, ex_annot, ex_trl_fmt], [ex_msg, ex_file])
+    ex_pq.click(export("parquet"), [ex_split, ex_annot, ex_trl_fmt], [ex_msg, ex_file])
 
     def snapshot(sp, tags, annot, imported, request: gr.Request):
         actor = ctx.require_admin(request, "create snapshots")
@@ -171,5 +183,5 @@ def build(ctx: Ctx) -> dict:
     sc_btn.click(train_scorer, None, sc_msg, concurrency_limit=1, concurrency_id="scorer")
 
     return {"refresh": refresh, "counts": counts, "people": people, "agreement": agree, "pairs": pairs,
-            "export_trl": ex_trl, "export_listwise": ex_list, "export_parquet": ex_pq, "export_file": ex_file,
+            "export_trl": ex_trl, "export_trl_format": ex_trl_fmt, "export_listwise": ex_list, "export_parquet": ex_pq, "export_file": ex_file,
             "snapshot": sn_btn, "_on_show": (load, outs)}

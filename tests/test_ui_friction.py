@@ -1,0 +1,110 @@
+"""Issue 19, "Friction a real user hits", without a browser (Studio services, the CLI and the tabs' handlers as
+Gradio calls them): TRL's conversational export format for chat data, import errors in the form's words, long
+prompts warned about and folded, one-key acceptance only for a useful scorer, a confirmation before a long run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neat_studio.io.importers import read_records
+
+SYSTEM = {"role": "system", "content": "Answer in French."}
+
+
+def _fns(demo, name, module):
+    fns = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name
+           and f.fn.__module__ == f"neat_studio.ui.{module}"]
+    assert fns, (name, module)
+    return fns
+
+
+def _closure(fn) -> list:
+    return [c.cell_contents for c in (fn.__closure__ or ())]
+
+
+@pytest.fixture
+def studio(workspace):
+    from neat_studio.studio import Studio
+
+    st = Studio(workspace, model_spec="tiny")
+    yield st
+    st.close()
+
+
+@pytest.fixture
+def demo(studio):
+    from neat_studio.ui.app import build_app
+
+    return build_app(studio)
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(x) for x in open(path, encoding="utf-8").read().splitlines()]
+
+
+# -- TRL export: conversational format for chat data -------------------------------------------------------------
+CHAT = [
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                  {"role": "user", "content": "Tell me a joke."}], "source": "t",
+     "responses": [{"text": "Why did the chicken cross the road?", "origin": "dataset:chosen", "rank": 0},
+                   {"text": "No.", "origin": "dataset:rejected", "rank": 1}]},
+    {"messages": [SYSTEM, {"role": "user", "content": "Hello"}], "source": "t",
+     "responses": [{"text": "Bonjour", "origin": "dataset:chosen", "rank": 0},
+                   {"text": "Hello", "origin": "dataset:rejected", "rank": 1}]},
+    {"messages": [{"role": "user", "content": "One turn only"}], "source": "t",
+     "responses": [{"text": "good", "origin": "dataset:chosen", "rank": 0},
+                   {"text": "bad", "origin": "dataset:rejected", "rank": 1}]},
+]
+
+
+def _pairs(records) -> set:
+    return {(json.dumps(r["messages"]), r["responses"][i]["text"], r["responses"][j]["text"])
+            for r in records for i in range(len(r["responses"])) for j in range(len(r["responses"]))
+            if r["responses"][i]["rank"] < r["responses"][j]["rank"]}
+
+
+def test_trl_export_is_conversational_for_chat_data_and_reads_back(studio, demo, tmp_path, capsys):
+    from neat_studio.cli import main
+
+    studio.store.import_records(CHAT, actor="t")
+    conv = tmp_path / "conv.jsonl"
+    r = studio.export_details("trl", conv)  # the default: TRL's conversational format, since this is chat data
+    assert r == {"written": 3, "format": "conversational"}
+    lines = _lines(conv)
+    assert all(isinstance(x["prompt"], list) for x in lines)
+    assert {json.dumps(x["prompt"]) for x in lines} == {json.dumps(c["messages"]) for c in CHAT}
+    assert all(x["chosen"][0]["role"] == "assistant" and len(x["chosen"]) == 1 == len(x["rejected"]) for x in lines)
+    assert "Human:" not in conv.read_text(encoding="utf-8")
+    # the plain string format stays available
+    plain = tmp_path / "plain.jsonl"
+    assert studio.export_details("trl", plain, trl_format="string") == {"written": 3, "format": "string"}
+    assert all(isinstance(x["prompt"], str) for x in _lines(plain))
+    # both read back to the same prompts and pairs (round trip through the importer)
+    for path in (conv, plain):
+        assert _pairs(read_records(path)) == _pairs(CHAT)
+    with pytest.raises(ValueError, match="unknown TRL format"):
+        studio.export_details("trl", tmp_path / "x.jsonl", trl_format="hh")
+    assert not (tmp_path / "x.jsonl").exists()
+
+    # the CLI: --trl-format, default auto
+    ws = str(studio.workspace.root)
+    studio.close()
+    assert main(["--workspace", ws, "export", "trl", str(tmp_path / "c.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "conversational"
+    assert main(["--workspace", ws, "export", "trl", str(tmp_path / "s.jsonl"), "--trl-format", "string"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "string"
+    assert _lines(tmp_path / "s.jsonl") == _lines(plain) and _lines(tmp_path / "c.jsonl") == lines
+
+
+def test_trl_export_of_single_turn_data_stays_plain_and_the_data_tab_offers_the_choice(studio, demo):
+    studio.store.import_records(CHAT[2:], actor="t")
+    r = studio.export_file("trl", actor="t")
+    assert r["format"] == "string" and _lines(r["path"])[0]["prompt"] == "One turn only"
+    fmt = demo.neat_ctx.components["data.export_trl_format"]
+    assert [v for _, v in fmt.choices] == list(studio.TRL_FORMATS) and fmt.value == "auto"
+    run = next(f.fn for f in _fns(demo, "run", "data") if "trl" in _closure(f.fn))
+    msg, path = run("", False, "conversational", None)
+    assert "conversational format" in msg and isinstance(_lines(path)[0]["prompt"], list)
+    msg, path = run("", False, "auto", None)
+    assert "string format" in msg and _lines(path)[0]["prompt"] == "One turn only"
