@@ -116,10 +116,19 @@ class Studio:
         return {"seeded": True, "prompts_added": report.get("prompts_added", 0), "presets_added": n_presets}
 
     # -- data in / out -----------------------------------------------------------------------------------
-    def import_file(self, path: str | Path, fmt: str = "auto", actor: str = "local", **kw) -> dict:
+    def import_file(self, path: str | Path, fmt: str = "auto", actor: str = "local", *, terms: str = "cli",
+                    progress: Callable[[float, str], None] | None = None, **kw) -> dict:
+        """Read a file (io.importers.read_records) and store its records in one transaction; returns the store's
+        import report. `terms`: "cli" or "ui", whether error messages name the CLI's options or the web form's
+        fields. `progress(fraction, what)` is told when reading is done and writing starts. DataFormatError
+        (nothing written) on bad input."""
         from .io.importers import read_records
 
-        records = read_records(path, fmt, **kw)  # raises DataFormatError before anything is written
+        if progress:
+            progress(0.1, "reading and validating the file")
+        records = read_records(path, fmt, terms=terms, **kw)  # raises DataFormatError before anything is written
+        if progress:
+            progress(0.6, f"writing {len(records)} record(s)")
         report = self.store.import_records(records, actor=actor)
         self.embed_soon()
         return report

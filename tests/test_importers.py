@@ -280,6 +280,31 @@ def err(path, **kw) -> DataFormatError:
     return ei.value
 
 
+def test_errors_name_the_cli_options_or_the_forms_fields(tmp_path):
+    """Issue 19: the web form's import errors said "pass --prompt-column" although the form has that field. The CLI
+    (default) keeps its option names; terms="ui" names the import form's fields (FORM_LABELS) and no option."""
+    from neat_studio.io.importers import FORM_LABELS
+
+    cases = [  # (path, fmt, what the CLI says, what the form says)
+        (write_jsonl(tmp_path / "q.jsonl", [{"question": "a"}]), "auto",
+         "pass --prompt-column (prompt_column= in Python)", f"'{FORM_LABELS['prompt_column']}' field"),
+        (write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "a"}, {"prompt": "b", "chosen": "x", "rejected": "y"}]),
+         "auto", "pass --format trl / hh_rlhf / listwise", f"in the form's '{FORM_LABELS['format']}' field"),
+        (tmp_path / "export.data", "listwise", "--format listwise reads JSON lines",
+         f"{FORM_LABELS['format']} listwise reads JSON lines"),
+        (tmp_path / "export.data", "auto", "pass --format (fmt= in Python)",
+         f"choose the file's format in the form's '{FORM_LABELS['format']}' field"),
+    ]
+    (tmp_path / "export.data").write_text("prompt,responses\nQ,a\n", encoding="utf-8")
+    for path, fmt, cli, ui in cases:
+        assert cli in str(err(path, fmt=fmt))
+        assert cli in str(err(path, fmt=fmt, terms="cli"))
+        msg = str(err(path, fmt=fmt, terms="ui"))
+        assert ui in msg and "--" not in msg and "in Python" not in msg, msg
+    with pytest.raises(ValueError, match="terms must be one of cli, ui"):
+        read_records(cases[0][0], terms="web")
+
+
 def test_invalid_json_names_file_and_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"prompt": "ok"}\n\n{"prompt": "broken"\n{"prompt": "ok"}\n', encoding="utf-8")

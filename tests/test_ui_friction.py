@@ -3,6 +3,7 @@ Gradio calls them): TRL's conversational export format for chat data, import err
 prompts warned about and folded, one-key acceptance only for a useful scorer, a confirmation before a long run."""
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -108,3 +109,32 @@ def test_trl_export_of_single_turn_data_stays_plain_and_the_data_tab_offers_the_
     assert "conversational format" in msg and isinstance(_lines(path)[0]["prompt"], list)
     msg, path = run("", False, "auto", None)
     assert "string format" in msg and _lines(path)[0]["prompt"] == "One turn only"
+
+
+# -- import errors in the form's words ---------------------------------------------------------------------------
+def _no_progress(*a, **k):
+    return None
+
+
+def test_the_import_form_names_its_own_fields_in_errors(studio, demo, tmp_path):
+    from neat_studio.io.importers import DataFormatError
+
+    bad = tmp_path / "questions.jsonl"
+    bad.write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n", encoding="utf-8")
+    do_import = _fns(demo, "do_import", "prompts")[0].fn
+    msg = html.unescape(do_import(str(bad), "auto", "prompt", "", "", None, progress=_no_progress))
+    comps = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    label = comps["prompts-import-column"].label
+    assert f"'{label}' field" in msg and "--prompt-column" not in msg and "Nothing was imported" in msg
+    assert studio.store.count_prompts() == 0
+    # the right column typed into that field imports it
+    assert "Imported" in do_import(str(bad), "auto", "question", "", "", None, progress=_no_progress)
+    assert studio.store.count_prompts() == 1
+    # a file whose name says nothing: the form's Format field, not --format
+    odd = tmp_path / "export.data"
+    odd.write_text("prompt\nQ\n", encoding="utf-8")
+    msg = html.unescape(do_import(str(odd), "auto", "prompt", "", "", None, progress=_no_progress))
+    assert f"'{comps['prompts-import-format'].label}' field" in msg and "--format" not in msg
+    # the CLI keeps its own words
+    with pytest.raises(DataFormatError, match="pass --prompt-column"):
+        studio.import_file(bad)

@@ -49,6 +49,8 @@ Documented choices
   (a trailing empty "Assistant:" cue is dropped). `exporters.export_trl_pairs` writes exactly that form.
 - Split: the `split=` argument wins; else a per-row `split` column (train/dev/test; validation/valid/val -> dev);
   else "train". Tags: `tags=` argument + per-row `tags` (list, or a comma separated string in CSV), de-duplicated.
+- Errors name the control the reader has: `terms="cli"` (default) the CLI's options (``--prompt-column``,
+  ``--format``) and the Python argument, `terms="ui"` the fields of the web UI's import form (`FORM_LABELS`).
 - Errors: `DataFormatError(path, line, message)`; `line` is 1-based (the record's first line in CSV, the row
   number in parquet / datasets) or None for file-level problems (unknown format, unreadable container). Nothing
   partial is ever returned. Lines are read with a per-line cap (`max_bytes`), so a 50 MB line fails after
@@ -72,6 +74,8 @@ __all__ = [
     "FORMATS",
     "MAX_LINE_BYTES",
     "MAX_PROMPT_BYTES",
+    "FORM_LABELS",
+    "TERMS",
     "clean_text",
     "parse_transcript",
     "parse_prompt_string",
@@ -98,6 +102,32 @@ _ORIGIN_RE = re.compile(
     r"^(policy|human|dataset|dataset:chosen|dataset:rejected|"
     r"(negative|positive):[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@[0-9]+|compare:\S+)$"
 )
+# how an error message names the control to use: the CLI's options or the web UI's import form (its field labels,
+# FORM_LABELS, which the Prompts tab uses for the fields)
+FORM_LABELS = {"format": "Format", "prompt_column": "Prompt column (plain files)"}
+TERMS = ("cli", "ui")
+_HINTS = {
+    "cli": {
+        "prompt_column": "pass --prompt-column (prompt_column= in Python)",
+        "pick_format": "pass --format trl / hh_rlhf / listwise, or --format jsonl / csv to import the prompts only",
+        "forced_format": "--format {fmt}",
+        "name_format": "pass --format (fmt= in Python)",
+    },
+    "ui": {
+        "prompt_column": f"type the name of the column that holds the prompt into the form's "
+                         f"'{FORM_LABELS['prompt_column']}' field",
+        "pick_format": f"choose trl / hh_rlhf / listwise in the form's '{FORM_LABELS['format']}' field, or jsonl / "
+                       f"csv there to import the prompts only",
+        "forced_format": f"{FORM_LABELS['format']} {{fmt}}",
+        "name_format": f"choose the file's format in the form's '{FORM_LABELS['format']}' field",
+    },
+}
+
+
+def _hint(terms: str, key: str, **kw) -> str:
+    return _HINTS[terms][key].format(**kw)
+
+
 _CTRL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
@@ -206,6 +236,7 @@ class _Ctx:
     max_bytes: int
     max_prompt_bytes: int
     kind: str = ""
+    terms: str = "cli"
     extra: dict = field(default_factory=dict)
 
     def text(self, value: Any, what: str, *, allow_empty: bool = True) -> str:
@@ -677,7 +708,7 @@ def _build_plain(rows: Rows, ctx: _Ctx) -> list[dict]:
             if ctx.prompt_column not in row:
                 raise _RowError(
                     f"missing prompt column {ctx.prompt_column!r} (columns: {', '.join(map(str, row))}); "
-                    f"pass --prompt-column (prompt_column= in Python)"
+                    f"{_hint(ctx.terms, 'prompt_column')}"
                 )
             prompt = ctx.prompt(row[ctx.prompt_column])
             responses = []
@@ -713,7 +744,7 @@ def _detect_kind(row: dict, prompt_column: str) -> str:
     return "plain"
 
 
-def _plain_rows_checked(rows, where: str):
+def _plain_rows_checked(rows, where: str, terms: str = "cli"):
     """Rows of a file detected as plain prompts (from its first row): a row with preference columns (or half of a
     pair, e.g. a misspelt 'rejected') would lose them silently, so it is an error instead."""
     for line, row in rows:
@@ -726,12 +757,11 @@ def _plain_rows_checked(rows, where: str):
                         "preference columns (" + ", ".join(sorted(pair or {"responses", "ranks"})) + ")")
                 raise DataFormatError(where, line, f"this row has {what}; the file is read as plain prompts (from "
                                       f"its first row's columns), which would drop them. Give every row the same "
-                                      f"columns, pass --format trl / hh_rlhf / listwise, or --format jsonl / csv "
-                                      f"to import the prompts only")
+                                      f"columns, or {_hint(terms, 'pick_format')}")
         yield line, row
 
 
-def _detect_container(path: Path, fmt: str | None = None) -> str:
+def _detect_container(path: Path, fmt: str | None = None, terms: str = "cli") -> str:
     """The container from the file name; for a forced interpretation (`fmt` hh_rlhf / trl / listwise) of a file
     whose name says nothing, from its first bytes (Parquet magic, or JSON lines / a JSON array)."""
     if path.is_dir():
@@ -756,12 +786,12 @@ def _detect_container(path: Path, fmt: str | None = None) -> str:
             return "jsonl"
         if first == b"[":
             return "json"
-        raise DataFormatError(path, None, f"--format {fmt} reads JSON lines, a JSON array, CSV/TSV or Parquet, and "
+        raise DataFormatError(path, None, f"{_hint(terms, 'forced_format', fmt=fmt)} reads JSON lines, a JSON array, CSV/TSV or Parquet, and "
                                           "this file's name (no .jsonl/.json/.csv/.tsv/.parquet ending) and first "
                                           "bytes do not say which; rename it with the right ending")
     raise DataFormatError(path, None, "cannot detect the format from the file name (expected .jsonl, .jsonl.gz, "
-                                      ".json, .csv, .tsv, .parquet or a datasets directory); pass --format "
-                                      "(fmt= in Python)")
+                                      ".json, .csv, .tsv, .parquet or a datasets directory); "
+                                      + _hint(terms, "name_format"))
 
 
 # ------------------------------------------------------------------------------------------------- public API
@@ -778,14 +808,18 @@ def read_records(
     hf_config: str | None = None,
     max_bytes: int = MAX_LINE_BYTES,
     max_prompt_bytes: int = MAX_PROMPT_BYTES,
+    terms: str = "cli",
 ) -> list[dict]:
     """Read a file (or a datasets directory, or a hub dataset name for fmt="hub") into ImportRecords.
 
     `fmt`: one of FORMATS. hh_rlhf / trl / listwise force the interpretation (container by extension);
     jsonl / csv force the container and a plain prompt file; parquet / hf_disk / hub force the container and
     interpret by columns. `split` overrides per-row splits; `tags` are added to every record; `source` defaults to
-    "<format>:<file name>". Raises DataFormatError on any bad input; never returns partial results.
+    "<format>:<file name>". `terms`: "cli" or "ui", how errors name the options / form fields to use. Raises
+    DataFormatError on any bad input; never returns partial results.
     """
+    if terms not in TERMS:
+        raise ValueError(f"terms must be one of {', '.join(TERMS)}, got {terms!r}")
     where = str(path)
     if fmt not in FORMATS:
         raise DataFormatError(where, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -813,9 +847,9 @@ def read_records(
             if fmt == "jsonl" and p.name.lower().removesuffix(".gz").endswith(".json"):
                 container = "json"
         elif fmt in ("hh_rlhf", "trl", "listwise"):
-            container = _detect_container(p, fmt)
+            container = _detect_container(p, fmt, terms)
         else:
-            container = _detect_container(p)
+            container = _detect_container(p, terms=terms)
         if container == "hf_disk" and not p.is_dir():
             raise DataFormatError(where, None, "hf_disk expects a datasets.save_to_disk directory")
         if container != "hf_disk" and p.is_dir():
@@ -847,10 +881,10 @@ def read_records(
         container, container))
     ctx = _Ctx(path=where, source=source or f"{label}:{name}", split=split, tags=tag_list,
                prompt_column=prompt_column, response_column=response_column, max_bytes=max_bytes,
-               max_prompt_bytes=max_prompt_bytes, kind=kind)
+               max_prompt_bytes=max_prompt_bytes, kind=kind, terms=terms)
     rows = chain([first], rows)
     if kind == "plain" and fmt not in ("jsonl", "csv"):  # detected from the first row: every row must agree
-        rows = _plain_rows_checked(rows, where)
+        rows = _plain_rows_checked(rows, where, terms)
     records = _BUILDERS[kind](rows, ctx)
     if not records:
         raise DataFormatError(where, 1, "no records")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import gradio as gr
 
+from ..io.importers import FORM_LABELS
 from .common import Ctx, error_box, ok_box, parse_tags, prompt_text, short
 
 PAGE = 50
@@ -78,8 +79,10 @@ def build(ctx: Ctx) -> dict:
             imp_file = gr.File(label="File", file_types=[".jsonl", ".json", ".gz", ".csv", ".tsv", ".parquet"],
                                scale=2, elem_id="prompts-import-file")
             with gr.Column(scale=2):
-                imp_fmt = gr.Dropdown(FORMATS, value="auto", label="Format")
-                imp_col = gr.Textbox(value="prompt", label="Prompt column (plain files)")
+                imp_fmt = gr.Dropdown(FORMATS, value="auto", label=FORM_LABELS["format"],
+                                      elem_id="prompts-import-format")
+                imp_col = gr.Textbox(value="prompt", label=FORM_LABELS["prompt_column"],
+                                     elem_id="prompts-import-column")
             with gr.Column(scale=2):
                 imp_split = gr.Dropdown(["", "train", "dev", "test"], value="", label="Split for all rows")
                 imp_tags = gr.Textbox(label="Tags for all rows (comma separated)")
@@ -212,13 +215,9 @@ def build(ctx: Ctx) -> dict:
             kw["split"] = sp
         if parse_tags(tags):
             kw["tags"] = parse_tags(tags)
-        progress(0.1, desc="reading and validating the file")
-        try:
-            from ..io.importers import read_records
-
-            records = read_records(path, fmt or "auto", **kw)
-            progress(0.6, desc=f"writing {len(records)} record(s)")
-            report = st.store.import_records(records, actor=actor) if records else {"records": 0}
+        try:  # terms="ui": an error names this form's fields, not the CLI's options
+            report = st.import_file(path, fmt or "auto", actor=actor, terms="ui",
+                                    progress=lambda x, what: progress(x, desc=what), **kw)
         except (DataFormatError, ValueError, OSError) as e:  # name the file as the user knows it, not the upload
             return error_box(f"{str(e).replace(str(path), Path(str(path)).name)}. Nothing was imported.")
         progress(1.0, desc="done")
