@@ -67,6 +67,10 @@ def cmd_import(args):
 
         if rep.get("pairs_unranked"):
             print("note: " + pairs_unranked_note(rep["pairs_unranked"]), file=sys.stderr)
+        from .studio import long_prompts_note
+
+        if rep.get("long_prompt_ids"):
+            print("warning: " + long_prompts_note(rep["long_prompt_ids"]), file=sys.stderr)
         if rep.get("split_kept"):
             print(f"note: {rep['split_kept']} prompt(s) were already stored with another split and kept it (an "
                   "import never moves a prompt); move them with `prompts split SPLIT ID...`", file=sys.stderr)

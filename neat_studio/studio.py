@@ -17,6 +17,37 @@ from .store import Store
 Progress = Callable[[int, int], None] | None
 log = logging.getLogger(__name__)
 
+# A prompt longer than this (characters of all its turns) is certainly cut by training, which keeps a prompt's
+# LAST max_prompt_len tokens (256 by default, ~1,000 characters of English), and it slows a preview down: an
+# import says which prompts are that long.
+LONG_PROMPT_CHARS = 4000
+
+
+def long_prompt_ids(records: Iterable[dict], limit: int = LONG_PROMPT_CHARS) -> list[str]:
+    """Ids (as stored) of the ImportRecords' prompts longer than `limit` characters, in file order, once each."""
+    from .store import normalise_messages, prompt_content_hash
+
+    out: dict[str, None] = {}
+    for rec in records:
+        msgs = normalise_messages(rec)
+        if sum(len(m["content"]) for m in msgs) > limit:
+            out[prompt_content_hash(msgs)[:16]] = None
+    return list(out)
+
+
+def long_prompts_note(ids: list[str], limit: int = LONG_PROMPT_CHARS, show: int = 20) -> str:
+    """The warning for an import's long prompts, for the CLI and the UI ("" when there are none)."""
+    if not ids:
+        return ""
+    from .neat.config import NeatConfig
+
+    keep = NeatConfig().max_prompt_len
+    shown = ", ".join(ids[:show]) + (f" and {len(ids) - show} more" if len(ids) > show else "")
+    return (f"{len(ids)} prompt(s) are longer than {limit:,} characters: training keeps only the last "
+            f"max_prompt_len tokens of a prompt ({keep} by default, roughly {round(4 * keep, -2):,} characters), so "
+            f"their beginning is cut, and previews of them are slow. Shorten them or leave them out of training "
+            f"(e.g. tag them and filter): {shown}.")
+
 
 class Studio:
     # sequences decoded together by generation and previews (batch 16 vs one at a time: ~5x the tokens/s on a
@@ -119,9 +150,10 @@ class Studio:
     def import_file(self, path: str | Path, fmt: str = "auto", actor: str = "local", *, terms: str = "cli",
                     progress: Callable[[float, str], None] | None = None, **kw) -> dict:
         """Read a file (io.importers.read_records) and store its records in one transaction; returns the store's
-        import report. `terms`: "cli" or "ui", whether error messages name the CLI's options or the web form's
-        fields. `progress(fraction, what)` is told when reading is done and writing starts. DataFormatError
-        (nothing written) on bad input."""
+        import report plus "long_prompts" / "long_prompt_ids": the file's prompts longer than LONG_PROMPT_CHARS
+        (training cuts them; `long_prompts_note` says so in words). `terms`: "cli" or "ui", whether error
+        messages name the CLI's options or the web form's fields. `progress(fraction, what)` is told when reading
+        is done and writing starts. DataFormatError (nothing written) on bad input."""
         from .io.importers import read_records
 
         if progress:
@@ -131,6 +163,9 @@ class Studio:
             progress(0.6, f"writing {len(records)} record(s)")
         report = self.store.import_records(records, actor=actor)
         self.embed_soon()
+        long_ids = long_prompt_ids(records)
+        report["long_prompts"] = len(long_ids)
+        report["long_prompt_ids"] = long_ids
         return report
 
     EXPORT_KINDS = ("trl", "listwise", "parquet")

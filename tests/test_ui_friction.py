@@ -138,3 +138,64 @@ def test_the_import_form_names_its_own_fields_in_errors(studio, demo, tmp_path):
     # the CLI keeps its own words
     with pytest.raises(DataFormatError, match="pass --prompt-column"):
         studio.import_file(bad)
+
+
+# -- long prompts: a warning on import, folded in the cards ------------------------------------------------------
+EVIL = '<img src=x onerror=alert(1)><script>alert(2)</script>"\'&'
+
+
+def _long_text(n=20_000):
+    """n characters of numbered words (every stretch unique) with markup at ~300 and at the end."""
+    words = " ".join(f"w{i}" for i in range(n // 3))[: n - 2 * len(EVIL) - 1]
+    return words[:300] + EVIL + words[300:] + " " + EVIL
+
+
+def test_import_warns_about_prompts_longer_than_training_keeps(studio, demo, tmp_path, capsys):
+    from neat_studio.cli import main
+    from neat_studio.studio import LONG_PROMPT_CHARS
+
+    long_text = _long_text()
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ("short one", long_text, "x" * LONG_PROMPT_CHARS)),
+                 encoding="utf-8")
+    rep = studio.import_file(f)
+    stored = {p["text"]: p["id"] for p in studio.store.list_prompts(limit=10)}
+    assert rep["long_prompts"] == 1 and rep["long_prompt_ids"] == [stored[long_text]]  # 4,000 exactly is fine
+    do_import = _fns(demo, "do_import", "prompts")[0].fn
+    msg = html.unescape(do_import(str(f), "auto", "prompt", "", "", None, progress=_no_progress))
+    assert "Imported" in msg and "long_prompt_ids" not in msg and "[" not in msg
+    assert "neat-warn" in msg and "1 prompt(s) are longer than 4,000 characters" in msg and stored[long_text] in msg
+    assert "max_prompt_len" in msg
+    # the CLI warns on stderr and reports the ids
+    ws = str(studio.workspace.root)
+    studio.close()
+    assert main(["--workspace", ws, "import", str(f)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["long_prompt_ids"] == [stored[long_text]]
+    assert "warning: 1 prompt(s) are longer than 4,000 characters" in out.err and stored[long_text] in out.err
+
+
+def test_long_prompts_are_folded_and_escaped_in_annotate_and_preview_cards():
+    from neat_studio.ui.annotate import ranker_html
+    from neat_studio.ui.common import folded_html
+    from neat_studio.ui.studio_tab import preview_html
+
+    text = _long_text()
+    item = {"prompt": {"id": "p1", "messages": [{"role": "user", "content": text}], "tags": []},
+            "responses": [{"id": "r1", "text": "a", "origin": "policy"}, {"id": "r2", "text": "b", "origin": "policy"}],
+            "annotation": None, "suggestion": None}
+    rows = [{"prompt_id": "p1", "prompt": [{"role": "user", "content": text}],
+             "normal": [{"text": "n", "seed": 1}], "negative": [{"text": "m", "seed": 2}]}]
+    for h in (ranker_html(item), preview_html(rows, "none", "neg@1", 0, 1, 1)):
+        assert "<img" not in h and "<script" not in h and h.count("&lt;img src=x onerror=alert(1)&gt;") == 2
+        head, _, rest = h.partition("<details class='neat-fold'>")
+        assert rest and "</details>" in rest
+        shown = html.unescape(head)
+        assert text[:550] in shown and text[620:640] not in shown  # ~600 characters shown, the rest folded
+        assert text[620:640] in html.unescape(rest)
+        assert "more characters; 20,000 in all" in rest
+    short = "a short prompt <b>"
+    assert folded_html(short) == "a short prompt &lt;b&gt;" and "neat-fold" not in ranker_html(
+        dict(item, prompt=dict(item["prompt"], messages=[{"role": "user", "content": short}])))
+    f = folded_html("word " * 300)
+    assert len(html.unescape(f.split("<details")[0])) <= 600 and f.split("<details")[0].endswith(" ")

@@ -786,7 +786,8 @@ def _detect_container(path: Path, fmt: str | None = None, terms: str = "cli") ->
             return "jsonl"
         if first == b"[":
             return "json"
-        raise DataFormatError(path, None, f"{_hint(terms, 'forced_format', fmt=fmt)} reads JSON lines, a JSON array, CSV/TSV or Parquet, and "
+        raise DataFormatError(path, None, f"{_hint(terms, 'forced_format', fmt=fmt)} reads JSON lines, a JSON array, "
+                                          "CSV/TSV or Parquet, and "
                                           "this file's name (no .jsonl/.json/.csv/.tsv/.parquet ending) and first "
                                           "bytes do not say which; rename it with the right ending")
     raise DataFormatError(path, None, "cannot detect the format from the file name (expected .jsonl, .jsonl.gz, "

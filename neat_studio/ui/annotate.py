@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .common import Ctx, error_box, esc, ok_box
+from .common import Ctx, error_box, esc, folded_html, ok_box
 
 RANKER_JS = Path(__file__).with_name("ranker.js").read_text(encoding="utf-8")
 KEYS_HELP = ("<b>1–9</b> select a response, then <b>1–9</b> its rank group (same number = tie) · <b>Esc</b> "
@@ -74,8 +74,8 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
                      "</b> · press <b>A</b> to accept" +
                      (f"<div class='neat-weak'>{esc(weak)}</div>" if weak else "") + "</div>")
     conv = "".join(f"<div class='neat-turn neat-{esc(m.get('role'))}'><span class='neat-role-tag'>"
-                   f"{esc(m.get('role'))}</span><div class='neat-turn-text'>{esc(m.get('content'))}</div></div>"
-                   for m in p["messages"])
+                   f"{esc(m.get('role'))}</span><div class='neat-turn-text'>{folded_html(m.get('content'))}"
+                   f"</div></div>" for m in p["messages"])
     dups = item.get("hidden_duplicates") or {}
     dup_note = (f"<div class='neat-dups'>{len(dups)} near-duplicate candidate(s) hidden (cosine ≥ threshold; they "
                 f"stay in the store and get no rank)</div>" if dups else "")

@@ -26,6 +26,25 @@ def esc_pre(text: Any) -> str:
     return esc(text)
 
 
+FOLD_OVER_CHARS = 800  # a text longer than this is shown folded ...
+FOLD_HEAD_CHARS = 600  # ... its first ~600 characters, the rest behind a <details> element
+
+
+def folded_html(text: Any, head: int = FOLD_HEAD_CHARS, over: int = FOLD_OVER_CHARS) -> str:
+    """Escaped text; a long one (more than `over` characters) as its first ~`head` characters (cut at a space when
+    there is one near) and the rest in a closed <details> element that says how much is folded."""
+    t = "" if text is None else str(text)
+    if len(t) <= over:
+        return esc(t)
+    cut = head
+    space = max(t.rfind(" ", head - 100, head), t.rfind("\n", head - 100, head))
+    if space > 0:
+        cut = space + 1
+    rest = t[cut:]
+    return (f"{esc(t[:cut])}<details class='neat-fold'><summary>… show the rest ({len(rest):,} more characters; "
+            f"{len(t):,} in all)</summary>{esc(rest)}</details>")
+
+
 def fmt_num(x, digits: int = 3) -> str:
     if x is None:
         return "–"

@@ -7,7 +7,7 @@ import pandas as pd
 import gradio as gr
 
 from ..io.importers import FORM_LABELS
-from .common import Ctx, error_box, ok_box, parse_tags, prompt_text, short
+from .common import Ctx, error_box, ok_box, parse_tags, prompt_text, short, warn_box
 
 PAGE = 50
 COLUMNS = ["id", "prompt", "tags", "source", "split", "resp.", "annot."]
@@ -222,10 +222,13 @@ def build(ctx: Ctx) -> dict:
             return error_box(f"{str(e).replace(str(path), Path(str(path)).name)}. Nothing was imported.")
         progress(1.0, desc="done")
         from ..store import pairs_unranked_note
+        from ..studio import long_prompts_note
 
         note = pairs_unranked_note(report.get("pairs_unranked", 0))
-        return ok_box("Imported: " + ", ".join(f"{k} {v}" for k, v in report.items() if not isinstance(v, bool))
-                      + (f". {note}" if note else ""))
+        long_note = long_prompts_note(report.get("long_prompt_ids") or [])
+        return ok_box("Imported: " + ", ".join(f"{k} {v}" for k, v in report.items()
+                                               if not isinstance(v, (bool, list)))
+                      + (f". {note}" if note else "")) + (warn_box(long_note) if long_note else "")
 
     imp_btn.click(do_import, [imp_file, imp_fmt, imp_col, imp_split, imp_tags], imp_msg, api_name="import_file").then(
         facets, None, [tag, source, emb_info]).then(first_page, inputs=inputs[:-1], outputs=[page, *outputs])

@@ -7,7 +7,7 @@ import pandas as pd
 import gradio as gr
 
 from ..library import word_diff
-from .common import Ctx, error_box, esc, fmt_num, ok_box, parse_tags, prompt_text, warn_box
+from .common import Ctx, error_box, esc, fmt_num, folded_html, ok_box, parse_tags, prompt_text, warn_box
 
 LIB_COLUMNS = ["name", "kind", "latest", "versions", "tags", "author"]
 CMP_COLUMNS = ["version", "normal side", "prompts", "negatives", "undesirability", "distance", "diversity",
@@ -37,7 +37,7 @@ def preview_html(rows: list[dict], normal_label: str, neg_label: str, seed: int 
     for r in rows:
         out.append("<div class='neat-pv-row'>")
         out.append(f"<div class='neat-pv-prompt'><span class='neat-pid'>{esc(r['prompt_id'])}</span> "
-                   f"{esc(prompt_text(r['prompt']))}</div><div class='neat-pv-cols'>")
+                   f"{folded_html(prompt_text(r['prompt']))}</div><div class='neat-pv-cols'>")
         for side, cls, label in (("normal", "normal", "normal"), ("negative", "negative", "negative")):
             out.append(f"<div class='neat-pv-col neat-{cls}'><div class='neat-pv-label'>{label}</div>")
             for s in r[side]:
