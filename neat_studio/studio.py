@@ -23,6 +23,25 @@ log = logging.getLogger(__name__)
 LONG_PROMPT_CHARS = 4000
 
 
+# An AI suggestion's scorer is weak evidence below these held-out figures: the Annotate view says so, shows the
+# scorer's confidence per response and asks for a second press of A before it accepts the suggestion.
+WEAK_SCORER_MIN_DEV_PAIRS = 30
+WEAK_SCORER_MIN_DEV_ACC = 0.65
+
+
+def weak_scorer_note(dev_acc: float | None, n_dev_pairs: int | None) -> str:
+    """Why a reward scorer's suggestions are weak evidence (unmeasured, measured on few held-out pairs, or a low
+    held-out pairwise accuracy), or "" when its figures are useful."""
+    n = int(n_dev_pairs or 0)
+    if dev_acc is None or n < WEAK_SCORER_MIN_DEV_PAIRS:
+        return (f"Weak evidence: this scorer was checked on {n} held-out pair(s) (fewer than "
+                f"{WEAK_SCORER_MIN_DEV_PAIRS}); treat the suggestion as a hint and retrain it as rankings accumulate.")
+    if float(dev_acc) < WEAK_SCORER_MIN_DEV_ACC:
+        return (f"Weak scorer: it orders only {float(dev_acc):.0%} of held-out pairs like the annotators (below "
+                f"{WEAK_SCORER_MIN_DEV_ACC:.0%}); treat the suggestion as a hint.")
+    return ""
+
+
 def long_prompt_ids(records: Iterable[dict], limit: int = LONG_PROMPT_CHARS) -> list[str]:
     """Ids (as stored) of the ImportRecords' prompts longer than `limit` characters, in file order, once each."""
     from .store import normalise_messages, prompt_content_hash
@@ -771,15 +790,36 @@ class Studio:
             scorer = self.reward_scorer()
             if scorer is not None:
                 try:
-                    groups = scorer.suggest_ranking(prompt["messages"], [r["text"] for r in responses])
-                    m = getattr(scorer, "metrics", None) or {}
-                    suggestion = {"ranking": [[responses[i]["id"] for i in g] for g in groups],
-                                  "scorer": scorer.scorer_version, "dev_acc": m.get("dev_acc"),
-                                  "n_dev_pairs": m.get("n_dev_pairs"), "n_train_pairs": m.get("n_train_pairs")}
+                    suggestion = self._suggestion(scorer, prompt["messages"], responses)
                 except Exception:  # noqa: BLE001
                     suggestion = None
         return {"prompt": prompt, "responses": responses, "annotation": latest, "suggestion": suggestion,
                 "hidden_duplicates": hidden}
+
+    @staticmethod
+    def _suggestion(scorer, messages: list[dict], responses: list[dict]) -> dict:
+        """The AI suggestion for the shown responses: "ranking" (groups of ids, best first; scores within 0.1 tie),
+        the scorer's version and held-out figures, its confidence per response ("scores": {id: score}; "p_better":
+        {id: the Bradley-Terry probability that it is preferred to another shown response, averaged over them}),
+        "weak" (`weak_scorer_note`, "" for a useful scorer) and "one_key" (whether one key may accept it)."""
+        import math
+
+        from .scoring.reward import ranking_from_scores
+
+        ids = [r["id"] for r in responses]
+        scores = [float(x) for x in scorer.score([messages] * len(responses), [r["text"] for r in responses])]
+        m = getattr(scorer, "metrics", None) or {}
+        weak = weak_scorer_note(m.get("dev_acc"), m.get("n_dev_pairs"))
+
+        def beats(a, b):
+            return 1.0 / (1.0 + math.exp(max(-50.0, min(50.0, b - a))))
+
+        p_better = {ids[i]: sum(beats(scores[i], scores[j]) for j in range(len(ids)) if j != i) / (len(ids) - 1)
+                    for i in range(len(ids))}
+        return {"ranking": [[ids[i] for i in g] for g in ranking_from_scores(scores)],
+                "scorer": scorer.scorer_version, "dev_acc": m.get("dev_acc"), "n_dev_pairs": m.get("n_dev_pairs"),
+                "n_train_pairs": m.get("n_train_pairs"), "scores": dict(zip(ids, scores)), "p_better": p_better,
+                "weak": weak, "one_key": not weak}
 
     def near_duplicate_candidates(self, responses: list[dict]) -> dict[str, dict]:
         """{response id: {"of": kept id, "similarity": cos}} for generated candidates that are near-duplicates

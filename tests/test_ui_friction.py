@@ -199,3 +199,54 @@ def test_long_prompts_are_folded_and_escaped_in_annotate_and_preview_cards():
         dict(item, prompt=dict(item["prompt"], messages=[{"role": "user", "content": short}])))
     f = folded_html("word " * 300)
     assert len(html.unescape(f.split("<details")[0])) <= 600 and f.split("<details")[0].endswith(" ")
+
+
+# -- AI suggestions from a weak scorer ---------------------------------------------------------------------------
+class FakeScorer:
+    scorer_version = "v-test"
+
+    def __init__(self, dev_acc, n_dev_pairs, by_text):
+        self.metrics = {"dev_acc": dev_acc, "n_dev_pairs": n_dev_pairs, "n_train_pairs": 100}
+        self.by_text = by_text
+
+    def score(self, prompts, responses):
+        return [self.by_text[t] for t in responses]
+
+
+def test_a_weak_scorers_suggestion_needs_a_second_key_and_shows_its_confidence(studio, monkeypatch):
+    import math
+    from pathlib import Path
+
+    from neat_studio.ui.annotate import ranker_html
+
+    pid = studio.store.add_prompts([{"text": "Is this toxic?", "source": "t"}], actor="t")[0]
+    texts = {"toxic sample": 2.0, "polite answer": 0.0, "refusal": -1.0}
+    rids = dict(zip(texts, studio.store.add_responses([{"prompt_id": pid, "text": t, "origin": "policy"}
+                                                       for t in texts], actor="t")))
+    # the scorer: 0.61 held-out accuracy (on enough pairs) puts the toxic sample first
+    monkeypatch.setattr(studio, "reward_scorer", lambda: FakeScorer(0.61, 40, texts))
+    item = studio.annotation_item(pid, "ann")
+    s = item["suggestion"]
+    assert s["ranking"] == [[rids["toxic sample"]], [rids["polite answer"]], [rids["refusal"]]]
+    assert s["one_key"] is False and "Weak scorer: it orders only 61% of held-out pairs" in s["weak"]
+    assert s["scores"] == {rids[t]: v for t, v in texts.items()}
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert s["p_better"][rids["toxic sample"]] == pytest.approx((sig(2) + sig(3)) / 2)
+    h = ranker_html(item)
+    assert "data-suggest-confirm='1'" in h and "press <b>A</b> twice to accept" in h and "accept AI (A, twice)" in h
+    assert "press <b>A</b> to accept" not in h
+    for t, v in texts.items():  # the scorer's confidence on every card
+        card = h.split(f"data-rid='{rids[t]}'")[1].split("neat-card-text")[0]
+        assert f"AI p {s['p_better'][rids[t]]:.2f} · score {v:+.2f}" in card
+    # few held-out pairs is weak evidence too, however good the accuracy
+    monkeypatch.setattr(studio, "reward_scorer", lambda: FakeScorer(0.9, 12, texts))
+    assert studio.annotation_item(pid, "ann")["suggestion"]["one_key"] is False
+    # a useful scorer: one key accepts, and its confidence is still shown
+    monkeypatch.setattr(studio, "reward_scorer", lambda: FakeScorer(0.8, 40, texts))
+    item = studio.annotation_item(pid, "ann")
+    assert item["suggestion"]["one_key"] is True and item["suggestion"]["weak"] == ""
+    h = ranker_html(item)
+    assert "data-suggest-confirm" not in h and "press <b>A</b> to accept" in h and "AI p " in h
+    # the browser side obeys the attribute: a first A on a weak suggestion only asks (tests/browser: the keys)
+    js = (Path(__file__).resolve().parent.parent / "neat_studio" / "ui" / "ranker.js").read_text(encoding="utf-8")
+    assert 'r.dataset.suggestConfirm === "1"' in js and "Press A again" in js

@@ -12,17 +12,13 @@ from .common import Ctx, error_box, esc, folded_html, ok_box
 
 RANKER_JS = Path(__file__).with_name("ranker.js").read_text(encoding="utf-8")
 KEYS_HELP = ("<b>1–9</b> select a response, then <b>1–9</b> its rank group (same number = tie) · <b>Esc</b> "
-             "cancel · <b>P</b>/<b>N</b>/<b>0</b> mark pos/neg/neutral · <b>A</b> accept AI suggestion · <b>U</b> "
-             "undo · <b>H</b> show/hide origins · <b>E</b> edit · <b>F</b> flag · <b>C</b> comment · <b>Enter</b> "
+             "cancel · <b>P</b>/<b>N</b>/<b>0</b> mark pos/neg/neutral · <b>A</b> accept AI suggestion (<b>A</b> "
+             "twice for a weak scorer) · <b>U</b> undo · <b>H</b> show/hide origins · <b>E</b> edit · <b>F</b> flag · <b>C</b> comment · <b>Enter</b> "
              "submit · <b>S</b> skip · <b>B</b> previous")
 
 
 def _label(i: int) -> str:
     return f"#{i + 1}"
-
-
-WEAK_SCORER_MIN_DEV_PAIRS = 30
-WEAK_SCORER_MIN_DEV_ACC = 0.6
 
 
 def scorer_quality(sugg: dict) -> str:
@@ -34,15 +30,26 @@ def scorer_quality(sugg: dict) -> str:
 
 
 def weak_scorer_note(sugg: dict) -> str:
-    """A warning when the scorer's dev accuracy is unmeasured, low or measured on few pairs ('' otherwise)."""
-    acc, n = sugg.get("dev_acc"), sugg.get("n_dev_pairs") or 0
-    if acc is None or n < WEAK_SCORER_MIN_DEV_PAIRS:
-        return (f"Weak evidence: this scorer was checked on {int(n)} held-out pair(s) (fewer than "
-                f"{WEAK_SCORER_MIN_DEV_PAIRS}); treat the suggestion as a hint and retrain it as rankings accumulate.")
-    if float(acc) < WEAK_SCORER_MIN_DEV_ACC:
-        return (f"Weak scorer: it orders only {float(acc):.0%} of held-out pairs like the annotators; treat the "
-                f"suggestion as a hint.")
-    return ""
+    """A warning when the scorer's dev accuracy is unmeasured, low or measured on few pairs ('' otherwise): the
+    suggestion's own "weak" (Studio.annotation_item), else the same rule on its figures."""
+    if "weak" in sugg:
+        return str(sugg.get("weak") or "")
+    from ..studio import weak_scorer_note as note
+
+    return note(sugg.get("dev_acc"), sugg.get("n_dev_pairs"))
+
+
+def ai_confidence_html(sugg: dict | None, rid: str) -> str:
+    """The scorer's confidence in one response, for its card ('' without figures)."""
+    if not sugg:
+        return ""
+    p, sc = (sugg.get("p_better") or {}).get(rid), (sugg.get("scores") or {}).get(rid)
+    if p is None and sc is None:
+        return ""
+    parts = ([f"p {float(p):.2f}"] if p is not None else []) + ([f"score {float(sc):+.2f}"] if sc is not None else [])
+    return (f"<span class='neat-ai-conf' title='reward scorer {esc(sugg.get('scorer'))}: the probability that it "
+            f"prefers this response to another one shown (averaged), and its raw score'>AI {esc(' · '.join(parts))}"
+            f"</span>")
 
 
 def ranker_html(item: dict | None, draft: dict | None = None, message: str = "") -> str:
@@ -63,15 +70,19 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
     idx = {r["id"]: i for i, r in enumerate(responses)}
     sugg_attr = ""
     sugg_text = ""
+    weak = ""
     if sugg:
         groups = [[rid for rid in g if rid in idx] for g in sugg["ranking"]]
         groups = [g for g in groups if g]
-        sugg_attr = f" data-suggest='{esc(json.dumps(groups))}'"
         weak = weak_scorer_note(sugg)
+        # a weak scorer's suggestion is not accepted with one key: ranker.js asks for a second A (data-suggest-confirm)
+        sugg_attr = f" data-suggest='{esc(json.dumps(groups))}'" + (" data-suggest-confirm='1'" if weak else "")
+        how = ("press <b>A</b> twice to accept (weak scorer: the first press only asks)" if weak else
+               "press <b>A</b> to accept")
         sugg_text = ("<div class='neat-suggest'>AI suggestion (scorer " + esc(sugg.get("scorer")) +
                      esc(scorer_quality(sugg)) + "): <b>" +
                      esc("  >  ".join(" = ".join(_label(idx[r]) for r in g) for g in groups)) +
-                     "</b> · press <b>A</b> to accept" +
+                     "</b> · " + how +
                      (f"<div class='neat-weak'>{esc(weak)}</div>" if weak else "") + "</div>")
     conv = "".join(f"<div class='neat-turn neat-{esc(m.get('role'))}'><span class='neat-role-tag'>"
                    f"{esc(m.get('role'))}</span><div class='neat-turn-text'>{folded_html(m.get('content'))}"
@@ -83,6 +94,9 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
     if ann:
         saved = (f"<span class='neat-saved'>saved {esc(ann.get('created_at', '')[:19].replace('T', ' '))} UTC"
                  f"{' · flagged' if ann.get('flagged') else ''}</span>")
+    accept_btn = "" if not sugg else (
+        "<button class='neat-btn' data-cmd='accept' title='weak scorer: press twice'>accept AI (A, twice)</button>"
+        if weak else "<button class='neat-btn' data-cmd='accept'>accept AI (A)</button>")
     n = len(responses)
     rank_btns = "".join(f"<button class='neat-btn neat-rank-btn' data-cmd='rank' data-g='{g}' "
                         f"title='set rank group {g}'>{g}</button>" for g in range(1, min(n, 9) + 1))
@@ -95,7 +109,7 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
             f"data-rank='{esc(ranks.get(r['id'], ''))}' data-mark='{esc(marks.get(r['id'], ''))}'>"
             f"<div class='neat-card-head'><span class='neat-key'>{i + 1}</span>"
             f"<span class='neat-rank-badge'></span><span class='neat-mark-badge'></span>"
-            f"<span class='neat-origin' title='origin'>{esc(origin)}</span>"
+            f"<span class='neat-origin' title='origin'>{esc(origin)}</span>{ai_confidence_html(sugg, r['id'])}"
             f"<button class='neat-btn neat-edit-btn' data-cmd='edit' data-rid='{esc(r['id'])}' "
             f"title='edit: saved as a new human response'>edit</button></div>"
             f"<div class='neat-card-text'>{esc(r['text']) or '<i>(empty response)</i>'}</div></div>")
@@ -111,7 +125,7 @@ def ranker_html(item: dict | None, draft: dict | None = None, message: str = "")
         f"<button class='neat-btn' data-cmd='mark' data-m='neutral'>neutral (0)</button>"
         f"<button class='neat-btn' data-cmd='undo'>undo (U)</button>"
         f"<button class='neat-btn' data-cmd='clear'>clear</button>"
-        f"{'<button class=neat-btn data-cmd=accept>accept AI (A)</button>' if sugg else ''}"
+        f"{accept_btn}"
         f"<button class='neat-btn' data-cmd='origins'>Show origins (H)</button>"
         f"<span class='neat-tb-gap'></span>"
         f"<button class='neat-btn' data-cmd='prev'>◀ previous (B)</button>"

@@ -6,7 +6,8 @@
 // to the server (submit, skip, edit, previous): trigger('click', {...}).
 //
 // Keys: 1-9 select a response, then 1-9 set its rank group (same group = tie) · Esc clear selection ·
-// P / N / 0 mark the selected response pos / neg / neutral · A accept the AI suggestion · U undo ·
+// P / N / 0 mark the selected response pos / neg / neutral · A accept the AI suggestion (a weak scorer's, marked
+// data-suggest-confirm on the root, only with a second A right after the first; any other key cancels) · U undo ·
 // H show/hide origins · E edit the selected response · F flag · C comment · Enter submit · S skip · B previous.
 (function () {
   const ORIGIN_KEY = "neat-show-origins";
@@ -156,6 +157,7 @@
       if (S.pendingDrop && S.pendingDrop !== it) dropDraft(S.pendingDrop);
       S.pendingDrop = null;
       S.item = it;
+      S.acceptArmed = null;
       S.fields = {};
       S.undo = [];
       S.sel = null;
@@ -209,9 +211,21 @@
     S.sel = null;
     paint("Undone.");
   }
+  const CONFIRM_MS = 10000;
   function acceptSuggestion() {
     const r = root();
     if (!r || !r.dataset.suggest) { paint("No AI suggestion for this prompt."); return; }
+    if (r.dataset.suggestConfirm === "1") {  // a weak scorer: the first A only asks
+      const armed = S.acceptArmed === itemId() && Date.now() - (S.acceptArmedAt || 0) < CONFIRM_MS;
+      if (!armed) {
+        S.acceptArmed = itemId();
+        S.acceptArmedAt = Date.now();
+        paint("The scorer behind this suggestion is weak evidence (see the note above). Press A again to accept " +
+              "it anyway, or rank yourself.");
+        return;
+      }
+    }
+    S.acceptArmed = null;
     let groups;
     try { groups = JSON.parse(r.dataset.suggest); } catch (e) { return; }
     pushUndo();
@@ -243,6 +257,7 @@
     if (t && t !== document.body && !element.contains(t) && (e.key === "Enter" || e.key === " ")
         && t.closest && t.closest("button, a, [role='button'], [role='tab'], summary, label")) return;
     const k = e.key;
+    if (k !== "a" && k !== "A" && k !== "Shift") S.acceptArmed = null;  // a second A must follow the first
     let handled = true;
     if (/^[1-9]$/.test(k)) {
       const n = parseInt(k, 10);
@@ -279,6 +294,7 @@
     const b = e.target.closest("[data-cmd]");
     if (b && element.contains(b)) {
       const cmd = b.dataset.cmd;
+      if (cmd !== "accept") S.acceptArmed = null;
       if (cmd === "rank") setRank(parseInt(b.dataset.g, 10));
       else if (cmd === "mark") setMark(b.dataset.m);
       else if (cmd === "undo") undo();
