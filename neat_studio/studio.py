@@ -23,6 +23,38 @@ log = logging.getLogger(__name__)
 LONG_PROMPT_CHARS = 4000
 
 
+# Train: a run estimated longer than this asks for a second Start click (same configuration, same data, within
+# CONFIRM_WINDOW_S) before it starts
+LONG_RUN_CONFIRM_S = 15 * 60
+CONFIRM_WINDOW_S = 5 * 60
+
+
+def start_confirmation(config: dict, estimate: dict | None, armed: dict | None, now: float, *,
+                       limit_s: float = LONG_RUN_CONFIRM_S, window_s: float = CONFIRM_WINDOW_S) -> dict:
+    """Whether a click on Start starts the run (pure). A run whose `estimate` (Studio.estimate_training) is over
+    `limit_s` starts only on a second click with the same `config` and number of training prompts within
+    `window_s` seconds of the first; `armed` is what the previous click returned (None at first). Returns
+    {"start": bool, "armed": what to keep for the next click (None once started), "message": "" or the question}.
+    Without an estimate (it failed) the run starts: starting reports the problem itself."""
+    import json
+
+    from .jobs import fmt_duration
+
+    est = estimate or {}
+    secs = est.get("seconds")
+    if secs is None or float(secs) <= limit_s:
+        return {"start": True, "armed": None, "message": ""}
+    key = json.dumps({"config": config, "n_prompts": est.get("n_prompts")}, sort_keys=True, default=str)
+    if armed and armed.get("key") == key and 0 <= now - float(armed.get("at", float("-inf"))) <= window_s:
+        return {"start": True, "armed": None, "message": ""}
+    n = est.get("n_prompts")
+    data = f" on {n} training prompt(s)" if n is not None else ""
+    return {"start": False, "armed": {"key": key, "at": now},
+            "message": (f"This run is estimated at {fmt_duration(secs)}{data} (over {fmt_duration(limit_s)}; "
+                        f"{est.get('text') or 'rough estimate'}). Press Start training again to confirm, or make "
+                        f"it shorter first (fewer prompts or rounds, max steps, a smaller k).")}
+
+
 # An AI suggestion's scorer is weak evidence below these held-out figures: the Annotate view says so, shows the
 # scorer's confidence per response and asks for a second press of A before it accepts the suggestion.
 WEAK_SCORER_MIN_DEV_PAIRS = 30

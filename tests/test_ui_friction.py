@@ -250,3 +250,56 @@ def test_a_weak_scorers_suggestion_needs_a_second_key_and_shows_its_confidence(s
     # the browser side obeys the attribute: a first A on a weak suggestion only asks (tests/browser: the keys)
     js = (Path(__file__).resolve().parent.parent / "neat_studio" / "ui" / "ranker.js").read_text(encoding="utf-8")
     assert 'r.dataset.suggestConfirm === "1"' in js and "Press A again" in js
+
+
+# -- Train: ask before a long run --------------------------------------------------------------------------------
+def test_start_confirmation_rule():
+    from neat_studio.studio import start_confirmation
+
+    cfg = {"method": "neat", "rounds": 2, "data": {"split": "train"}}
+    hour = {"seconds": 4140.0, "n_prompts": 2313, "text": "about 1 h 09 min (…; rough, ±2x)"}
+    short = {"seconds": 900.0, "n_prompts": 12, "text": "about 15 min 00 s"}
+    assert start_confirmation(cfg, short, None, 0.0) == {"start": True, "armed": None, "message": ""}  # <= 15 min
+    assert start_confirmation(cfg, None, None, 0.0)["start"] is True  # no estimate: starting reports the problem
+    first = start_confirmation(cfg, hour, None, 100.0)
+    assert first["start"] is False and first["armed"] is not None
+    assert "estimated at 1 h 09 min on 2313 training prompt(s)" in first["message"]
+    assert "Press Start training again to confirm" in first["message"]
+    # the second click with the same settings and data starts it
+    assert start_confirmation(dict(cfg), dict(hour), first["armed"], 130.0) == {"start": True, "armed": None,
+                                                                               "message": ""}
+    # ... but not with other settings, other data, or much later: that click asks again
+    for c, e, t in ((dict(cfg, rounds=3), hour, 130.0), (cfg, dict(hour, n_prompts=2400), 130.0),
+                    (cfg, hour, 100.0 + 301)):
+        again = start_confirmation(c, e, first["armed"], t)
+        assert again["start"] is False and again["armed"]["at"] == t
+
+
+def test_train_tab_asks_before_starting_a_long_run(studio, demo, monkeypatch):
+    started = []
+    monkeypatch.setattr(studio, "estimate_training", lambda cfg: {"seconds": 4140.0, "n_prompts": 2313,
+                                                                  "text": "about 1 h 09 min"})
+    monkeypatch.setattr(studio, "start_training", lambda cfg, actor="local": started.append(cfg) or "run1")
+    dep = _fns(demo, "start", "train")[0]
+    start = dep.fn
+    comps = demo.neat_ctx.components
+    state = next(b for b in dep.inputs if type(b).__name__ == "State")
+    assert state in dep.outputs  # the first click's answer comes back with the second click
+    data = {b: getattr(b, "value", None) for b in dep.inputs}
+    out = start(data, None)
+    msg = html.unescape(out[0])
+    assert "neat-warn" in msg and "estimated at 1 h 09 min" in msg and "again to confirm" in msg and not started
+    data[state] = out[-1]
+    out = start(data, None)  # the second click, same settings: it starts
+    assert started and "Started run run1" in out[0] and out[-1] is None
+    # a second click after changing a setting asks again (for the new settings)
+    data[state] = None
+    first = start(data, None)
+    assert "again to confirm" in first[0] and len(started) == 1
+    data[state] = first[-1]
+    data[comps["train.hp_rounds"]] = 5
+    again = start(data, None)
+    assert "again to confirm" in again[0] and len(started) == 1
+    data[state] = again[-1]
+    start(data, None)
+    assert len(started) == 2 and started[1]["rounds"] == 5

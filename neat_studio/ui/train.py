@@ -3,7 +3,7 @@ data, watch it live (progress, ETA, loss / rank-loss / rank-accuracy / p-gap cur
 stop / resume it, and browse the run history with each run's report.
 
 No business logic here: everything goes through `ctx.studio` (training_options, estimate_training,
-start_training, stop_training, resume_training, training_status, training_runs, run_report, start_evaluation,
+start_confirmation, start_training, stop_training, resume_training, training_status, training_runs, run_report, start_evaluation,
 evaluation_status). The run itself is a subprocess supervised by neat_studio.jobs, so a page reload or an app
 restart re-attaches to it (the page shows the active run on load)."""
 from __future__ import annotations
@@ -14,7 +14,8 @@ import gradio as gr
 import pandas as pd
 
 from ..safety import check_model_spec
-from .common import Ctx, error_box, esc, fmt_num, names_text, ok_box, report_for_page
+from ..studio import start_confirmation
+from .common import Ctx, error_box, esc, fmt_num, names_text, ok_box, report_for_page, warn_box
 
 HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
@@ -203,6 +204,7 @@ def build(ctx: Ctx) -> dict:
     for b in (start_btn, stop_btn, resume_btn):
         ctx.admin_only.append(b)
     msg = gr.HTML("", js_on_load=None, elem_id="train-msg")
+    confirm = gr.State(None)  # a long run's first Start click (studio.start_confirmation)
 
     gr.Markdown("### Run")
     with gr.Row():
@@ -342,19 +344,28 @@ def build(ctx: Ctx) -> dict:
     show_outs = [run_sel, history, *view_outs, base, negs, poss, tags, estimate, negs_auto]
 
     def start(data: dict, request: gr.Request):
-        """`data`: {component: value} of the run selector and the config inputs (set-style inputs)."""
+        """`data`: {component: value} of the run selector, the confirmation state and the config inputs (set-style
+        inputs). A run estimated over 15 min starts on the second click with the same settings
+        (studio.start_confirmation); the first one asks."""
         actor = ctx.require_admin(request, "start training")
         shown = data.get(run_sel)
         try:
             cfg = config_from(*[data.get(c) for c in cfg_inputs])
             if cfg.get("model") != st.model_spec:  # user-typed: only allowed model folders (neat_studio.safety)
                 cfg["model"] = check_model_spec(cfg.get("model"), st.workspace)
+            try:
+                est = st.estimate_training(cfg)
+            except ValueError:
+                est = None  # starting says what is wrong
+            ask = start_confirmation(cfg, est, data.get(confirm), time.time())
+            if not ask["start"]:
+                return (warn_box(ask["message"]), gr.update(), gr.update(), *view(shown), ask["armed"])
             rid = st.start_training(cfg, actor=actor)
         except (ValueError, RuntimeError) as ex:
-            return (error_box(f"Not started: {ex}"), gr.update(), gr.update(), *view(shown))
+            return (error_box(f"Not started: {ex}"), gr.update(), gr.update(), *view(shown), None)
         runs, df = hist()
         return (ok_box(f"Started run {rid}. It runs in the background; you can reload the page or leave."),
-                gr.update(choices=run_choices(runs), value=rid), df, *view(rid))
+                gr.update(choices=run_choices(runs), value=rid), df, *view(rid), None)
 
     def stop(run_id, request: gr.Request):
         actor = ctx.require_admin(request, "stop training")
@@ -446,7 +457,7 @@ def build(ctx: Ctx) -> dict:
     for comp in cfg_inputs:
         if isinstance(comp, (gr.Number, gr.Checkbox, gr.Dropdown, gr.Radio)):
             comp.change(do_estimate, cfg_inputs, estimate, show_progress="hidden")
-    start_btn.click(start, {run_sel, *cfg_inputs}, [msg, run_sel, history, *view_outs])
+    start_btn.click(start, {run_sel, confirm, *cfg_inputs}, [msg, run_sel, history, *view_outs, confirm])
     stop_btn.click(stop, [run_sel], [msg, *view_outs])
     resume_btn.click(resume, [run_sel], [msg, run_sel, history, *view_outs])
     run_sel.input(lambda r: view(r), [run_sel], view_outs, show_progress="hidden")
