@@ -183,5 +183,6 @@ def build(ctx: Ctx) -> dict:
     sc_btn.click(train_scorer, None, sc_msg, concurrency_limit=1, concurrency_id="scorer")
 
     return {"refresh": refresh, "counts": counts, "people": people, "agreement": agree, "pairs": pairs,
-            "export_trl": ex_trl, "export_trl_format": ex_trl_fmt, "export_listwise": ex_list, "export_parquet": ex_pq, "export_file": ex_file,
+            "export_trl": ex_trl, "export_trl_format": ex_trl_fmt, "export_listwise": ex_list,
+            "export_parquet": ex_pq, "export_file": ex_file,
             "snapshot": sn_btn, "_on_show": (load, outs)}
