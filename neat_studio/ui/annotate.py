@@ -13,8 +13,8 @@ from .common import Ctx, error_box, esc, folded_html, ok_box
 RANKER_JS = Path(__file__).with_name("ranker.js").read_text(encoding="utf-8")
 KEYS_HELP = ("<b>1–9</b> select a response, then <b>1–9</b> its rank group (same number = tie) · <b>Esc</b> "
              "cancel · <b>P</b>/<b>N</b>/<b>0</b> mark pos/neg/neutral · <b>A</b> accept AI suggestion (<b>A</b> "
-             "twice for a weak scorer) · <b>U</b> undo · <b>H</b> show/hide origins · <b>E</b> edit · <b>F</b> flag · <b>C</b> comment · <b>Enter</b> "
-             "submit · <b>S</b> skip · <b>B</b> previous")
+             "twice for a weak scorer) · <b>U</b> undo · <b>H</b> show/hide origins · <b>E</b> edit · <b>F</b> flag · "
+             "<b>C</b> comment · <b>Enter</b> submit · <b>S</b> skip · <b>B</b> previous")
 
 
 def _label(i: int) -> str:

@@ -3,8 +3,8 @@ data, watch it live (progress, ETA, loss / rank-loss / rank-accuracy / p-gap cur
 stop / resume it, and browse the run history with each run's report.
 
 No business logic here: everything goes through `ctx.studio` (training_options, estimate_training,
-start_confirmation, start_training, stop_training, resume_training, training_status, training_runs, run_report, start_evaluation,
-evaluation_status). The run itself is a subprocess supervised by neat_studio.jobs, so a page reload or an app
+start_confirmation, start_training, stop_training, resume_training, training_status, training_runs, run_report,
+start_evaluation, evaluation_status). The run itself is a subprocess supervised by neat_studio.jobs, so a page reload or an app
 restart re-attaches to it (the page shows the active run on load)."""
 from __future__ import annotations
 
