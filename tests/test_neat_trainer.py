@@ -95,6 +95,12 @@ def test_rule_ranking_places_online_samples():
     assert build_list(row1, [("p", "policy"), ("q", "positive:kind@1")], "neat", positive_above_plain=True).ranks \
         == [0, 3, 2, 1]
     assert rank_rule([], [("p", "policy"), ("q", "positive:k@1")], True) == [-1.0, -1.25]
+    # plain_ties_best: plain samples tie with the best curated group; only negatives sit below anything
+    tb = build_list(row, online, "neat", plain_ties_best=True)
+    assert tb.responses == ["best", "mid", "worst", "plain1", "pos", "neg1", "neg2"]
+    assert tb.ranks == [0, 1, 2, 0, 0, 3, 3]
+    assert build_list(row1, [("p", "policy"), ("n", "negative:rude@2")], "neat", plain_ties_best=True).ranks == \
+        [0, 1, 0, 2]
 
 
 def test_reward_ranking_merges_scores_with_curated_ranks():

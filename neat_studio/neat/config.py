@@ -11,6 +11,7 @@ METHODS = ("neat", "rrhf", "sft", "dpo")
 RANKINGS = ("rule", "reward")
 ANCHORS = ("none", "round")
 POSITIVE_RANKS = ("plain", "above_plain")
+PLAIN_RANKS = ("below_curated", "tie_best")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 PROMPT_CACHE = ("auto", "on", "off")
@@ -45,6 +46,9 @@ class NeatConfig:
     top_p: float = _f(0.95, "nucleus sampling of the online samples")
     gen_batch_size: int = _f(8, "prompts per generation batch")
     max_new_tokens: int = _f(96, "generation length of the online samples (<= max_response_len)")
+    plain_rank: str = _f("below_curated", "rule ranking of plain policy samples: below_curated = below every curated "
+                                          "answer but the worst (RRHF); tie_best = tied with the best curated answer "
+                                          "(only negative-prompt samples are ranked below)", choices=PLAIN_RANKS)
     positive_rank: str = _f("plain", "rule ranking of positive-prompt samples: plain = tied with the plain samples; "
                                      "above_plain = just above them (still below the curated answers they lose to)",
                             choices=POSITIVE_RANKS)
@@ -161,6 +165,8 @@ class NeatConfig:
             bad(f"ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}")
         if self.dtype not in DTYPES:
             bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.plain_rank not in PLAIN_RANKS:
+            bad(f"plain_rank must be one of {', '.join(PLAIN_RANKS)}, not {self.plain_rank!r}")
         if self.positive_rank not in POSITIVE_RANKS:
             bad(f"positive_rank must be one of {', '.join(POSITIVE_RANKS)}, not {self.positive_rank!r}")
         if self.anchor not in ANCHORS:

@@ -22,13 +22,15 @@ RECIPES: dict[str, dict] = {
             "Refuse harmful requests without refusing harmless ones. Expects prompts tagged `harmful` (best answer: a "
             "safe refusal) and `benign` (best answer: a helpful one; look-alikes with their needless refusal ranked "
             "below), such as data/recipes/safety/curated.jsonl. Each round samples `dangerous_compliance` only on "
-            "harmful prompts and `over_refusal` only on benign ones as negatives, and ranks gains over the round's "
-            "starting policy (anchor=round), so the model's own fluent text is never pushed far down."),
+            "harmful prompts and `over_refusal` only on benign ones as negatives, ranks gains over the round's "
+            "starting policy (anchor=round) and asks each negative to lose against it, and never ranks the model's own "
+            "plain answers below a reference (plain_rank=tie_best)."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
             "k": 1, "k_neg": 1, "rounds": 2, "epochs": 1,
-            "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0,
+            "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0, "anchor_weight": 1.0,
+            "plain_rank": "tie_best",
             "lr": 1e-5, "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 16,
         },
         # which curated prompts a run of this recipe freezes: rows with only a reference answer count too (the

@@ -79,12 +79,17 @@ def curated_items(row: dict, best_only: bool = False):
     return items
 
 
-def rank_rule(curated, online, positive_above_plain: bool = False) -> list:
+def rank_rule(curated, online, positive_above_plain: bool = False, plain_ties_best: bool = False) -> list:
     """curated: [(text, origin, rank)]; online: [(text, origin)] -> keys (sortable) for curated + online.
     `positive_above_plain`: positive-prompt samples sit just above the plain samples (still below every curated
-    group the plain samples lose to) instead of tying with them (NEAT-PP: the positive prompt is evidence)."""
+    group the plain samples lose to) instead of tying with them (NEAT-PP: the positive prompt is evidence).
+    `plain_ties_best`: plain (and positive) samples tie with the best curated group instead: the model's own
+    answers are not claimed to be worse than an off-policy reference (only negative-prompt samples are ranked
+    below anything), so the ranking never pushes the model's own helpful answers down."""
     nonneg = sorted({r for _, o, r in curated if not o.startswith(NEG)})
-    if len(nonneg) >= 2:
+    if plain_ties_best and nonneg:
+        mid = float(nonneg[0])
+    elif len(nonneg) >= 2:
         mid = float(nonneg[-1])
     elif len(nonneg) == 1:
         mid = nonneg[0] + 0.5
@@ -126,7 +131,7 @@ def rank_reward(curated, online, scores) -> list:
 
 
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
-               positive_above_plain: bool = False) -> RankedList | None:
+               positive_above_plain: bool = False, plain_ties_best: bool = False) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
     texts = {t.strip() for t, *_ in cur}
@@ -140,7 +145,7 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
         scores = list(scorer.score(prompts, [t for t, *_ in cur] + [t for t, _ in onl]))
         keys = rank_reward(cur, onl, scores)
     else:
-        keys = rank_rule(cur, onl, positive_above_plain)
+        keys = rank_rule(cur, onl, positive_above_plain, plain_ties_best)
         keys = [(k, 0.0) for k in keys]
     return RankedList(prompt_id=str(row["prompt_id"]), prompt=row["prompt"],
                       responses=[t for t, *_ in cur] + [t for t, _ in onl],

@@ -666,7 +666,8 @@ class NeatTrainer:
         lists = []
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
-                             self.prep.scorer, positive_above_plain=self.cfg.positive_rank == "above_plain")
+                             self.prep.scorer, positive_above_plain=self.cfg.positive_rank == "above_plain",
+                             plain_ties_best=self.cfg.plain_rank == "tie_best")
             if lst is not None:
                 lists.append(lst)
         if self.cfg.anchor == "round" or self.cfg.diag_every:
