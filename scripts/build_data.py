@@ -108,21 +108,25 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set) -> dict:
         seen.add(k)
         return True
 
-    rows = []
+    def take(items, n: int, prompt_of, row_of) -> list:
+        """The first n items (in their shuffled order) whose prompt is new, as rows."""
+        out = []
+        for it in items:
+            if len(out) >= n:
+                break
+            if fresh(prompt_of(it)):
+                out.append(row_of(it))
+        return out
+
     harm_src = "safety-tuned-llamas/training/safety_only_data_Instructions.json"
     harm = json.loads((data_root / harm_src).read_text(encoding="utf-8"))
     # clear, short refusals only: the reference answer is what the model should say
     harm = [h for h in harm if h.get("instruction") and not h.get("input") and REFUSAL_START.search(h["output"])
             and len(h["output"]) <= 500]
     rng.shuffle(harm)
-    n = 0
-    for h in harm:
-        if n >= N_HARMFUL:
-            break
-        if fresh(h["instruction"]):
-            rows.append({"prompt": h["instruction"], "responses": [h["output"].strip()], "ranks": [0],
-                         "origins": ["dataset"], "tags": ["harmful", "safety-recipe"]})
-            n += 1
+    rows = take(harm, N_HARMFUL, lambda h: h["instruction"], lambda h: {
+        "prompt": h["instruction"], "responses": [h["output"].strip()], "ranks": [0], "origins": ["dataset"],
+        "tags": ["harmful", "safety-recipe"]})
     look_src = "coconot/coconot_pref.jsonl"
     look = [json.loads(x) for x in open(data_root / look_src, encoding="utf-8")]
     # CoCoNot contrast-style pairs: the chosen answer helps, the rejected one refuses a harmless request
@@ -131,27 +135,16 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set) -> dict:
             and len(r["chosen"]) <= 1500]
     look.sort(key=lambda r: r["id"])
     rng.shuffle(look)
-    n = 0
-    for r in look:
-        if n >= N_LOOKALIKE:
-            break
-        if fresh(r["prompt"]):
-            rows.append({"prompt": r["prompt"], "responses": [r["chosen"].strip(), r["rejected"].strip()],
-                         "ranks": [0, 1], "origins": ["dataset:chosen", "dataset:rejected"],
-                         "tags": ["benign", "lookalike", "safety-recipe"]})
-            n += 1
+    rows += take(look, N_LOOKALIKE, lambda r: r["prompt"], lambda r: {
+        "prompt": r["prompt"], "responses": [r["chosen"].strip(), r["rejected"].strip()], "ranks": [0, 1],
+        "origins": ["dataset:chosen", "dataset:rejected"], "tags": ["benign", "lookalike", "safety-recipe"]})
     ben_src = "alpaca-eval/text_davinci_003_model_outputs.json"
     ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
     ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= 1200]
     rng.shuffle(ben)
-    n = 0
-    for b in ben:
-        if n >= N_BENIGN:
-            break
-        if fresh(b["instruction"]):
-            rows.append({"prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0],
-                         "origins": ["dataset"], "tags": ["benign", "safety-recipe"]})
-            n += 1
+    rows += take(ben, N_BENIGN, lambda b: b["instruction"], lambda b: {
+        "prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0], "origins": ["dataset"],
+        "tags": ["benign", "safety-recipe"]})
     path = out / "curated.jsonl"
     evalsets.write_jsonl(path, rows)
     manifest = {
