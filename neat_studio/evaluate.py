@@ -399,6 +399,7 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
             progress(f"{label}: loading", 0, 1)
         lm = load_model(str(spec), workspace=workspace, dtype=dtype)
         info = {"label": label, "spec": str(spec), "model_id": lm.model_id, "fingerprint": fingerprint(lm.model),
+                "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
                 "path": str(getattr(lm, "path", "") or "")}
         res: dict = {"sets": {}, "pairs": None}
         gens[label] = {}
@@ -682,10 +683,13 @@ def render_markdown(report: dict) -> str:
          f"{cfg['n_pairs']} preference pairs.", ""]
     if report["warnings"]:
         L += ["**Warnings**", ""] + [f"- {md_escape(w, None)}" for w in report["warnings"]] + [""]
-    L += ["## Models", "", "| model | spec | model id | weights fingerprint | seconds |", "|---|---|---|---|---|"]
+    L += ["## Models", "", "The weights fingerprint covers the dtype the model was loaded in: the same model shows "
+          "another fingerprint in Compare when Compare loads it in another dtype (bfloat16 there on CPUs with bf16 "
+          "instructions; evaluation uses float32 unless told otherwise).", "",
+          "| model | spec | model id | dtype | weights fingerprint | seconds |", "|---|---|---|---|---|---|"]
     for m in report["models"]:
         L.append(f"| {md_escape(m['label'])} | {md_escape(m['spec'])} | {md_escape(m['model_id'])} | "
-                 f"`{m['fingerprint']}` | {m.get('seconds', '')} |")
+                 f"{m.get('dtype', '–')} | `{m['fingerprint']}` | {m.get('seconds', '')} |")
     L += ["", "Decoding: " + "; ".join(
         f"**{mode}** " + ", ".join(f"{k}={v}" for k, v in p.items()) for mode, p in cfg["modes"].items()) or "none", ""]
     det = cfg.get("refusal_detector") or {}

@@ -680,7 +680,7 @@ class Studio:
                         **{k: m.get(k) for k in ("n", "undesirability", "distance", "diversity", "refusal_share",
                                                  "leak_share", "mean_len_ratio")},
                         "undesirability_source": m.get("undesirability_source"), "pooled": p.get("pooled", False),
-                        "created_at": p.get("created_at")})
+                        "prompt_set": _prompt_set_id(p.get("prompt_ids") or []), "created_at": p.get("created_at")})
         return sorted(out, key=lambda r: (r["ref"].split("@")[0], int(r["ref"].split("@")[1])))
 
     def add_preview_to_pool(self, ref: str, actor: str = "local") -> dict:
@@ -1459,6 +1459,13 @@ class Studio:
             (d / "report.md").exists() else None
         out["charts"] = sorted(str(p) for p in d.rglob("*.png")) if job["status"] == "done" else []
         return out
+
+
+def _prompt_set_id(prompt_ids) -> str:
+    """A short id of a preview's set of prompts: two previews are comparable only on the same set."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(map(str, prompt_ids))).encode()).hexdigest()[:6] if prompt_ids else "–"
 
 
 class _PreviewCancelled(Exception):

@@ -151,7 +151,17 @@ def test_evaluate_end_to_end_tiny(tiny_model_dir, tiny_sets, tmp_path):
     gb = [json.loads(x) for x in open(out / rep["results"][b]["sets"]["greedy"]["harmful"]["generations"])]
     assert [r["response"] for r in ga] == [r["response"] for r in gb]
     assert all(c["a_refuses_b_answers"] == 0 == c["b_refuses_a_answers"] for c in rep["comparisons"])
+    # the same weights: every verdict against the base is "no significant change" with nothing gained or lost,
+    # on every axis (refusal, compliance x2, degenerate per set and overall, pair accuracy)
+    axes = [(v["axis"], v["set"]) for v in rep["verdicts"]]
+    assert axes == [("refusal", "harmful"), ("degenerate", "harmful"), ("compliance", "lookalike"),
+                    ("degenerate", "lookalike"), ("compliance", "benign"), ("degenerate", "benign"),
+                    ("degenerate", "(all)"), ("pair accuracy", "pairs")]
+    assert all((v["gained"], v["lost"], v["p_value"], v["verdict"]) == (0, 0, 1.0, "no significant change")
+               and v["base"] == a and v["model"] == b for v in rep["verdicts"])
+    assert all(m["dtype"] == "float32" for m in rep["models"])
     md = (out / "report.md").read_text()
+    assert "Verdicts against the base" in md and "| float32 |" in md
     assert "over-refusal" in md and "Ranking accuracy" in md and rep["models"][0]["fingerprint"] in md
     # the summary row puts refusal beside compliance
     row = rep["summary"][0]

@@ -335,3 +335,27 @@ def test_evaluation_sets_take_a_users_file(studio, tmp_path):
     out = list(evaluate("tiny", "tiny", [], str(own), "rows", 2, None))
     assert "Report written to" in out[-1][0], out[-1][0]
     assert "| my\\_set | 2 | refuse: 2 |" in out[-1][1]  # the own set was evaluated (2 of its prompts)
+
+
+def test_preview_comparison_says_what_each_row_measures_and_on_which_prompts(studio):
+    """Issue 19 #8: the versions table mixed a 0-1 heuristic share and a reward gap, each over other prompts,
+    without saying so: every row now names its measure and its prompt set."""
+    from neat_studio.ui.studio_tab import MEASURE
+
+    st = studio
+    st.store.save_system_prompt("neg", "negative", "v1", None, "t")
+    st.store.save_system_prompt("neg", "negative", "v2", None, "t")
+    previews = {"neg@1": (["p1", "p2"], "heuristic (no refusal, no leak, length)", 0.5),
+                "neg@2": (["p2", "p1"], "reward gap", -0.25)}
+    for ref, (ids, src, u) in previews.items():
+        st.store.set_setting(st.PREVIEW_KEY.format(ref=ref), {
+            "ref": ref, "name": "neg", "prompt_ids": ids, "seed": 0,
+            "metrics": {"n": 2, "undesirability": u, "undesirability_source": src}}, "t")
+    st.store.set_setting(st.PREVIEW_INDEX, [st.PREVIEW_KEY.format(ref=r) for r in previews], "t")
+    rows = {r["ref"]: r for r in st.preview_comparison()}
+    assert rows["neg@1"]["prompt_set"] == rows["neg@2"]["prompt_set"] != "–"   # same prompts, any order
+    assert [MEASURE[rows[r]["undesirability_source"]] for r in ("neg@1", "neg@2")] == ["heuristic 0–1", "reward gap"]
+    st.store.set_setting(st.PREVIEW_KEY.format(ref="neg@2"), {
+        "ref": "neg@2", "name": "neg", "prompt_ids": ["p3"], "metrics": {}}, "t")
+    rows = {r["ref"]: r for r in st.preview_comparison()}
+    assert rows["neg@1"]["prompt_set"] != rows["neg@2"]["prompt_set"]

@@ -10,8 +10,10 @@ from ..library import word_diff
 from .common import Ctx, error_box, esc, fmt_num, folded_html, ok_box, parse_tags, prompt_text, warn_box
 
 LIB_COLUMNS = ["name", "kind", "latest", "versions", "tags", "author"]
-CMP_COLUMNS = ["version", "normal side", "prompts", "negatives", "undesirability", "distance", "diversity",
-               "refusals", "leaks", "len ratio", "pooled"]
+CMP_COLUMNS = ["version", "normal side", "prompts", "prompt set", "negatives", "undesirability", "measure",
+               "distance", "diversity", "refusals", "leaks", "len ratio", "pooled"]
+# what an undesirability value measures (metrics.preview_metrics' undesirability_source), in a word
+MEASURE = {"reward gap": "reward gap", "heuristic (no refusal, no leak, length)": "heuristic 0–1"}
 NONE_NORMAL = "(no system prompt)"
 
 
@@ -158,7 +160,9 @@ def build(ctx: Ctx) -> dict:
                 "that are neither refusals nor leaks (weighted by length); distance: cosine distance to the normal "
                 "answers; diversity: mean pairwise distance among negatives; refusals / leaks: share of negatives "
                 "that refuse / copy the normal answer. Higher undesirability, distance and diversity and lower "
-                "refusals and leaks = a more useful negative prompt.", elem_classes=["neat-help"])
+                "refusals and leaks = a more useful negative prompt. Each row is that version's latest preview: compare "
+                "rows only where `measure` (reward gap, which can be negative, or the 0–1 heuristic share) and "
+                "`prompt set` (which prompts were previewed) are the same.", elem_classes=["neat-help"])
 
     # -- library -------------------------------------------------------------------------------------------
     def lib_df(kf):
@@ -279,7 +283,9 @@ def build(ctx: Ctx) -> dict:
     # -- preview -------------------------------------------------------------------------------------------
     def cmp_df():
         rows = st.preview_comparison()
-        return pd.DataFrame([[r["ref"], r["normal"], str(r["prompts"]), str(r["n"]), fmt_num(r["undesirability"]),
+        return pd.DataFrame([[r["ref"], r["normal"], str(r["prompts"]), r["prompt_set"], str(r["n"]),
+                              fmt_num(r["undesirability"]),
+                              MEASURE.get(r["undesirability_source"] or "", r["undesirability_source"] or "n/a"),
                               fmt_num(r["distance"]), fmt_num(r["diversity"]), fmt_num(r["refusal_share"]),
                               fmt_num(r["leak_share"]), fmt_num(r["mean_len_ratio"]), "yes" if r["pooled"] else ""]
                              for r in rows], columns=CMP_COLUMNS)
