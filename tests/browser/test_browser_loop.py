@@ -98,7 +98,7 @@ def _walk(app, st, tmp_path, browser, page_errors):
     src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS), encoding="utf-8")
     page.get_by_text("Import a file", exact=True).click()
     page.locator("#prompts-import-file input[type=file]").set_input_files(str(src))
-    wait_text(page.locator("#prompts-import-file"), r"loop_prompts\.jsonl", timeout=60)
+    wait_text(page.locator("#prompts-import-file"), r"loop_prompts\s*\.jsonl", timeout=60)  # name and extension may wrap
     page.get_by_label("Tags for all rows (comma separated)").fill("loop")
     page.locator("#prompts-import-btn").click()
     wait_text(page.locator("#prompts-import-msg"), r"Imported: .*prompts_added 4", timeout=60)
