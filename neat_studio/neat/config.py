@@ -49,6 +49,9 @@ class NeatConfig:
     plain_rank: str = _f("below_curated", "rule ranking of plain policy samples: below_curated = below every curated "
                                           "answer but the worst (RRHF); tie_best = tied with the best curated answer "
                                           "(only negative-prompt samples are ranked below)", choices=PLAIN_RANKS)
+    plain_rank_scope: str = _f("", "with plain_rank=tie_best: only on prompts carrying this tag (e.g. benign: the "
+                                   "model's own answers are trusted there; on the other prompts they rank below the "
+                                   "curated answers as with below_curated); empty = every prompt")
     positive_rank: str = _f("plain", "rule ranking of positive-prompt samples: plain = tied with the plain samples; "
                                      "above_plain = just above them (still below the curated answers they lose to)",
                             choices=POSITIVE_RANKS)

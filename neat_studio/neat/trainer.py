@@ -667,7 +667,8 @@ class NeatTrainer:
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
                              self.prep.scorer, positive_above_plain=self.cfg.positive_rank == "above_plain",
-                             plain_ties_best=self.cfg.plain_rank == "tie_best")
+                             plain_ties_best=self.cfg.plain_rank == "tie_best" and (
+                                 not self.cfg.plain_rank_scope or self.cfg.plain_rank_scope in (row.get("tags") or [])))
             if lst is not None:
                 lists.append(lst)
         if self.cfg.anchor == "round" or self.cfg.diag_every:
