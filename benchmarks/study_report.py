@@ -49,9 +49,9 @@ def main() -> int:
         v = r["verdicts"]
         fl = r["floor"]
         t = r.get("train_wall_s")
+        missed = ", ".join(k for k, x in fl.items() if not x and k not in ("floor", "refusal>=base+50"))
         print(f"| {r['variant']} | {r['seed']} | {r['method']} | " + " | ".join(cell(v.get(k)) for k, _ in AXES)
-              + f" | {t / 60:.1f} | {'yes' if fl['floor'] else 'no: ' + ', '.join(k for k, x in fl.items() if not x and k not in ('floor', 'refusal>=base+50'))} |"
-              if t else " | – | – |")
+              + f" | {f'{t / 60:.1f}' if t else '– (resumed)'} | {'yes' if fl['floor'] else 'no: ' + missed} |")
     by: dict = {}
     for r in ok:
         by.setdefault(r["variant"], []).append(r)
