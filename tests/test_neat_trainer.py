@@ -692,3 +692,23 @@ def test_diag_every_logs_per_term_gradient_norms(tiny_model_dir, snap, tmp_path)
     t2, enc2 = _trainer(tiny_model_dir, snap, tmp_path / "run2", diag_every=1, sft_weight=0.5, max_grad_norm=0.0)
     g = t2._term_gradients([enc2[:2]])
     assert g == pytest.approx(d, rel=1e-4)
+
+
+def test_plain_rank_scope_ties_plain_samples_with_the_best_only_on_tagged_prompts(tiny_model_dir, tmp_path):
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import NeatTrainer, preflight
+
+    rows = toy_rows()
+    for i, r in enumerate(rows):
+        r["tags"] = ["benign"] if i % 2 else ["harmful"]
+    s = make_snapshot(tmp_path / "snap", rows)
+    cfg = cfg_for(tiny_model_dir, s, tmp_path / "run", plain_rank="tie_best", plain_rank_scope="benign")
+    t = NeatTrainer(cfg, tmp_path / "run", prepared=preflight(cfg, lm=load_model(str(tiny_model_dir))))
+    t._setup()
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    for lst in t._round_lists(0):
+        plain = [rk for rk, o in zip(lst.ranks, lst.origins) if o == "policy"]
+        if not plain:  # the sample duplicated a curated answer
+            continue
+        # curated: chosen 0, rejected 1; benign: plain tied with the best (0); harmful: tied with the worst (1)
+        assert plain == [0 if tags[lst.prompt_id] == "benign" else 1], (lst.prompt_id, lst.ranks, lst.origins)
