@@ -1109,6 +1109,18 @@ class Studio:
             out["model_names"] = self.report_model_names(out["report"])
         return out
 
+    def _run_dirs(self) -> tuple[list[tuple[dict, Path]], list[Path]]:
+        """([(store run, its run dir)] of the newest 100 runs with a run dir, [run dirs under <workspace>/runs with a
+        final model that no store run names]: runs started from a shell)."""
+        store_runs = [(r, Path(r["run_dir"])) for r in self.store.list_runs(limit=100) if r.get("run_dir")]
+        known = {d.resolve() for _, d in store_runs}
+        try:
+            cli = [d for d in Path(self.workspace.runs).iterdir()
+                   if d.is_dir() and d.resolve() not in known and (d / "final" / "config.json").is_file()]
+        except OSError:
+            cli = []
+        return store_runs, cli
+
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, spec) of the models one can train from or compare: the base model(s), every finished run's
         final model and the newest checkpoint of every other run."""
@@ -1117,12 +1129,8 @@ class Studio:
         out = [("default (SmolLM2-135M-Instruct)", "default")]
         if self.model_spec not in ("default", "tiny"):
             out.append((f"current generator ({self.model_spec})", self.model_spec))
-        known = set()
-        for r in self.store.list_runs(limit=100):
-            d = Path(r["run_dir"]) if r.get("run_dir") else None
-            if d is None:
-                continue
-            known.add(d.resolve())
+        store_runs, cli_runs = self._run_dirs()
+        for r, d in store_runs:
             if (d / "final" / "config.json").exists():
                 out.append((f"run {r['id']} · {r['name']} (final)", str(d)))
             else:
@@ -1131,12 +1139,7 @@ class Studio:
                     out.append((f"run {r['id']} · {r['name']} ({ck.name}, {r['status']})", str(ck)))
         # runs started from a shell (`python -m neat_studio train --out <workspace>/runs/...`) are not in the store:
         # their final models are offered too, newest first
-        try:
-            extra = [d for d in Path(self.workspace.runs).iterdir()
-                     if d.is_dir() and d.resolve() not in known and (d / "final" / "config.json").is_file()]
-        except OSError:
-            extra = []
-        for d in sorted(extra, key=lambda d: (d / "final" / "config.json").stat().st_mtime, reverse=True)[:100]:
+        for d in sorted(cli_runs, key=lambda d: (d / "final" / "config.json").stat().st_mtime, reverse=True)[:100]:
             out.append((f"run dir {d.name} (started from the CLI, final)", str(d)))
         out.append(("tiny (random test model)", "tiny"))
         return out
@@ -1146,12 +1149,8 @@ class Studio:
         "base" (the model it was trained from)} or a run directory started from the CLI ({"id": None, ...}).
         None when no run has a final model yet."""
         best, best_t = None, None
-        known = set()
-        for r in self.store.list_runs(limit=100):
-            d = Path(r["run_dir"]) if r.get("run_dir") else None
-            if d is None:
-                continue
-            known.add(d.resolve())
+        store_runs, cli = self._run_dirs()
+        for r, d in store_runs:
             f = d / "final" / "config.json"
             if r["status"] != "finished" or not f.is_file():
                 continue
@@ -1159,11 +1158,6 @@ class Studio:
             if best_t is None or t > best_t:
                 best, best_t = {"id": r["id"], "name": r.get("name") or "", "spec": str(d),
                                 "base": (r.get("config") or {}).get("model") or None}, t
-        try:
-            cli = [d for d in Path(self.workspace.runs).iterdir()
-                   if d.is_dir() and d.resolve() not in known and (d / "final" / "config.json").is_file()]
-        except OSError:
-            cli = []
         for d in cli:
             t = (d / "final" / "config.json").stat().st_mtime
             if best_t is None or t > best_t:

@@ -13,19 +13,11 @@ import gradio as gr
 import pytest
 
 from tests.test_jobs import seed_data
-from tests.test_ui_train_compare import fake_run
+from tests.test_ui_train_compare import fake_run, studio  # noqa: F401 - the same seeded tiny-model studio
 
 UPDATE = {"__type__": "update"}
 
 
-@pytest.fixture
-def studio(workspace):
-    from neat_studio.studio import Studio
-
-    st = Studio(workspace, model_spec="tiny")
-    seed_data(st)
-    yield st
-    st.close()
 
 
 def _fn(demo, name, module):
