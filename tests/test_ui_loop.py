@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from tests.test_jobs import seed_data
 from tests.test_ui_train_compare import fake_run, studio  # noqa: F401 - the same seeded tiny-model studio
 
 UPDATE = {"__type__": "update"}
