@@ -9,19 +9,19 @@ Phases, each in its OWN subprocess (so peak RSS = ru_maxrss of that phase alone;
          neat_loss -> backward -> clip -> AdamW), a list = (chosen rank 0, rejected rank 1), `batch_size` lists per
          step (= batch_size pairs) in the trainer's length-grouped order (rounds.epoch_schedule), fixed `steps`
          timed after `warmup` untimed steps, no generation. (TRL's DPO uses its own default sampler.)
-         As shipped: prompt_cache=auto (the trainer decides per micro-batch, trainer.cache_pays); the ratios use this phase.
+         As shipped: prompt_cache=auto (the trainer decides per micro-batch, batching.cache_pays); the ratios use this phase.
 - neat_big (--big-batch B, default 8; information, not a target): the shipped NEAT step with B pairs per step
          (1 warm-up + max(2, steps // 2) timed steps), to show how the fixed per-step cost (AdamW, clipping)
          spreads over more tokens.
 - neat_on / neat_off: the same with prompt_cache forced on (each list's prompt runs once; its KV cache is
          repeated for the list's responses) or off (one full prompt+response row per response).
-- dpo:   TRL DPOTrainer via neat_studio.baselines.train_dpo on a snapshot holding the SAME pairs, same model,
+- dpo:   TRL DPOTrainer via neat_studio.neat.dpo_trainer.train_dpo on a snapshot holding the SAME pairs, same model,
          batch size, lengths (max_length = prompt + response) and steps; per-step time from its metrics.jsonl
          (elapsed between the first timed and the last step, so model/TRL setup and dataset tokenisation are out).
 - neat_lists / dpo_lists (--k-neg N, default 2): NEAT's own case. Each prompt's list is chosen (rank 0) >
          rejected (1) > N samples of the model under the `dangerous_compliance` negative prompt (2, tied),
          generated once before the phases (untimed); NEAT trains on the lists, DPO on the pairs expanded from the
-         same rankings (neat_studio.baselines.dpo_pairs: 1 + 2N pairs per list). pairs/s counts ranked pairs.
+         same rankings (neat_studio.neat.dpo_trainer.dpo_pairs: 1 + 2N pairs per list). pairs/s counts ranked pairs.
 - matmul: torch.matmul fp32 of large square matrices, best of a few -> this machine's peak FLOP/s. The same probe
          (sizes 1024 and 2048, best of 3) also runs after every timed step of the NEAT phases (untimed): the
          matmul-peak share is 6*N*(all timed tokens) / sum over steps of (step time x the peak probed right after
@@ -182,7 +182,8 @@ def phase_neat(a, prompt_cache: str = "auto", big: bool = False) -> dict:
 
     from neat_studio.config import Workspace
     from neat_studio.neat.rounds import RankedList
-    from neat_studio.neat.trainer import NeatTrainer, encode_list
+    from neat_studio.neat.batching import encode_list
+    from neat_studio.neat.trainer import NeatTrainer
 
     ws = Workspace.from_env(a.workspace)
     out = Path(a.tmp) / "neat_run"
@@ -251,7 +252,7 @@ def matmul_peak(sizes, reps: int) -> float:
 def phase_dpo(a) -> dict:
     import torch
 
-    from neat_studio.baselines import train_dpo
+    from neat_studio.neat.dpo_trainer import train_dpo
     from neat_studio.config import Workspace
     from neat_studio.models import encode_prompt_and_response, load_model
 
@@ -268,7 +269,7 @@ def phase_dpo(a) -> dict:
     dt = steps[last] - steps[first]
     # same real-token count as the neat phase: pairs of the timed steps, prompt + response, truncated alike.
     # TRL's sampler shuffles, so use the mean tokens per pair over all pairs x pairs timed.
-    from neat_studio.baselines import dpo_pairs
+    from neat_studio.neat.dpo_trainer import dpo_pairs
 
     rows = [json.loads(x) for x in (Path(a.snap) / "data.jsonl").read_text().splitlines()][: a.n_pairs]
     pairs = [{"prompt": p["prompt"], "chosen": p["chosen"][0]["content"], "rejected": p["rejected"][0]["content"]}

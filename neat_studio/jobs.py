@@ -398,16 +398,16 @@ class JobRunner:
             except RuntimeError as e:
                 raise JobError(f"{e}. Stop it or wait for it to finish.") from None
             run_dir = self.workspace.runs / run_id
-            argv = self.trainer_cmd + ["--workspace", str(self.workspace.root), "train", "--snapshot", str(snap_dir),
-                                       "--out", str(run_dir), "--method", train_cfg["method"]]
-            for ref in train_cfg.get("negatives") or []:
-                argv += ["--negative", ref]
-            for k, v in train_cfg.items():
-                if k in ("method", "negatives", "snapshot", "output_dir"):
-                    continue
-                argv += ["--set", f"{k}={json.dumps(v)}"]
+            # the run is launched with ONE file, its config.yaml (every setting, references pinned, paths absolute):
+            # the same file `train --recipe/--set ... --out RUN_DIR` writes, and what --resume reads back
+            from .neat.config import NeatConfig
+
+            cfg = NeatConfig.from_dict({**train_cfg, "snapshot": str(snap_dir), "output_dir": str(run_dir)})
+            argv = self.trainer_cmd + ["--workspace", str(self.workspace.root), "train",
+                                       "--config", str(run_dir / "config.yaml")]
             try:
                 run_dir.mkdir(parents=True, exist_ok=False)
+                cfg.to_yaml(run_dir / "config.yaml")
                 proc = self._launch(run_id, run_dir, argv, actor)
             except OSError as e:
                 self.store.update_run(run_id, actor=actor, status="failed", run_dir=str(run_dir),

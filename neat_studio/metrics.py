@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -261,8 +261,3 @@ def agreement_summary(annotations: Mapping[str, Mapping[str, Mapping[str, int]]]
     return {"shared_prompts": shared, "pairs": pairs,
             "kendall_tau": float(np.mean(all_tau)) if all_tau else None,
             "pairwise_agreement": float(np.mean(all_pa)) if all_pa else None}
-
-
-def mean_or_none(xs: Iterable[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return float(np.mean(xs)) if xs else None

@@ -1012,7 +1012,7 @@ class Studio:
         version, the default choice), tags, base models, NeatConfig defaults and help text."""
         from .neat.config import DTYPES, METHODS, NeatConfig
         from .neat.recipes import recipe_names
-        from .neat.trainer import bf16_supported
+        from .neat.preflight import bf16_supported
 
         allv = self.store.all_system_prompt_versions()
         return {"methods": list(METHODS), "dtypes": list(DTYPES), "auto_dtype": "bf16" if bf16_supported() else "fp32",

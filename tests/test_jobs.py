@@ -169,6 +169,47 @@ def test_two_step_run_finishes_with_metrics(studio, finished_run):
     assert any(spec == str(d) for _, spec in studio.model_choices())
 
 
+def test_studio_launches_the_run_with_its_config_yaml_as_the_cli_writes_it(studio, finished_run, capsys):
+    """One file launches a run: the studio writes RUN_DIR/config.yaml and starts `train --config` on it; the CLI
+    with the same settings prints the identical file."""
+    from neat_studio.cli import main
+
+    d = studio.workspace.runs / finished_run
+    argv = json.loads((d / "studio_launch.json").read_text())["argv"]
+    assert argv[-3:] == ["train", "--config", str(d / "config.yaml")] and "--set" not in argv
+    written = (d / "config.yaml").read_text()
+    snap = studio.store.get_run(finished_run)["config"]["snapshot_path"]
+    cli = ["--workspace", str(studio.workspace.root), "train", "--snapshot", snap, "--out", str(d),
+           "--method", "neat", "--model", "tiny", "--negative", "rude@1", "--show-config"]
+    for k, v in FAST.items():
+        if k not in ("model", "method", "negatives"):
+            cli += ["--set", f"{k}={v}"]
+    capsys.readouterr()
+    assert main(cli) == 0
+    assert capsys.readouterr().out == written
+
+
+def test_a_prepared_run_dir_starts_once(tmp_path):
+    """`train --config RUN_DIR/config.yaml` may start in the folder the studio prepared, never in one that ran."""
+    from neat_studio.neat.config import NeatConfig
+    from neat_studio.neat.rundir import holds_run, prepared_for
+
+    d = tmp_path / "run"
+    d.mkdir()
+    cfg = NeatConfig.from_dict({"snapshot": str(tmp_path / "snap"), "output_dir": str(d), "model": "tiny"})
+    cfg.to_yaml(d / "config.yaml")
+    assert holds_run(d) and prepared_for(d, cfg)
+    other = NeatConfig.from_dict({**cfg.to_dict(), "lr": 1e-3})
+    assert not prepared_for(d, other)  # a different config never reuses the folder
+    (d / "metrics.jsonl").write_text('{"event": "error", "phase": "preflight", "message": "x"}\n')
+    assert prepared_for(d, cfg)  # a failed preflight did not start it
+    (d / "metrics.jsonl").write_text('{"event": "round_start", "round": 0}\n')
+    assert not prepared_for(d, cfg)  # it started
+    (d / "metrics.jsonl").unlink()
+    (d / "checkpoints" / "step-1").mkdir(parents=True)
+    assert not prepared_for(d, cfg)
+
+
 def test_second_start_refused_stop_and_resume(studio, finished_run):
     rid = studio.start_training(LONG, actor="alice")
     with pytest.raises(JobError, match=rid):

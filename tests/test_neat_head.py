@@ -5,7 +5,8 @@ import torch
 from neat_studio.neat.config import ConfigError, NeatConfig
 from neat_studio.neat.head import linear_logprobs, packed_head, sparse_tied_embedding
 from neat_studio.neat.rounds import RankedList
-from neat_studio.neat.trainer import EncodedList, ListScorer, cache_pays, collate, collate_shared, encode_list
+from neat_studio.neat.batching import EncodedList, cache_pays, collate, collate_shared, encode_list
+from neat_studio.neat.scorer import ListScorer
 
 
 def test_linear_logprobs_values_and_gradcheck(monkeypatch):

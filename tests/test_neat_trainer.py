@@ -165,7 +165,8 @@ def test_config_yaml_overrides_and_help(tmp_path):
 def test_padding_and_prompt_cache_give_the_same_p(tiny_model_dir):
     from neat_studio.models import load_model
     from neat_studio.neat.rounds import RankedList
-    from neat_studio.neat.trainer import ListScorer, collate, collate_shared, encode_list
+    from neat_studio.neat.batching import collate, collate_shared, encode_list
+    from neat_studio.neat.scorer import ListScorer
 
     lm = load_model(str(tiny_model_dir))
     torch.manual_seed(0)
@@ -211,7 +212,9 @@ def test_padding_and_prompt_cache_give_the_same_p(tiny_model_dir):
 # -- parameter updates -----------------------------------------------------------------------------------
 def _trainer(tiny_model_dir, snap, out, **kw):
     from neat_studio.models import load_model
-    from neat_studio.neat.trainer import NeatTrainer, encode_list, preflight
+    from neat_studio.neat.batching import encode_list
+    from neat_studio.neat.preflight import preflight
+    from neat_studio.neat.trainer import NeatTrainer
 
     cfg = cfg_for(tiny_model_dir, snap, out, **kw)
     t = NeatTrainer(cfg, out, prepared=preflight(cfg, lm=load_model(str(tiny_model_dir))))
@@ -310,7 +313,8 @@ def test_lora_trains_adapters_and_freezes_the_base(tiny_model_dir, snap, tmp_pat
 def test_rounds_learn_the_toy_task(tiny_model_dir, snap, tmp_path):
     from neat_studio.generation import GenParams, generate
     from neat_studio.models import load_model
-    from neat_studio.neat.trainer import score_responses, train
+    from neat_studio.neat.scorer import score_responses
+    from neat_studio.neat.trainer import train
 
     held = toy_rows(HELD_Q, HELD_GOOD, HELD_BAD, split="dev")
     base = load_model(str(tiny_model_dir))
@@ -530,7 +534,7 @@ def test_sigterm_while_sampling_stops_with_a_loadable_checkpoint(tiny_model_dir,
 def test_cli_preflight_errors_write_an_error_event(tiny_model_dir, snap, tmp_path, capsys):
     from neat_studio.cli import main as studio_main
     from neat_studio.neat.cli import main
-    from neat_studio.neat.trainer import holds_run
+    from neat_studio.neat.rundir import holds_run
 
     args = ["--snapshot", str(snap), "--model", str(tiny_model_dir), "--workspace", str(tmp_path / "ws")]
     out = tmp_path / "r1"
@@ -659,7 +663,8 @@ def test_scoped_negative_samples_only_on_tagged_prompts(tiny_model_dir, tmp_path
 
 def test_anchor_round_scores_the_round_start_policy_and_starts_at_the_margin(tiny_model_dir, snap, tmp_path):
     from neat_studio.models import load_model
-    from neat_studio.neat.trainer import score_responses, train
+    from neat_studio.neat.scorer import score_responses
+    from neat_studio.neat.trainer import train
 
     out = tmp_path / "run"
     res = train(cfg_for(tiny_model_dir, snap, out, anchor="round", margin=0.25, rank_reduction="mean",
@@ -696,7 +701,8 @@ def test_diag_every_logs_per_term_gradient_norms(tiny_model_dir, snap, tmp_path)
 
 def test_plain_rank_scope_ties_plain_samples_with_the_best_only_on_tagged_prompts(tiny_model_dir, tmp_path):
     from neat_studio.models import load_model
-    from neat_studio.neat.trainer import NeatTrainer, preflight
+    from neat_studio.neat.preflight import preflight
+    from neat_studio.neat.trainer import NeatTrainer
 
     rows = toy_rows()
     for i, r in enumerate(rows):

@@ -108,7 +108,7 @@ def test_training_options_and_estimate(studio):
     opts = studio.training_options()
     assert opts["methods"] == ["neat", "rrhf", "sft", "dpo"] and opts["negatives"] == ["rude@1"]
     assert "lr" in opts["help"] and opts["defaults"]["method"] == "neat"
-    from neat_studio.neat.trainer import bf16_supported
+    from neat_studio.neat.preflight import bf16_supported
 
     assert opts["dtypes"] == ["auto", "bf16", "fp32"] and opts["auto_dtype"] == ("bf16" if bf16_supported() else "fp32")
     e = studio.estimate_training({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "rounds": 1,

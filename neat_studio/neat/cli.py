@@ -108,7 +108,7 @@ def record_error(args, exc: BaseException) -> None:
     RUN_DIR/metrics.jsonl, where RUN_DIR is --out (created if needed; nothing else is written, so it does not
     look like a started run) or the --resume run directory. Nothing is written without --out/--resume, for
     --show-config, into a directory that already holds another run, or by a process other than rank 0."""
-    from .trainer import RunExistsError, write_preflight_error
+    from .rundir import RunExistsError, write_preflight_error
 
     if getattr(exc, "neat_error_logged", False) or isinstance(exc, RunExistsError):
         return

@@ -83,7 +83,7 @@ class NeatConfig:
     max_response_len: int = _f(128, "response tokens kept (longer responses are cut)")
     prompt_cache: str = _f("auto", "run a list's prompt once, shared by all its responses in one row (same p and "
                                    "gradient): on | off | auto (per micro-batch, when it runs at most "
-                                   "trainer.CACHE_PAYS of the plain layout's padded tokens; see bench_train.py)",
+                                   "batching.CACHE_PAYS of the plain layout's padded tokens; see bench_train.py)",
                            choices=PROMPT_CACHE)
     gradient_checkpointing: bool = _f(False, "recompute each layer's activations in the backward pass: less "
                                              "memory for long lists or big models, ~1/3 more compute")
@@ -158,7 +158,7 @@ class NeatConfig:
         return self
 
     def validate(self) -> "NeatConfig":
-        """Checks that need no model and no data; `trainer.preflight` checks the rest."""
+        """Checks that need no model and no data; `preflight.preflight` checks the rest."""
         def bad(msg):
             raise ConfigError(msg)
 

@@ -14,17 +14,21 @@ Method (arXiv 2410.12194 in the RRHF form of arXiv 2304.05302; see docs/ARCHITEC
 4. Checkpoint at the end of each round (and every `save_every` steps); the new policy samples the next round.
 
 Methods: `neat` (above), `rrhf` (curated + plain samples, no negative prompts), `sft` (best curated responses,
-rank loss 0, NLL only); `dpo` lives in neat_studio/baselines.py.
+rank loss 0, NLL only); `dpo` is TRL's DPOTrainer (dpo_trainer.py).
+
+The rooms: config.py (NeatConfig, every default) and recipes.py (named presets); rundir.py (snapshot, prompt
+references, run-dir layout, signals); preflight.py (checks before a run); rounds.py (sampling plan and ranking);
+batching.py (encoding, collation); scorer.py (batch -> log-probs); head.py (fused lm_head); loss.py (the loss);
+this file (the loop: sample, train, checkpoint, resume).
 
 Engineering choices:
 - accelerate: the model is wrapped (DDP under `accelerate launch`, gloo on CPU); optimizer and scheduler are
   plain torch objects (not `accelerator.prepare`d, whose scheduler steps once per process), so the schedule is
   exact and identical on all processes. Gradient accumulation uses `no_sync` on all but the last micro-batch.
 - dtype bf16 = autocast with fp32 master weights (pure bf16 weights cannot take 1e-5-sized updates);
-  `auto` picks bf16 on a GPU or on a CPU with bf16 matrix instructions (avx512_bf16 / amx_bf16), else fp32.
-  Measured (same benchmark as below): on an AVX-512 CPU without avx512_bf16 a bf16-autocast step was 1.77x
-  SLOWER than fp32, so `auto` -> fp32 there; on an AMD EPYC with avx512_bf16 (2026-11-24) it was 1.83x faster
-  (0.98 -> 1.80 pairs/s, 2 runs each, interleaved). `make_accelerator` lets runs of two precisions share a process.
+  `auto` picks bf16 on a GPU or on a CPU with bf16 matrix instructions (avx512_bf16 / amx_bf16), else fp32
+  (without them bf16 autocast is slower than fp32; figures in benchmarks/HISTORY.md). `make_accelerator` lets
+  runs of two precisions share a process.
 - A list (all responses of one prompt) is one padded block of rows, right padding; micro-batches hold
   `batch_size` lists of similar length (rounds.epoch_schedule). The prompt is tokenized once per list.
   `prompt_cache` (on | off | auto, default auto): the shared-prompt layout (collate_shared) puts a list's prompt
@@ -33,8 +37,7 @@ Engineering choices:
   single backward: p and the gradient equal the plain layout's (tested). `auto` takes it per micro-batch when it
   runs at most CACHE_PAYS of the plain layout's padded tokens (nearly always: pairs and lists alike). Models
   whose attention cannot take a custom mask (flash-attention kernels, sliding windows) or that fail a one-off
-  numeric check use the plain layout. (Until 2026-11 a two-pass KV-cache layout did this; its second forward
-  and the out-of-place sum of every weight's two gradients made it no faster than the plain layout on pairs.)
+  numeric check use the plain layout.
 - Log-probs come from hidden states, not logits (neat/head.py): the decoder's hidden states of the response
   positions only go through a chunked, fused lm_head + log-softmax (exp(logits) kept for the backward up to
   256 MB, recomputed above), so padding and prompt positions never reach the head and no log-softmax copy or
@@ -66,7 +69,6 @@ Engineering choices:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -79,379 +81,21 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .config import ConfigError, NeatConfig, split_scope
-from .head import linear_logprobs, probe_tokens, sparse_tied_embedding
-from .loss import neat_loss, sequence_logprobs
+from .batching import EncodedList, cache_pays, collate, collate_shared, encode_list, to_device
+from .config import ConfigError, NeatConfig
+from .dpo_trainer import train_dpo
+from .head import sparse_tied_embedding
+from .loss import neat_loss
+from .preflight import Prepared, preflight, use_bf16
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
-from ..models import bf16_compute, native_bf16
+from .rundir import (STATE, RunExistsError, Stop, _np_state, _seed, holds_run, install_stop_signals,
+                     latest_checkpoint, new_run_dir, prepare_run_dir, prepared_for)
+from .scorer import ListScorer
 
 log = logging.getLogger("neat_studio.neat")
 
-STATE = "state.json"
-
-
-# -- inputs ---------------------------------------------------------------------------------------------------
-def read_snapshot(path: str | Path) -> tuple[list[dict], dict, str]:
-    """(rows, manifest, sha256 of data.jsonl) of a snapshot directory; ConfigError when unusable."""
-    d = Path(path)
-    data, man = d / "data.jsonl", d / "manifest.json"
-    if not data.is_file() or not man.is_file():
-        raise ConfigError(f"snapshot {d} not found (needs data.jsonl and manifest.json)")
-    raw = data.read_bytes()
-    sha = hashlib.sha256(raw).hexdigest()
-    try:
-        manifest = json.loads(man.read_text(encoding="utf-8"))
-        rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"snapshot {d} is not valid JSON: {e}") from None
-    if manifest.get("sha256") and manifest["sha256"] != sha:
-        raise ConfigError(f"snapshot {d}: data.jsonl does not match the sha256 in manifest.json (modified?)")
-    return rows, manifest, sha
-
-
-def resolve_prompt(manifest: dict, ref: str, kind: str) -> dict:
-    """`name@version` or `name` (latest), optionally `:TAG` -> the manifest's prompt_library entry
-    (+ "ref": "name@version", "scope": TAG or None)."""
-    ref, scope = split_scope(ref)
-    name, _, ver = str(ref).partition("@")
-    lib = [e for e in manifest.get("prompt_library") or [] if e.get("name") == name]
-    if ver:
-        lib = [e for e in lib if str(e.get("version")) == ver]
-    if not lib:
-        have = sorted({f"{e.get('name')}@{e.get('version')}" for e in manifest.get("prompt_library") or []
-                       if e.get("kind") == kind})
-        raise ConfigError(f"{kind} prompt {ref!r} is not in the snapshot's prompt library "
-                          f"(available: {', '.join(have) or 'none'})")
-    e = max(lib, key=lambda e: int(e.get("version") or 0))
-    if e.get("kind", kind) != kind:
-        raise ConfigError(f"prompt {ref!r} is a {e.get('kind')} prompt, not a {kind} prompt")
-    return {**e, "ref": f"{e['name']}@{e['version']}", "scope": scope}
-
-
-def bf16_supported() -> bool:
-    return native_bf16("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def use_bf16(cfg: NeatConfig) -> bool:
-    return bf16_compute(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclasses.dataclass
-class Prepared:
-    cfg: NeatConfig
-    rows: list
-    manifest: dict
-    sha256: str
-    negatives: list      # resolved prompt_library entries
-    positives: list
-    lm: object           # models.LoadedModel
-    scorer: object = None
-
-
-def preflight(cfg: NeatConfig, workspace=None, lm=None) -> Prepared:
-    """Every check that can fail before training: config, snapshot, prompt refs, model, lengths, scorer."""
-    cfg.validate()
-    rows, manifest, sha = read_snapshot(cfg.snapshot)
-    train_rows = [r for r in rows if r.get("split", "train") == "train" and r.get("responses")]
-    if not train_rows:
-        raise ConfigError(f"snapshot {cfg.snapshot} has no training rows (split=train with >= 1 response)")
-    for r in train_rows:
-        if not (len(r["responses"]) == len(r["ranks"]) == len(r["origins"])):
-            raise ConfigError(f"snapshot row {r.get('prompt_id')}: responses, ranks and origins differ in length")
-    negs = [resolve_prompt(manifest, ref, "negative") for ref in cfg.negatives] if cfg.method == "neat" else []
-    poss = ([resolve_prompt(manifest, ref, "positive") for ref in cfg.positives]
-            if cfg.method in ("neat", "rrhf") and cfg.k_pos > 0 else [])
-    for e in negs + poss:
-        if e["scope"] and not any(e["scope"] in (r.get("tags") or []) for r in train_rows):
-            raise ConfigError(f"{e['ref']}:{e['scope']}: no training prompt of snapshot {cfg.snapshot} is tagged "
-                              f"{e['scope']!r}")
-    scorer = None
-    if cfg.ranking == "reward" and cfg.method in ("neat", "rrhf"):
-        try:
-            from ..scoring.reward import RewardScorer
-
-            scorer = RewardScorer.load(cfg.scorer_path)
-        except Exception as e:  # noqa: BLE001 - any failure here is a configuration problem
-            raise ConfigError(f"reward scorer {cfg.scorer_path!r} cannot be loaded: {e}") from None
-    if lm is None:
-        from ..models import load_model
-
-        try:
-            lm = load_model(cfg.model, workspace=workspace, dtype=torch.float32)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"model {cfg.model!r} cannot be loaded: {type(e).__name__}: {e}") from None
-    max_pos = getattr(lm.model.config, "max_position_embeddings", None)
-    if max_pos and cfg.max_prompt_len + cfg.max_response_len > max_pos:
-        raise ConfigError(f"max_prompt_len + max_response_len = {cfg.max_prompt_len + cfg.max_response_len} "
-                          f"exceeds the model's maximum length {max_pos}")
-    return Prepared(cfg, train_rows, manifest, sha, negs, poss, lm, scorer)
-
-
-# -- encoding -------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class EncodedList:
-    prompt_ids: list
-    response_ids: list   # list[list[int]]
-    ranks: list
-    is_negative: list
-    ref_p: list | None = None  # per kept response (anchor=round)
-    src: list = dataclasses.field(default_factory=list)  # index in the RankedList of each kept response
-
-    @property
-    def cost(self) -> int:  # tokens of the padded block (what a micro-batch costs)
-        return len(self.response_ids) * (len(self.prompt_ids) + max(len(r) for r in self.response_ids))
-
-
-def encode_list(tokenizer, lst: RankedList, max_prompt_len: int, max_response_len: int) -> EncodedList | None:
-    from ..models import encode_prompt_and_response
-
-    prompt_ids, resp, ranks, neg, src = None, [], [], [], []
-    for i, (text, rank, is_neg) in enumerate(zip(lst.responses, lst.ranks, lst.is_negative)):
-        p, r = encode_prompt_and_response(tokenizer, lst.prompt, text)
-        r = list(r)[:max_response_len]
-        if not r:
-            continue
-        prompt_ids = list(p)[-max_prompt_len:] if prompt_ids is None else prompt_ids
-        resp.append(r)
-        ranks.append(rank)
-        neg.append(is_neg)
-        src.append(i)
-    if not resp:
-        return None
-    ref = [float(lst.ref_p[i]) for i in src] if lst.ref_p is not None else None
-    return EncodedList(prompt_ids, resp, ranks, neg, ref, src)
-
-
-def _ref_tensor(lists: list[EncodedList]):
-    return (torch.tensor([x for el in lists for x in el.ref_p], dtype=torch.float32)
-            if all(el.ref_p is not None for el in lists) else None)
-
-
-def collate(lists: list[EncodedList], pad_id: int) -> dict:
-    """Right-padded block: one row per response, prompt + response; resp_mask marks response tokens."""
-    rows = [(li, el.prompt_ids, r) for li, el in enumerate(lists) for r in el.response_ids]
-    T = max(len(p) + len(r) for _, p, r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    att = torch.zeros((len(rows), T), dtype=torch.long)
-    rmask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (_, p, r) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        att[i, : len(p) + len(r)] = 1
-        rmask[i, len(p): len(p) + len(r)] = 1
-    return {
-        "input_ids": ids, "attention_mask": att, "resp_mask": rmask,
-        "start": min(len(el.prompt_ids) for el in lists),
-        "list_index": torch.tensor([li for li, _, _ in rows]),
-        "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
-        "is_negative": torch.tensor([n for el in lists for n in el.is_negative], dtype=torch.bool),
-        "ref_p": _ref_tensor(lists),
-        "n_tokens": int(att.sum()),
-    }
-
-
-def collate_shared(lists: list[EncodedList], pad_id: int) -> dict:
-    """Shared prompt: ONE row per list, [prompt, response 1, response 2, ...], right-padded ([L, T]). A block mask
-    (`allowed` [L, T, T]) lets every response see the prompt and its own earlier tokens only, and each response's
-    positions continue from the prompt's end, so every response token gets exactly the context (and the rotary
-    positions) it has in its own prompt + response row, while the prompt runs once per list. Token m of the
-    output is predicted at (pred_row[m], pred_pos[m]) (the prompt's last position for a response's first token)
-    and belongs to response row resp_row[m] (list-major order, as in `collate`)."""
-    L = len(lists)
-    T = max(len(el.prompt_ids) + sum(len(r) for r in el.response_ids) for el in lists)
-    ids = torch.full((L, T), pad_id, dtype=torch.long)
-    pos = torch.zeros((L, T), dtype=torch.long)
-    seg = torch.full((L, T), -1, dtype=torch.long)   # -1 padding, 0 prompt, j + 1 response j
-    pred_row, pred_pos, labels, resp_row = [], [], [], []
-    n = 0
-    for li, el in enumerate(lists):
-        P = len(el.prompt_ids)
-        ids[li, :P] = torch.tensor(el.prompt_ids)
-        pos[li, :P] = torch.arange(P)
-        seg[li, :P] = 0
-        off = P
-        for j, r in enumerate(el.response_ids):
-            k = len(r)
-            ids[li, off: off + k] = torch.tensor(r)
-            pos[li, off: off + k] = torch.arange(P, P + k)
-            seg[li, off: off + k] = j + 1
-            pred_row += [li] * k
-            pred_pos += [P - 1] + list(range(off, off + k - 1))
-            labels += r
-            resp_row += [n] * k
-            off, n = off + k, n + 1
-    q, kk = seg[:, :, None], seg[:, None, :]
-    allowed = torch.ones((T, T), dtype=torch.bool).tril() & (kk >= 0) & ((kk == 0) | (kk == q))
-    allowed |= torch.eye(T, dtype=torch.bool)  # a padding query sees itself (no all-masked row: no NaN)
-    return {
-        "input_ids": ids, "position_ids": pos, "allowed": allowed, "pred_row": torch.tensor(pred_row),
-        "pred_pos": torch.tensor(pred_pos), "labels": torch.tensor(labels), "resp_row": torch.tensor(resp_row),
-        "n_resp": n, "lists": lists, "pad_id": pad_id,
-        "list_index": torch.tensor([li for li, el in enumerate(lists) for _ in el.response_ids]),
-        "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
-        "is_negative": torch.tensor([x for el in lists for x in el.is_negative], dtype=torch.bool),
-        "ref_p": _ref_tensor(lists),
-        "n_tokens": int((seg >= 0).sum()),
-    }
-
-
-def to_device(batch: dict, device) -> dict:
-    """A collated batch with its tensors on `device` (other values as they are)."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-# prompt_cache=auto takes the shared-prompt layout when it runs at most this share of the plain layout's padded
-# tokens. Both run one forward of the same kind, so a token costs about the same; the shared rows are longer
-# (attention grows with the square of the row), hence a little below 1.
-CACHE_PAYS = 0.9
-
-
-def cache_pays(lists: list[EncodedList]) -> bool:
-    """prompt_cache=auto: would collate_shared run at most CACHE_PAYS of collate's padded tokens?"""
-    rows = [(len(el.prompt_ids), len(r)) for el in lists for r in el.response_ids]
-    plain = len(rows) * max(p + r for p, r in rows)
-    shared = len(lists) * max(len(el.prompt_ids) + sum(len(r) for r in el.response_ids) for el in lists)
-    return shared <= CACHE_PAYS * plain
-
-
-class ListScorer(torch.nn.Module):
-    """Wraps the causal LM: batch -> (sum of response-token log-probs, response token count) per response.
-
-    Takes a `collate` block (one row per response) or a `collate_shared` block (one row per list; scored as
-    plain rows when the model cannot take its mask, see shared_ok). Where the model allows (checked once, see
-    head.packed_head) the decoder's hidden states of the response positions only go through
-    head.linear_logprobs: no [rows, T, vocab] logits, no padding rows in the lm_head; otherwise the model's
-    logits (`logits_to_keep` in the plain layout).
-    """
-
-    def __init__(self, model, packed: bool = True):
-        super().__init__()
-        self.model = model
-        self._packed = None if packed else False  # None: not checked yet (checked on the first forward)
-        self._shared = None
-        self.direct_head_grad = False  # head.linear_logprobs(direct=...): the trainer sets it with one process
-
-    def packed(self):
-        if self._packed is None:
-            from .head import packed_head
-
-            self._packed = packed_head(self.model) or False
-        return self._packed
-
-    def shared_ok(self) -> bool:
-        """Can this model take collate_shared's block mask? (sdpa or eager attention, no sliding window, which the
-        custom mask would replace, and a one-off numeric check that a shared block gives the plain layout's
-        log-probs.)"""
-        if self._shared is None:
-            self._shared = False
-            cfg = getattr(self.model, "config", None)
-            impl = getattr(cfg, "_attn_implementation", None)
-            window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
-            if impl in ("sdpa", "eager") and not window:
-                try:
-                    self._shared = _shared_matches_plain(self)
-                except Exception:  # an architecture that rejects a custom 4D mask or position ids
-                    self._shared = False
-        return self._shared
-
-    def forward(self, batch: dict):
-        if "allowed" in batch:
-            if not self.shared_ok():
-                dev = batch["input_ids"].device
-                plain = collate(batch["lists"], batch["pad_id"])
-                return self.forward(to_device(plain, dev))
-            return self._shared_forward(batch)
-        ph = self.packed()
-        if ph:
-            dec, head = ph
-            ids, rm = batch["input_ids"], batch["resp_mask"]
-            h = dec(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-            sel = rm[:, 1:].bool()                          # position t predicts token t + 1
-            return _packed_sums(h[:, :-1][sel], head.weight, ids[:, 1:][sel], sel, self.direct_head_grad)
-        s = batch["start"] - 1                              # first position that predicts a response token
-        keep = batch["input_ids"].shape[1] - s              # positions s..T-1: the lm_head (vocab x hidden, a
-        try:                                                # fifth of the model) never runs on prompt positions
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                             logits_to_keep=keep)
-        except TypeError:  # an architecture without logits_to_keep
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        logits = out.logits[:, -keep:][:, :-1]
-        return sequence_logprobs(logits, batch["input_ids"][:, s + 1:], batch["resp_mask"][:, s + 1:])
-
-    def _shared_forward(self, batch: dict):
-        """One forward of the shared-prompt block (collate_shared)."""
-        allowed = batch["allowed"][:, None]
-        if self.model.config._attn_implementation == "eager":  # additive float mask; sdpa takes the boolean one
-            dt = next(self.model.parameters()).dtype
-            allowed = torch.zeros(allowed.shape, dtype=dt, device=allowed.device).masked_fill_(
-                ~allowed, torch.finfo(dt).min)
-        ph = self.packed()
-        kw = dict(input_ids=batch["input_ids"], attention_mask=allowed, position_ids=batch["position_ids"],
-                  use_cache=False)
-        rows, where, labels = batch["resp_row"], (batch["pred_row"], batch["pred_pos"]), batch["labels"]
-        if ph:
-            tok = linear_logprobs(ph[0](**kw).last_hidden_state[where], ph[1].weight, labels,
-                                  direct=self.direct_head_grad)
-        else:
-            tok = -F.cross_entropy(self.model(**kw).logits[where].float(), labels, reduction="none")
-        n = batch["n_resp"]
-        sums = torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
-        return sums, torch.bincount(rows, minlength=n).to(tok.dtype)
-
-
-@torch.no_grad()
-def _shared_matches_plain(scorer: "ListScorer") -> bool:
-    model = scorer.model
-    dev = next(model.parameters()).device
-    t = probe_tokens(model.get_input_embeddings().weight.shape[0], 14)
-    lists = [EncodedList(t[:5], [t[5:8], t[8:12]], [0, 1], [False, False]),
-             EncodedList(t[10:13], [t[1:3], t[3:9], t[9:10]], [0, 1, 1], [False] * 3)]
-    was = model.training
-    model.eval()
-    try:  # _shared_forward directly: forward() would consult shared_ok(), which is what is being decided
-        s1, n1 = scorer._shared_forward(to_device(collate_shared(lists, 0), dev))
-        s2, n2 = scorer(to_device(collate(lists, 0), dev))
-    finally:
-        model.train(was)
-    return bool(torch.equal(n1, n2) and torch.allclose(s1 / n1, s2 / n2, atol=1e-4, rtol=1e-4))
-
-
-def _packed_sums(h, weight, labels, sel, direct=False):
-    """Per-row (sum of log-probs, token count) of the packed positions `sel` [rows, T] (row-major order)."""
-    tok = linear_logprobs(h, weight, labels, direct=direct)
-    rows = sel.nonzero()[:, 0]
-    sums = torch.zeros(sel.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
-    return sums, sel.sum(-1).to(tok.dtype)
-
-
-@torch.no_grad()
-def score_responses(model, tokenizer, prompt, responses: list[str], max_prompt_len: int = 256,
-                    max_response_len: int = 128) -> list[float]:
-    """p (mean response-token log-prob, plain prompt as context) of each response: what the loss ranks."""
-    lst = RankedList("x", prompt, list(responses), [0] * len(responses), ["policy"] * len(responses))
-    enc = encode_list(tokenizer, lst, max_prompt_len, max_response_len)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was = model.training
-    model.eval()
-    try:
-        dev = next(model.parameters()).device
-        batch = to_device(collate([enc], pad), dev)
-        s, n = ListScorer(model)(batch)
-    finally:
-        model.train(was)
-    return (s / n).tolist()
-
-
 # -- the trainer ----------------------------------------------------------------------------------------------
-class Stop(Exception):
-    pass
-
-
-class RunExistsError(ConfigError):
-    """The output directory already holds a run (not this process's to write to)."""
-
-
 def restore_training_layout(model) -> int:
     """Undo generation.prepare_for_inference on `model`: every parameter contiguous again (values, shapes, names,
     parameter objects and ties unchanged) and the model marked for the next prepare_for_inference. Returns the
@@ -481,21 +125,6 @@ def grad_norm(grads: list[torch.Tensor]) -> float:
         sq = torch.stack([torch.dot(g.view(-1), g.view(-1)).double() for g in grads]).sum()
         return float(sq.sqrt())
     return float(torch.nn.utils.get_total_norm(grads))
-
-
-def install_stop_signals(on_stop) -> dict:
-    """Route SIGTERM/SIGINT to `on_stop(signal name)` (the loop then checkpoints and stops cleanly). Returns the
-    previous handlers to restore; outside the main thread nothing is installed."""
-    def handler(signum, frame):
-        on_stop(signal.Signals(signum).name)
-
-    old = {}
-    for s in (signal.SIGTERM, signal.SIGINT):
-        try:
-            old[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread
-            pass
-    return old
 
 
 def make_accelerator(mixed_precision: str):
@@ -1011,21 +640,7 @@ class NeatTrainer:
         return final
 
 
-# -- helpers --------------------------------------------------------------------------------------------------
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
-
-
-def _np_state(state=None):
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return None
-    if state is None:
-        return np.random.get_state()
-    np.random.set_state(state)
-
-
+# -- helpers ---------------------------------------------------------------------------------------------------
 def _with_model(lm, model):
     if dataclasses.is_dataclass(lm):
         return dataclasses.replace(lm, model=model)
@@ -1034,59 +649,6 @@ def _with_model(lm, model):
     except AttributeError:
         lm.model = model
         return lm
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    cks = [p for p in (Path(run_dir) / "checkpoints").glob("step-*") if (p / STATE).exists()]
-    return max(cks, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def new_run_dir(cfg: NeatConfig, workspace=None) -> Path:
-    if cfg.output_dir:
-        return Path(cfg.output_dir)
-    from ..config import Workspace
-
-    ws = workspace or Workspace.from_env()
-    return ws.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
-
-
-def holds_run(run_dir: str | Path) -> bool:
-    """Whether `run_dir` holds a (started) run: a config.yaml, or a metrics.jsonl that is not just the
-    `phase: preflight` error events of attempts that never started (write_preflight_error)."""
-    d = Path(run_dir)
-    if (d / "config.yaml").exists():
-        return True
-    m = d / "metrics.jsonl"
-    if not m.exists():
-        return False
-    lines = [line for line in m.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    try:
-        objs = [json.loads(line) for line in lines]
-    except ValueError:
-        return True
-    return not objs or not all(isinstance(o, dict) and o.get("event") == "error" and o.get("phase") == "preflight"
-                               for o in objs)
-
-
-def write_preflight_error(run_dir: str | Path, message: str) -> Path:
-    """Append `{"event": "error", "message", "phase": "preflight"}` to RUN_DIR/metrics.jsonl (creating RUN_DIR):
-    the record of an attempt that failed before training. Writes nothing else, so the directory still does not
-    look like a started run (holds_run stays False unless it already held one)."""
-    d = Path(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    m = d / "metrics.jsonl"
-    with open(m, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"event": "error", "message": str(message), "phase": "preflight",
-                            "time": round(time.time(), 3)}) + "\n")
-    return m
-
-
-def prepare_run_dir(cfg: NeatConfig, run_dir: Path, sha256: str, main: bool = True) -> None:
-    if not main:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(run_dir / "config.yaml")
-    (run_dir / "snapshot.sha256").write_text(sha256 + "\n")
 
 
 def train(cfg: NeatConfig, *, resume: str | Path | None = None, workspace=None, stop_after: int | None = None,
@@ -1103,13 +665,11 @@ def train(cfg: NeatConfig, *, resume: str | Path | None = None, workspace=None, 
         cfg = NeatConfig.from_yaml(run_dir / "config.yaml")
     else:
         run_dir = new_run_dir(cfg, workspace)
-        if holds_run(run_dir):
+        if holds_run(run_dir) and not prepared_for(run_dir, cfg):
             raise RunExistsError(f"run directory {run_dir} already holds a run: resume it (--resume {run_dir}) or "
                                  "choose another --out")
         cfg.output_dir = str(run_dir)
     if cfg.method == "dpo":
-        from ..baselines import train_dpo
-
         return train_dpo(cfg, run_dir, workspace=workspace, resume=resume is not None, lm=lm, stop_after=stop_after)
     prep = preflight(cfg, workspace=workspace, lm=lm)
     if resume is not None:

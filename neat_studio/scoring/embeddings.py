@@ -136,10 +136,6 @@ class Embedder:
         return out
 
 
-def get_embedder() -> Embedder:
-    return Embedder.get()
-
-
 def encode(texts: Sequence[str], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
     return Embedder.get().encode(texts, batch_size=batch_size, progress=progress)
 

@@ -6,7 +6,6 @@ text (Textbox, Dataframe with datatype "str", Code) or, inside gr.HTML, only aft
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +18,6 @@ from .auth import LOCAL_USER, UserDB
 def esc(text: Any) -> str:
     """HTML-escape anything (quotes too, so the result is safe inside attribute values)."""
     return html.escape("" if text is None else str(text), quote=True)
-
-
-def esc_pre(text: Any) -> str:
-    """Escaped text for a `white-space: pre-wrap` block."""
-    return esc(text)
 
 
 FOLD_OVER_CHARS = 800  # a text longer than this is shown folded ...
@@ -81,10 +75,6 @@ def parse_tags(value) -> list[str]:
         if t and t not in out:
             out.append(t)
     return out
-
-
-def json_text(obj) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """DPO baseline (TRL DPOTrainer) on the same snapshot; sft/rrhf are trainer modes (tested in test_neat_trainer)."""
 import json
 
-from neat_studio.baselines import dpo_pairs
+from neat_studio.neat.dpo_trainer import dpo_pairs
 from tests.test_neat_trainer import cfg_for, make_snapshot, read_metrics, toy_rows
 
 

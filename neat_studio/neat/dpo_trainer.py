@@ -1,5 +1,4 @@
-"""Baselines on the same snapshot. `sft` and `rrhf` are modes of neat_studio.neat.trainer (method=sft|rrhf);
-`dpo` is TRL's DPOTrainer, here.
+"""The `dpo` method: TRL's DPOTrainer on the same snapshot (`sft` and `rrhf` are modes of trainer.py).
 
 DPO, kept comparable with the listwise methods:
 - data: every (better, worse) pair of curated responses of a training row (ranks differ; ties give no pair),
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .neat.config import ConfigError, NeatConfig
-from .neat.rounds import dense, steps_per_epoch
-from .neat.trainer import install_stop_signals, latest_checkpoint, preflight, prepare_run_dir, use_bf16
+from .config import ConfigError, NeatConfig
+from .preflight import preflight, use_bf16
+from .rounds import dense, steps_per_epoch
+from .rundir import install_stop_signals, latest_checkpoint, prepare_run_dir
 
 
 def dpo_pairs(rows: list[dict]) -> list[dict]:
