@@ -196,13 +196,7 @@ def build(ctx: Ctx) -> dict:
     filters = [q_tag, q_split, q_source, q_search, q_all, q_order]
 
     def _recent(me):
-        rows = [a for a in reversed(st.store.latest_annotations(human_only=True)) if a["annotator"] == me]
-        out = []
-        for a in rows[:200]:
-            p = st.store.get_prompt(a["prompt_id"])
-            text = (p["text"] if p else "")[:70].replace("\n", " ")
-            out.append((f"{a['prompt_id']} · {text}", a["prompt_id"]))
-        return out
+        return st.recent_annotations(me)
 
     def _view(me, s, message="", msg_kind="ok"):
         """All outputs for the current item of session `s`."""
@@ -265,7 +259,7 @@ def build(ctx: Ctx) -> dict:
         pid = (pid or "").strip()
         if not pid:
             return _view(me, dict(s or {}), "Choose or paste a prompt id.", "err")
-        if st.store.get_prompt(pid) is None:
+        if st.prompt(pid) is None:
             return _view(me, dict(s or {}), f"Unknown prompt id {pid!r}.", "err")
         s = dict(s or {})
         s["item"], s["draft"] = pid, None
@@ -319,7 +313,7 @@ def build(ctx: Ctx) -> dict:
             return _view(me, s, f"Back to {recent[0]} (your saved ranking is loaded; Enter saves a new version).")
         if cmd == "edit":
             rid = data.get("rid")
-            r = st.store.get_response(rid) if rid else None
+            r = st.response(rid)
             if r is None or r["prompt_id"] != item:
                 return [gr.update()] * len(outputs)
             s["edit"] = rid

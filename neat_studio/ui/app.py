@@ -89,7 +89,7 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
             pq = out_path.with_name(out_path.stem + "-parquet") if parquet else None
             try:
                 # JSON text: gradio would take a dict with a "path" key for a file to serve
-                return json.dumps(studio.store.backup(out_path, parquet_dir=pq, actor=ctx.user(request)))
+                return json.dumps(studio.backup(out_path, parquet_dir=pq, actor=ctx.user(request)))
             except ValueError as e:
                 raise gr.Error(str(e)) from e
 
@@ -112,8 +112,7 @@ def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0
     studio = Studio(Workspace.from_env(workspace), db_path=db,
                     model_spec=None if model in (None, "", "default") else model, gen_dtype=dtype)
     try:
-        if studio.store.count_prompts() == 0 and not studio.store.get_setting("seeded"):
-            studio.init(actor="system")
+        studio.seed_if_empty(actor="system")
     except Exception as e:  # noqa: BLE001 - seeding is a convenience; the app still starts empty
         log.warning("seeding the workspace failed: %s", e)
     restored = " (chosen with 'Use as generator')" if studio.generator_restored else ""

@@ -110,14 +110,14 @@ def build(ctx: Ctx) -> dict:
 
     def _snaps():
         rows = []
-        for s in st.store.list_snapshots()[:50]:
+        for s in st.snapshots(50):
             c = s.get("counts") or {}
             rows.append([s.get("snapshot_id", s.get("id", "")), str(s.get("created_at", ""))[:19].replace("T", " "),
                          str(c.get("rows", c.get("prompts", ""))), str(s.get("sha256", ""))[:16]])
         return pd.DataFrame(rows, columns=["snapshot", "created", "rows", "sha256"])
 
     def load(request: gr.Request):
-        c = st.store.counts()
+        c = st.counts()
         prog = st.annotation_progress(None)
         total = prog["total"]
         ppl = pd.DataFrame([[p["annotator"], str(p["done"]), str(total), str(p["annotations"]),

@@ -159,10 +159,10 @@ def build(ctx: Ctx) -> dict:
             pid = str(df.iloc[row, 0])
         except Exception:  # noqa: BLE001
             return gr.update(), gr.update(), gr.update(), gr.update()
-        p = st.store.get_prompt(pid)
+        p = st.prompt(pid)
         if p is None:
             return pid, "(prompt not found)", pd.DataFrame(columns=["origin", "response"]), gr.update()
-        resp = st.store.list_responses(pid)
+        resp = st.prompt_responses(pid)
         rdf = pd.DataFrame([[r["origin"], r["text"]] for r in resp], columns=["origin", "response"])
         return pid, _conversation(p["messages"]), rdf, pid
 
@@ -221,8 +221,7 @@ def build(ctx: Ctx) -> dict:
         except (DataFormatError, ValueError, OSError) as e:  # name the file as the user knows it, not the upload
             return error_box(f"{str(e).replace(str(path), Path(str(path)).name)}. Nothing was imported.")
         progress(1.0, desc="done")
-        from ..store import pairs_unranked_note
-        from ..studio import long_prompts_note
+        from ..studio import long_prompts_note, pairs_unranked_note
 
         note = pairs_unranked_note(report.get("pairs_unranked", 0))
         long_note = long_prompts_note(report.get("long_prompt_ids") or [])

@@ -166,18 +166,16 @@ def build(ctx: Ctx) -> dict:
 
     # -- library -------------------------------------------------------------------------------------------
     def lib_df(kf):
-        rows = st.store.list_system_prompts(kind=None if kf == "all" else kf)
+        rows = st.library_list(kind=None if kf == "all" else kf)
         return pd.DataFrame([[r["name"], r["kind"], str(r["version"]), str(r.get("n_versions", "")),
                               ", ".join(r["tags"]), r["author"]] for r in rows], columns=LIB_COLUMNS)
 
     def refs():
-        allv = st.store.all_system_prompt_versions()
-        neg = [v["ref"] for v in allv if v["kind"] == "negative"]
-        pos = [v["ref"] for v in allv if v["kind"] == "positive"]
-        return neg, pos
+        r = st.library_refs()
+        return r["negative"], r["positive"]
 
     def versions_view(nm):
-        vs = st.store.list_versions(nm) if nm else []
+        vs = st.library_versions(nm)
         df = pd.DataFrame([[str(v["version"]), v["author"], v["created_at"][:19].replace("T", " "),
                             ", ".join(f"{k}={val}" for k, val in (v["params"] or {}).items()), ", ".join(v["tags"])]
                            for v in reversed(vs)], columns=["version", "author", "created", "params", "tags"])
@@ -187,7 +185,7 @@ def build(ctx: Ctx) -> dict:
         return df, gr.update(choices=choices, value=a), gr.update(choices=choices, value=b)
 
     def load_version(nm, version=None):
-        sp = st.store.get_system_prompt(nm, version)
+        sp = st.library_version(nm, version)
         if sp is None:
             return [gr.update()] * 9
         p = sp["params"] or {}
@@ -202,7 +200,7 @@ def build(ctx: Ctx) -> dict:
         sp = None
         if values[2]:
             try:
-                sp = st.store.resolve_ref(values[2])
+                sp = st.resolve_library_ref(values[2])
             except ValueError:
                 pass
         return editor_changed(load_version(sp["name"], sp["version"]) if sp else None, values)
@@ -233,7 +231,7 @@ def build(ctx: Ctx) -> dict:
         if not nm or not a or not b:
             return "", ""
         try:
-            A, B = st.store.get_system_prompt(nm, int(a)), st.store.get_system_prompt(nm, int(b))
+            A, B = st.library_version(nm, int(a)), st.library_version(nm, int(b))
             if A is None or B is None:
                 raise ValueError(f"{nm} has no version {a if A is None else b}")
             raw = st.library_diff(nm, int(a), int(b))
@@ -357,7 +355,7 @@ def build(ctx: Ctx) -> dict:
         """Page load / tab opened: fresh choices; the preview's version is the one saved last unless the user
         chose another one (kept while it exists)."""
         neg, pos = refs()
-        tags_ = st.store.prompt_tags()
+        tags_ = st.prompt_tags()
         newest = st.newest_prompt_ref("negative")
         val = cur_neg if cur_neg in neg and cur_neg != auto else newest
         return (gr.update(choices=neg, value=val), gr.update(choices=[NONE_NORMAL] + pos),
