@@ -28,6 +28,8 @@ settings and overview; store/schema.py the migrations). API (see each method's d
               record_snapshot(manifest, path, actor); list_snapshots(); get_snapshot(id)
   runs        create_run(name, method, config, actor, ...); update_run(run_id, actor=..., **fields); get_run;
               list_runs; active_run()
+  tasks       overlap(); set_overlap(n, actor); taken_prompts(annotator); lease(prompt_id, annotator, seconds);
+              release(prompt_id, annotator); active_leases()
   vectors     put_embeddings(kind, ids, vectors, model_id); get_embeddings(kind, model_id, ids);
               missing_embeddings(kind, model_id); put_scores(ids, scores, scorer_version); get_scores(...)
   settings    get_setting(key, default); set_setting(key, value, actor)
@@ -38,7 +40,7 @@ Pure helpers: `normalise_messages`, `prompt_content_hash`, `ranking_to_ranks`, `
 """
 from __future__ import annotations
 
-from .core import (SchemaError, StoreCore, StoreLockedError, combine_rankings,
+from .core import (SchemaError, StaleAnnotationError, StoreCore, StoreLockedError, combine_rankings,
                    is_human_annotator, normalise_messages, normalise_tags, pairs_unranked_note, parse_ref,
                    prompt_content_hash, ranking_to_ranks)
 from .prompts import PromptsMixin
@@ -47,16 +49,17 @@ from .responses import ResponsesMixin
 from .annotations import AnnotationsMixin
 from .imports import ImportMixin
 from .snapshots import SnapshotsMixin
+from .tasks import TasksMixin
 from .runs import RunsMixin
 from .vectors import VectorsMixin
 from .schema import EMBED_DIM, MIGRATIONS, SCHEMA_VERSION
 
 
-__all__ = ["EMBED_DIM", "MIGRATIONS", "SCHEMA_VERSION", "SchemaError", "Store", "StoreLockedError",
-           "combine_rankings", "is_human_annotator", "normalise_messages", "normalise_tags", "pairs_unranked_note",
-           "parse_ref", "prompt_content_hash", "ranking_to_ranks"]
+__all__ = ["EMBED_DIM", "MIGRATIONS", "SCHEMA_VERSION", "SchemaError", "StaleAnnotationError", "Store",
+           "StoreLockedError", "combine_rankings", "is_human_annotator", "normalise_messages", "normalise_tags",
+           "pairs_unranked_note", "parse_ref", "prompt_content_hash", "ranking_to_ranks"]
 
 
 class Store(StoreCore, PromptsMixin, LibraryMixin, ResponsesMixin, AnnotationsMixin, ImportMixin, SnapshotsMixin,
-            RunsMixin, VectorsMixin):
+            RunsMixin, VectorsMixin, TasksMixin):
     """DuckDB-backed store; see the module docstring."""

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from .core import _dumps, _first, _iso, _loads, _now, _req_str, _short_id, _validate_ranking
+from .core import StaleAnnotationError, _dumps, _first, _iso, _loads, _now, _req_str, _short_id, _validate_ranking
 from .schema import IMPORT_PREFIX, MARKS
 
 
@@ -30,12 +30,16 @@ class AnnotationsMixin:
 
     def save_annotation(self, prompt_id: str, annotator: str, ranking: list[list[str]],
                         marks: dict[str, str] | None = None, comment: str = "", flagged: bool = False,
-                        actor: str | None = None) -> str:
+                        actor: str | None = None, expect_latest: str | None | object = ...) -> str:
         """Append an annotation (the latest per prompt and annotator counts). `ranking`: groups of response ids
         of this prompt, best first (ties within a group), at least two responses. An empty ranking is allowed
         only with a flag, comment or marks; a comment- or mark-only save keeps the annotator's earlier ranking in
         force, a flag without a ranking withdraws it (see listwise_rows). ValueError on invalid input; nothing is
-        written then."""
+        written then.
+
+        `expect_latest`: the id of this annotator's latest annotation of the prompt when their page loaded it (None:
+        there was none). When it is given and no longer the latest, StaleAnnotationError and nothing is written:
+        a save never silently replaces a ranking its author did not see."""
         annotator = _req_str(annotator, "annotator", 100)
         if annotator.startswith(IMPORT_PREFIX):
             raise ValueError(f"annotator names starting with {IMPORT_PREFIX!r} are reserved for imports")
@@ -46,6 +50,15 @@ class AnnotationsMixin:
         with self._tx() as con:
             if _first(con.execute("SELECT count(*) FROM prompts WHERE id = ?", [prompt_id]))[0] == 0:
                 raise ValueError(f"unknown prompt id {prompt_id!r}")
+            if expect_latest is not ...:
+                cur = _first(con.execute("SELECT id FROM annotations WHERE prompt_id = ? AND annotator = ? "
+                                         "ORDER BY seq DESC LIMIT 1", [prompt_id, annotator]))
+                cur = cur[0] if cur else None
+                if cur != (expect_latest or None):
+                    raise StaleAnnotationError(
+                        f"prompt {prompt_id} has a newer annotation by {annotator} than the one this page loaded "
+                        "(saved from another tab or by someone else signed in as you). Nothing was replaced: reopen "
+                        "the prompt to see it, then save again if yours should win.", cur)
             valid = {r[0] for r in con.execute("SELECT id FROM responses WHERE prompt_id = ?", [prompt_id]).fetchall()}
             ranking = _validate_ranking(ranking, valid)
             for rid, m in marks.items():

@@ -33,6 +33,15 @@ class StoreLockedError(RuntimeError):
     """Another process holds the database file open read-write."""
 
 
+class StaleAnnotationError(ValueError):
+    """A save based on an annotation that is no longer the annotator's latest for the prompt (another tab, or
+    another person under the same name, saved in between). `current`: the latest annotation id now."""
+
+    def __init__(self, message: str, current: str | None):
+        super().__init__(message)
+        self.current = current
+
+
 # ---------------------------------------------------------------------------------------------------------
 # pure helpers
 

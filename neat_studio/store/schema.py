@@ -73,5 +73,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             id VARCHAR PRIMARY KEY, path VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,
             created_by VARCHAR NOT NULL, filters JSON NOT NULL, counts JSON NOT NULL)""",
     ]),
+    (3, [
+        # task distribution: who has a prompt open (see store/tasks.py)
+        """CREATE TABLE leases (
+            prompt_id VARCHAR NOT NULL, annotator VARCHAR NOT NULL, expires_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (prompt_id, annotator))""",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -63,10 +63,21 @@ class AnnotationMixin:
         human ranked, the one where the scorer's ranking disagrees most: Kendall tau distance). The scorer orders
         look at the first `pool` candidates of the queue and fall back to queue order without a trained scorer.
         `skip_ids` are left out (this page's skips); the prompts the annotator skipped before (`skip_prompt`, kept
-        in the store, so a reload keeps them) come after every other prompt, in any order."""
+        in the store, so a reload keeps them) come after every other prompt, in any order. Prompts that already
+        have the workspace's rankings per prompt from others, counting their open leases, are not handed out; the
+        prompt returned is leased to `annotator` (store.lease) until they save or skip it or the lease expires."""
         if order not in ("queue", "uncertainty", "disagreement"):
             raise ValueError(f"unknown queue order {order!r}: use queue, uncertainty or disagreement")
-        skip = set(skip_ids)
+        with self.store.transaction():  # choose and lease as one step: two people never get the same prompt
+            pid = self._next_prompt(annotator, tag=tag, source=source, split=split, search=search, skip_ids=skip_ids,
+                                    include_annotated=include_annotated, order=order, pool=pool)
+            if pid is not None:
+                self.store.lease(pid, annotator)
+        return pid
+
+    def _next_prompt(self, annotator, *, tag, source, split, search, skip_ids, include_annotated, order, pool):
+        # prompts others have ranked or hold up to the overlap are not handed out (store/tasks.py)
+        skip = set(skip_ids) | set(self.store.taken_prompts(annotator))
         skipped_before = self.store.skipped_prompts(annotator)
         later = set(skipped_before)
         for _ in range(1000):  # a prompt whose candidates are near-duplicates of each other shows < 2: skip it
@@ -196,23 +207,39 @@ class AnnotationMixin:
         return hidden
 
     def save_annotation(self, prompt_id: str, annotator: str, ranking: list[list[str]],
-                        marks: dict | None = None, comment: str = "", flagged: bool = False) -> str:
+                        marks: dict | None = None, comment: str = "", flagged: bool = False,
+                        expect_latest: str | None | object = ...) -> str:
         """Durable immediately (one committed transaction); the latest annotation per annotator counts. A skip of
-        the prompt by this annotator is cleared in the same transaction."""
-        with self.store.transaction():
-            aid = self.store.save_annotation(prompt_id, annotator, ranking, marks=marks or {},
-                                             comment=comment or "", flagged=bool(flagged))
-            self.store.set_skipped(annotator, prompt_id, False)
+        the prompt by this annotator and their lease on it end in the same transaction. `expect_latest`: the
+        annotator's latest annotation id when their page loaded the prompt (None: none); a save over a newer one
+        is refused (StaleAnnotationError, a ValueError), and the refused ranking is kept in the audit log beside
+        the annotation that stays."""
+        from ..store import StaleAnnotationError
+
+        try:
+            with self.store.transaction():
+                aid = self.store.save_annotation(prompt_id, annotator, ranking, marks=marks or {},
+                                                 comment=comment or "", flagged=bool(flagged),
+                                                 expect_latest=expect_latest)
+                self.store.set_skipped(annotator, prompt_id, False)
+                self.store.release(prompt_id, annotator)
+        except StaleAnnotationError as e:
+            self.store.log_event(annotator, "refuse_stale_annotation", "annotation", e.current,
+                                 {"prompt_id": prompt_id, "annotator": annotator, "ranking": ranking,
+                                  "marks": marks or {}, "comment": comment or "", "flagged": bool(flagged),
+                                  "page_loaded": expect_latest or None})
+            raise
         return aid
 
     def submit_ranking(self, prompt_id: str, annotator: str, ranks: dict, marks: dict | None = None,
-                       comment: str = "", flagged: bool = False) -> dict:
+                       comment: str = "", flagged: bool = False, expect_latest: str | None | object = ...) -> dict:
         """What Annotate's submit saves. `ranks`: {response id: rank group (1 = best, same number = tie)} over
         the responses the view shows (`annotation_item`). Rules (the view's hint says the same):
         every shown response ranked -> that ranking; some ranked but not all -> refused unless the prompt is
         flagged; a flagged prompt is saved with the ranking of what was ranked when that is two or more responses,
         else with no ranking (one ranked response has nothing to be ranked against). Returns {"annotation_id",
-        "ranking", "shown" (the shown response ids, in view order)}. ValueError (nothing written) otherwise."""
+        "ranking", "shown" (the shown response ids, in view order)}. ValueError (nothing written) otherwise;
+        `expect_latest` as in save_annotation."""
         item = self.annotation_item(prompt_id, annotator, suggest=False)
         shown = [r["id"] for r in item["responses"]]
         try:
@@ -233,13 +260,45 @@ class AnnotationMixin:
         ranking = [groups[g] for g in sorted(groups)]
         if flagged and sum(len(g) for g in ranking) < 2:
             ranking = []
-        aid = self.save_annotation(prompt_id, annotator, ranking, marks=marks, comment=comment, flagged=flagged)
+        aid = self.save_annotation(prompt_id, annotator, ranking, marks=marks, comment=comment, flagged=flagged,
+                                   expect_latest=expect_latest)
         return {"annotation_id": aid, "ranking": ranking, "shown": shown}
 
     def skip_prompt(self, prompt_id: str, annotator: str) -> list[str]:
         """Remember that `annotator` skipped the prompt (the store's settings: it survives a reload and a restart);
-        their queue then shows it after every other prompt. Saving an annotation for it clears the skip."""
-        return self.store.set_skipped(annotator, prompt_id, True)
+        their queue then shows it after every other prompt. Saving an annotation for it clears the skip. The
+        annotator's lease on it ends (someone else may take it)."""
+        with self.store.transaction():
+            out = self.store.set_skipped(annotator, prompt_id, True)
+            self.store.release(prompt_id, annotator)
+        return out
+
+    def annotations_per_prompt(self) -> int:
+        return self.store.overlap()
+
+    def set_annotations_per_prompt(self, n, actor: str) -> int:
+        """Rankings wanted per prompt before it leaves everyone's queue (1-20); admins only in the UI."""
+        return self.store.set_overlap(n, actor=actor)
+
+    def leases(self) -> list[dict]:
+        """Who holds which prompt now (Data tab)."""
+        return self.store.active_leases()
+
+    def task_overview(self) -> dict:
+        """The Data tab's task distribution: {"overlap", "total" (rankable prompts), "wanted" (total x overlap
+        rankings), "leases", "per_annotator": [{annotator, done, share (an equal part of what is wanted, rounded
+        up), holds (prompts leased now)}]}."""
+        import math
+
+        prog = self.annotation_progress(None)
+        overlap, leases = self.store.overlap(), self.store.active_leases()
+        people = sorted({p["annotator"] for p in prog["per_annotator"]} | {x["annotator"] for x in leases})
+        wanted = prog["total"] * overlap
+        share = math.ceil(wanted / len(people)) if people else 0
+        done = {p["annotator"]: p["done"] for p in prog["per_annotator"]}
+        return {"overlap": overlap, "total": prog["total"], "wanted": wanted, "leases": leases,
+                "per_annotator": [{"annotator": a, "done": done.get(a, 0), "share": share,
+                                   "holds": sum(x["annotator"] == a for x in leases)} for a in people]}
 
     def edit_response(self, response_id: str, new_text: str, actor: str = "local") -> str:
         """A human edit becomes a new response (origin human); the original stays."""

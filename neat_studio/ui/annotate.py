@@ -216,6 +216,8 @@ def build(ctx: Ctx) -> dict:
         else:
             html_ = ranker_html(item, s.get("draft"))
             ann = item.get("annotation") or {}
+            if s.get("base_item") != pid:  # what this page loaded: a save over a newer annotation is refused
+                s["base_item"], s["base"] = pid, ann.get("id")
             cm, fl = ann.get("comment", ""), bool(ann.get("flagged", False))
         box = "" if not message else (error_box(message) if msg_kind == "err" else ok_box(message))
         return (html_, cm, fl, box, progress_html(st.annotation_progress(me), me), s,
@@ -227,7 +229,7 @@ def build(ctx: Ctx) -> dict:
         s["item"] = st.next_prompt(me, tag=tg or None, split=sp or None, source=src or None, search=q or None,
                                    skip_ids=s.get("skip") or [], include_annotated=bool(inc),
                                    order=order or "queue")
-        s["draft"] = None
+        s["draft"], s["base_item"] = None, None
         return s
 
     def show(s, tg, sp, src, q, inc, order, request: gr.Request):
@@ -262,7 +264,7 @@ def build(ctx: Ctx) -> dict:
         if st.prompt(pid) is None:
             return _view(me, dict(s or {}), f"Unknown prompt id {pid!r}.", "err")
         s = dict(s or {})
-        s["item"], s["draft"] = pid, None
+        s["item"], s["draft"], s["base_item"] = pid, None, None
         return _view(me, s)
 
     def on_cmd(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, order, request: gr.Request):
@@ -279,7 +281,8 @@ def build(ctx: Ctx) -> dict:
         s["draft"] = {"item": item, "ranks": ranks, "marks": marks}
         if cmd == "submit":
             try:  # the rules (every response ranked, or flagged with what was ranked) live in Studio
-                r = st.submit_ranking(item, me, ranks, marks=marks, comment=cm or "", flagged=bool(fl))
+                r = st.submit_ranking(item, me, ranks, marks=marks, comment=cm or "", flagged=bool(fl),
+                                      expect_latest=s.get("base") if s.get("base_item") == item else ...)
             except ValueError as e:
                 return (gr.update(), gr.update(), gr.update(), error_box(f"Not saved: {e}"), gr.update(), s,
                         gr.update(), gr.update())
@@ -289,6 +292,7 @@ def build(ctx: Ctx) -> dict:
                 desc = "(flag only)" if fl else "(comment / marks only)"
             elif fl:
                 desc += " (flagged)"
+            s["base_item"] = None  # saved: the next view loads the annotation afresh
             s = _next(me, s, tg, sp, src, q, inc, order)
             return _view(me, s, f"Saved prompt {item}: {desc}.")
         if cmd == "skip":

@@ -73,6 +73,24 @@ def build(ctx: Ctx) -> dict:
                                           "pairwise agreement"], datatype="str", interactive=False, max_height=260,
                                  elem_id="data-pairs")
     with gr.Row():
+        with gr.Column():
+            gr.Markdown("### Task distribution")
+            gr.Markdown("A prompt leaves everyone's queue once it has this many rankings; while someone has a "
+                        "prompt open it is theirs for 5 minutes (skip or save ends it). Share = an equal part of "
+                        "prompts × rankings per prompt.", elem_classes=["neat-help"])
+            with gr.Row():
+                overlap = gr.Number(label="Rankings per prompt", precision=0, minimum=1, maximum=20, value=1,
+                                    elem_id="data-overlap", scale=1)
+                overlap_btn = gr.Button("Save", size="sm", elem_id="data-overlap-save", scale=0, min_width=80)
+            overlap_msg = gr.HTML("", js_on_load=None, elem_id="data-overlap-msg")
+            shares = gr.Dataframe(headers=["annotator", "done", "share", "open now"], datatype="str",
+                                  interactive=False, max_height=220, elem_id="data-shares")
+        with gr.Column():
+            gr.Markdown("### Open prompts (leases)")
+            leases = gr.Dataframe(headers=["prompt", "annotator", "until"], datatype="str", interactive=False,
+                                  max_height=260, elem_id="data-leases")
+    ctx.admin_only += [overlap_btn]
+    with gr.Row():
         with gr.Column() as exp_col:
             gr.Markdown("### Export")
             with gr.Row():
@@ -129,10 +147,25 @@ def build(ctx: Ctx) -> dict:
                              fmt_num(x["pairwise_agreement"])] for x in a["pairs"]],
                            columns=["annotator A", "annotator B", "shared prompts", "Kendall τ-b",
                                     "pairwise agreement"])
-        return counts_html(c), ppl, agreement_md(a), pdf, _snaps()
+        t = st.task_overview()
+        sh = pd.DataFrame([[x["annotator"], str(x["done"]), str(x["share"]), str(x["holds"])]
+                           for x in t["per_annotator"]], columns=["annotator", "done", "share", "open now"])
+        ls = pd.DataFrame([[x["prompt_id"], x["annotator"], str(x["expires_at"])[11:19]] for x in t["leases"]],
+                          columns=["prompt", "annotator", "until"])
+        return counts_html(c), ppl, agreement_md(a), pdf, _snaps(), t["overlap"], sh, ls
 
-    outs = [counts, people, agree, pairs, snaps]
+    outs = [counts, people, agree, pairs, snaps, overlap, shares, leases]
     refresh.click(load, None, outs)
+
+    def save_overlap(n, request: gr.Request):
+        actor = ctx.require_admin(request, "change the rankings per prompt")
+        try:
+            v = st.set_annotations_per_prompt(int(n) if n is not None and float(n).is_integer() else n, actor=actor)
+        except (TypeError, ValueError) as e:
+            return error_box(f"Not saved: {e}")
+        return ok_box(f"Each prompt now wants {v} ranking(s) before it leaves everyone's queue.")
+
+    overlap_btn.click(save_overlap, overlap, overlap_msg).then(load, None, outs)
 
     def export(kind):
         def run(sp, annot, trl_fmt, request: gr.Request):
@@ -183,6 +216,7 @@ def build(ctx: Ctx) -> dict:
     sc_btn.click(train_scorer, None, sc_msg, concurrency_limit=1, concurrency_id="scorer")
 
     return {"refresh": refresh, "counts": counts, "people": people, "agreement": agree, "pairs": pairs,
+            "overlap": overlap, "overlap_save": overlap_btn, "shares": shares, "leases": leases,
             "export_trl": ex_trl, "export_trl_format": ex_trl_fmt, "export_listwise": ex_list,
             "export_parquet": ex_pq, "export_file": ex_file,
             "snapshot": sn_btn, "_on_show": (load, outs)}
