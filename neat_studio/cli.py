@@ -271,7 +271,7 @@ def cmd_serve(args):
     from .ui.app import launch
 
     launch(workspace=args.workspace, db=args.db, model=args.model, host=args.host, port=args.port,
-           auth_file=args.auth_file, share=False, dtype=args.dtype)
+           auth_file=args.auth_file, share=False, dtype=args.dtype, accounts=args.auth)
 
 
 def _add_gen_dtype(s) -> None:
@@ -401,7 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--model", default="default", help="policy model: default, tiny, HF name or local path")
     _add_gen_dtype(s)
-    s.add_argument("--auth-file", help="users file (JSON/YAML with hashed passwords and roles); enables login")
+    s.add_argument("--auth", action="store_true",
+                   help="require login with accounts kept in the store (admins manage them in the Admin tab); on a "
+                        "store without accounts the first admin is created and its one-time password printed")
+    s.add_argument("--auth-file", help="users file (JSON/YAML with hashed passwords and roles): seeds the store's "
+                                       "accounts; implies --auth")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("backup", help="write a consistent copy of the store (works while the app runs)")

@@ -99,6 +99,27 @@ def test_ctx_roles():
     assert local.user(None) == "local" and local.role(None) == "admin"
 
 
+def test_without_login_each_browser_annotates_under_its_own_name():
+    """No accounts: the name a browser chose (cookie) is the annotator; a missing or invalid one is `local`."""
+    local = Ctx(studio=None)
+
+    class Req:
+        def __init__(self, cookie):
+            self.headers = {"cookie": cookie} if cookie is not None else {}
+            self.username = "ignored"  # never a name the request claims otherwise
+
+    assert local.user(Req("theme=dark; neat_annotator=alice")) == "alice"
+    assert local.user(Req("neat_annotator=bob%40lab")) == "bob@lab"
+    assert local.user(Req(None)) == "local" and local.user(Req("other=1")) == "local"
+    assert local.user(Req("neat_annotator=import%3Ax")) == "local"  # reserved / invalid: not a name
+    assert local.user(Req('neat_annotator="<script>"')) == "local"
+    from neat_studio.ui.common import valid_annotator_name
+
+    with pytest.raises(ValueError, match="1-64 letters"):
+        valid_annotator_name(" ")
+    assert valid_annotator_name(" carol ") == "carol"
+
+
 def test_studio_agreement_and_build_app(workspace):
     from neat_studio import metrics as M
     from neat_studio.studio import Studio

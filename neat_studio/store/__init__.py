@@ -30,6 +30,8 @@ settings and overview; store/schema.py the migrations). API (see each method's d
               list_runs; active_run()
   tasks       overlap(); set_overlap(n, actor); taken_prompts(annotator); lease(prompt_id, annotator, seconds);
               release(prompt_id, annotator); active_leases()
+  users       add_user(username, role, password_hash, must_change, actor); get_user; list_users(); count_users();
+              update_user(username, actor, role, disabled, password_hash, must_change)
   vectors     put_embeddings(kind, ids, vectors, model_id); get_embeddings(kind, model_id, ids);
               missing_embeddings(kind, model_id); put_scores(ids, scores, scorer_version); get_scores(...)
   settings    get_setting(key, default); set_setting(key, value, actor)
@@ -50,6 +52,7 @@ from .annotations import AnnotationsMixin
 from .imports import ImportMixin
 from .snapshots import SnapshotsMixin
 from .tasks import TasksMixin
+from .users import UsersMixin
 from .runs import RunsMixin
 from .vectors import VectorsMixin
 from .schema import EMBED_DIM, MIGRATIONS, SCHEMA_VERSION
@@ -61,5 +64,5 @@ __all__ = ["EMBED_DIM", "MIGRATIONS", "SCHEMA_VERSION", "SchemaError", "StaleAnn
 
 
 class Store(StoreCore, PromptsMixin, LibraryMixin, ResponsesMixin, AnnotationsMixin, ImportMixin, SnapshotsMixin,
-            RunsMixin, VectorsMixin, TasksMixin):
+            RunsMixin, VectorsMixin, TasksMixin, UsersMixin):
     """DuckDB-backed store; see the module docstring."""

@@ -78,6 +78,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE leases (
             prompt_id VARCHAR NOT NULL, annotator VARCHAR NOT NULL, expires_at TIMESTAMP NOT NULL,
             PRIMARY KEY (prompt_id, annotator))""",
+        # accounts (see store/users.py; password hashes are bcrypt, made in ui/auth.py)
+        """CREATE TABLE users (
+            username VARCHAR PRIMARY KEY, password_hash VARCHAR NOT NULL,
+            role VARCHAR NOT NULL CHECK (role IN ('admin', 'annotator')), disabled BOOLEAN NOT NULL,
+            must_change BOOLEAN NOT NULL, created_at TIMESTAMP NOT NULL, created_by VARCHAR NOT NULL,
+            updated_at TIMESTAMP NOT NULL)""",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import annotate, compare, data, prompts, studio_tab, train
-from .auth import UserDB, load_auth
-from .common import Ctx, esc
+from . import admin, annotate, compare, data, prompts, studio_tab, train
+from .auth import LoginGuard, StoreAuth, UserDB, load_auth
+from .common import ANNOTATOR_COOKIE, Ctx, browser_name, error_box, esc, ok_box, valid_annotator_name
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ TABS = [
     ("Data", data, "tab-data"),
     ("Train", train, "tab-train"),
     ("Compare", compare, "tab-compare"),
+    ("Admin", admin, "tab-admin"),
 ]
 
 CSS_PATH = Path(__file__).with_name("studio.css")
@@ -46,6 +47,12 @@ class StudioBlocks(gr.Blocks):
         kwargs.setdefault("footer_links", [])
         kwargs.setdefault("show_error", True)
         kwargs.setdefault("mcp_server", False)
+        if self.neat_auth is not None:  # client addresses for the login limit; sessions that expire
+            from starlette.middleware import Middleware
+
+            app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+            app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(LoginGuard, auth=self.neat_auth)]
+            kwargs["app_kwargs"] = app_kwargs
         return super().launch(*args, **kwargs)
 
 
@@ -58,6 +65,18 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
             gr.HTML("<div class='neat-brand'><b>NEAT Studio</b> <span>negative-prompt-driven alignment"
                     "</span></div>", js_on_load=None, elem_id="neat-brand")
             who = gr.HTML("", js_on_load=None, elem_id="neat-who")
+        # without login: each browser annotates under a name of its own, asked once and kept in a cookie
+        # with login: an account with a one-time password chooses its own before anything else
+        with gr.Row(visible=False, elem_id="neat-password-row") as pw_row:
+            pw_old = gr.Textbox(label="One-time (current) password", type="password", elem_id="neat-pw-old")
+            pw_new = gr.Textbox(label="New password (10+ characters)", type="password", elem_id="neat-pw-new")
+            pw_btn = gr.Button("Set my password", size="sm", variant="primary", elem_id="neat-pw-save")
+        pw_msg = gr.HTML("", js_on_load=None, elem_id="neat-pw-msg")
+        with gr.Row(visible=False, elem_id="neat-name-row") as name_row:
+            name_box = gr.Textbox(label="Who is annotating? Your name is kept in this browser, so your rankings "
+                                  "are yours (without it every browser is 'local').", placeholder="your name",
+                                  elem_id="neat-name", scale=4)
+            name_btn = gr.Button("Use this name", size="sm", elem_id="neat-name-save", scale=1)
         shows = []
         with gr.Tabs(elem_id="neat-tabs") as tabs:
             for label, mod, elem_id in TABS:
@@ -73,13 +92,45 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
         ctx.components["tabs"] = tabs
 
         def whoami(request: gr.Request):
-            user, role = ctx.user(request), ctx.role(request)
+            if ctx.auth is None:
+                user, role, pending = ctx.user(request), "admin", False
+            else:
+                user = ctx.signed_in(request)
+                role, pending = ctx.auth.role(user) or "annotator", ctx.auth.must_change(user)
             logout = " · <a href='logout'>sign out</a>" if ctx.auth is not None else ""
-            admin = role == "admin"
-            return [f"<div class='neat-who'>{esc(user)} <span class='neat-role'>{esc(role)}</span>{logout}</div>"] + \
+            admin = role == "admin" and not pending
+            ask = ctx.auth is None and browser_name(request) is None
+            return [f"<div class='neat-who'>{esc(user)} <span class='neat-role'>{esc(role)}</span>{logout}</div>",
+                    gr.update(visible=ask), gr.update(visible=pending), gr.update(visible=not pending),
+                    "" if not pending else ok_box("Welcome. Choose your own password to start: the one you were "
+                                                  "given works only once.")] + \
                 [gr.update(visible=admin) for _ in ctx.admin_only]
 
-        demo.load(whoami, inputs=None, outputs=[who, *ctx.admin_only], show_progress="hidden")
+        demo.load(whoami, inputs=None, outputs=[who, name_row, pw_row, tabs, pw_msg, *ctx.admin_only],
+                  show_progress="hidden")
+
+        def change_password(old, new, request: gr.Request):
+            user = ctx.signed_in(request)
+            try:
+                ctx.auth.change_password(user, old, new)
+            except ValueError as e:
+                return error_box(f"Password not changed: {e}."), gr.update(), gr.update()
+            return ok_box("Password changed. Welcome!"), gr.update(visible=False), gr.update(visible=True)
+
+        if ctx.auth is not None and hasattr(ctx.auth, "change_password"):
+            pw_btn.click(change_password, [pw_old, pw_new], [pw_msg, pw_row, tabs]).then(
+                whoami, None, [who, name_row, pw_row, tabs, pw_msg, *ctx.admin_only])
+
+        def check_name(name):
+            try:
+                return valid_annotator_name(name)
+            except ValueError as e:
+                raise gr.Error(f"Name not used: {e}.") from None
+
+        name_btn.click(check_name, name_box, name_box).success(
+            None, name_box, None,
+            js=f"(n) => {{ document.cookie = '{ANNOTATOR_COOKIE}=' + encodeURIComponent(n) + "
+               "'; path=/; max-age=31536000; SameSite=Lax'; location.reload(); }")
 
         def backup(out: str, parquet: bool, request: gr.Request) -> str:
             """API only (`python -m neat_studio backup` while the app owns the database): admins only."""
@@ -101,16 +152,26 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
 
 
 def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0.1", port: int = 7860,
-           auth_file=None, share: bool = False, block: bool = True, dtype: str = "auto"):
+           auth_file=None, share: bool = False, block: bool = True, dtype: str = "auto", accounts: bool = False):
     """Start the studio (what `python -m neat_studio serve` runs). `model` "default" (serve's default) starts with
     the generator chosen last with "Use as generator" in this workspace, when there is one; any other model
     is used as given."""
     from ..config import Workspace
     from ..studio import Studio
 
-    auth = load_auth(auth_file)
+    seed = load_auth(auth_file)
     studio = Studio(Workspace.from_env(workspace), db_path=db,
                     model_spec=None if model in (None, "", "default") else model, gen_dtype=dtype)
+    auth = None
+    if accounts or seed is not None or studio.store.count_users():
+        # accounts live in the store; a users file / NEAT_STUDIO_USERS adds the users the store does not have
+        auth = StoreAuth(studio.store)
+        if seed is not None:
+            auth.seed(seed)
+        first = auth.ensure_admin()
+        if first:
+            print(f"NEAT Studio: created the first account: user 'admin', one-time password {first} "
+                  "(shown once; choose your own at first sign-in)", flush=True)
     try:
         studio.seed_if_empty(actor="system")
     except Exception as e:  # noqa: BLE001 - seeding is a convenience; the app still starts empty
@@ -130,7 +191,7 @@ def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0
     demo = build_app(studio, auth=auth)
     studio.start_background_embedding()  # new prompts/responses get vectors without blocking anyone
     print(f"NEAT Studio: workspace {studio.workspace.root}, model {studio.model_spec}, "
-          f"{'login required (' + str(len(auth.users)) + ' users)' if auth else 'single local user (no login)'}")
+          f"{'login required (' + str(len(auth.users)) + ' accounts)' if auth else 'no login (each browser names itself)'}")
     # Saves and page loads run concurrently (the store serialises writes); model work is limited per handler.
     demo.queue(default_concurrency_limit=16)
     try:

@@ -77,6 +77,37 @@ def parse_tags(value) -> list[str]:
     return out
 
 
+ANNOTATOR_COOKIE = "neat_annotator"  # without login: the annotator name this browser chose (kept a year)
+
+
+def valid_annotator_name(name) -> str:
+    """A name a browser may annotate under (the account rules: letters, digits, _ . @ -, up to 64); ValueError."""
+    from .auth import _USERNAME
+
+    name = str(name or "").strip()
+    if not _USERNAME.match(name):
+        raise ValueError("a name is 1-64 letters, digits or _ . @ - (starting with a letter or digit)")
+    return name
+
+
+def browser_name(request) -> str | None:
+    """The valid annotator name in the request's `neat_annotator` cookie, or None."""
+    from http.cookies import CookieError, SimpleCookie
+    from urllib.parse import unquote
+
+    headers = getattr(request, "headers", None) if request is not None else None
+    raw = headers.get("cookie") if headers is not None else None
+    if not raw:
+        return None
+    try:
+        c = SimpleCookie()
+        c.load(raw)
+        morsel = c.get(ANNOTATOR_COOKIE)
+        return valid_annotator_name(unquote(morsel.value)) if morsel else None
+    except (CookieError, ValueError):
+        return None
+
+
 @dataclass
 class Ctx:
     """What every tab's `build(ctx)` receives.
@@ -97,11 +128,22 @@ class Ctx:
 
     # -- identity ----------------------------------------------------------------------------------------------
     def user(self, request: gr.Request | None) -> str:
+        """The signed-in user; without login, the name this browser chose (cookie `neat_annotator`), else
+        `local`. Never a name taken from a request body."""
         if self.auth is None:
-            return LOCAL_USER
+            return browser_name(request) or LOCAL_USER
+        name = self.signed_in(request)
+        if self.auth.must_change(name):
+            raise gr.Error("Change your one-time password first (the form at the top of the page).")
+        return name
+
+    def signed_in(self, request: gr.Request | None) -> str:
+        """The signed-in account (even one that still has to change its one-time password)."""
         name = getattr(request, "username", None) if request is not None else None
         if not name:
             raise gr.Error("Not signed in.")
+        if not self.auth.active(name):
+            raise gr.Error("This account is disabled.")
         return name
 
     def role(self, request: gr.Request | None) -> str:

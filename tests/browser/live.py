@@ -48,6 +48,8 @@ def start_app(tmp_path: Path, auth=None, seed: bool = True) -> LiveApp:
     st = Studio(ws, model_spec="tiny")
     if seed:
         st.init(actor="test")
+    if callable(auth) and not hasattr(auth, "check"):  # a factory: accounts kept in this studio's store
+        auth = auth(st)
     demo = build_app(st, auth=auth)
     demo.queue()
     port = free_port()
