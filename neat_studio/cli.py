@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -250,13 +251,40 @@ def cmd_backup(args):
     try:
         store = Store(db)
     except StoreLockedError:
-        from gradio_client import Client
-
-        client = Client(args.server, verbose=False, auth=tuple(args.auth.split(":", 1)) if args.auth else None)
-        _print(json.loads(client.predict(str(out), bool(args.parquet), api_name="/backup")))
+        _backup_through_app(args, ws, out)
         return
     with store:
         _print(store.backup(out, parquet_dir=parquet, actor=args.actor))
+
+
+def _backup_through_app(args, ws, out: Path) -> None:
+    """The app holds the store: it makes the copy (inside its workspace); on this machine the file is then moved
+    to `out` when that is elsewhere."""
+    import shutil
+
+    from gradio_client import Client
+
+    inside = out.is_relative_to(ws.root.resolve())
+    if out.exists():
+        raise ValueError(f"backup target {out} already exists; choose a new file name")
+    try:
+        client = Client(args.server, verbose=False, auth=tuple(args.auth.split(":", 1)) if args.auth else None)
+    except Exception as e:  # noqa: BLE001 - connection refused, wrong URL, login refused ...
+        raise ValueError(f"the store {ws.db_path} is in use by a running app, and no app answered at {args.server} "
+                         f"({type(e).__name__}): pass --server URL of the app that holds it (and --auth "
+                         "user:password when it asks for a login)") from None
+    name = str(out) if inside else f"{out.stem}-{int(time.time())}{out.suffix}"
+    r = json.loads(client.predict(name, bool(args.parquet), api_name="/backup"))
+    made = Path(r["path"])
+    if not inside and made.is_file():  # same machine: put it where it was asked for
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(made), out)
+        r["path"] = str(out)
+        if r.get("parquet_dir") and Path(r["parquet_dir"]).is_dir():
+            pq = out.with_name(out.stem + "-parquet")
+            shutil.move(r["parquet_dir"], pq)
+            r["parquet_dir"] = str(pq)
+    _print(r)
 
 
 def cmd_restore(args):

@@ -158,6 +158,9 @@ def test_through_the_running_app_login_limit_and_first_login(tmp_path):
             except urllib.error.HTTPError as e:
                 return e.code
 
+        with urllib.request.urlopen(app.url, timeout=10) as r:  # the page before signing in: no API schema
+            page = r.read().decode()
+        assert "window.gradio_api_info = {};" in page and "save_ranking" not in page and "/backup" not in page
         assert [login("admin", "guess") for _ in range(3)] == [400, 400, 400]
         assert login("admin", made["admin"]) == 400  # locked for now, even with the right password
         assert login("bob", made["bob"]) == 200  # another name is not locked

@@ -447,3 +447,32 @@ def test_nothing_partial_on_late_error(tmp_path):
     p = write_jsonl(tmp_path / "late.jsonl", [{"prompt": f"p{i}"} for i in range(500)] + [{"prompt": None}])
     e = err(p)
     assert e.line == 501 and "column 'prompt' is empty" in str(e)
+
+
+def test_deeply_nested_json_says_so_with_its_line(tmp_path):
+    deep = "[" * 3000 + "]" * 3000
+    jl = tmp_path / "deep.jsonl"
+    jl.write_text('{"prompt": "fine"}\n' + '{"prompt": ' + deep + "}\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"deep.jsonl, line 2: invalid JSON: nested too deeply"):
+        read_records(jl)
+    arr = tmp_path / "deep.json"
+    arr.write_text('[{"prompt": "fine"},\n' + deep + "]", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"deep.json, line 2: invalid JSON: nested too deeply"):
+        read_records(arr)
+
+
+def test_runs_of_blank_lines_keep_line_numbers_and_an_all_blank_file_is_empty(tmp_path):
+    blank = b"\n" * (3 << 20) + b" \t\r\n" * 1000
+    gz = tmp_path / "blank.jsonl.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(blank + b'{"prompt": "after the blanks"}\n' + b"\n" * 10 + b"{bad\n")
+    n_blank = blank.count(b"\n")
+    with pytest.raises(DataFormatError, match=rf"line {n_blank + 12}: invalid JSON"):
+        read_records(gz)
+    with gzip.open(gz, "wb") as f:
+        f.write(blank)
+    with pytest.raises(DataFormatError, match="file is empty"):
+        read_records(gz)
+    plain = tmp_path / "blank.jsonl"
+    plain.write_bytes(b"\n" * 100_000 + b'{"prompt": "x"}\n')
+    assert [r["messages"][-1]["content"] for r in read_records(plain)] == ["x"]

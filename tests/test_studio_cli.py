@@ -33,6 +33,13 @@ def test_cli_generate_annotate_export(tmp_path, capsys):
     assert rc == 0 and json.loads(out)["written"] == 1
     pair = json.loads((tmp_path / "p.jsonl").read_text())
     assert pair["chosen"] == rs[0]["text"] and pair["rejected"] == rs[1]["text"]
+    # export and backup share one rule: an existing file is never overwritten; new folders are made
+    before = (tmp_path / "p.jsonl").read_bytes()
+    rc, _, err = _run(capsys, ws, "export", "listwise", str(tmp_path / "p.jsonl"))
+    assert rc == 2 and "already exists; choose a new file name" in err
+    assert (tmp_path / "p.jsonl").read_bytes() == before
+    rc, out, _ = _run(capsys, ws, "export", "listwise", str(tmp_path / "new" / "dir" / "l.jsonl"))
+    assert rc == 0 and (tmp_path / "new" / "dir" / "l.jsonl").is_file()
     # the exported prompt is the plain user prompt: the negative system prompt is never part of it
     assert pair["prompt"] == user_text and negative_text not in pair["prompt"]
 

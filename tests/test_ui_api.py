@@ -78,14 +78,63 @@ def test_library_versions_are_immutable_and_validated(app, client):
 
 
 def test_backup_through_the_running_app(app, client, tmp_path):
-    """While the app owns the database file, `backup` goes through its API and yields a consistent copy."""
+    """While the app owns the database file, `backup` goes through its API and yields a consistent copy, always
+    inside the workspace; the CLI then moves it to the path asked for."""
+    import subprocess
+    import sys
+
     from neat_studio.store import Store
 
-    out = tmp_path / "bk.duckdb"
-    rep = json.loads(client.predict(str(out), True, api_name="/backup"))
-    assert rep["path"] == str(out.resolve()) and out.exists()
+    ws = app.studio.workspace.root.resolve()
+    rep = json.loads(client.predict("bk.duckdb", True, api_name="/backup"))
+    out = ws / "backups" / "bk.duckdb"
+    assert rep["path"] == str(out) and out.exists()
     with Store(out) as b:
         assert b.counts()["prompts"] == rep["counts"]["prompts"]
-    assert (tmp_path / "bk-parquet" / "schema.sql").exists()
+    assert (ws / "backups" / "bk-parquet" / "schema.sql").exists()
     with pytest.raises(Exception, match="already exists"):
-        client.predict(str(out), False, api_name="/backup")
+        client.predict("bk.duckdb", False, api_name="/backup")
+    for outside in ("../../../../tmp/x.duckdb", str(tmp_path / "x.duckdb")):
+        with pytest.raises(Exception, match="inside its workspace"):
+            client.predict(outside, False, api_name="/backup")
+    assert not (tmp_path / "x.duckdb").exists()
+    # the CLI while the app runs: through --server, and the copy lands where the user asked
+    cli = [sys.executable, "-m", "neat_studio", "--workspace", str(ws), "backup"]
+    dest = tmp_path / "mine" / "copy.duckdb"
+    r = subprocess.run(cli + [str(dest), "--server", app.url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["path"] == str(dest) and dest.is_file()
+    r = subprocess.run(cli + [str(tmp_path / "other.duckdb"), "--server", "http://127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "pass --server URL of the app that holds it" in r.stderr
+
+
+def test_uploads_are_capped_and_the_upload_cache_is_cleaned(app, tmp_path):
+    """Every upload has a size limit (256 MB by default) and gradio's cache is cleaned hourly of day-old files; the
+    limit is enforced by the server before anything is stored."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from neat_studio.ui.app import MAX_UPLOAD_MB
+    from tests.browser.live import start_app, stop_app
+
+    assert app.demo.max_file_size == MAX_UPLOAD_MB * 1024 * 1024 == 256 * 1024 * 1024
+    assert app.demo.delete_cache == (3600, 86400)
+    small = start_app(tmp_path, seed=False, max_file_size="1kb")
+    try:
+        def upload(n: int) -> int:
+            b = uuid.uuid4().hex
+            body = (f"--{b}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.jsonl\"\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * n + f"\r\n--{b}--\r\n".encode()
+            req = urllib.request.Request(small.url + "gradio_api/upload", data=body,
+                                         headers={"Content-Type": f"multipart/form-data; boundary={b}"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert upload(100) == 200 and upload(5000) == 413
+    finally:
+        stop_app(small)

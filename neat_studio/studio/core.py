@@ -231,9 +231,13 @@ class StudioCore:
 
     def export_details(self, kind: str, path: str | Path, *, trl_format: str = "auto", **filters) -> dict:
         """Write an export file; returns {"written", "format"}: format = "conversational" or "string" for trl (what
-        `trl_format` resolved to), else the kind. ValueError (nothing written) for an unknown kind or format."""
+        `trl_format` resolved to), else the kind. ValueError (nothing written) for an unknown kind or format, or a
+        file that exists already: the same rule as backup (never overwrite; missing folders are created)."""
         from ..io import exporters
 
+        if Path(path).is_file():
+            raise ValueError(f"export target {Path(path).resolve()} already exists; choose a new file name "
+                             "(nothing was written)")
         if kind not in self.EXPORT_KINDS:
             raise ValueError(f"unknown export kind {kind!r}: use trl, listwise or parquet")
         if trl_format not in self.TRL_FORMATS:
@@ -259,6 +263,19 @@ class StudioCore:
     def backup(self, dest: str | Path, *, parquet_dir: str | Path | None = None, actor: str = "local") -> dict:
         """A consistent copy of the database file (and optionally Parquet tables); see Store.backup."""
         return self.store.backup(dest, parquet_dir=parquet_dir, actor=actor)
+
+    def backup_target(self, name: str | Path) -> Path:
+        """Where a backup asked for over the app's API goes: inside the workspace (a bare name or relative path
+        under <workspace>/backups/). ValueError for anything that resolves outside the workspace."""
+        root = self.workspace.root.resolve()
+        p = Path(str(name or "").strip())
+        if not str(p) or str(p) == ".":
+            raise ValueError("give the backup a file name")
+        target = (p if p.is_absolute() else root / "backups" / p).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"the app writes backups inside its workspace ({root / 'backups'}): give a file name, "
+                             f"not {str(name)!r}")
+        return target
 
     def seed_if_empty(self, actor: str = "system") -> bool:
         """Seed an empty workspace that was never seeded (what the app does on start). True when it seeded."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -29,6 +30,10 @@ TABS = [
 ]
 
 CSS_PATH = Path(__file__).with_name("studio.css")
+# uploads (imports, evaluation sets): at most this size each (NEAT_STUDIO_MAX_UPLOAD_MB), and gradio's upload cache
+# is cleaned: every hour, files older than a day go
+MAX_UPLOAD_MB = int(os.environ.get("NEAT_STUDIO_MAX_UPLOAD_MB", "256"))
+UPLOAD_CACHE_CLEAN = (3600, 86400)
 
 
 class StudioBlocks(gr.Blocks):
@@ -47,6 +52,7 @@ class StudioBlocks(gr.Blocks):
         kwargs.setdefault("footer_links", [])
         kwargs.setdefault("show_error", True)
         kwargs.setdefault("mcp_server", False)
+        kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB}mb")
         if self.neat_auth is not None:  # client addresses for the login limit; sessions that expire
             from starlette.middleware import Middleware
 
@@ -59,7 +65,8 @@ class StudioBlocks(gr.Blocks):
 def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
     """The whole UI on top of one `Studio`. `auth`: a UserDB (login required) or None (single local user)."""
     ctx = Ctx(studio=studio, auth=auth)
-    with StudioBlocks(title="NEAT Studio", analytics_enabled=False, fill_width=True) as demo:
+    with StudioBlocks(title="NEAT Studio", analytics_enabled=False, fill_width=True,
+                      delete_cache=UPLOAD_CACHE_CLEAN) as demo:
         demo.neat_auth = auth
         with gr.Row(elem_id="neat-header", equal_height=True):
             gr.HTML("<div class='neat-brand'><b>NEAT Studio</b> <span>negative-prompt-driven alignment"
@@ -136,9 +143,9 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
             """API only (`python -m neat_studio backup` while the app owns the database): admins only."""
             if ctx.role(request) != "admin":
                 raise gr.Error("Only admins can make backups.")
-            out_path = Path(out).resolve()
-            pq = out_path.with_name(out_path.stem + "-parquet") if parquet else None
             try:
+                out_path = studio.backup_target(out)  # never outside the workspace
+                pq = out_path.with_name(out_path.stem + "-parquet") if parquet else None
                 # JSON text: gradio would take a dict with a "path" key for a file to serve
                 return json.dumps(studio.backup(out_path, parquet_dir=pq, actor=ctx.user(request)))
             except ValueError as e:

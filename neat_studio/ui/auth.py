@@ -358,22 +358,65 @@ class ExpiringTokens(dict):
         return self._live(token)
 
 
-class LoginGuard:
-    """ASGI middleware: remembers the client address of each request (for StoreAuth's per-address limit) and
-    puts the app's session table under ExpiringTokens once."""
+_API_INFO = re.compile(rb"<script>window\.gradio_api_info = .*?;</script>", re.S)
 
-    def __init__(self, app, auth=None, max_body: int | None = None):
+
+def _signed_in(scope, tokens) -> bool:
+    """Does the request carry a live session cookie of this app?"""
+    from http.cookies import CookieError, SimpleCookie
+
+    raw = b"; ".join(v for k, v in scope.get("headers") or [] if k == b"cookie").decode("latin-1")
+    if not raw or tokens is None:
+        return False
+    try:
+        c = SimpleCookie()
+        c.load(raw)
+    except CookieError:
+        return False
+    return any(k.startswith("access-token") and m.value in tokens for k, m in c.items())
+
+
+class LoginGuard:
+    """ASGI middleware: remembers the client address of each request (for StoreAuth's per-address limit), puts
+    the app's session table under ExpiringTokens once, and keeps the API schema out of the page a visitor gets
+    before signing in (gradio embeds `window.gradio_api_info` in it while /gradio_api/info answers 401)."""
+
+    def __init__(self, app, auth=None):
         self.app, self.auth = app, auth
 
     async def __call__(self, scope, receive, send):
-        if scope.get("type") == "http":
-            client = scope.get("client")
-            CLIENT_ADDRESS.set(client[0] if client else None)
-            outer = scope.get("app")
-            if self.auth is not None and outer is not None and hasattr(outer, "tokens") \
-                    and not isinstance(outer.tokens, ExpiringTokens):
-                outer.tokens = ExpiringTokens(outer.tokens, self.auth.session_s, self.auth.active)
-        await self.app(scope, receive, send)
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        CLIENT_ADDRESS.set(client[0] if client else None)
+        outer = scope.get("app")
+        tokens = getattr(outer, "tokens", None)
+        if self.auth is not None and tokens is not None and not isinstance(tokens, ExpiringTokens):
+            outer.tokens = tokens = ExpiringTokens(tokens, self.auth.session_s, self.auth.active)
+        if scope.get("method") != "GET" or _signed_in(scope, tokens):
+            return await self.app(scope, receive, send)
+        held: dict = {}
+
+        async def strip_schema(message):
+            if message["type"] == "http.response.start":
+                ctype = dict(message.get("headers") or []).get(b"content-type", b"")
+                if not ctype.startswith(b"text/html"):
+                    return await send(message)
+                held["start"], held["body"] = message, b""
+                return
+            if "start" not in held:
+                return await send(message)
+            held["body"] += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            body = _API_INFO.sub(b"<script>window.gradio_api_info = {};</script>", held["body"])
+            start = held["start"]
+            start["headers"] = [(k, v) for k, v in start.get("headers") or [] if k != b"content-length"] + \
+                [(b"content-length", str(len(body)).encode())]
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, strip_schema)
 
 
 def main(argv=None) -> int:

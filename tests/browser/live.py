@@ -39,7 +39,7 @@ class LiveApp:
         self.studio, self.demo, self.url = studio, demo, url
 
 
-def start_app(tmp_path: Path, auth=None, seed: bool = True) -> LiveApp:
+def start_app(tmp_path: Path, auth=None, seed: bool = True, **launch_kwargs) -> LiveApp:
     from neat_studio.config import Workspace
     from neat_studio.studio import Studio
     from neat_studio.ui.app import build_app
@@ -53,7 +53,7 @@ def start_app(tmp_path: Path, auth=None, seed: bool = True) -> LiveApp:
     demo = build_app(st, auth=auth)
     demo.queue()
     port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True)
+    demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True, **launch_kwargs)
     return LiveApp(st, demo, f"http://127.0.0.1:{port}/")
 
 
