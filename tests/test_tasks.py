@@ -66,6 +66,16 @@ def test_open_prompts_are_leased_and_a_ranked_prompt_leaves_the_queue(st):
     assert b1 not in st.store.taken_prompts("dave")
 
 
+def test_a_reload_gives_back_the_prompt_held_and_moving_on_returns_it(st):
+    a1 = st.next_prompt("alice")
+    b1 = st.next_prompt("bob")
+    st.set_annotations_per_prompt(2, actor="admin")
+    assert st.next_prompt("bob") == b1  # a reload: bob's open prompt, not the older a1 that is now free for two
+    b2 = st.next_prompt("bob", skip_ids=[b1])  # "Next": he moves on, his lease on b1 ends
+    assert b2 == a1 and st.store.held_prompts("bob") == [a1]
+    assert b1 not in st.store.taken_prompts("carol")
+
+
 def test_overlap_two_hands_a_prompt_to_two_people(st):
     with pytest.raises(ValueError, match="1 to 20"):
         st.set_annotations_per_prompt(0, actor="admin")

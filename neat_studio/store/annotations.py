@@ -118,11 +118,12 @@ class AnnotationsMixin:
     def next_in_queue(self, annotator: str, search: str | None = None, tag: str | list[str] | None = None,
                       source: str | None = None, split: str | None = None, skip_ids: Iterable[str] = (),
                       min_responses: int = 2, include_annotated: bool = False,
-                      last_ids: Sequence[str] = ()) -> str | None:
+                      last_ids: Sequence[str] = (), first_ids: Sequence[str] = ()) -> str | None:
         """Next prompt id for `annotator`: prompts with >= min_responses responses that this annotator has not
         annotated, oldest first; None when the queue is done. `skip_ids` are left out; `last_ids` (e.g. the
         annotator's skipped prompts, in the order they were skipped) come after every other unannotated prompt.
-        With `include_annotated`, already annotated prompts follow (least recently annotated by them first)."""
+        With `include_annotated`, already annotated prompts follow (least recently annotated by them first).
+        `first_ids` (e.g. the prompts the annotator holds a lease on) come before every other unannotated prompt."""
         where, params = self._prompt_where(search, tag, source, split)
         sql = f"""SELECT p.id, p.seq, (SELECT max(a.seq) FROM annotations a WHERE a.prompt_id = p.id
                                                AND a.annotator = ?) AS mine
@@ -130,8 +131,10 @@ class AnnotationsMixin:
                   WHERE {where} AND NOT list_contains(?::VARCHAR[], p.id)
                     AND (SELECT count(*) FROM responses r WHERE r.prompt_id = p.id) >= ?"""
         sql = (f"SELECT id FROM ({sql}) WHERE {'TRUE' if include_annotated else 'mine IS NULL'} "
-               "ORDER BY mine IS NOT NULL, coalesce(list_position(?::VARCHAR[], id), 0), mine, seq LIMIT 1")
-        r = self._rows(sql, [annotator] + params + [list(skip_ids), int(min_responses), list(last_ids)])
+               "ORDER BY mine IS NOT NULL, list_position(?::VARCHAR[], id) IS NULL, "
+               "coalesce(list_position(?::VARCHAR[], id), 0), mine, seq LIMIT 1")
+        r = self._rows(sql, [annotator] + params + [list(skip_ids), int(min_responses), list(first_ids),
+                                                     list(last_ids)])
         return r[0]["id"] if r else None
 
     SKIPS_KEY = "annotate_skips:{annotator}"

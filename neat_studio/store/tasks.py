@@ -69,6 +69,12 @@ class TasksMixin:
             con.execute("DELETE FROM leases WHERE prompt_id = ? AND annotator = ?", [prompt_id, annotator])
         return bool(n)
 
+    def held_prompts(self, annotator: str) -> list[str]:
+        """The prompts `annotator` holds a live lease on, oldest lease first."""
+        return [r["prompt_id"] for r in self._rows(
+            "SELECT prompt_id FROM leases WHERE annotator = ? AND expires_at > ? ORDER BY expires_at",
+            [annotator, _now()])]
+
     def active_leases(self) -> list[dict]:
         """Live leases: [{prompt_id, annotator, expires_at}], soonest to expire first."""
         rows = self._rows("SELECT * FROM leases WHERE expires_at > ? ORDER BY expires_at, prompt_id", [_now()])

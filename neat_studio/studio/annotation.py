@@ -69,6 +69,8 @@ class AnnotationMixin:
         if order not in ("queue", "uncertainty", "disagreement"):
             raise ValueError(f"unknown queue order {order!r}: use queue, uncertainty or disagreement")
         with self.store.transaction():  # choose and lease as one step: two people never get the same prompt
+            for held in set(self.store.held_prompts(annotator)) & set(skip_ids):
+                self.store.release(held, annotator)  # moved past it on this page: someone else may take it
             pid = self._next_prompt(annotator, tag=tag, source=source, split=split, search=search, skip_ids=skip_ids,
                                     include_annotated=include_annotated, order=order, pool=pool)
             if pid is not None:
@@ -79,12 +81,13 @@ class AnnotationMixin:
         # prompts others have ranked or hold up to the overlap are not handed out (store/tasks.py)
         skip = set(skip_ids) | set(self.store.taken_prompts(annotator))
         skipped_before = self.store.skipped_prompts(annotator)
+        held = self.store.held_prompts(annotator)  # a reload gives back the prompt this annotator has open
         later = set(skipped_before)
         for _ in range(1000):  # a prompt whose candidates are near-duplicates of each other shows < 2: skip it
             first = self.store.next_in_queue(annotator, search=search or None, tag=tag or None,
                                              source=source or None, split=split or None, skip_ids=list(skip),
                                              include_annotated=include_annotated or order == "disagreement",
-                                             last_ids=skipped_before)
+                                             last_ids=skipped_before, first_ids=held)
             if first is None or self._rankable(first):
                 break
             skip.add(first)

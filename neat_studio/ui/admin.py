@@ -19,8 +19,9 @@ def users_df(users: list[dict]) -> pd.DataFrame:
 
 
 def once_box(username: str, password: str) -> str:
-    return ok_box(f"One-time password for {username}: <code class='neat-otp'>{esc(password)}</code> — shown once; "
-                  "hand it over privately. They choose their own at first sign-in.")
+    return (f"<div class='neat-ok' role='status'>One-time password for {esc(username)}: <code class='neat-otp'>"
+            f"{esc(password)}</code> (shown once; hand it over privately). They choose their own at first sign-in."
+            "</div>")
 
 
 def build(ctx: Ctx) -> dict:
@@ -60,20 +61,20 @@ def build(ctx: Ctx) -> dict:
                     out = once_box(username, auth.reset_password(username, actor=me))
                 elif kind == "role":
                     auth.store.update_user(username, actor=me, role=r)
-                    out = ok_box(f"{esc(username)} is now {esc(r)}.")
+                    out = ok_box(f"{username} is now {r}.")
                 else:
                     if kind == "disable" and username == me:
                         raise ValueError("you cannot disable your own account")
                     auth.store.update_user(username, actor=me, disabled=kind == "disable")
                     state = "disabled (signed out everywhere)" if kind == "disable" else "enabled"
-                    out = ok_box(f"{esc(username)} is {state}.")
+                    out = ok_box(f"{username} is {state}.")
             except ValueError as e:
                 return error_box(f"Nothing changed: {e}."), gr.update()
             return out, users_df(auth.store.list_users())
         return run
 
     for btn, kind in ((add, "add"), (reset, "reset"), (set_role, "role"), (disable, "disable"), (enable, "enable")):
-        btn.click(act(kind), [name, role], [msg, table])
+        btn.click(act(kind), [name, role], [msg, table], api_name=f"admin_{kind}")
 
     def pick(evt: gr.SelectData, df):
         try:

@@ -405,4 +405,6 @@ def build(ctx: Ctx) -> dict:
     return {"ranker": ranker, "comment": comment, "flag": flag, "msg": msg, "progress": prog, "open_id": open_id,
             "open_btn": open_btn, "next": next_btn, "edit_text": edit_text, "edit_save": edit_save,
             "guidelines": guide, "guide_text": guide_text,
-            "_on_show": (on_show, [sess, *filters], [*outputs, q_tag, q_source, guide, guide_text])}
+            "_on_show": (on_show, [sess, *filters], [*outputs, q_tag, q_source, guide, guide_text]),
+            # opening the tab hands out (leases) a prompt: not on every page load of every user
+            "_load_with_page": False}

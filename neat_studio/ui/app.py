@@ -5,6 +5,7 @@ Tabs are modules of this package, each with `build(ctx) -> dict[str, component]`
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -62,6 +63,18 @@ class StudioBlocks(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
+def _unless_pending(ctx: Ctx, fn, n_out: int):
+    """A page-load handler that does nothing (no error toast) for an account that must first change its one-time
+    password: the page shows only the password form then, and reloads when it is changed."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        req = kwargs.get("request") or next((a for a in args if isinstance(a, gr.Request)), None)
+        if ctx.auth is not None and ctx.auth.must_change(getattr(req, "username", None)):
+            return gr.update() if n_out == 1 else [gr.update()] * n_out
+        return fn(*args, **kwargs)
+    return run
+
+
 def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
     """The whole UI on top of one `Studio`. `auth`: a UserDB (login required) or None (single local user)."""
     ctx = Ctx(studio=studio, auth=auth)
@@ -95,7 +108,8 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
                     spec = comps["_on_show"]
                     fn, inputs, outputs = spec if len(spec) == 3 else (spec[0], None, spec[1])
                     tab.select(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
-                    shows.append((fn, inputs, outputs))
+                    if comps.get("_load_with_page", True):  # Annotate: only when opened (it leases a prompt)
+                        shows.append((fn, inputs, outputs))
         ctx.components["tabs"] = tabs
 
         def whoami(request: gr.Request):
@@ -126,7 +140,8 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
 
         if ctx.auth is not None and hasattr(ctx.auth, "change_password"):
             pw_btn.click(change_password, [pw_old, pw_new], [pw_msg, pw_row, tabs]).then(
-                whoami, None, [who, name_row, pw_row, tabs, pw_msg, *ctx.admin_only])
+                None, pw_msg, None,  # changed: reload, so every tab loads its data for the signed-in account
+                js="(m) => { if (m && m.includes('Password changed')) setTimeout(() => location.reload(), 800); }")
 
         def check_name(name):
             try:
@@ -153,7 +168,7 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
 
         gr.api(backup, api_name="backup")
         for fn, inputs, outputs in shows:
-            demo.load(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
+            demo.load(_unless_pending(ctx, fn, len(outputs)), inputs=inputs, outputs=outputs, show_progress="hidden")
     demo.neat_ctx = ctx
     return demo
 

@@ -118,7 +118,8 @@ class Ctx:
       (`require_admin`) guard the handlers too: hiding is cosmetic, the check is the protection.
     - `components`: every tab's returned components by "tab.name", so tabs can wire cross-tab refreshes.
     A tab that wants fresh data whenever it is opened returns `"_on_show": (fn, inputs, outputs)` (or
-    `(fn, outputs)`); app.py wires it to the tab's select event and to page load.
+    `(fn, outputs)`); app.py wires it to the tab's select event and to page load (not to page load with
+    `"_load_with_page": False`).
     """
 
     studio: Any

@@ -165,7 +165,7 @@ def build(ctx: Ctx) -> dict:
             return error_box(f"Not saved: {e}")
         return ok_box(f"Each prompt now wants {v} ranking(s) before it leaves everyone's queue.")
 
-    overlap_btn.click(save_overlap, overlap, overlap_msg).then(load, None, outs)
+    overlap_btn.click(save_overlap, overlap, overlap_msg, api_name="save_overlap").then(load, None, outs)
 
     def export(kind):
         def run(sp, annot, trl_fmt, request: gr.Request):

@@ -35,6 +35,7 @@ def app(tmp_path_factory):
         {"prompt_id": pid, "text": "Here is a balanced answer with sources.", "origin": "positive:helpful_harmless@1"},
     ], actor="test")
     a.pid = pid
+    st.set_annotations_per_prompt(2, actor="test")  # both rank the same prompt (agreement needs two rankings)
     yield a
     stop_app(a)
 
