@@ -1,13 +1,16 @@
 """Fault and load scenario for the studio app: concurrent annotators, a crash in the middle, a restart.
 
     .venv/bin/python benchmarks/fault_load.py                       # the full scenario: 20 annotators x 60 s
+                                                                    # paced (every ~10 s), then closed loop
     .venv/bin/python benchmarks/fault_load.py --annotators 5 --duration 8 --json out.json   # CI-sized
 
 What it does (all traffic goes to 127.0.0.1; every loop is bounded in count and time):
 
 1. prepares a workspace (seed data + `--prompts` prompts with 3 candidate responses each) and starts the app as a
    subprocess: ``python -m neat_studio --workspace WS serve --model tiny --port P``;
-2. LOAD: `--annotators` simulated annotators (one gradio_client each) save rankings through the app's
+1b. PACED (`--pace`, default 10 s): each annotator saves once every ~PACE s (a fast human) for `--duration`
+   seconds while a preview and the embedder run: the save latency a person feels (targets p95 <= 500 ms, p99 <= 1 s);
+2. LOAD (closed loop, saturation): `--annotators` simulated annotators (one gradio_client each) save rankings through the app's
    `/save_ranking` API route for `--duration` seconds, while a negative-prompt preview generation (`/run_preview`,
    tiny model) and the embedding job (`/embed`) run; halfway a backup is taken through `/backup`. Every save
    carries a unique token in its comment; a save is *acknowledged* when the API returned its annotation id.
@@ -179,8 +182,12 @@ def _client(url: str, timeout: float = 60.0):
 class Annotators:
     """N threads saving rankings through `/save_ranking` until `stop_at` (or `max_saves` each)."""
 
-    def __init__(self, url: str, items: list, n: int, duration: float, tag: str, max_saves: int = 100_000):
+    def __init__(self, url: str, items: list, n: int, duration: float, tag: str, max_saves: int = 100_000,
+                 pace: float | None = None):
+        """`pace`: seconds between one annotator's saves (a human pace: each starts at a random offset and saves
+        every `pace` s +-20 %); None = closed loop (the next save as soon as the last returned: saturation)."""
         self.url, self.items, self.n, self.duration, self.tag = url, items, n, duration, tag
+        self.pace = pace
         self.max_saves = max_saves
         self.acked: list[dict] = []      # {"token", "annotation_id", "latency_s", "t"}
         self.attempted: list[str] = []   # every token sent (acknowledged or not)
@@ -221,7 +228,13 @@ class Annotators:
             self._ready.release()
         self._go.wait(timeout=300)
         n = 0
-        while time.time() < self.stop_at and n < self.max_saves:
+        next_at = time.time() + (rng.uniform(0, self.pace) if self.pace else 0.0)
+        while n < self.max_saves:
+            if self.pace:
+                time.sleep(max(0.0, next_at - time.time()))
+                next_at += self.pace * rng.uniform(0.8, 1.2)
+            if time.time() >= self.stop_at:
+                break
             n += 1
             pid, rids = self.items[rng.randrange(len(self.items))]
             rids = list(rids)
@@ -311,9 +324,32 @@ def check_backup(path: Path, reported: dict) -> dict:
 
 
 # -- the scenario -------------------------------------------------------------------------------------------
+def paced_phase(url: str, items: list, annotators: int, duration: float, pace: float, prep: dict,
+                preview: bool, embed: bool) -> dict:
+    """`annotators` people each saving every ~`pace` s for `duration` s while a preview and the embedder run:
+    the latency a person feels (end to end through the HTTP API the browser uses)."""
+    bg: dict = {}
+    ann = Annotators(url, items, annotators, duration, "paced", pace=pace).start()
+    threads = []
+    if preview and prep["negative"]:
+        threads.append(threading.Thread(target=background_preview, daemon=True,
+                                        args=(url, prep["negative"], ann.stop_at, bg)))
+    if embed:
+        threads.append(threading.Thread(target=background_embed, args=(url, bg), daemon=True))
+    for t in threads:
+        t.start()
+    ann.join()
+    for t in threads:
+        t.join(timeout=max(1.0, ann.stop_at + 300 - time.time()))
+    return {"annotators": annotators, "pace_s": pace, "duration_s": duration, "acknowledged": len(ann.acked),
+            "attempted": len(ann.attempted), "errors": len(ann.errors), "error_examples": ann.errors[:3],
+            "saves_per_s": round(len(ann.acked) / duration, 2), "previews": bg.get("previews"),
+            "latency": latency_stats([a["latency_s"] for a in ann.acked])}
+
+
 def run_scenario(ws: Path, *, annotators: int = 20, duration: float = 60.0, crash_duration: float | None = None,
                  kill_at: float | None = None, n_prompts: int = 30, preview: bool = True, embed: bool = True,
-                 log=print) -> dict:
+                 pace: float | None = None, log=print) -> dict:
     ws = Path(ws)
     ws.mkdir(parents=True, exist_ok=True)
     crash_duration = duration / 2 if crash_duration is None else crash_duration
@@ -326,6 +362,9 @@ def run_scenario(ws: Path, *, annotators: int = 20, duration: float = 60.0, cras
     try:
         rep["start_s"] = round(app.start(), 1)
         log(f"app up on {app.url} in {rep['start_s']} s")
+        if pace:  # phase 0: a human pace (the latency target), before the closed-loop saturation below
+            rep["paced"] = paced_phase(app.url, items, annotators, duration, pace, prep, preview, embed)
+            log(f"paced: {json.dumps(rep['paced'])}")
         # -- phase 1: load with a preview generation and the embedding job ------------------------------------
         bg: dict = {}
         ann = Annotators(app.url, items, annotators, duration, "load").start()
@@ -417,6 +456,9 @@ def main(argv=None) -> int:
     p.add_argument("--workspace", help="workspace folder (default: a new temporary folder)")
     p.add_argument("--no-preview", action="store_true")
     p.add_argument("--no-embed", action="store_true")
+    p.add_argument("--pace", type=float, default=10.0,
+                   help="first a paced phase: each annotator saves every ~PACE s for --duration s (a fast human; "
+                        "the latency target); 0 = skip it")
     p.add_argument("--json", help="write the report here")
     a = p.parse_args(argv)
     if a.annotators < 1 or a.annotators > 200 or a.duration <= 0 or a.duration > 3600:
@@ -424,11 +466,17 @@ def main(argv=None) -> int:
     ws = Path(a.workspace) if a.workspace else Path(tempfile.mkdtemp(prefix="neat-fault-")) / "ws"
     rep = run_scenario(ws, annotators=a.annotators, duration=a.duration, crash_duration=a.crash_duration,
                        kill_at=a.kill_at, n_prompts=a.prompts, preview=not a.no_preview, embed=not a.no_embed,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       pace=a.pace or None, log=lambda m: print(m, file=sys.stderr, flush=True))
     text = json.dumps(rep, indent=2, default=str)
     print(text)
     if a.json:
         Path(a.json).write_text(text)
+    if rep.get("paced"):
+        pl = rep["paced"]["latency"]
+        print(f"\nPACED {a.annotators} annotators, one save every ~{a.pace:g} s each, {a.duration:g} s, preview + "
+              f"embedder running: {rep['paced']['acknowledged']} saves, {rep['paced']['errors']} errors; latency "
+              f"p50 {pl.get('p50_ms')} ms p95 {pl.get('p95_ms')} ms p99 {pl.get('p99_ms')} ms "
+              f"(targets: p95 <= 500 ms, p99 <= 1000 ms)", file=sys.stderr)
     ld, fi = rep.get("load", {}), rep.get("final", {})
     lat = ld.get("latency", {})
     print(f"\nSUMMARY {a.annotators} annotators x {a.duration:g} s (+ crash phase {rep.get('crash_duration_s')} s, "

@@ -718,3 +718,13 @@ def test_plain_rank_scope_ties_plain_samples_with_the_best_only_on_tagged_prompt
             continue
         # curated: chosen 0, rejected 1; benign: plain tied with the best (0); harmful: tied with the worst (1)
         assert plain == [0 if tags[lst.prompt_id] == "benign" else 1], (lst.prompt_id, lst.ranks, lst.origins)
+
+
+def test_eta_comes_from_measured_step_and_sampling_times():
+    from neat_studio.neat.trainer import eta_seconds
+
+    # 2 s per step, 30 steps left, rounds sampled in 100 s and 140 s, one round still to sample: 60 + 120
+    assert eta_seconds(2.0, 30, [100.0, 140.0], 1) == 180.0
+    # the last round: only its steps are left (its sampling is done); nothing measured yet counts as 0
+    assert eta_seconds(2.0, 5, [100.0], 0) == 10.0 and eta_seconds(0.5, 4, [], 3) == 2.0
+    assert eta_seconds(2.0, -1, [10.0], -1) == 0.0

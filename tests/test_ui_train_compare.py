@@ -307,3 +307,41 @@ def test_train_form_starts_from_the_cpu_recipe_and_the_cli_gives_the_same_config
     # the recipe changes what a CPU run needs and leaves the rest at NeatConfig's defaults
     assert (form["rounds"], form["k"], form["max_new_tokens"]) == (1, 1, 48)
     assert form["lr"] == NeatConfig().lr and form["margin"] == NeatConfig().margin
+
+
+def test_a_runs_config_goes_back_into_the_form_unchanged(studio):
+    """"Reuse this run's config" and the remembered last settings: a job config -> the form -> the same config,
+    including settings the form does not show (a recipe's plain_rank, scoped negatives, gen_batch_size)."""
+    from neat_studio.ui.train import FORM_KEYS, config_from_form, form_from_config
+
+    for nm in ("dangerous_compliance", "over_refusal"):
+        studio.store.save_system_prompt(nm, "negative", f"{nm} text", None, "t")
+    from neat_studio.neat.config import NeatConfig
+
+    c = NeatConfig().to_dict() | studio.recipe_config("safety")["config"] | {"model": "tiny", "name": "mine",
+                                                                             "lr": 3e-5}
+    for k in ("snapshot", "output_dir"):
+        c.pop(k)
+    c["data"] = {"annotated_only": True, "include_imported": False, "tags": ["harmful", "benign"], "split": "train",
+                 "min_responses": 1}
+    vals, extra = form_from_config(c)
+    assert len(vals) == len(FORM_KEYS) and dict(zip(FORM_KEYS, vals))["recipe"] == "(none)"
+    assert extra["plain_rank"] == "tie_best" and extra["gen_batch_size"] == 16
+    assert config_from_form(vals, None, extra) == c
+    # the remembered settings are per user
+    studio.remember_train_form("alice", c)
+    assert studio.last_train_form("alice") == c and studio.last_train_form("bob") is None
+
+
+def test_run_config_is_the_complete_config_a_run_started_with(studio):
+    from neat_studio.neat.config import NeatConfig
+
+    rid = studio.store.create_run("r1", "neat", {"model": "tiny", "method": "neat", "negatives": ["rude@1"],
+                                                 "lr": 2e-5, "data": {"split": "train", "min_responses": 1},
+                                                 "snapshot_path": "/x"}, actor="t")
+    cfg = studio.run_config(rid)
+    assert cfg["lr"] == 2e-5 and cfg["negatives"] == ["rude@1"] and cfg["name"] == "r1"
+    assert cfg["rounds"] == NeatConfig().rounds and "snapshot" not in cfg and "snapshot_path" not in cfg
+    assert cfg["data"] == {"split": "train", "min_responses": 1}
+    with pytest.raises(ValueError, match="unknown run"):
+        studio.run_config("nope")

@@ -548,6 +548,7 @@ class NeatTrainer:
         cfg = self.cfg
         self._setup()
         t_start, steps_here, saved_at = time.time(), 0, None
+        step_s, sample_s = 0.0, []  # measured: optimizer-step time (sum) and each round's sampling time
         while self.pos["round"] < cfg.rounds and self.pos["global_step"] < self.total_steps:
             r = self.pos["round"]
             if self.pos["epoch"] == 0 and self.pos["step_in_epoch"] == 0:
@@ -559,6 +560,7 @@ class NeatTrainer:
                 return self._stopped(self._stop_signal)
             enc = [e for e in (encode_list(self.tok, x, cfg.max_prompt_len, cfg.max_response_len) for x in lists)
                    if e is not None]
+            sample_s.append(time.time() - t0)
             if self.pos["epoch"] == 0 and self.pos["step_in_epoch"] == 0:
                 self._log({"event": "round_start", "round": r, "step": self.pos["global_step"],
                            "n_lists": len(enc), "n_responses": sum(len(e.response_ids) for e in enc),
@@ -585,6 +587,7 @@ class NeatTrainer:
                 wants_stop = self._stop_signal is not None or (self.stop_after is not None and step >= self.stop_after)
                 v = self._reduce(agg, wants_stop)
                 dt, elapsed = time.time() - ts, time.time() - t_start
+                step_s += dt
                 nl = max(v["n_lists"], 1)
                 self._log({
                     "step": step, "round": r, "epoch": e,
@@ -597,7 +600,8 @@ class NeatTrainer:
                     "lr": agg["lr"], "grad_norm": agg["grad_norm"],
                     "tokens_per_s": round(v["tokens"] / max(dt, 1e-9), 2),
                     "elapsed_s": round(elapsed, 3),
-                    "eta_s": round(elapsed / steps_here * (self.total_steps - step), 3),
+                    "eta_s": round(eta_seconds(step_s / steps_here, self.total_steps - step, sample_s,
+                                               cfg.rounds - 1 - r if cfg.method in ("neat", "rrhf") else 0), 3),
                     "total_steps": self.total_steps})
                 if v["stop"]:
                     return self._stopped(self._stop_signal or "stop_after")
@@ -638,6 +642,14 @@ class NeatTrainer:
                 "steps": self.pos["global_step"], "lora_merged": self.cfg.lora}, indent=2))
         self.acc.wait_for_everyone()
         return final
+
+
+def eta_seconds(mean_step_s: float, steps_left: int, sample_s: list[float], rounds_to_sample: int) -> float:
+    """Time left from what this run measured: its mean optimizer-step time x the steps left, plus its mean
+    sampling time per round x the rounds still to sample (not the elapsed time per step, which counts the first
+    round's sampling as if every step paid it)."""
+    per_round = sum(sample_s) / len(sample_s) if sample_s else 0.0
+    return mean_step_s * max(steps_left, 0) + per_round * max(rounds_to_sample, 0)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

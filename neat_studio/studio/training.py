@@ -49,6 +49,32 @@ class TrainingMixin:
                 "recipes": recipe_names(),
                 "defaults": NeatConfig().to_dict(), "help": NeatConfig.fields_help()}
 
+    TRAIN_FORM_KEY = "train_form:{user}"
+
+    def remember_train_form(self, user: str, config: dict) -> None:
+        """Keep the job config `user` last started a run with (the Train form starts from it next time)."""
+        self.store.set_setting(self.TRAIN_FORM_KEY.format(user=user), dict(config), actor=user)
+
+    def last_train_form(self, user: str) -> dict | None:
+        return self.store.get_setting(self.TRAIN_FORM_KEY.format(user=user))
+
+    def run_config(self, run_id: str) -> dict:
+        """The job config a run was started with, complete (every NeatConfig value, its data filters and name), to
+        start another run like it. ValueError for an unknown run."""
+        from ..neat.config import NeatConfig
+
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise ValueError(f"unknown run {run_id!r}")
+        stored = dict(run.get("config") or {})
+        data = dict(stored.pop("data", None) or {})
+        stored.pop("snapshot_path", None)
+        known = NeatConfig().to_dict()
+        cfg = known | {k: v for k, v in stored.items() if k in known}
+        for k in ("snapshot", "output_dir"):
+            cfg.pop(k, None)
+        return {**cfg, "data": data, "name": run.get("name")}
+
     def recipe_config(self, name: str) -> dict:
         """A named recipe (neat/recipes.py) as a Train-tab config: its NeatConfig values, its system prompts pinned
         to the newest saved version of each name (scopes kept: `over_refusal@2:benign`) and its data filters."""

@@ -110,6 +110,8 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
                     tab.select(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
                     if comps.get("_load_with_page", True):  # Annotate: only when opened (it leases a prompt)
                         shows.append((fn, inputs, outputs))
+                if "_restore" in comps:  # once per page: the user's remembered settings (Train)
+                    shows.append(comps["_restore"])
         ctx.components["tabs"] = tabs
 
         def whoami(request: gr.Request):

@@ -42,6 +42,52 @@ HYPER = [
 DEFAULT_RECIPE = "cpu"
 
 
+# the form's inputs in order (cfg_inputs in build): settings the form shows, then the recipe and the hyper-parameters
+FORM_KEYS = ["model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags",
+             "min_responses", "lora", "dtype", "name", "anchor", "rank_reduction", "recipe"] + [h[0] for h in HYPER]
+DATA_FORM_KEYS = ("annotated_only", "include_imported", "tags", "min_responses")
+
+
+def config_from_form(vals: list, recipe_cfg: dict | None = None, extra: dict | None = None) -> dict:
+    """The job config (NeatConfig keys + data + name) of the form's values (FORM_KEYS order). Settings the form
+    does not show come from the chosen recipe (`recipe_cfg`) or, for a reused run, from `extra`."""
+    v = dict(zip(FORM_KEYS, vals))
+    cfg = dict(recipe_cfg or {}) | dict(extra or {})
+    cfg.pop("data", None)
+    cfg |= {"model": (v["model"] or "").strip() or "default", "method": v["method"],
+            "negatives": list(v["negatives"] or []), "positives": list(v["positives"] or []),
+            "lora": bool(v["lora"]), "dtype": v["dtype"] or "auto", "name": (v["name"] or "").strip() or None,
+            "anchor": v["anchor"] or "none", "rank_reduction": v["rank_reduction"] or "sum",
+            "data": {"annotated_only": bool(v["annotated_only"]), "include_imported": bool(v["include_imported"]),
+                     "tags": list(v["tags"] or []), "split": "train", "min_responses": int(v["min_responses"] or 2)}}
+    for key, _, kind, _ in HYPER:
+        if v[key] is not None and v[key] != "":
+            cfg[key] = kind(v[key])
+    if v["method"] != "neat":
+        cfg["negatives"] = []
+    if not cfg.get("k_pos"):
+        cfg["positives"] = []
+    return cfg
+
+
+def form_from_config(cfg: dict) -> tuple[list, dict]:
+    """(form values in FORM_KEYS order, the settings the form does not show) of a job config: what "reuse this
+    run's config" and the remembered last settings put back. config_from_form(*form_from_config(c)) == c."""
+    start, data = form_defaults(), dict(cfg.get("data") or {})
+    known = set(FORM_KEYS) | {"data", "snapshot_path", "snapshot", "output_dir"}
+    vals = []
+    for key in FORM_KEYS:
+        if key == "recipe":
+            vals.append("(none)")
+        elif key in DATA_FORM_KEYS:
+            vals.append(data.get(key, {"annotated_only": False, "include_imported": True, "tags": [],
+                                       "min_responses": 2}[key]))
+        else:
+            vals.append(cfg.get(key, start.get(key)))
+    extra = {k: v for k, v in cfg.items() if k not in known}
+    return vals, extra
+
+
 def form_defaults() -> dict:
     """The Train form's starting values: NeatConfig's defaults with DEFAULT_RECIPE applied."""
     from ..neat.config import NeatConfig
@@ -225,6 +271,7 @@ def build(ctx: Ctx) -> dict:
     history = gr.Dataframe(headers=HISTORY_COLUMNS, datatype="str", interactive=False, wrap=True, max_height=320,
                            elem_id="train-history")
     with gr.Row():
+        reuse_btn = gr.Button("Reuse the shown run's config", size="sm", elem_id="train-reuse")
         report_btn = gr.Button("Open report of the shown run", size="sm", elem_id="train-report")
         eval_btn = gr.Button("Evaluate shown run vs its base model", size="sm", elem_id="train-evaluate")
         eval_n = gr.Number(50, label="prompts per set (dev split)", precision=0, minimum=4, maximum=300,
@@ -238,26 +285,18 @@ def build(ctx: Ctx) -> dict:
                           elem_id="train-config")
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def config_from(bm, md, ng, ps, ao, im, tg, mr, lr_, dt, nm, an, rr, rc, *hv):
-        # a recipe's settings that the form does not show (e.g. gen_batch_size) come from the recipe itself
-        cfg = dict(st.recipe_config(rc)["config"]) if rc and rc != "(none)" else {}
-        cfg.pop("data", None)
-        cfg |= {"model": (bm or "").strip() or "default", "method": md, "negatives": list(ng or []),
-               "positives": list(ps or []), "lora": bool(lr_), "dtype": dt or "auto",
-               "name": (nm or "").strip() or None, "anchor": an or "none", "rank_reduction": rr or "sum",
-               "data": {"annotated_only": bool(ao), "include_imported": bool(im), "tags": list(tg or []),
-                        "split": "train", "min_responses": int(mr or 2)}}
-        for (key, _, kind, _), v in zip(HYPER, hv):
-            if v is not None and v != "":
-                cfg[key] = kind(v)
-        if md != "neat":
-            cfg["negatives"] = []
-        if not cfg.get("k_pos"):
-            cfg["positives"] = []
-        return cfg
+    extra = gr.State({})  # a reused run's settings that the form does not show (cleared by picking a recipe)
 
-    cfg_inputs = [base, method, negs, poss, annotated_only, imported, tags, min_resp, lora, dtype, name, anchor,
-                  rank_red, recipe, *hyper]
+    def config_from(*vals):
+        """Form values (cfg_inputs order: FORM_KEYS, then `extra`) -> the job config."""
+        *form, ex = vals
+        rc = dict(zip(FORM_KEYS, form))["recipe"]
+        # a recipe's settings that the form does not show (e.g. gen_batch_size) come from the recipe itself
+        return config_from_form(form, st.recipe_config(rc)["config"] if rc and rc != "(none)" else None, ex)
+
+    form_inputs = [base, method, negs, poss, annotated_only, imported, tags, min_resp, lora, dtype, name, anchor,
+                   rank_red, recipe, *hyper]
+    cfg_inputs = [*form_inputs, extra]
 
     def pick_recipe(name, negs_now):
         """A recipe fills in the whole form: NeatConfig's defaults with the recipe's values (method, system prompts
@@ -280,7 +319,13 @@ def build(ctx: Ctx) -> dict:
                 gr.update(value=c["anchor"]), gr.update(value=c["rank_reduction"]),
                 *[gr.update(value=c[key]) for key, *_ in HYPER])
 
-    recipe.change(pick_recipe, [recipe, negs], [recipe_info, method, negs, poss, min_resp, anchor, rank_red, *hyper])
+    recipe.input(pick_recipe, [recipe, negs], [recipe_info, method, negs, poss, min_resp, anchor, rank_red, *hyper])
+    recipe.input(lambda: {}, None, extra)  # a recipe chosen by hand replaces what a reused run brought
+
+    def fill_form(cfg: dict, note: str):
+        """Every form input (and `extra`) from a job config."""
+        vals, ex = form_from_config(cfg)
+        return (*[gr.update(value=v) for v in vals], ex, note)
 
     def do_estimate(*args):
         try:
@@ -361,6 +406,7 @@ def build(ctx: Ctx) -> dict:
             if not ask["start"]:
                 return (warn_box(ask["message"]), gr.update(), gr.update(), *view(shown), ask["armed"])
             rid = st.start_training(cfg, actor=actor)
+            st.remember_train_form(actor, cfg)  # the next visit starts from these settings
         except (ValueError, RuntimeError) as ex:
             return (error_box(f"Not started: {ex}"), gr.update(), gr.update(), *view(shown), None)
         runs, df = hist()
@@ -454,6 +500,31 @@ def build(ctx: Ctx) -> dict:
                report_for_page(s["markdown"]),
                gr.update(value=s["charts"], visible=bool(s["charts"])))
 
+    def reuse(run_id):
+        if not run_id:
+            return (*[gr.update()] * (len(form_inputs) + 1), error_box("No run selected."))
+        try:
+            cfg = st.run_config(run_id)
+        except ValueError as ex:
+            return (*[gr.update()] * (len(form_inputs) + 1), error_box(str(ex)))
+        return fill_form(cfg, ok_box(f"The form holds run {run_id}'s settings now (its data filters too); the data "
+                                     "is frozen anew when you start."))
+
+    def restore(done, request: gr.Request):
+        """First open of the tab in this page: the settings this user last started a run with."""
+        if done:
+            return (*[gr.update()] * (len(form_inputs) + 1), gr.update(), True)
+        try:
+            cfg = st.last_train_form(ctx.user(request))
+        except gr.Error:
+            cfg = None
+        if not cfg:
+            return (*[gr.update()] * (len(form_inputs) + 1), gr.update(), True)
+        return (*fill_form(cfg, ok_box("The form holds the settings of the last run you started.")), True)
+
+    restored = gr.State(False)
+    reuse_btn.click(reuse, [run_sel], [*form_inputs, extra, msg]).then(do_estimate, cfg_inputs, estimate)
+    ctx.admin_only.append(reuse_btn)
     for comp in cfg_inputs:
         if isinstance(comp, (gr.Number, gr.Checkbox, gr.Dropdown, gr.Radio)):
             comp.change(do_estimate, cfg_inputs, estimate, show_progress="hidden")
@@ -472,4 +543,6 @@ def build(ctx: Ctx) -> dict:
             "resume": resume_btn, "message": msg, "run": run_sel, "progress": prog, "loss_plot": loss_plot,
             "acc_plot": acc_plot, "gap_plot": gap_plot, "error": err, "log": log, "timer": timer,
             "history": history, "report": report_md, **{f"hp_{h[0]}": c for h, c in zip(HYPER, hyper)},
-            "lora": lora, "dtype": dtype, "name": name, "_on_show": (on_show, [negs_auto, *cfg_inputs], show_outs)}
+            "lora": lora, "dtype": dtype, "name": name, "reuse": reuse_btn, "recipe": recipe,
+            "_on_show": (on_show, [negs_auto, *cfg_inputs], show_outs),
+            "_restore": (restore, [restored], [*form_inputs, extra, msg, restored])}
