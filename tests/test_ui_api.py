@@ -138,3 +138,20 @@ def test_uploads_are_capped_and_the_upload_cache_is_cleaned(app, tmp_path):
         assert upload(100) == 200 and upload(5000) == 413
     finally:
         stop_app(small)
+
+
+def test_tag_every_prompt_of_a_search_and_toggle_rows(app, client):
+    """Tagging many prompts: "select all prompts of this search" gives every matching id (not one row), and clicking
+    a row adds it to the selection or removes it."""
+    from neat_studio.ui.prompts import toggle_id
+
+    assert toggle_id("", "a") == "a" and toggle_id("a, b", "c") == "a, b, c" and toggle_id("a, b, c", "b") == "a, c"
+    st = app.studio
+    for i in range(3):
+        st.add_prompt(f"bulk zebra question {i}", tags=["bulk"], actor="t")
+    ids, msg = client.predict("zebra", False, None, None, None, "any", api_name="/select_all")
+    want = {p["id"] for p in st.store.list_prompts(search="zebra", limit=100)}
+    assert set(ids.split(", ")) == want and len(want) == 3 and "3 prompt(s) selected" in msg
+    html = client.predict(ids, "zebra-done", "add", api_name="/apply_tags")
+    assert "3 prompt(s)" in html
+    assert {p["id"] for p in st.store.list_prompts(tag="zebra-done", limit=100)} == want

@@ -20,6 +20,15 @@ def _conversation(messages) -> str:
     return "\n\n".join(f"[{m.get('role', '?')}]\n{m.get('content', '')}" for m in messages or [])
 
 
+SELECT_ALL_MAX = 5000  # "select all prompts of this search" takes at most this many
+
+
+def toggle_id(current: str | None, pid: str) -> str:
+    """The comma-separated selection with `pid` added, or removed when it was there (row clicks)."""
+    ids = [x for x in (t.strip() for t in (current or "").split(",")) if x]
+    return ", ".join([x for x in ids if x != pid] if pid in ids else ids + [pid])
+
+
 def build(ctx: Ctx) -> dict:
     st = ctx.studio
     gr.Markdown("Browse, search and curate the user prompts. Semantic search works once prompts are embedded.",
@@ -54,11 +63,14 @@ def build(ctx: Ctx) -> dict:
 
     with gr.Accordion("Tag / move selected prompts", open=False) as acc_tag:
         with gr.Row():
-            tag_ids = gr.Textbox(label="Prompt ids (comma separated; selecting a row fills it)", scale=3)
+            tag_ids = gr.Textbox(label="Prompt ids (comma separated; clicking a row adds it, again removes it)",
+                                 scale=3, elem_id="prompts-tag-ids")
             tag_tags = gr.Textbox(label="Tags (comma separated)", scale=2)
             tag_mode = gr.Radio(["add", "remove", "replace"], value="add", label="Mode", scale=1)
         with gr.Row():
-            tag_btn = gr.Button("Apply tags", size="sm")
+            all_btn = gr.Button("Select all prompts of this search", size="sm", elem_id="prompts-select-all")
+            clear_btn = gr.Button("Clear selection", size="sm", elem_id="prompts-select-clear")
+            tag_btn = gr.Button("Apply tags", size="sm", elem_id="prompts-tag-apply")
             split_to = gr.Dropdown(["train", "dev", "test"], value="train", label="Move to split", scale=0,
                                    min_width=140)
             split_btn = gr.Button("Move", size="sm")
@@ -164,9 +176,24 @@ def build(ctx: Ctx) -> dict:
             return pid, "(prompt not found)", pd.DataFrame(columns=["origin", "response"]), gr.update()
         resp = st.prompt_responses(pid)
         rdf = pd.DataFrame([[r["origin"], r["text"]] for r in resp], columns=["origin", "response"])
-        return pid, _conversation(p["messages"]), rdf, pid
+        return pid, _conversation(p["messages"]), rdf, toggle_id(current_ids, pid)
 
     table.select(select, inputs=[table, tag_ids], outputs=[detail_id, detail, detail_resp, tag_ids])
+
+    def select_all(q, sem, tg, src, sp, stat, request: gr.Request):
+        s_, who = _status(stat, request)
+        try:
+            res = st.search_prompts(q, semantic=bool(sem), tag=tg or None, source=src or None, split=sp or None,
+                                    status=s_, annotator=who, limit=SELECT_ALL_MAX)
+        except ValueError as e:
+            return gr.update(), error_box(str(e))
+        ids = [r["id"] for r in res["rows"]]
+        more = res["total"] > len(ids) and res["mode"] != "semantic"
+        note = f" (the first {len(ids)} of {res['total']}: narrow the search for the rest)" if more else ""
+        return ", ".join(ids), ok_box(f"{len(ids)} prompt(s) selected{note}. Apply tags or move them below.")
+
+    all_btn.click(select_all, inputs=inputs[:-1], outputs=[tag_ids, tag_msg], api_name="select_all")
+    clear_btn.click(lambda: ("", ""), None, [tag_ids, tag_msg])
 
     def apply_tags(ids, tags, mode, request: gr.Request):
         actor = ctx.require_admin(request, "tag prompts")
