@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from neat_studio.jobs import (JobError, JobRunner, MetricsReader, estimate_time, explain_error, parse_metrics,
-                              tail_lines)
+from neat_studio.jobs import JobError, JobRunner, MetricsReader, explain_error, parse_metrics, tail_lines
+from neat_studio.neat.estimate import estimate_time
 from tests.helpers import freeze_after_first_step
 
 FAST = {"model": "tiny", "method": "neat", "negatives": ["rude"], "rounds": 1, "epochs": 1, "batch_size": 2,
@@ -105,6 +105,17 @@ def test_estimate_time_scales_with_work():
     capped = estimate_time({"model": "default", "method": "neat", "negatives": ["a@1"], "max_steps": 5}, 200)
     assert capped["steps"] == 5 and capped["seconds"] < big["seconds"]
     assert estimate_time({}, 0)["text"] == "no training data matches the filters"
+
+
+def test_estimate_time_reads_a_neat_config_with_its_defaults():
+    """The estimate takes the run's NeatConfig (a job config dict gives the same figure: missing keys are
+    NeatConfig's defaults)."""
+    from neat_studio.neat.config import NeatConfig
+
+    cfg = NeatConfig.from_dict({"model": "default", "method": "neat", "negatives": ["a@1"], "rounds": 2})
+    assert estimate_time(cfg, 50) == estimate_time({"model": "default", "method": "neat", "negatives": ["a@1"],
+                                                    "rounds": 2, "name": "x", "data": {"split": "train"}}, 50)
+    assert estimate_time(cfg, 50)["steps"] == 2 * 50 // NeatConfig().batch_size
 
 
 def test_estimate_time_hand_computed(monkeypatch):

@@ -39,7 +39,7 @@ def start_confirmation(config: dict, estimate: dict | None, armed: dict | None, 
     Without an estimate (it failed) the run starts: starting reports the problem itself."""
     import json
 
-    from ..jobs import fmt_duration
+    from ..neat.estimate import fmt_duration
 
     est = estimate or {}
     secs = est.get("seconds")

@@ -98,7 +98,7 @@ def form_defaults() -> dict:
 
 # -- rendering (pure; every dynamic string escaped) --------------------------------------------------------------
 def fmt_dur(s) -> str:
-    from ..jobs import fmt_duration
+    from ..neat.estimate import fmt_duration
 
     return fmt_duration(s)
 
