@@ -59,6 +59,7 @@ def build(ctx: Ctx) -> dict:
             detail = gr.Textbox(label="Conversation", lines=8, max_lines=16, interactive=False,
                                 elem_id="prompts-detail")
             detail_resp = gr.Dataframe(headers=["origin", "response"], datatype="str", interactive=False, wrap=True,
+                                       column_widths=["28%", "72%"],
                                        max_height=260, label="Candidate responses")
 
     with gr.Accordion("Tag / move selected prompts", open=False) as acc_tag:

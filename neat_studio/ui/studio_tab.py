@@ -97,7 +97,7 @@ def build(ctx: Ctx) -> dict:
             gr.Markdown("### Library")
             kind_filter = gr.Radio(["all", "negative", "positive"], value="all", show_label=False)
             lib = gr.Dataframe(headers=LIB_COLUMNS, datatype="str", interactive=False, wrap=True, max_height=380,
-                               elem_id="lib-table")
+                               column_widths=["27%", "15%", "10%", "12%", "20%", "16%"], elem_id="lib-table")
             new_btn = gr.Button("New system prompt", size="sm", elem_id="lib-new")
         with gr.Column(scale=3, min_width=420):
             gr.Markdown("### Edit (saving creates a new immutable version)")
@@ -121,7 +121,8 @@ def build(ctx: Ctx) -> dict:
     with gr.Accordion("Versions and diff", open=True):
         with gr.Row():
             versions = gr.Dataframe(headers=["version", "author", "created", "params", "tags"], datatype="str",
-                                    interactive=False, wrap=True, max_height=220, scale=3, elem_id="lib-versions")
+                                    interactive=False, wrap=True, max_height=220, scale=3, elem_id="lib-versions",
+                                    column_widths=["10%", "15%", "20%", "35%", "20%"])
             with gr.Column(scale=2):
                 with gr.Row():
                     va = gr.Dropdown(label="from version", choices=[], elem_id="diff-a")

@@ -258,9 +258,10 @@ def build(ctx: Ctx) -> dict:
         refresh_btn = gr.Button("Refresh", size="sm", scale=0, min_width=90, elem_id="train-refresh")
     prog = gr.HTML(progress_html(None), js_on_load=None, elem_id="train-progress")
     with gr.Row():
-        loss_plot = gr.Plot(label="loss / rank loss", elem_id="train-loss-plot")
-        acc_plot = gr.Plot(label="rank accuracy", elem_id="train-acc-plot")
-        gap_plot = gr.Plot(label="p-gap (best − negative)", elem_id="train-gap-plot")
+        # the figures carry their own titles: gradio's label badge would cover them
+        loss_plot = gr.Plot(label="loss / rank loss", show_label=False, elem_id="train-loss-plot")
+        acc_plot = gr.Plot(label="rank accuracy", show_label=False, elem_id="train-acc-plot")
+        gap_plot = gr.Plot(label="p-gap (best − negative)", show_label=False, elem_id="train-gap-plot")
     err = gr.HTML("", js_on_load=None, elem_id="train-error")
     log = gr.Textbox(label="Last log lines", lines=8, max_lines=14, interactive=False, elem_id="train-log")
     timer = gr.Timer(2.0)
@@ -269,6 +270,8 @@ def build(ctx: Ctx) -> dict:
 
     gr.Markdown("### Run history")
     history = gr.Dataframe(headers=HISTORY_COLUMNS, datatype="str", interactive=False, wrap=True, max_height=320,
+                           column_widths=["9%", "8%", "6%", "5%", "7%", "8%", "9%", "6%", "5%", "5%", "5%", "5%",
+                                          "14%", "8%"],  # 100 %: the config and error columns stay in view
                            elem_id="train-history")
     with gr.Row():
         reuse_btn = gr.Button("Reuse the shown run's config", size="sm", elem_id="train-reuse")
