@@ -170,6 +170,7 @@ def test_skip_survives_a_reload_and_a_restart(workspace):
             st.skip_prompt("nope", "local")
     with Studio(workspace, model_spec="tiny") as st:  # a restart
         assert st.next_prompt("local") == p2 and st.next_prompt("other") == p1  # per annotator
+        st.store.release(p1, "other")  # other closes it (else p1 stays theirs for 5 minutes: one ranking wanted)
         st.save_annotation(p2, "local", [[st.store.list_responses(p2)[0]["id"]],
                                          [st.store.list_responses(p2)[1]["id"]]])
         st.skip_prompt(p3, "local")

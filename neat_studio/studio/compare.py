@@ -8,6 +8,14 @@ from pathlib import Path
 
 class CompareMixin:
     # -- models and compare --------------------------------------------------------------------------------
+    def checked_model(self, spec: str | None) -> str:
+        """A model spec a user typed or chose, allowed by the studio's policy (safety.check_model_spec: known names,
+        model folders of this workspace ...); the operator's own generator is always fine. ValueError otherwise."""
+        from ..safety import check_model_spec
+
+        spec = (spec or "").strip() or "default"
+        return spec if spec == self.model_spec else check_model_spec(spec, self.workspace)
+
     def _run_dirs(self) -> tuple[list[tuple[dict, Path]], list[Path]]:
         """([(store run, its run dir)] of the newest 100 runs with a run dir, [run dirs under <workspace>/runs with a
         final model that no store run names]: runs started from a shell)."""

@@ -107,6 +107,18 @@ class EvaluationMixin:
         threading.Thread(target=work, daemon=True, name=f"neat-eval-{eid}").start()
         return eid
 
+    def watch_evaluation(self, eval_id: str, every: float = 2.0):
+        """The evaluation's status every `every` seconds while it runs, then its final status (finished or failed):
+        what the Train and Compare tabs show while they wait."""
+        import time
+
+        while True:
+            s = self.evaluation_status(eval_id)
+            yield s
+            if s["status"] != "running":
+                return
+            time.sleep(every)
+
     def evaluation_status(self, eval_id: str) -> dict:
         """{"status": running|done|failed, "stage", "done", "total", "error", "out_dir", "markdown", "charts",
         "model_names"}; model_names: (label in the report, "run <id> · <name>" or the spec) per model."""

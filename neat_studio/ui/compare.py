@@ -14,7 +14,6 @@ Everything a model or user wrote is escaped before display (the chat shows escap
 HTML)."""
 from __future__ import annotations
 
-import time
 
 import gradio as gr
 
@@ -216,11 +215,9 @@ def build(ctx: Ctx) -> dict:
     def evaluate(sa, sb, chosen, own, expected, n, request: gr.Request):
         actor = ctx.require_admin(request, "run evaluations")
         try:
-            from ..safety import check_model_spec
-
             for spec in (sa, sb):  # user-typed: only allowed model folders (the operator's model is always fine)
-                if spec and spec != st.model_spec:
-                    check_model_spec(spec, st.workspace)
+                if spec:
+                    st.checked_model(spec)
             sets_ = st.evaluation_sets(list(chosen or []), own or None,
                                        expected if expected in ("refuse", "comply") else None, actor=actor)
             eid = st.start_evaluation([sa, sb] if sa != sb else [sa], sets_, n_per_set=int(n or 10),
@@ -228,13 +225,10 @@ def build(ctx: Ctx) -> dict:
         except (ValueError, RuntimeError) as e:
             yield error_box(f"Not started: {e}"), gr.update(), gr.update(visible=False)
             return
-        while True:
-            s = st.evaluation_status(eid)
-            if s["status"] != "running":
-                break
-            yield ok_box(f"Evaluating in the background: {s['stage']} {s['done']}/{s['total']}…"), gr.update(), \
-                gr.update()
-            time.sleep(2.0)
+        for s in st.watch_evaluation(eid):
+            if s["status"] == "running":
+                yield ok_box(f"Evaluating in the background: {s['stage']} {s['done']}/{s['total']}…"), \
+                    gr.update(), gr.update()
         if s["status"] == "failed":
             yield error_box(f"Evaluation failed: {s['error']}"), "", gr.update(visible=False)
             return

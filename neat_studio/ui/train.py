@@ -13,7 +13,6 @@ import time
 import gradio as gr
 import pandas as pd
 
-from ..safety import check_model_spec
 from ..studio import start_confirmation
 from .common import Ctx, error_box, esc, fmt_num, names_text, ok_box, report_for_page, warn_box
 
@@ -399,8 +398,7 @@ def build(ctx: Ctx) -> dict:
         shown = data.get(run_sel)
         try:
             cfg = config_from(*[data.get(c) for c in cfg_inputs])
-            if cfg.get("model") != st.model_spec:  # user-typed: only allowed model folders (neat_studio.safety)
-                cfg["model"] = check_model_spec(cfg.get("model"), st.workspace)
+            cfg["model"] = st.checked_model(cfg.get("model"))  # user-typed: only allowed model folders
             try:
                 est = st.estimate_training(cfg)
             except ValueError:
@@ -489,13 +487,10 @@ def build(ctx: Ctx) -> dict:
         except (ValueError, RuntimeError) as ex:
             yield error_box(f"Not evaluated: {ex}"), gr.update(), gr.update(visible=False)
             return
-        while True:
-            s = st.evaluation_status(eid)
-            if s["status"] != "running":
-                break
-            yield (ok_box(f"Evaluating {st.model_label(run['run_dir'])} vs {st.model_label(base_spec)}: "
-                          f"{s['stage']} {s['done']}/{s['total']}…"), gr.update(), gr.update())
-            time.sleep(2.0)
+        for s in st.watch_evaluation(eid):
+            if s["status"] == "running":
+                yield (ok_box(f"Evaluating {st.model_label(run['run_dir'])} vs {st.model_label(base_spec)}: "
+                              f"{s['stage']} {s['done']}/{s['total']}…"), gr.update(), gr.update())
         if s["status"] == "failed":
             yield error_box(f"Evaluation failed: {s['error']}"), gr.update(), gr.update(visible=False)
             return
