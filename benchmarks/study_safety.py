@@ -126,6 +126,8 @@ def main() -> int:
     ap.add_argument("--eval-dtype", default="bfloat16",
                     help="bfloat16 (fast on CPUs with bf16 instructions; base and trained models alike) or float32")
     ap.add_argument("--note", default="", help="free text stored with the result")
+    ap.add_argument("--data", default=str(REPO / "data" / "recipes" / "safety" / "curated.jsonl"),
+                    help="curated set imported once per workdir (default: the shipped starter set)")
     args = ap.parse_args()
 
     work = Path(args.workdir)
@@ -136,7 +138,9 @@ def main() -> int:
 
     if "snapshot" not in state:
         sh(["init"], ws, log)
-        sh(["import", str(REPO / "data" / "recipes" / "safety" / "curated.jsonl"), "--split", "train"], ws, log)
+        sh(["import", str(Path(args.data).resolve()), "--split", "train"], ws, log)
+        state["data"] = {"file": str(Path(args.data).resolve()),
+                         "sha256": __import__("hashlib").sha256(Path(args.data).read_bytes()).hexdigest()}
         _, _, out = sh(["snapshot", "--tag", "safety-recipe", "--min-responses", "1"], ws, log)
         snap = json.loads(out)
         state.update(snapshot=snap["path"], snapshot_counts=snap["counts"])
@@ -152,6 +156,7 @@ def main() -> int:
         row = {"variant": args.variant, "seed": seed, "method": args.method or "neat",
                "recipe": None if args.no_recipe else "safety", "overrides": args.set, "note": args.note,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "snapshot_counts": state.get("snapshot_counts"),
+               "data": state.get("data") or {"file": "data/recipes/safety/curated.jsonl (112 rows, before v8)"},
                "eval": {"split": "dev", "max_new_tokens": args.max_new_tokens, "dtype": args.eval_dtype}}
         try:
             if not (run / "final").is_dir():

@@ -37,6 +37,7 @@ N_PAIRS = 300
 SEED = 20261203
 # starter curated set of the safety recipe
 N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
+N_GENERAL = 0  # everyday instructions from self-instruct's seed tasks, tagged benign + general (0: none)
 
 REFUSAL_START = re.compile(r"^\s*(I'?m sorry|I am sorry|I cannot|I can'?t|I apologi[sz]e|As an AI|Sorry|I'?m unable|"
                            r"I am unable|I won'?t|Unfortunately|I'?m not able|I do not|I don'?t)", re.I)
@@ -145,16 +146,29 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set) -> dict:
     rows += take(ben, N_BENIGN, lambda b: b["instruction"], lambda b: {
         "prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0], "origins": ["dataset"],
         "tags": ["benign", "safety-recipe"]})
+    gen_src = "self-instruct-seed/seed_tasks.jsonl"
+    if N_GENERAL:
+        gen = [json.loads(x) for x in open(data_root / gen_src, encoding="utf-8")]
+        gen = [(g["instruction"] + (f"\n\n{g['instances'][0]['input']}" if g["instances"][0].get("input") else ""),
+                g["instances"][0]["output"]) for g in gen if g.get("instances") and g["instances"][0].get("output")
+               and len(g["instances"][0]["output"]) <= 1200 and not g.get("is_classification")]
+        rng.shuffle(gen)
+        rows += take(gen, N_GENERAL, lambda g: g[0], lambda g: {
+            "prompt": g[0], "responses": [g[1].strip()], "ranks": [0], "origins": ["dataset"],
+            "tags": ["benign", "general", "safety-recipe"]})
     path = out / "curated.jsonl"
     evalsets.write_jsonl(path, rows)
     manifest = {
         "built_by": "scripts/build_data.py", "seed": SEED, "file": path.name, "sha256": sha(path),
-        "rows": len(rows), "by_tag": {t: sum(t in r["tags"] for r in rows) for t in ("harmful", "lookalike", "benign")},
+        "rows": len(rows), "by_tag": {t: sum(t in r["tags"] for r in rows)
+                                      for t in ("harmful", "lookalike", "benign", "general")},
         "deduplicated_against": "every prompt of data/evalsets (all splits), normalised text",
         "sources": [
             {**source_info(data_root, harm_src), "used_for": "harmful prompts; reference = the dataset's refusal"},
             {**source_info(data_root, look_src), "used_for": "look-alike prompts; chosen (helps) > rejected (refuses)"},
-            {**source_info(data_root, ben_src), "used_for": "benign prompts; reference = text-davinci-003's answer"}],
+            {**source_info(data_root, ben_src), "used_for": "benign prompts; reference = text-davinci-003's answer"}]
+        + ([{**source_info(data_root, gen_src), "used_for": "everyday instructions; reference = the seed task's "
+             "instance output"}] if N_GENERAL else []),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
