@@ -107,3 +107,19 @@ def test_task_overview_shows_shares_and_who_holds_what(st):
     assert t["per_annotator"] == [{"annotator": "alice", "done": 1, "share": 2, "holds": 0},
                                   {"annotator": "bob", "done": 0, "share": 2, "holds": 1}]
     assert [(x["prompt_id"], x["annotator"]) for x in t["leases"]] == [(b1, "bob")]
+
+
+def test_an_admin_assigns_prompts_to_one_annotator(st):
+    ids = [p["id"] for p in st.store.list_prompts(limit=10, order="created")]
+    assert st.assign_prompts([ids[2]], "carol", actor="admin") == 1
+    assert st.next_prompt("carol") == ids[2]  # first in her queue
+    assert st.next_prompt("dave") == ids[0] and ids[2] in st.store.taken_prompts("erin")
+    lease = next(x for x in st.leases() if x["annotator"] == "carol")
+    from datetime import datetime, timedelta, timezone
+
+    until = datetime.fromisoformat(lease["expires_at"].replace("Z", "+00:00"))
+    assert lease["prompt_id"] == ids[2] and until - datetime.now(timezone.utc) > timedelta(days=6)  # not minutes
+    with pytest.raises(ValueError, match="unknown prompt"):
+        st.assign_prompts(["nope"], "carol", actor="admin")
+    with pytest.raises(ValueError, match="invalid annotator"):
+        st.assign_prompts([ids[0]], "no way", actor="admin")

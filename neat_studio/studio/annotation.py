@@ -283,6 +283,27 @@ class AnnotationMixin:
         """Rankings wanted per prompt before it leaves everyone's queue (1-20); admins only in the UI."""
         return self.store.set_overlap(n, actor=actor)
 
+    ASSIGN_DAYS = 7
+
+    def assign_prompts(self, prompt_ids, annotator: str, actor: str, days: int = ASSIGN_DAYS) -> int:
+        """Give prompts to one annotator (an admin's bulk action): each is leased to them for `days` days, so it comes
+        first in their queue and out of everyone else's (within the overlap) until they save or skip it. Returns how
+        many. ValueError (nothing written) for an unknown prompt or an invalid name."""
+        from ..store.users import USERNAME_RE
+
+        ids = list(dict.fromkeys(str(i).strip() for i in prompt_ids if str(i).strip()))
+        if not ids:
+            raise ValueError("no prompt ids to assign")
+        if not USERNAME_RE.match((annotator or "").strip()):
+            raise ValueError(f"invalid annotator name {annotator!r}")
+        self._require_prompts(ids)
+        with self.store.transaction():
+            for pid in ids:
+                self.store.lease(pid, annotator.strip(), seconds=int(days) * 86400)
+        self.store.log_event(actor, "assign_prompts", "annotator", annotator.strip(), {"prompts": len(ids),
+                                                                                         "days": int(days)})
+        return len(ids)
+
     def leases(self) -> list[dict]:
         """Who holds which prompt now (Data tab)."""
         return self.store.active_leases()

@@ -75,6 +75,8 @@ def build(ctx: Ctx) -> dict:
             split_to = gr.Dropdown(["train", "dev", "test"], value="train", label="Move to split", scale=0,
                                    min_width=140)
             split_btn = gr.Button("Move", size="sm")
+            assign_to = gr.Textbox(label="Assign to annotator", scale=1, max_lines=1, elem_id="prompts-assign-to")
+            assign_btn = gr.Button("Assign", size="sm", elem_id="prompts-assign")
         tag_msg = gr.HTML("", js_on_load=None)
     with gr.Accordion("Add a prompt by hand", open=False) as acc_add:
         add_text = gr.Textbox(label="User prompt", lines=3, elem_id="prompts-add-text")
@@ -213,6 +215,16 @@ def build(ctx: Ctx) -> dict:
             return error_box(str(e))
         return ok_box(f"{n} prompt(s) moved to {sp}.")
 
+    def assign(ids, who, request: gr.Request):
+        actor = ctx.require_admin(request, "assign prompts")
+        try:
+            n = st.assign_prompts(parse_tags(ids), who, actor=actor)
+        except ValueError as e:
+            return error_box(f"Not assigned: {e}")
+        return ok_box(f"{n} prompt(s) assigned to {who.strip()} for {st.ASSIGN_DAYS} days: first in their queue, out "
+                      "of everyone else's until they save or skip them.")
+
+    assign_btn.click(assign, [tag_ids, assign_to], tag_msg, api_name="assign_prompts")
     tag_btn.click(apply_tags, [tag_ids, tag_tags, tag_mode], tag_msg).then(
         first_page, inputs=inputs[:-1], outputs=[page, *outputs]).then(facets, None, [tag, source, emb_info])
     split_btn.click(move_split, [tag_ids, split_to], tag_msg).then(
