@@ -91,9 +91,14 @@ def test_overlap_two_hands_a_prompt_to_two_people(st):
     assert a1 in st.store.taken_prompts("carol") and a1 in st.store.taken_prompts("dave")
 
 
-def test_expired_leases_free_the_prompt(st):
+def test_expired_leases_free_the_prompt(st, monkeypatch):
+    from datetime import timedelta
+
+    from neat_studio.store import tasks
+
     a1 = st.next_prompt("alice")
-    st.store.lease(a1, "alice", seconds=-1)  # as if five minutes had passed
+    later = tasks._now() + timedelta(seconds=tasks.LEASE_S + 1)
+    monkeypatch.setattr(tasks, "_now", lambda: later)  # five minutes pass
     assert st.leases() == [] and st.next_prompt("bob") == a1
 
 

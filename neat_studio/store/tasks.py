@@ -51,13 +51,17 @@ class TasksMixin:
                                                   self.overlap()])]
 
     def lease(self, prompt_id: str, annotator: str, seconds: int = LEASE_S) -> str:
-        """Hand `prompt_id` to `annotator` for `seconds` (renewing their lease). Returns the expiry (ISO)."""
+        """Hand `prompt_id` to `annotator` for `seconds` (renewing their lease; a longer one they hold, such as an
+        admin's assignment, is kept). Returns the expiry (ISO)."""
         annotator = _req_str(annotator, "annotator", 100)
         until = _now() + timedelta(seconds=int(seconds))
         with self._tx() as con:
             if _first(con.execute("SELECT count(*) FROM prompts WHERE id = ?", [prompt_id]))[0] == 0:
                 raise ValueError(f"unknown prompt id {prompt_id!r}")
             con.execute("DELETE FROM leases WHERE expires_at <= ?", [_now()])
+            held = _first(con.execute("SELECT expires_at FROM leases WHERE prompt_id = ? AND annotator = ?",
+                                      [prompt_id, annotator]))
+            until = max(until, held[0]) if held else until  # renewing never shortens (an admin's assignment)
             con.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", [prompt_id, annotator, until])
         return _iso(until)
 
