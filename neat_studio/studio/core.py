@@ -253,6 +253,14 @@ class StudioCore:
         n = exporters.export_trl_pairs(rows, path, conversational=conv, negative_prompts=negatives)
         return {"written": n, "format": "conversational" if conv else "string"}
 
+    def accounts(self):
+        """The accounts kept in this workspace's store (neat_studio.accounts.StoreAuth: login checks, admin actions)."""
+        from ..accounts import StoreAuth
+
+        if self.__dict__.get("_accounts") is None:
+            self.__dict__["_accounts"] = StoreAuth(self.store)
+        return self.__dict__["_accounts"]
+
     def snapshots(self, limit: int = 50) -> list[dict]:
         """The newest snapshots recorded in the store."""
         return self.store.list_snapshots()[:limit]

@@ -48,7 +48,7 @@ def build(ctx: Ctx) -> dict:
     def load(request: gr.Request):
         if not ctx.is_admin(request):
             return users_df([])
-        return users_df(auth.store.list_users())
+        return users_df(auth.list_users())
 
     def act(kind):
         def run(username, r, request: gr.Request):
@@ -60,17 +60,17 @@ def build(ctx: Ctx) -> dict:
                 elif kind == "reset":
                     out = once_box(username, auth.reset_password(username, actor=me))
                 elif kind == "role":
-                    auth.store.update_user(username, actor=me, role=r)
+                    auth.set_role(username, r, actor=me)
                     out = ok_box(f"{username} is now {r}.")
                 else:
                     if kind == "disable" and username == me:
                         raise ValueError("you cannot disable your own account")
-                    auth.store.update_user(username, actor=me, disabled=kind == "disable")
+                    auth.set_disabled(username, kind == "disable", actor=me)
                     state = "disabled (signed out everywhere)" if kind == "disable" else "enabled"
                     out = ok_box(f"{username} is {state}.")
             except ValueError as e:
                 return error_box(f"Nothing changed: {e}."), gr.update()
-            return out, users_df(auth.store.list_users())
+            return out, users_df(auth.list_users())
         return run
 
     for btn, kind in ((add, "add"), (reset, "reset"), (set_role, "role"), (disable, "disable"), (enable, "enable")):

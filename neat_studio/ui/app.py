@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import admin, annotate, compare, data, prompts, studio_tab, train
-from .auth import LoginGuard, StoreAuth, UserDB, load_auth
+from .auth import LoginGuard, UserDB, load_auth
 from .common import ANNOTATOR_COOKIE, Ctx, browser_name, error_box, esc, ok_box, valid_annotator_name
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,9 @@ def launch(workspace=None, db=None, model: str = "default", host: str = "127.0.0
     studio = Studio(Workspace.from_env(workspace), db_path=db,
                     model_spec=None if model in (None, "", "default") else model, gen_dtype=dtype)
     auth = None
-    if accounts or seed is not None or studio.store.count_users():
+    if accounts or seed is not None or studio.accounts().count():
         # accounts live in the store; a users file / NEAT_STUDIO_USERS adds the users the store does not have
-        auth = StoreAuth(studio.store)
+        auth = studio.accounts()
         if seed is not None:
             auth.seed(seed)
         first = auth.ensure_admin()
