@@ -40,7 +40,7 @@ def _prompt(st, text, n=2):
 
 
 def _cmd(on_cmd, s, cmd, item, ranks=None, comment="", flag=False, order="queue"):
-    evt = SimpleNamespace(_data={"cmd": cmd, "item": item, "ranks": ranks or {}, "marks": {}})
+    evt = gr.EventData(None, {"cmd": cmd, "item": item, "ranks": ranks or {}, "marks": {}})
     out = on_cmd(evt, s, comment, flag, None, None, None, "", False, order, None)
     return out, next(o for o in out if isinstance(o, dict) and "item" in o) if cmd != "edit" else None
 

@@ -225,7 +225,7 @@ def test_compare_evaluate_button_writes_a_report(studio, tmp_path):
 def test_annotate_previous_steps_back_through_the_history(workspace):
     """'previous (B)' walks back through the annotator's saved prompts, newest to oldest (it used to alternate
     between the two newest)."""
-    from types import SimpleNamespace
+    import gradio as gr
 
     from neat_studio.studio import Studio
     from neat_studio.ui.app import build_app
@@ -239,7 +239,7 @@ def test_annotate_previous_steps_back_through_the_history(workspace):
         on_cmd = _handler(build_app(st), "on_cmd_flat")
         s, seen = {"item": pids[-1]}, []
         for _ in range(3):
-            evt = SimpleNamespace(_data={"cmd": "prev", "item": s["item"], "ranks": {}, "marks": {}})
+            evt = gr.EventData(None, {"cmd": "prev", "item": s["item"], "ranks": {}, "marks": {}})
             out = on_cmd(evt, s, "", False, None, None, None, "", False, "queue", None)
             s = next(o for o in out if isinstance(o, dict) and "item" in o)
             seen.append(s["item"])

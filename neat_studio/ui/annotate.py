@@ -145,6 +145,9 @@ def progress_html(p: dict, me: str) -> str:
             f"<div class='neat-progress-others'>{others or 'no annotations yet'}</div></div>")
 
 
+CMD_KEYS = ("cmd", "item", "ranks", "marks", "rid")  # what the ranker's JS sends with a command
+
+
 def build(ctx: Ctx) -> dict:
     st = ctx.studio
     with gr.Row():
@@ -269,7 +272,8 @@ def build(ctx: Ctx) -> dict:
 
     def on_cmd(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, order, request: gr.Request):
         me = ctx.user(request)
-        data = dict(getattr(evt, "_data", None) or {})
+        # the ranker's payload, read through EventData's public attributes (absent keys: None)
+        data = {k: getattr(evt, k, None) for k in CMD_KEYS}
         s = dict(s or {})
         cmd = data.get("cmd")
         item = data.get("item")
