@@ -4,6 +4,7 @@ suggestion when a reward scorer exists, guidelines, progress. Saving is one comm
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -383,6 +384,7 @@ def build(ctx: Ctx) -> dict:
         {"annotation_id", "prompt_id", "annotator"}; a clear error and nothing written on bad input."""
         from ..safety import MAX_COMMENT_CHARS, check_text
 
+        t0 = time.perf_counter()  # the handler's own time, beside the end-to-end time a client sees
         me = ctx.user(request)
         try:
             pid = check_text(prompt_id, "prompt id", max_chars=200, allow_empty=False).strip()
@@ -394,7 +396,8 @@ def build(ctx: Ctx) -> dict:
             aid = st.save_annotation(pid, me, ranking, marks=marks, comment=cm)
         except ValueError as e:  # json.JSONDecodeError is a ValueError
             raise gr.Error(f"Not saved: {e}") from None
-        return json.dumps({"annotation_id": aid, "prompt_id": pid, "annotator": me})
+        return json.dumps({"annotation_id": aid, "prompt_id": pid, "annotator": me,
+                           "server_ms": round((time.perf_counter() - t0) * 1000, 2)})
 
     gr.api(save_ranking, api_name="save_ranking")
 
