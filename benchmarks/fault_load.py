@@ -341,7 +341,8 @@ def paced_phase(url: str, items: list, annotators: int, duration: float, pace: f
     ann.join()
     for t in threads:
         t.join(timeout=max(1.0, ann.stop_at + 300 - time.time()))
-    return {"annotators": annotators, "pace_s": pace, "duration_s": duration, "acknowledged": len(ann.acked),
+    return {"_acked": [a["token"] for a in ann.acked], "_attempted": list(ann.attempted),
+            "annotators": annotators, "pace_s": pace, "duration_s": duration, "acknowledged": len(ann.acked),
             "attempted": len(ann.attempted), "errors": len(ann.errors), "error_examples": ann.errors[:3],
             "saves_per_s": round(len(ann.acked) / duration, 2), "previews": bg.get("previews"),
             "latency": latency_stats([a["latency_s"] for a in ann.acked]),
@@ -367,7 +368,11 @@ def run_scenario(ws: Path, *, annotators: int = 20, duration: float = 60.0, cras
         rep["start_s"] = round(app.start(), 1)
         log(f"app up on {app.url} in {rep['start_s']} s")
         if pace:  # phase 0: a human pace (the latency target), before the closed-loop saturation below
-            rep["paced"] = paced_phase(app.url, items, annotators, duration, pace, prep, preview, embed)
+            paced = paced_phase(app.url, items, annotators, duration, pace, prep, preview, embed)
+            pre_acked, pre_attempted = paced.pop("_acked"), paced.pop("_attempted")  # they count for integrity too
+            rep["paced"] = paced
+        else:
+            pre_acked, pre_attempted = [], []
             log(f"paced: {json.dumps(rep['paced'])}")
         # -- phase 1: load with a preview generation and the embedding job ------------------------------------
         bg: dict = {}
@@ -402,11 +407,12 @@ def run_scenario(ws: Path, *, annotators: int = 20, duration: float = 60.0, cras
         with Store(mid) as b:
             mid_tokens = stored_tokens(b, items)
         rep["mid_backup"]["duplicated"] = sum(1 for k in mid_tokens.values() if k > 1)
-        rep["mid_backup"]["unknown_tokens"] = len(set(mid_tokens) - set(ann.attempted))
+        rep["mid_backup"]["unknown_tokens"] = len(set(mid_tokens) - set(ann.attempted) - set(pre_attempted))
         rep["mid_backup"]["annotations_of_load"] = sum(mid_tokens.values())
         with Store(after) as b:
             after_tokens = stored_tokens(b, items)
-        rep["load"] = {**integrity([a["token"] for a in ann.acked], after_tokens, ann.attempted),
+        rep["load"] = {**integrity(pre_acked + [a["token"] for a in ann.acked], after_tokens,
+                                   pre_attempted + ann.attempted),
                        "attempted": len(ann.attempted), "errors": len(ann.errors),
                        "error_examples": ann.errors[:3], "saves_per_s": round(len(ann.acked) / duration, 1),
                        "latency": latency_stats([a["latency_s"] for a in ann.acked]),
@@ -436,8 +442,8 @@ def run_scenario(ws: Path, *, annotators: int = 20, duration: float = 60.0, cras
             ver = st.schema_version
             final_tokens = stored_tokens(st, items)
             counts = st.counts()
-        all_acked = [a["token"] for a in ann.acked] + acked_before_kill + [token]
-        rep["final"] = {**integrity(all_acked, final_tokens, ann.attempted + ann2.attempted + [token]),
+        all_acked = pre_acked + [a["token"] for a in ann.acked] + acked_before_kill + [token]
+        rep["final"] = {**integrity(all_acked, final_tokens, pre_attempted + ann.attempted + ann2.attempted + [token]),
                         "schema_version": ver, "schema_ok": ver == SCHEMA_VERSION, "counts": counts}
         rep["latency_all"] = latency_stats([a["latency_s"] for a in ann.acked + ann2.acked])
         log(f"after crash+restart: {json.dumps(rep['final'])}")
