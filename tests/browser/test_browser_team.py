@@ -129,11 +129,15 @@ def test_a_team_shares_the_work_without_losing_any(team, browser, page_errors):
     ann2.goto(team.url)
     ann2.wait_for_selector("#neat-tabs", state="visible")
     open_tab(ann, "Annotate")
+    ann.wait_for_selector("#ann-ranker .neat-card")  # the tab has loaded (it resets the prompt chooser)
+    ann.wait_for_timeout(500)
     field(ann, "ann-open").fill(a_item)
     field(ann, "ann-open").press("Enter")
     ann.locator("#ann-open-btn").click()
     ann.wait_for_selector(f"#ann-ranker .neat-ranker[data-item='{a_item}']")
     open_tab(ann2, "Annotate")
+    ann2.wait_for_selector("#ann-ranker .neat-card")  # the tab has loaded (it resets the prompt chooser)
+    ann2.wait_for_timeout(500)
     field(ann2, "ann-open").fill(a_item)
     field(ann2, "ann-open").press("Enter")
     ann2.locator("#ann-open-btn").click()
@@ -148,9 +152,10 @@ def test_a_team_shares_the_work_without_losing_any(team, browser, page_errors):
     assert refused and refused[0]["detail"]["prompt_id"] == a_item  # ... and nothing lost
     shot(ann, "team-stale")
 
-    # an annotator reaches no admin function: the Admin tab shows nothing, the API refuses
+    # an annotator reaches no admin function: the Admin tab shows them nothing, the API refuses
     open_tab(ben, "Admin")
-    assert not ben.locator("#admin-add").is_visible()
+    ben.wait_for_timeout(500)
+    assert not ben.locator("#admin-add").is_visible() and not ben.locator("#admin-users").is_visible()
     from gradio_client import Client
 
     c = Client(team.url, auth=("ben", "ben-password-1"), verbose=False)
