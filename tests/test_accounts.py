@@ -164,6 +164,18 @@ def test_through_the_running_app_login_limit_and_first_login(tmp_path):
         assert [login("admin", "guess") for _ in range(3)] == [400, 400, 400]
         assert login("admin", made["admin"]) == 400  # locked for now, even with the right password
         assert login("bob", made["bob"]) == 200  # another name is not locked
+        # a session works until logout, then nothing answers it
+        import http.cookiejar
+
+        jar = http.cookiejar.CookieJar()
+        op = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        op.open(app.url + "login", data=urllib.parse.urlencode({"username": "bob", "password": made["bob"]}).encode(),
+                timeout=10)
+        assert op.open(app.url + "config", timeout=10).status == 200
+        op.open(app.url + "logout", timeout=10)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            op.open(app.url + "config", timeout=10)
+        assert e.value.code == 401
         c = Client(app.url, auth=("bob", made["bob"]), verbose=False)
         with pytest.raises(Exception, match="one-time password first"):
             c.predict("p", json.dumps([]), "", "", api_name="/save_ranking")
