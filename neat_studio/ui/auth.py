@@ -206,6 +206,7 @@ class ExpiringTokens(dict):
         return self._live(token)
 
 
+SESSION_S = 12 * 3600  # a session's length when the auth backend does not say
 _API_INFO = re.compile(rb"<script>window\.gradio_api_info = .*?;</script>", re.S)
 
 
@@ -240,7 +241,9 @@ class LoginGuard:
         outer = scope.get("app")
         tokens = getattr(outer, "tokens", None)
         if self.auth is not None and tokens is not None and not isinstance(tokens, ExpiringTokens):
-            outer.tokens = tokens = ExpiringTokens(tokens, self.auth.session_s, self.auth.active)
+            # a users-file UserDB has no session length of its own: the accounts' default
+            outer.tokens = tokens = ExpiringTokens(tokens, getattr(self.auth, "session_s", SESSION_S),
+                                                   getattr(self.auth, "active", None))
         if scope.get("method") != "GET" or _signed_in(scope, tokens):
             return await self.app(scope, receive, send)
         held: dict = {}
