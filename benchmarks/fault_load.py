@@ -371,9 +371,9 @@ def run_scenario(ws: Path, *, annotators: int = 20, duration: float = 60.0, cras
             paced = paced_phase(app.url, items, annotators, duration, pace, prep, preview, embed)
             pre_acked, pre_attempted = paced.pop("_acked"), paced.pop("_attempted")  # they count for integrity too
             rep["paced"] = paced
+            log(f"paced: {json.dumps(rep['paced'])}")
         else:
             pre_acked, pre_attempted = [], []
-            log(f"paced: {json.dumps(rep['paced'])}")
         # -- phase 1: load with a preview generation and the embedding job ------------------------------------
         bg: dict = {}
         ann = Annotators(app.url, items, annotators, duration, "load").start()
