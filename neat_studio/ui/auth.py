@@ -32,7 +32,8 @@ from pathlib import Path
 
 import bcrypt
 
-from ..accounts import CLIENT_ADDRESS, LoginLimiter, StoreAuth, one_time_password
+from ..accounts import CLIENT_ADDRESS, LoginLimiter, StoreAuth, _dummy_hash, one_time_password
+from ..accounts import hash_password as _hash_password
 
 __all__ = ["CLIENT_ADDRESS", "ExpiringTokens", "LoginGuard", "LoginLimiter", "StoreAuth", "UserDB", "hash_password",
            "load_auth", "one_time_password"]
@@ -47,20 +48,11 @@ class AuthConfigError(ValueError):
     pass
 
 
-_DUMMY: bytes | None = None
-
-
-def _dummy_hash() -> bytes:
-    global _DUMMY
-    if _DUMMY is None:
-        _DUMMY = bcrypt.hashpw(b"not-a-user", bcrypt.gensalt(12))
-    return _DUMMY
-
-
 def hash_password(password: str, rounds: int = 12) -> str:
+    """A bcrypt hash (accounts.hash_password), with this module's error for an empty password."""
     if not password:
         raise AuthConfigError("empty password")
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds)).decode("ascii")
+    return _hash_password(password, rounds)
 
 
 @dataclass
