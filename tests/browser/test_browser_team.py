@@ -64,6 +64,17 @@ def _item(page) -> str:
     return page.locator("#ann-ranker .neat-ranker").get_attribute("data-item")
 
 
+def _open(page, pid):
+    """Open Annotate and choose `pid` in "My annotated prompts", as a person would."""
+    open_tab(page, "Annotate")
+    page.wait_for_selector("#ann-ranker .neat-card")  # the tab has loaded (it resets the prompt chooser)
+    page.wait_for_timeout(500)
+    field(page, "ann-open").fill(pid)
+    field(page, "ann-open").press("Enter")
+    page.locator("#ann-open-btn").click()
+    page.wait_for_selector(f"#ann-ranker .neat-ranker[data-item='{pid}']")
+
+
 def _save(page, keys):
     page.locator("body").click(position={"x": 5, "y": 5})
     for k in keys:
@@ -128,20 +139,8 @@ def test_a_team_shares_the_work_without_losing_any(team, browser, page_errors):
     page_errors(ann2)
     ann2.goto(team.url)
     ann2.wait_for_selector("#neat-tabs", state="visible")
-    open_tab(ann, "Annotate")
-    ann.wait_for_selector("#ann-ranker .neat-card")  # the tab has loaded (it resets the prompt chooser)
-    ann.wait_for_timeout(500)
-    field(ann, "ann-open").fill(a_item)
-    field(ann, "ann-open").press("Enter")
-    ann.locator("#ann-open-btn").click()
-    ann.wait_for_selector(f"#ann-ranker .neat-ranker[data-item='{a_item}']")
-    open_tab(ann2, "Annotate")
-    ann2.wait_for_selector("#ann-ranker .neat-card")  # the tab has loaded (it resets the prompt chooser)
-    ann2.wait_for_timeout(500)
-    field(ann2, "ann-open").fill(a_item)
-    field(ann2, "ann-open").press("Enter")
-    ann2.locator("#ann-open-btn").click()
-    ann2.wait_for_selector(f"#ann-ranker .neat-ranker[data-item='{a_item}']")
+    _open(ann, a_item)
+    _open(ann2, a_item)
     _save(ann2, ["1", "2", "2", "1"])
     wait_text(ann2.locator("#ann-msg"), r"Saved prompt")
     kept = st.store.latest_annotation(a_item, "ann")
