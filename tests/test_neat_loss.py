@@ -164,3 +164,19 @@ def test_anchor_weight_asks_negatives_to_lose_and_the_best_to_gain():
     assert up["anchor_loss"].item() == pytest.approx(0.0 + 0.65)    # best: max(0, 0.25 - 0.4); neg: 0.4 + 0.25
     # a plain sample is never anchored; without ref_p or with weight 0 the term is 0 and not in the loss
     assert neat_loss(sum_logp, n_tok, li, ranks, margin=0.25, is_negative=neg)["anchor_loss"].item() == 0.0
+
+
+def test_token_kl_exact_values():
+    from neat_studio.neat.loss import token_kl
+
+    pi = torch.tensor([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
+    ref = torch.tensor([[0.25, 0.25, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    got = token_kl(pi.log(), ref.log())
+    # token 1: 0.5 ln 2 + 0.25 ln 1 + 0.25 ln 0.5 = 0.25 ln 2; token 2: 0; mean over tokens
+    assert float(got) == pytest.approx(0.125 * math.log(2), abs=1e-7)
+    assert float(token_kl(ref.log(), ref.log())) == 0.0
+    assert float(token_kl(torch.zeros(0, 3), torch.zeros(0, 3))) == 0.0
+    # the gradient moves the policy toward the reference: d/dlogits at equal distributions is 0
+    logits = ref.log().clone().requires_grad_(True)
+    token_kl(torch.log_softmax(logits, -1), ref.log()).backward()
+    assert float(logits.grad.abs().max()) < 1e-7

@@ -728,3 +728,56 @@ def test_eta_comes_from_measured_step_and_sampling_times():
     # the last round: only its steps are left (its sampling is done); nothing measured yet counts as 0
     assert eta_seconds(2.0, 5, [100.0], 0) == 10.0 and eta_seconds(0.5, 4, [], 3) == 2.0
     assert eta_seconds(2.0, -1, [10.0], -1) == 0.0
+
+
+def test_kl_term_covers_the_scoped_plain_samples_and_starts_at_zero(tiny_model_dir, tmp_path):
+    """kl_weight: the policy's full next-token distribution is held to a frozen copy of the starting model on the
+    plain samples of the kl_scope prompts. At the first step the policy IS the starting model, so the KL is 0
+    exactly; the scorer's vocabulary log-probs are the model's own log-softmax at the marked tokens (both
+    layouts); after a few steps the KL is positive and the reference has not moved."""
+    from neat_studio.models import load_model
+    from neat_studio.neat.batching import collate, collate_shared
+    from neat_studio.neat.preflight import preflight
+    from neat_studio.neat.trainer import NeatTrainer
+
+    rows = toy_rows()
+    for i, r in enumerate(rows):
+        r["tags"] = ["benign"] if i % 2 else ["harmful"]
+    s = make_snapshot(tmp_path / "snap", rows)
+    cfg = cfg_for(tiny_model_dir, s, tmp_path / "run", kl_weight=2.0, kl_scope="benign")
+    t = NeatTrainer(cfg, tmp_path / "run", prepared=preflight(cfg, lm=load_model(str(tiny_model_dir))))
+    t._setup()
+    assert not t.scorer.direct_head_grad  # the KL's logits give the head an ordinary gradient
+    lists = t._round_lists(0)
+    enc = [t._encode(x) for x in lists]
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    for lst, e in zip(lists, enc):
+        want = [tags[lst.prompt_id] == "benign" and lst.origins[i] == "policy" for i in e.src]
+        assert e.kl == want
+    marked = [e for e in enc if any(e.kl)]
+    assert marked, "no benign list kept a plain sample"
+    # the vocabulary log-probs at the marked tokens are the model's log-softmax there, in both layouts
+    el = marked[0]
+    j = el.kl.index(True)
+    ids = torch.tensor([el.prompt_ids + el.response_ids[j]])
+    with torch.no_grad():
+        full = torch.log_softmax(t.model(input_ids=ids).logits[0].float(), -1)
+        want = full[len(el.prompt_ids) - 1: len(el.prompt_ids) - 1 + len(el.response_ids[j])]
+        for layout in (collate, collate_shared):
+            got = t.scorer(layout([el], t.pad_id))[2]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # first step: policy == reference, KL exactly 0; the term is in the loss and the log
+    agg = t._step([marked[:2]])
+    assert agg["kl_loss"] == pytest.approx(0.0, abs=1e-6)
+    ref0 = {n: p.clone() for n, p in t.ref_scorer.model.named_parameters()}
+    for _ in range(3):
+        agg = t._step([marked[:2]])
+    assert agg["kl_loss"] > 1e-4
+    assert all(torch.equal(p, ref0[n]) for n, p in t.ref_scorer.model.named_parameters())
+    assert not any(p.requires_grad for p in t.ref_scorer.model.parameters())
+    # bad settings fail before training with a clear message
+    with pytest.raises(ConfigError, match="kl_scope 'nosuchtag'"):
+        c = cfg_for(tiny_model_dir, s, tmp_path / "r2", kl_weight=1.0, kl_scope="nosuchtag")
+        preflight(c, lm=load_model(str(tiny_model_dir)))
+    with pytest.raises(ConfigError, match="kl_weight needs the policy's own samples"):
+        cfg_for(tiny_model_dir, s, tmp_path / "r3", kl_weight=1.0, method="sft").validate()

@@ -17,6 +17,7 @@ class EncodedList:
     is_negative: list
     ref_p: list | None = None  # per kept response (anchor=round)
     src: list = dataclasses.field(default_factory=list)  # index in the RankedList of each kept response
+    kl: list | None = None     # per kept response: does the KL term (kl_weight) cover its tokens
 
     @property
     def cost(self) -> int:  # tokens of the padded block (what a micro-batch costs)
@@ -48,6 +49,15 @@ def _ref_tensor(lists: list[EncodedList]):
             if all(el.ref_p is not None for el in lists) else None)
 
 
+def _kl_tokens(lists: list[EncodedList]):
+    """[response tokens] bool in the scorer's token order (list-major, response by response): the tokens the KL
+    term covers; None when no list marks any (kl_weight off)."""
+    if not any(el.kl and any(el.kl) for el in lists):
+        return None
+    return torch.tensor([bool(el.kl and el.kl[j]) for el in lists for j, r in enumerate(el.response_ids)
+                         for _ in r], dtype=torch.bool)
+
+
 def collate(lists: list[EncodedList], pad_id: int) -> dict:
     """Right-padded block: one row per response, prompt + response; resp_mask marks response tokens."""
     rows = [(li, el.prompt_ids, r) for li, el in enumerate(lists) for r in el.response_ids]
@@ -65,7 +75,7 @@ def collate(lists: list[EncodedList], pad_id: int) -> dict:
         "list_index": torch.tensor([li for li, _, _ in rows]),
         "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
         "is_negative": torch.tensor([n for el in lists for n in el.is_negative], dtype=torch.bool),
-        "ref_p": _ref_tensor(lists),
+        "ref_p": _ref_tensor(lists), "kl_tok": _kl_tokens(lists),
         "n_tokens": int(att.sum()),
     }
 
@@ -110,7 +120,7 @@ def collate_shared(lists: list[EncodedList], pad_id: int) -> dict:
         "list_index": torch.tensor([li for li, el in enumerate(lists) for _ in el.response_ids]),
         "ranks": torch.tensor([rk for el in lists for rk in el.ranks]),
         "is_negative": torch.tensor([x for el in lists for x in el.is_negative], dtype=torch.bool),
-        "ref_p": _ref_tensor(lists),
+        "ref_p": _ref_tensor(lists), "kl_tok": _kl_tokens(lists),
         "n_tokens": int((seg >= 0).sum()),
     }
 

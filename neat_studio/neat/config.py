@@ -78,6 +78,12 @@ class NeatConfig:
     rank_reduction: str = _f("sum", "the ranking loss of a list: sum over its pairs (RRHF) or mean (a list's weight "
                                     "does not grow with the square of its length)", choices=RANK_REDUCTIONS)
     sft_weight: float = _f(1.0, "lambda: weight of the NLL of the best response(s)")
+    kl_weight: float = _f(0.0, "weight of a token-level KL(policy || starting model) over the whole vocabulary on "
+                               "the plain samples of the prompts tagged kl_scope: the model keeps its own behaviour "
+                               "where nothing asks it to change (a frozen copy of the starting model, one more "
+                               "forward per step; neat, rrhf); 0 = off")
+    kl_scope: str = _f("", "kl_weight > 0: only the plain samples of prompts carrying this tag (e.g. benign); "
+                           "empty = every prompt")
     dpo_beta: float = _f(0.1, "beta of the dpo baseline")
     max_prompt_len: int = _f(256, "prompt tokens kept (longer prompts keep their END)")
     max_response_len: int = _f(128, "response tokens kept (longer responses are cut)")
@@ -216,8 +222,10 @@ class NeatConfig:
             bad(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             bad(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.margin < 0 or self.sft_weight < 0 or self.weight_decay < 0:
-            bad("margin, sft_weight and weight_decay must be >= 0")
+        if self.margin < 0 or self.sft_weight < 0 or self.weight_decay < 0 or self.kl_weight < 0:
+            bad("margin, sft_weight, kl_weight and weight_decay must be >= 0")
+        if self.kl_weight > 0 and self.method not in ("neat", "rrhf"):
+            bad(f"kl_weight needs the policy's own samples (method neat or rrhf), not method {self.method}")
         if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
             bad(f"temperature must be in (0, 5] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
         if self.method in ("neat", "rrhf") and self.max_new_tokens > self.max_response_len:

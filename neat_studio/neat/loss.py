@@ -8,6 +8,8 @@ For one prompt x with responses y_1..y_n and ranks r (lower = better, equal = ti
              starting policy; rank_reduction=mean: divided by the list's number of pairs)
     L_sft  = mean over the best (rank == min rank) responses of -p_best
     L      = L_rank + sft_weight * L_sft (+ anchor_weight * L_anchor, with anchor=round; see neat_loss)
+             (+ kl_weight * L_kl, token_kl: the policy's full next-token distribution against the starting model's
+             on the plain samples of the kl_scope prompts)
 
 Per list L_rank is a SUM over its pairs (as in the design); a batch of lists is AVERAGED over lists, so the
 learning rate does not depend on the batch size. Prompt and padding tokens never count: `mask` selects the
@@ -108,3 +110,18 @@ def neat_loss(sum_logp: torch.Tensor, n_tokens: torch.Tensor, list_index: torch.
             "sft_loss": sft_loss, "anchor_loss": anchor_loss,
             "n_pairs": n_pairs, "n_correct": n_correct, "p_best_sum": p_best_sum, "n_best": n_best,
             "p_neg_sum": p_neg_sum, "n_neg": n_neg, "n_lists": len(lists)}
+
+
+def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(policy || reference) = sum_v pi(v) * (log pi(v) - log ref(v)).
+
+    logp, ref_logp [M, V]: log-softmax of the policy and of the frozen starting model at the same M tokens.
+    Why the whole vocabulary and not the sampled token: a response's kind (answer or refusal) is decided at its
+    first tokens, and a sequence log-prob only sees the token that was sampled; the full distribution also holds
+    down the mass the policy moves to tokens the starting model gave little (an "I'm sorry" at the start of a
+    harmless request). Reverse direction (policy first): what the policy newly puts where the reference had
+    little costs the most.
+    """
+    if logp.shape[0] == 0:
+        return logp.sum() * 0
+    return (logp.exp() * (logp - ref_logp)).sum(-1).mean()

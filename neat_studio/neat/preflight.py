@@ -48,6 +48,9 @@ def preflight(cfg: NeatConfig, workspace=None, lm=None) -> Prepared:
         if e["scope"] and not any(e["scope"] in (r.get("tags") or []) for r in train_rows):
             raise ConfigError(f"{e['ref']}:{e['scope']}: no training prompt of snapshot {cfg.snapshot} is tagged "
                               f"{e['scope']!r}")
+    if cfg.kl_weight > 0 and cfg.kl_scope and not any(cfg.kl_scope in (r.get("tags") or []) for r in train_rows):
+        raise ConfigError(f"kl_scope {cfg.kl_scope!r}: no training prompt of snapshot {cfg.snapshot} is tagged "
+                          f"{cfg.kl_scope!r}")
     scorer = None
     if cfg.ranking == "reward" and cfg.method in ("neat", "rrhf"):
         try:

@@ -52,6 +52,9 @@ class ListScorer(torch.nn.Module):
         return self._shared
 
     def forward(self, batch: dict):
+        """(sum of response-token log-probs [R], response token count [R]); with a `kl_tok` selector in the batch
+        (kl_weight) also the log-softmax over the whole vocabulary at those tokens [M, V] (fp32), from the same
+        forward pass."""
         if "allowed" in batch:
             if not self.shared_ok():
                 dev = batch["input_ids"].device
@@ -64,7 +67,9 @@ class ListScorer(torch.nn.Module):
             ids, rm = batch["input_ids"], batch["resp_mask"]
             h = dec(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
             sel = rm[:, 1:].bool()                          # position t predicts token t + 1
-            return _packed_sums(h[:, :-1][sel], head.weight, ids[:, 1:][sel], sel, self.direct_head_grad)
+            hs = h[:, :-1][sel]
+            out = _packed_sums(hs, head.weight, ids[:, 1:][sel], sel, self.direct_head_grad)
+            return _with_kl(out, batch, lambda t: hs[t] @ head.weight.t())
         s = batch["start"] - 1                              # first position that predicts a response token
         keep = batch["input_ids"].shape[1] - s              # positions s..T-1: the lm_head (vocab x hidden, a
         try:                                                # fifth of the model) never runs on prompt positions
@@ -73,7 +78,9 @@ class ListScorer(torch.nn.Module):
         except TypeError:  # an architecture without logits_to_keep
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         logits = out.logits[:, -keep:][:, :-1]
-        return sequence_logprobs(logits, batch["input_ids"][:, s + 1:], batch["resp_mask"][:, s + 1:])
+        mask = batch["resp_mask"][:, s + 1:]
+        res = sequence_logprobs(logits, batch["input_ids"][:, s + 1:], mask)
+        return _with_kl(res, batch, lambda t: logits[mask.bool()][t])
 
     def _shared_forward(self, batch: dict):
         """One forward of the shared-prompt block (collate_shared)."""
@@ -87,13 +94,25 @@ class ListScorer(torch.nn.Module):
                   use_cache=False)
         rows, where, labels = batch["resp_row"], (batch["pred_row"], batch["pred_pos"]), batch["labels"]
         if ph:
-            tok = linear_logprobs(ph[0](**kw).last_hidden_state[where], ph[1].weight, labels,
-                                  direct=self.direct_head_grad)
+            hs = ph[0](**kw).last_hidden_state[where]
+            tok = linear_logprobs(hs, ph[1].weight, labels, direct=self.direct_head_grad)
+            kl_logits = lambda t: hs[t] @ ph[1].weight.t()  # noqa: E731
         else:
-            tok = -F.cross_entropy(self.model(**kw).logits[where].float(), labels, reduction="none")
+            logits = self.model(**kw).logits[where]
+            tok = -F.cross_entropy(logits.float(), labels, reduction="none")
+            kl_logits = lambda t: logits[t]  # noqa: E731
         n = batch["n_resp"]
         sums = torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
-        return sums, torch.bincount(rows, minlength=n).to(tok.dtype)
+        return _with_kl((sums, torch.bincount(rows, minlength=n).to(tok.dtype)), batch, kl_logits)
+
+
+def _with_kl(out: tuple, batch: dict, token_logits) -> tuple:
+    """`out` as it is, or with the log-softmax of `token_logits(kl_tok)` appended when the batch selects KL tokens
+    (the response tokens in the scorer's order, see batching._kl_tokens)."""
+    sel = batch.get("kl_tok")
+    if sel is None:
+        return out
+    return (*out, torch.log_softmax(token_logits(sel).float(), dim=-1))
 
 
 @torch.no_grad()

@@ -86,7 +86,7 @@ from .batching import EncodedList, cache_pays, collate, collate_shared, encode_l
 from .config import ConfigError, NeatConfig
 from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
-from .loss import neat_loss
+from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
 from .rundir import (STATE, RunExistsError, Stop, _np_state, _seed, holds_run, install_stop_signals,
@@ -168,6 +168,14 @@ class NeatTrainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         model = self.lm.model.float()
+        self.ref_scorer = None
+        if cfg.kl_weight > 0:
+            # the KL term's reference: a frozen copy of the starting model (taken before any LoRA wrapping and
+            # before a resumed run loads its checkpoint, so it is always the model the run started from)
+            import copy
+
+            ref = copy.deepcopy(model).eval().requires_grad_(False).to(self.acc.device)
+            self.ref_scorer = ListScorer(ref)
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -198,7 +206,8 @@ class NeatTrainer:
         scorer = ListScorer(model)
         # one process (no DDP gradient hooks): the head's weight gradient goes straight into .grad and a tied
         # embedding's lookup gradient is sparse (head.linear_logprobs / head.sparse_tied_embedding)
-        scorer.direct_head_grad = bool(scorer.packed()) and self.world == 1
+        # (not with the KL term: its full-vocabulary logits give the head weight an ordinary autograd gradient too)
+        scorer.direct_head_grad = bool(scorer.packed()) and self.world == 1 and not cfg.kl_weight
         self.sparse_embedding = scorer.direct_head_grad and sparse_tied_embedding(model)
         self.shared_ok = cfg.prompt_cache != "off" and scorer.shared_ok()
         if cfg.prompt_cache == "on" and not self.shared_ok:
@@ -411,6 +420,29 @@ class NeatTrainer:
         return merged
 
     # .. training ..
+    def _encode(self, lst: RankedList) -> EncodedList | None:
+        """A round's list as token ids, with the responses the KL term covers marked (kl_weight: the plain
+        samples of the prompts tagged kl_scope)."""
+        cfg = self.cfg
+        e = encode_list(self.tok, lst, cfg.max_prompt_len, cfg.max_response_len)
+        if e is not None and cfg.kl_weight > 0:
+            in_scope = not cfg.kl_scope or cfg.kl_scope in self._tags.get(lst.prompt_id, ())
+            e.kl = [in_scope and lst.origins[i] == "policy" for i in e.src]
+        return e
+
+    @property
+    def _tags(self) -> dict:
+        if not hasattr(self, "_tags_by_id"):
+            self._tags_by_id = {str(row["prompt_id"]): tuple(row.get("tags") or ()) for row in self.prep.rows}
+        return self._tags_by_id
+
+    def _kl(self, batch: dict, logp) -> torch.Tensor:
+        """kl_weight's term on a batch: the policy's log-softmax at the marked tokens against the frozen starting
+        model's at the same tokens (its own forward, no gradient)."""
+        with torch.no_grad(), self.acc.autocast():
+            ref_logp = self.ref_scorer(batch)[2]
+        return token_kl(logp, ref_logp)
+
     def _loss(self, batch: dict, sum_logp, n_tok) -> dict:
         cfg = self.cfg
         ref = batch.get("ref_p") if cfg.anchor == "round" else None
@@ -433,7 +465,7 @@ class NeatTrainer:
             self.opt.zero_grad(set_to_none=True)
             for lists in micro:
                 batch, _ = self._batch(lists)
-                sum_logp, n_tok = self.scorer(batch)
+                sum_logp, n_tok, *_ = self.scorer(batch)
                 out = self._loss(batch, sum_logp, n_tok)
                 if out[term].requires_grad:
                     self.acc.backward(out[term] * w / len(micro))
@@ -451,19 +483,26 @@ class NeatTrainer:
         diag = {}
         if cfg.diag_every and self.world == 1 and (self.pos["global_step"] + 1) % cfg.diag_every == 0:
             diag = self._term_gradients(micro)
-        agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "anchor_loss": 0.0, "n_lists": 0, "n_pairs": 0, "n_correct": 0,
-               "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0, "tokens": 0, "shared_batches": 0}
+        agg = {"loss": 0.0, "rank_loss": 0.0, "sft_loss": 0.0, "anchor_loss": 0.0, "kl_loss": 0.0, "n_lists": 0,
+               "n_pairs": 0, "n_correct": 0, "p_best_sum": 0.0, "n_best": 0, "p_neg_sum": 0.0, "n_neg": 0,
+               "tokens": 0, "shared_batches": 0}
         for m, lists in enumerate(micro):
             batch, shared = self._batch(lists)
             agg["shared_batches"] += int(shared)
             sync = m == len(micro) - 1
             with (nullcontext() if sync else self.acc.no_sync(self.scorer)):
-                sum_logp, n_tok = self.scorer(batch)
+                sum_logp, n_tok, *kl_logp = self.scorer(batch)
                 out = self._loss(batch, sum_logp, n_tok)
-                self.acc.backward(out["loss"] / len(micro))
+                loss = out["loss"]
+                if kl_logp:
+                    out["kl_loss"] = self._kl(batch, kl_logp[0])
+                    loss = loss + cfg.kl_weight * out["kl_loss"]
+                    out["loss"] = loss
+                self.acc.backward(loss / len(micro))
             n = out["n_lists"]
-            for k in ("loss", "rank_loss", "sft_loss", "anchor_loss"):
-                agg[k] += float(out[k].detach()) * n
+            for k in ("loss", "rank_loss", "sft_loss", "anchor_loss", "kl_loss"):
+                if k in out:
+                    agg[k] += float(out[k].detach()) * n
             for k in ("n_lists", "n_pairs", "n_correct", "p_best_sum", "n_best", "p_neg_sum", "n_neg"):
                 agg[k] += out[k] if k != "n_lists" else n
             agg["tokens"] += batch["n_tokens"]
@@ -558,8 +597,7 @@ class NeatTrainer:
                 lists = self._round_lists(r)
             except Stop:
                 return self._stopped(self._stop_signal)
-            enc = [e for e in (encode_list(self.tok, x, cfg.max_prompt_len, cfg.max_response_len) for x in lists)
-                   if e is not None]
+            enc = [e for e in (self._encode(x) for x in lists) if e is not None]
             sample_s.append(time.time() - t0)
             if self.pos["epoch"] == 0 and self.pos["step_in_epoch"] == 0:
                 self._log({"event": "round_start", "round": r, "step": self.pos["global_step"],
@@ -592,7 +630,7 @@ class NeatTrainer:
                 self._log({
                     "step": step, "round": r, "epoch": e,
                     "loss": v["loss"] / nl, "rank_loss": v["rank_loss"] / nl, "sft_loss": v["sft_loss"] / nl,
-                    "anchor_loss": v["anchor_loss"] / nl,
+                    "anchor_loss": v["anchor_loss"] / nl, "kl_loss": v["kl_loss"] / nl,
                     "rank_acc": v["n_correct"] / v["n_pairs"] if v["n_pairs"] else None,
                     "p_gap": (v["p_best_sum"] / v["n_best"] - v["p_neg_sum"] / v["n_neg"]) if v["n_neg"] else None,
                     "p_best": v["p_best_sum"] / v["n_best"] if v["n_best"] else None,
