@@ -172,7 +172,7 @@ def test_inference_layout_keeps_values_ties_saving_and_training(tiny_model_dir, 
         fast = lm.model.lm_head(x[:, -1:])
     assert "forward" in vars(lm.model.lm_head)
     assert torch.allclose(fast, torch.nn.functional.linear(x[:, -1:], lm.model.lm_head.weight), atol=1e-5)
-    from neat_studio.neat.trainer import restore_training_layout
+    from neat_studio.neat.sampling import restore_training_layout
 
     restore_training_layout(lm.model)
     assert "forward" not in vars(lm.model.lm_head)

@@ -265,7 +265,7 @@ def test_clipping_equals_torch_clip_grad_norm(tiny_model_dir, snap, tmp_path, ma
 
 
 def test_grad_norm_matches_float64_norm():
-    from neat_studio.neat.trainer import grad_norm
+    from neat_studio.neat.optim import grad_norm
 
     torch.manual_seed(0)
     grads = [torch.randn(300, 70) * 1e-3, torch.randn(50), torch.randn(7, 9, 3) * 10]
@@ -721,7 +721,7 @@ def test_plain_rank_scope_ties_plain_samples_with_the_best_only_on_tagged_prompt
 
 
 def test_eta_comes_from_measured_step_and_sampling_times():
-    from neat_studio.neat.trainer import eta_seconds
+    from neat_studio.neat.estimate import eta_seconds
 
     # 2 s per step, 30 steps left, rounds sampled in 100 s and 140 s, one round still to sample: 60 + 120
     assert eta_seconds(2.0, 30, [100.0, 140.0], 1) == 180.0

@@ -140,3 +140,11 @@ def fmt_duration(s: float | None) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def eta_seconds(mean_step_s: float, steps_left: int, sample_s: list[float], rounds_to_sample: int) -> float:
+    """Time left from what this run measured: its mean optimizer-step time x the steps left, plus its mean
+    sampling time per round x the rounds still to sample (not the elapsed time per step, which counts the first
+    round's sampling as if every step paid it)."""
+    per_round = sum(sample_s) / len(sample_s) if sample_s else 0.0
+    return mean_step_s * max(steps_left, 0) + per_round * max(rounds_to_sample, 0)

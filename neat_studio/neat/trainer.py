@@ -9,8 +9,10 @@ Method (arXiv 2410.12194 in the RRHF form of arXiv 2304.05302; see docs/ARCHITEC
    plain samples tied with the worst curated non-negative group) or by a reward scorer (`ranking=reward`).
 3. Train `epochs` epochs on the lists: L = sum over pairs of max(0, p_worse - p_better + margin)
    + sft_weight * mean over the best responses of -p_best; p is the mean response-token log-prob with the
-   PLAIN prompt as context (the negative system prompt is never shown to the scorer). Summed over the pairs of a
-   list, averaged over the lists of a batch. No reference model.
+   PLAIN prompt as context (the negative system prompt is never shown to the scorer). Summed (or averaged,
+   rank_reduction=mean) over the pairs of a list, averaged over the lists of a batch. Options of the family
+   (loss.py): anchor=round ranks gains over the round's starting policy; kl_weight holds the policy's token
+   distribution to a frozen copy of the starting model on the plain samples of the kl_scope prompts.
 4. Checkpoint at the end of each round (and every `save_every` steps); the new policy samples the next round.
 
 Methods: `neat` (above), `rrhf` (curated + plain samples, no negative prompts), `sft` (best curated responses,
@@ -19,61 +21,18 @@ rank loss 0, NLL only); `dpo` is TRL's DPOTrainer (dpo_trainer.py).
 The rooms: config.py (NeatConfig, every default) and recipes.py (named presets); rundir.py (snapshot, prompt
 references, run-dir layout, signals); preflight.py (checks before a run); rounds.py (sampling plan and ranking);
 batching.py (encoding, collation); scorer.py (batch -> log-probs); head.py (fused lm_head); loss.py (the loss);
-this file (the loop: sample, train, checkpoint, resume).
+optim.py (optimizer, schedule, clipping); checkpoint.py (checkpoints, the final model); sampling.py (the live
+model's weight layout around sampling); estimate.py (time estimates, the ETA); this file (the loop: sample, rank,
+train, resume).
 
-Engineering choices:
-- accelerate: the model is wrapped (DDP under `accelerate launch`, gloo on CPU); optimizer and scheduler are
-  plain torch objects (not `accelerator.prepare`d, whose scheduler steps once per process), so the schedule is
-  exact and identical on all processes. Gradient accumulation uses `no_sync` on all but the last micro-batch.
-- dtype bf16 = autocast with fp32 master weights (pure bf16 weights cannot take 1e-5-sized updates);
-  `auto` picks bf16 on a GPU or on a CPU with bf16 matrix instructions (avx512_bf16 / amx_bf16), else fp32
-  (without them bf16 autocast is slower than fp32; figures in benchmarks/HISTORY.md). `make_accelerator` lets
-  runs of two precisions share a process.
-- A list (all responses of one prompt) is one padded block of rows, right padding; micro-batches hold
-  `batch_size` lists of similar length (rounds.epoch_schedule). The prompt is tokenized once per list.
-  `prompt_cache` (on | off | auto, default auto): the shared-prompt layout (collate_shared) puts a list's prompt
-  and all its responses in ONE row with a block mask (each response sees the prompt and its own earlier tokens;
-  its positions continue from the prompt's end), so the prompt runs once per list in a single forward and a
-  single backward: p and the gradient equal the plain layout's (tested). `auto` takes it per micro-batch when it
-  runs at most CACHE_PAYS of the plain layout's padded tokens (nearly always: pairs and lists alike). Models
-  whose attention cannot take a custom mask (flash-attention kernels, sliding windows) or that fail a one-off
-  numeric check use the plain layout.
-- Log-probs come from hidden states, not logits (neat/head.py): the decoder's hidden states of the response
-  positions only go through a chunked, fused lm_head + log-softmax (exp(logits) kept for the backward up to
-  256 MB, recomputed above), so padding and prompt positions never reach the head and no log-softmax copy or
-  full-size zero-filled gradient is built. With one process the head's weight gradient goes straight into
-  `.grad`, and a tied embedding's lookup gradient is sparse (SmolLM2: no vocab x hidden zero-fill and no
-  out-of-place sum of the two gradients of the tied weight). Used when a one-off numeric check
-  shows the model's logits are exactly lm_head(decoder(x)); other heads (soft-capped, scaled, biased) keep the
-  full-logits path with `logits_to_keep` (the lm_head never runs on prompt positions).
-- Cosine schedule with linear warmup over ALL optimizer steps of the run (one optimizer for all rounds).
-- Checkpoint `checkpoints/step-N/`: model (save_pretrained; LoRA: the adapter), optimizer, scheduler, RNG state
-  of every process and the position (round, epoch, step in epoch, global step); written to a temp dir and
-  renamed, so a half-written checkpoint is never resumed. `final/`: save_pretrained + tokenizer, LoRA merged.
-- SIGTERM/SIGINT: the current step finishes, a checkpoint is written, a `stopped` event, exit 0. The flag is
-  summed across processes with the step's metrics, so all processes stop at the same step. A single process
-  stopped while SAMPLING aborts the round between generation batches and checkpoints the position before it.
-- Sampling and the weight layout: generation.prepare_for_inference stores Linear weights transposed in memory
-  (``W.t().contiguous().t()``, non-contiguous) on the model it is given, and the trainer hands it the live
-  training model. transformers' save_pretrained cannot take a non-contiguous tensor in a group of tensors that
-  share storage (its tied-weight check does ``tensor.view(-1)``: "view size is not compatible with input
-  tensor's size and stride"), and it is easy for such a group to arise (tied embeddings; a LoRA or wrapper that
-  re-ties or shares weights), so `_sample` puts every parameter back into the standard contiguous layout when
-  sampling ends, normally or by Stop (`restore_training_layout`), and the next round's sampling re-applies the
-  fast layout. Training and every save therefore always see contiguous weights (tested: SIGTERM while sampling).
-- Errors: an exception in `run` writes an `error` event (message + traceback) before it propagates; the CLI
-  writes `{"event": "error", "phase": "preflight", "message"}` for errors found before training (neat.cli).
-- Resume continues from the newest checkpoint; a round's lists are read back from `rounds/round-<r>.json`
-  when they were sampled by the checkpoint's weights, so resumed and uninterrupted runs match (tested).
+The engineering choices behind this loop (layouts, dtype, clipping, checkpoints, signals, the weight layout of
+sampling) are written up in docs/TRAINER.md.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import random
-import shutil
 import signal
 import time
 import traceback
@@ -89,44 +48,17 @@ from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
 from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
-from .rundir import (STATE, RunExistsError, Stop, _np_state, _seed, holds_run, install_stop_signals,
-                     latest_checkpoint, new_run_dir, prepare_run_dir, prepared_for)
+from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
+                     prepared_for)
+from .checkpoint import CheckpointMixin
+from .estimate import eta_seconds
+from .optim import clip_gradients, make_optimizer
+from .sampling import restore_training_layout, with_model
 from .scorer import ListScorer
 
 log = logging.getLogger("neat_studio.neat")
 
 # -- the trainer ----------------------------------------------------------------------------------------------
-def restore_training_layout(model) -> int:
-    """Undo generation.prepare_for_inference on `model`: every parameter contiguous again (values, shapes, names,
-    parameter objects and ties unchanged) and the model marked for the next prepare_for_inference. Returns the
-    number of parameters re-laid out."""
-    n = 0
-    with torch.no_grad():
-        for p in model.parameters():  # each shared (tied) parameter once
-            if not p.is_contiguous():
-                p.data = p.data.contiguous()
-                n += 1
-    for mod in model.modules():  # generation's fast forward of tied Linears (see generation._tied_linear_forward)
-        if getattr(mod, "_neat_tied_forward", False):
-            vars(mod).pop("forward", None)
-            mod._neat_tied_forward = False
-    for m in {id(x): x for x in (model, getattr(model, "get_base_model", lambda: None)())}.values():
-        if m is not None and getattr(m, "_neat_inference_layout", False):
-            m._neat_inference_layout = False
-    return n
-
-
-def grad_norm(grads: list[torch.Tensor]) -> float:
-    """Total L2 norm of `grads` (as ``torch.nn.utils.get_total_norm``): dense contiguous float32 gradients take a
-    BLAS dot product each, summed in float64 (on the default model 25 instead of 50 ms, and closer to the exact
-    norm: relative error ~6e-6 against ~4e-4 for the foreach norm, measured on random gradients of its shapes);
-    anything else goes to torch's own."""
-    if all(g.dtype == torch.float32 and g.layout == torch.strided and g.is_contiguous() for g in grads):
-        sq = torch.stack([torch.dot(g.view(-1), g.view(-1)).double() for g in grads]).sum()
-        return float(sq.sqrt())
-    return float(torch.nn.utils.get_total_norm(grads))
-
-
 def make_accelerator(mixed_precision: str):
     """An Accelerator with this precision. accelerate keeps its state process-wide and refuses a second precision
     in one process ("AcceleratorState has already been initialized"), e.g. a float32 run and then an auto (bf16)
@@ -140,7 +72,7 @@ def make_accelerator(mixed_precision: str):
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
 
 
-class NeatTrainer:
+class NeatTrainer(CheckpointMixin):
     def __init__(self, cfg: NeatConfig, run_dir: str | Path, *, resume: bool = False, workspace=None,
                  stop_after: int | None = None, prepared: Prepared | None = None):
         """`stop_after`: behave as if SIGTERM arrived during step N (checkpoint + stopped event)."""
@@ -190,19 +122,7 @@ class NeatTrainer:
         self.spe = steps_per_epoch(n_lists, cfg.batch_size, self.world, cfg.grad_accum)
         total = cfg.rounds * cfg.epochs * self.spe
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        # fused AdamW (one kernel over all parameters; TRL's default too): on this 2-core CPU a 135M-parameter
-        # step takes 0.09 s instead of 0.81 s with the default multi-tensor AdamW. Falls back where unsupported.
-        try:
-            self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
-        from transformers import get_cosine_schedule_with_warmup
-
-        warm = int(round(cfg.warmup_ratio * self.total_steps))
-        self.sched = get_cosine_schedule_with_warmup(self.opt, warm, self.total_steps)
+        self.opt, self.sched = make_optimizer(model, cfg, self.total_steps)
         scorer = ListScorer(model)
         # one process (no DDP gradient hooks): the head's weight gradient goes straight into .grad and a tied
         # embedding's lookup gradient is sparse (head.linear_logprobs / head.sparse_tied_embedding)
@@ -216,78 +136,6 @@ class NeatTrainer:
         self.pos = {"round": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "round_start_step": 0}
         if self.resume:
             self._load_checkpoint()
-
-    # .. checkpoints ..
-    def _ckpt_root(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def latest_checkpoint(self) -> Path | None:
-        return latest_checkpoint(self.run_dir)
-
-    def _save_checkpoint(self) -> Path:
-        step = self.pos["global_step"]
-        final = self._ckpt_root() / f"step-{step}"
-        tmp = self._ckpt_root() / f".step-{step}.tmp"
-        if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.acc.wait_for_everyone()
-        torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "numpy": _np_state()}, tmp / f"rng-{self.rank}.pt")
-        if self.main:
-            self.model.save_pretrained(tmp)
-            self.tok.save_pretrained(tmp)
-            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
-            (tmp / STATE).write_text(json.dumps({**self.pos, "world": self.world, "lora": self.cfg.lora,
-                                                 "time": time.time()}))
-        self.acc.wait_for_everyone()
-        if self.main:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            if self.cfg.keep_checkpoints:
-                cks = sorted((p for p in self._ckpt_root().glob("step-*") if (p / STATE).exists()),
-                             key=lambda p: int(p.name.split("-")[1]))
-                for old in cks[: -self.cfg.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
-            self._log({"event": "checkpoint", "step": step, "path": str(final), "position": dict(self.pos)})
-        self.acc.wait_for_everyone()
-        return final
-
-    def _load_checkpoint(self):
-        ck = self.latest_checkpoint()
-        if ck is None:
-            return
-        from safetensors.torch import load_file
-
-        state = json.loads((ck / STATE).read_text())
-        if state.get("world", 1) != self.world:
-            raise ConfigError(f"checkpoint {ck} was written by {state.get('world')} process(es); resume it with the "
-                              f"same number (got {self.world}): the step schedule depends on it")
-        if self.cfg.lora:
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(self.model, load_file(ck / "adapter_model.safetensors"))
-        else:
-            sd = {}
-            for f in sorted(ck.glob("*.safetensors")):
-                sd.update(load_file(f))
-            missing, unexpected = self.model.load_state_dict(sd, strict=False)
-            tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
-            if unexpected or any(k not in tied and "lm_head" not in k for k in missing):
-                raise RuntimeError(f"checkpoint {ck} does not fit the model: missing {missing}, "
-                                   f"unexpected {unexpected}")
-        self.opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=False))
-        self.sched.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
-        rng = ck / f"rng-{self.rank}.pt"
-        if rng.exists():
-            r = torch.load(rng, weights_only=False)
-            random.setstate(r["python"])
-            torch.set_rng_state(r["torch"])
-            _np_state(r["numpy"])
-        self.pos = {k: state[k] for k in ("round", "epoch", "step_in_epoch", "global_step", "round_start_step")}
-        self._log({"event": "resumed", "step": self.pos["global_step"], "round": self.pos["round"],
-                   "checkpoint": str(ck)})
 
     # .. a round's data ..
     def _round_file(self, r: int) -> Path:
@@ -385,7 +233,7 @@ class NeatTrainer:
         out = {str(row["prompt_id"]): [] for row in rows}
         model = self.acc.unwrap_model(self.scorer).model
         model.eval()
-        lm = _with_model(self.lm, model)
+        lm = with_model(self.lm, model)
 
         def progress(done, total):
             # one process alone may abort its sampling (a signal between batches); with several processes
@@ -518,38 +366,8 @@ class NeatTrainer:
         return agg
 
     def _clip_gradients(self, max_norm: float) -> float | None:
-        """Clip the gradients to total norm `max_norm`; returns the norm before clipping (the same on every
-        process: gradients are already all-reduced; None where accelerate does not report it).
-
-        The result of ``torch.nn.utils.clip_grad_norm_`` (coefficient ``min(1, max_norm / (norm + 1e-6))``) up to
-        float rounding, at a third of its cost on CPU (~30 instead of ~90 ms a step for the default model):
-        - the norm is a BLAS dot product per gradient, summed in float64 (`grad_norm`): 2x faster than
-          `torch._foreach_norm` here, and closer to the exact norm;
-        - nothing is rescaled when the coefficient is 1 (clip_grad_norm_ multiplies by 1.0: a read and a write of
-          every gradient);
-        - when it is below 1 and the optimizer is torch's fused AdamW, the optimizer does the rescaling in its own
-          pass: ``grad_scale`` = 1 / coefficient is the hook GradScaler uses (the fused kernel divides each
-          gradient by it and writes the clipped gradient back), instead of one more read and write of all
-          gradients. Other optimizers get the gradients rescaled here.
-        FSDP, DeepSpeed and XLA keep accelerate's own clipping."""
-        from accelerate.utils import DistributedType
-
-        if self.acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU,
-                                             DistributedType.MULTI_GPU):
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), max_norm)
-            return float(norm) if norm is not None else None
-        self.acc.unscale_gradients()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
-            return 0.0
-        norm = grad_norm([p.grad for p in params])
-        scale = (norm + 1e-6) / max_norm  # clip_grad_norm_'s coefficient is 1 / scale
-        if not scale <= 1.0:  # above max_norm, or not finite
-            if self.opt.defaults.get("fused") and math.isfinite(scale):
-                self.opt.grad_scale = torch.tensor(scale, dtype=torch.float32, device=params[0].grad.device)
-            else:
-                torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.tensor(norm))
-        return norm
+        """optim.clip_gradients on this run's model and optimizer: the norm before clipping."""
+        return clip_gradients(self.acc, self.model, self.opt, max_norm)
 
     def _reduce(self, agg: dict, stop: bool) -> dict:
         keys = [k for k in agg if k not in ("lr", "grad_norm", "diag")]
@@ -664,42 +482,6 @@ class NeatTrainer:
         ck = self._save_checkpoint()
         self._log({"event": "stopped", "step": self.pos["global_step"], "reason": reason, "checkpoint": str(ck)})
         return {"status": "stopped", "step": self.pos["global_step"], "checkpoint": str(ck)}
-
-    def _save_final(self) -> Path:
-        final = self.run_dir / "final"
-        if self.main:
-            model = self.model
-            if self.cfg.lora:
-                model = model.merge_and_unload()
-            shutil.rmtree(final, ignore_errors=True)
-            model.save_pretrained(final)
-            self.tok.save_pretrained(final)
-            (final / "neat_training.json").write_text(json.dumps({
-                "method": self.cfg.method, "base_model": self.cfg.model,
-                "base_model_id": getattr(self.lm, "model_id", None), "snapshot_sha256": self.prep.sha256,
-                "steps": self.pos["global_step"], "lora_merged": self.cfg.lora}, indent=2))
-        self.acc.wait_for_everyone()
-        return final
-
-
-def eta_seconds(mean_step_s: float, steps_left: int, sample_s: list[float], rounds_to_sample: int) -> float:
-    """Time left from what this run measured: its mean optimizer-step time x the steps left, plus its mean
-    sampling time per round x the rounds still to sample (not the elapsed time per step, which counts the first
-    round's sampling as if every step paid it)."""
-    per_round = sum(sample_s) / len(sample_s) if sample_s else 0.0
-    return mean_step_s * max(steps_left, 0) + per_round * max(rounds_to_sample, 0)
-
-
-# -- helpers ---------------------------------------------------------------------------------------------------
-def _with_model(lm, model):
-    if dataclasses.is_dataclass(lm):
-        return dataclasses.replace(lm, model=model)
-    try:
-        return lm._replace(model=model)
-    except AttributeError:
-        lm.model = model
-        return lm
-
 
 def train(cfg: NeatConfig, *, resume: str | Path | None = None, workspace=None, stop_after: int | None = None,
           lm=None) -> dict:

@@ -1,0 +1,37 @@
+"""Sampling with the live training model: the generator's fast weight layout is undone before training goes on."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+def restore_training_layout(model) -> int:
+    """Undo generation.prepare_for_inference on `model`: every parameter contiguous again (values, shapes, names,
+    parameter objects and ties unchanged) and the model marked for the next prepare_for_inference. Returns the
+    number of parameters re-laid out."""
+    n = 0
+    with torch.no_grad():
+        for p in model.parameters():  # each shared (tied) parameter once
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
+                n += 1
+    for mod in model.modules():  # generation's fast forward of tied Linears (see generation._tied_linear_forward)
+        if getattr(mod, "_neat_tied_forward", False):
+            vars(mod).pop("forward", None)
+            mod._neat_tied_forward = False
+    for m in {id(x): x for x in (model, getattr(model, "get_base_model", lambda: None)())}.values():
+        if m is not None and getattr(m, "_neat_inference_layout", False):
+            m._neat_inference_layout = False
+    return n
+
+
+def with_model(lm, model):
+    """`lm` (a LoadedModel-like record) with its model replaced by `model` (the live training model)."""
+    if dataclasses.is_dataclass(lm):
+        return dataclasses.replace(lm, model=model)
+    try:
+        return lm._replace(model=model)
+    except AttributeError:
+        lm.model = model
+        return lm
