@@ -23,13 +23,14 @@
   otherwise the run is closed from its events (finished/stopped/error written before the app came back) or
   marked "failed" with "process vanished".
 
-The time estimate of a run lives beside its config: neat_studio.neat.estimate.
+Reading a run directory (metrics, log, the failure in plain words, how a launch ended) is neat_studio.run_files;
+splitting a job config into trainer settings and snapshot filters is neat_studio.job_config. The time estimate of a
+run lives beside its config: neat_studio.neat.estimate.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -39,163 +40,31 @@ from pathlib import Path
 from typing import Any
 
 from .config import REPO_ROOT
+from .job_config import split_config
 from .neat.estimate import estimate_time
+from .run_files import (
+    LOG_FILE,
+    METRICS_FILE,
+    MetricsReader,
+    explain_error,
+    latest_checkpoint,
+    outcome,
+    parse_metrics,
+    tail_lines,
+)
+
+# the run-directory readers are re-exported: callers have always found them here
+__all__ = ["JobRunner", "JobError", "ACTIVE", "LAUNCH_FILE", "MetricsReader", "explain_error", "parse_metrics",
+           "tail_lines"]
 
 LAUNCH_FILE = "studio_launch.json"
-LOG_FILE = "train.log"
-METRICS_FILE = "metrics.jsonl"
 ACTIVE = ("queued", "running")
-TERMINAL_EVENTS = ("finished", "stopped", "error")
-METRIC_KEYS = ("step", "round", "epoch", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap", "lr",
-               "grad_norm", "tokens_per_s", "elapsed_s", "eta_s", "total_steps")
-# keys of a job config that choose the data (snapshot filters), not trainer settings
-DATA_KEYS = ("split", "tags", "annotated_only", "include_imported", "min_responses", "exclude_flagged")
-STUDIO_KEYS = ("name", "data", "snapshot_id")
 
 
 class JobError(RuntimeError):
     """A job request that cannot be done now (another run is active, nothing to resume, ...); says why."""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# reading a run directory
-# ---------------------------------------------------------------------------------------------------------------
-class MetricsReader:
-    """Incremental, thread-safe reader of `metrics.jsonl`: only complete lines are parsed (a torn last line is
-    read again on the next call); unparsable complete lines are counted and skipped."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._offset = 0
-        self._ino = None
-        self.rows: list[dict] = []      # metric rows, in file order
-        self.events: list[dict] = []    # event rows, each with "_offset" (byte offset of the line)
-        self.bad_lines = 0
-
-    def read(self) -> "MetricsReader":
-        with self._lock:
-            try:
-                st = self.path.stat()
-            except FileNotFoundError:
-                self._reset(None)
-                return self
-            if st.st_ino != self._ino or st.st_size < self._offset:
-                self._reset(st.st_ino)
-            if st.st_size == self._offset:
-                return self
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read(st.st_size - self._offset)
-            end = chunk.rfind(b"\n")
-            if end < 0:
-                return self  # only a torn line so far
-            pos = self._offset
-            for raw in chunk[: end + 1].split(b"\n")[:-1]:
-                line_off = pos
-                pos += len(raw) + 1
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except (ValueError, UnicodeDecodeError):
-                    self.bad_lines += 1
-                    continue
-                if not isinstance(obj, dict):
-                    self.bad_lines += 1
-                elif "event" in obj:
-                    self.events.append({**obj, "_offset": line_off})
-                elif "step" in obj:
-                    self.rows.append(obj)
-            self._offset += end + 1
-            return self
-
-    def _reset(self, ino):
-        self._ino, self._offset, self.rows, self.events, self.bad_lines = ino, 0, [], [], 0
-
-    def curve(self) -> list[dict]:
-        """Metric rows by step, the LAST row of a step winning (a resumed run may repeat steps)."""
-        by_step: dict[int, dict] = {}
-        for r in self.rows:
-            try:
-                by_step[int(r["step"])] = r
-            except (TypeError, ValueError, KeyError):
-                continue
-        return [by_step[s] for s in sorted(by_step)]
-
-
-def parse_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """(metric rows, events) of a metrics.jsonl file, tolerating a torn last line."""
-    r = MetricsReader(path).read()
-    return r.curve(), r.events
-
-
-def tail_lines(path: str | Path, n: int = 30, max_bytes: int = 64_000) -> list[str]:
-    """The last `n` lines of a text file (decoded leniently); [] when it does not exist."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return []
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    lines = [ln.rstrip() for ln in text.split("\n")]
-    # tqdm progress bars rewrite a line with \r: keep the last state of each
-    lines = [ln.split("\r")[-1] for ln in lines]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines[-n:]
-
-
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): ?(.*)$")
-
-
-def explain_error(log_lines: list[str], events: list[dict] | None = None, exit_code: int | None = None) -> str:
-    """The reason a training process failed, in plain words, from its `error` event or its log."""
-    msg = ""
-    for e in reversed(events or []):
-        if e.get("event") == "error" and e.get("message"):
-            msg = str(e["message"])
-            break
-    if not msg:
-        for ln in reversed(log_lines):
-            s = ln.strip()
-            if s.startswith("error:"):          # neat_studio.cli prints "error: <message>" and exits 2
-                msg = s[len("error:"):].strip()
-                break
-            m = _EXC_LINE.match(s)
-            if m:
-                msg = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}".rstrip(": ")
-                break
-    low = (msg + "\n" + "\n".join(log_lines[-10:])).lower()
-    if "out of memory" in low or "memoryerror" in low or exit_code in (-signal.SIGKILL, 137) and not msg:
-        hint = ("The training process ran out of memory or was killed by the system. Try a smaller batch size, "
-                "shorter max lengths, fewer samples per prompt, or LoRA.")
-        return hint + (f" ({msg})" if msg else "")
-    m = re.match(r"(?:ModelLoadError|ConfigError): (.*)", msg)
-    if m:
-        msg = m.group(1)
-    m = re.match(r"ModuleNotFoundError: No module named '([^']+)'", msg)
-    if m:
-        return f"A required Python module is missing: {m.group(1)} (is the trainer installed in this environment?)"
-    if msg:
-        return msg
-    if exit_code is not None and exit_code < 0:
-        try:
-            name = signal.Signals(-exit_code).name
-        except ValueError:
-            name = f"signal {-exit_code}"
-        return f"The training process was killed by {name}."
-    tail = next((ln.strip() for ln in reversed(log_lines) if ln.strip() and not ln.startswith("[studio]")), "")
-    code = f" with exit code {exit_code}" if exit_code is not None else ""
-    return f"The training process ended{code}" + (f"; its log ends with: {tail}" if tail else " without a message.")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the runner
-# ---------------------------------------------------------------------------------------------------------------
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -419,57 +288,12 @@ class JobRunner:
                 if p.poll() is None:
                     self._signal(p.pid, signal.SIGTERM)
 
-    @staticmethod
-    def latest_checkpoint(run_dir: str | Path | None) -> Path | None:
-        if not run_dir:
-            return None
-        cks = [p for p in (Path(run_dir) / "checkpoints").glob("step-*") if (p / "state.json").exists()]
-        return max(cks, key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1,
-                   default=None)
+    latest_checkpoint = staticmethod(latest_checkpoint)  # run_files.latest_checkpoint, as callers know it
 
     # .. config ...............................................................................................
     def split_config(self, config: dict) -> tuple[dict, dict, str | None, str | None]:
-        """A job config -> (trainer settings (NeatConfig keys, validated), snapshot filters, run name, snapshot id).
-
-        Job config = NeatConfig keys (model, method, negatives, positives, rounds, lr, ...) plus `data` (snapshot
-        filters: split, tags, annotated_only, include_imported, min_responses, exclude_flagged; data keys may also be
-        given at the top level), `name` and optionally `snapshot_id` (reuse a frozen snapshot). Negative/positive
-        refs are pinned to name@version from the library. ValueError when it cannot work."""
-        from .neat.config import NeatConfig, split_scope
-
-        config = dict(config or {})
-        filters = dict(config.pop("data", None) or {})
-        for k in DATA_KEYS:
-            if k in config:
-                filters[k] = config.pop(k)
-        filters.setdefault("split", "train")
-        if filters.get("tags") in ([], "", None):
-            filters.pop("tags", None)
-        name = (config.pop("name", None) or "").strip() or None
-        snapshot_id = config.pop("snapshot_id", None) or None
-        config.pop("snapshot", None)
-        config.pop("output_dir", None)
-        config = {k: v for k, v in config.items() if v is not None}
-        cfg = NeatConfig.from_dict({**config, "snapshot": "<frozen at start>"})  # ConfigError (a ValueError)
-        for key, kind in (("negatives", "negative"), ("positives", "positive")):
-            pinned = []
-            for scoped in getattr(cfg, key):
-                ref, tag = split_scope(scoped)
-                sp = self.store.resolve_ref(ref)  # ValueError for an unknown name/version
-                if sp["kind"] != kind:
-                    raise ValueError(f"{sp['ref']} is a {sp['kind']} prompt, not a {kind} prompt")
-                pinned.append(f"{sp['name']}@{sp['version']}" + (f":{tag}" if tag else ""))
-            setattr(cfg, key, pinned)
-        cfg.validate()
-        d = cfg.to_dict()
-        d.pop("snapshot")
-        d.pop("output_dir")
-        # only what differs from the defaults travels as --set (plus the essentials), so the run's config.yaml
-        # is the trainer's own full record
-        defaults = NeatConfig().to_dict()
-        keep = {"model", "method", "negatives", "positives"}
-        train_cfg = {k: v for k, v in d.items() if k in keep or v != defaults.get(k)}
-        return train_cfg, filters, name, snapshot_id
+        """`job_config.split_config` against this workspace's library."""
+        return split_config(self.store, config)
 
     # .. internals ............................................................................................
     def _get(self, run_id: str) -> dict:
@@ -575,50 +399,7 @@ class JobRunner:
         run = self._get(run_id)
         run_dir = Path(run["run_dir"]) if run.get("run_dir") else None
         info = self._launch_info(run_dir)
-        offset = int(info.get("metrics_offset") or 0)
-        rows, events = (parse_metrics(run_dir / METRICS_FILE) if run_dir else ([], []))
-        mine = [e for e in events if e.get("_offset", 0) >= offset]
-        term = next((e for e in reversed(mine) if e.get("event") in TERMINAL_EVENTS), None)
-        stop = self._stops.get(run_id)
-        log = tail_lines(run_dir / LOG_FILE, 60) if run_dir else []
-        error = None
-        if term is not None and term["event"] == "finished":
-            status = "finished"
-        elif term is not None and term["event"] == "stopped":
-            status = "stopped"
-        elif term is not None and term["event"] == "error":
-            status, error = "failed", explain_error(log, [term], rc)
-        elif stop is not None:
-            status = "stopped"
-            ck = self.latest_checkpoint(run_dir)
-            where = f"; it can resume from {ck.name}" if ck else "; there is no checkpoint to resume from"
-            if stop.get("killed"):
-                error = f"did not stop within {stop['timeout']:.0f} s after SIGTERM and was killed (SIGKILL){where}"
-            elif rc not in (0, None):
-                error = f"stopped before it could write a checkpoint (exit code {rc}){where}"
-        elif rc == 0 and run_dir and (run_dir / "final" / "config.json").exists():
-            status = "finished"
-        elif rc is None:
-            status = "failed"
-            why = explain_error(log, events=None) if any(
-                _EXC_LINE.match(ln.strip()) or ln.strip().startswith("error:") for ln in log) else ""
-            error = "process vanished" + (f" ({why})" if why else " (the app found no live trainer for this run)")
-        else:
-            status = "failed"
-            error = explain_error(log, mine, rc)
-            if rc and f"exit code {rc}" not in error:
-                error += f" (exit code {rc})"
-        fm = None
-        if rows:
-            last = rows[-1]
-            fm = {k: last.get(k) for k in ("step", "total_steps", "loss", "rank_loss", "sft_loss", "rank_acc", "p_gap",
-                                           "elapsed_s")}
-            tps = [r["tokens_per_s"] for r in rows if isinstance(r.get("tokens_per_s"), (int, float))]
-            fm["tokens_per_s"] = round(sum(tps) / len(tps), 2) if tps else None
-        if run_dir:
-            ck = self.latest_checkpoint(run_dir)
-            fm = {**(fm or {}), "checkpoint": str(ck) if ck else None,
-                  "final": str(run_dir / "final") if (run_dir / "final" / "config.json").exists() else None}
+        status, error, fm = outcome(run_dir, int(info.get("metrics_offset") or 0), self._stops.get(run_id), rc)
         fields: dict[str, Any] = {"status": status, "final_metrics": fm, "error": error}
         self.store.update_run(run_id, actor=actor, **fields)
         self._append_log(run_id, f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run {status}"
@@ -692,7 +473,8 @@ class JobRunner:
         last_ev = events[-1] if events else None
         if not rows and not events:
             return "starting: loading the model and data, sampling round 0"
-        if last_ev and last_ev.get("event") == "resumed" and (not rows or rows[-1].get("step", 0) <= last_ev.get("step", 0)):
+        if last_ev and last_ev.get("event") == "resumed" and (not rows
+                                                              or rows[-1].get("step", 0) <= last_ev.get("step", 0)):
             return f"resumed at step {last_ev.get('step')}; sampling / training"
         if last_ev and last_ev.get("event") == "checkpoint" and rows and rows[-1].get("step") == last_ev.get("step"):
             nxt = (rows[-1].get("round", 0) or 0) + 1

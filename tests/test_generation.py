@@ -193,13 +193,13 @@ def test_growing_cache_survives_row_removal_and_matches_concatenation(lm):
     import torch
     from transformers import DynamicCache
 
-    from neat_studio.generation import _growing_cache
+    from neat_studio.kv_cache import growing_cache
 
     torch.manual_seed(0)
     k0, v0 = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
     plain = DynamicCache(ddp_cache_data=[(k0.clone(), v0.clone())])
     grow = DynamicCache(ddp_cache_data=[(k0.clone(), v0.clone())])
-    _growing_cache(grow, reserve=2)
+    growing_cache(grow, reserve=2)
     assert type(grow.layers[0]).__name__ == "GrowingLayer"
     for step in range(4):  # past the reserve: the buffer grows
         k, v = torch.randn(3 if step < 2 else 2, 2, 1, 4), torch.randn(3 if step < 2 else 2, 2, 1, 4)
@@ -241,19 +241,19 @@ def test_sliding_window_model_takes_the_padded_prefill_and_matches_alone(lm, tin
 
 
 def test_prefix_classes_partition_by_shared_prefix():
-    from neat_studio.generation import _prefix_classes
+    from neat_studio.kv_cache import prefix_classes
 
     head, other = list(range(100, 110)), list(range(200, 210))
     prompts = [head + [1], other + [5, 6], head + [2, 3], [7, 8], head + [1, 4], other + [5]]
-    classes = _prefix_classes(prompts, 8)
+    classes = prefix_classes(prompts, 8)
     # head+[1] and head+[1,4] share 11 tokens, but P stops one short of the shortest member (its last logits)
     assert sorted((p, sorted(c)) for p, c in classes) == [(0, [3]), (10, [0, 2, 4]), (10, [1, 5])]
-    assert _prefix_classes(prompts, 11) == [(0, [0, 1, 2, 3, 4, 5])]  # nothing shares 11 tokens with a suffix left
-    assert _prefix_classes(prompts, 0) == [(0, [0, 1, 2, 3, 4, 5])]
-    assert _prefix_classes([head + [1]], 8) == [(0, [0])]
+    assert prefix_classes(prompts, 11) == [(0, [0, 1, 2, 3, 4, 5])]  # nothing shares 11 tokens with a suffix left
+    assert prefix_classes(prompts, 0) == [(0, [0, 1, 2, 3, 4, 5])]
+    assert prefix_classes([head + [1]], 8) == [(0, [0])]
     # two system turns that start alike (10 common tokens) stay two classes of 20 shared tokens each
     a, b = list(range(100, 120)), list(range(100, 110)) + list(range(300, 310))
-    assert _prefix_classes([a + [1], b + [1], a + [2], b + [2]], 8) == [(20, [0, 2]), (20, [1, 3])]
+    assert prefix_classes([a + [1], b + [1], a + [2], b + [2]], 8) == [(20, [0, 2]), (20, [1, 3])]
 
 
 def test_shared_prefix_prefill_equals_whole_prompt_prefill(lm, monkeypatch):
@@ -263,12 +263,13 @@ def test_shared_prefix_prefill_equals_whole_prompt_prefill(lm, monkeypatch):
     import torch
 
     import neat_studio.generation as G
+    import neat_studio.kv_cache as KV
 
     systems = ["You are a pirate who answers every question at length."] * 3 + ["Be terse and rude."] * 2 + [None]
     prompts = PROMPTS + ["Tell me about the sea."]
     enc = [encode_chat(lm.tokenizer, p, system=s) for p, s in zip(prompts, systems)]
-    classes = G._prefix_classes(enc, G.SHARED_PREFIX_MIN)
-    assert len(classes) >= 2 and all(p >= G.SHARED_PREFIX_MIN for p, c in classes if len(c) > 1)
+    classes = KV.prefix_classes(enc, KV.SHARED_PREFIX_MIN)
+    assert len(classes) >= 2 and all(p >= KV.SHARED_PREFIX_MIN for p, c in classes if len(c) > 1)
     width = max(map(len, enc))
     seen = []
     hook = lm.model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
@@ -278,7 +279,7 @@ def test_shared_prefix_prefill_equals_whole_prompt_prefill(lm, monkeypatch):
             out = {}
             for share in (True, False):
                 seen.clear()
-                cache, logits = G._prefill(lm.model, enc, width, G._pad_id(lm.tokenizer), "cpu", k=2, reserve=3,
+                cache, logits = KV.prefill(lm.model, enc, width, G._pad_id(lm.tokenizer), "cpu", k=2, reserve=3,
                                            share_prefix=share)
                 out[share] = (cache, logits, sum(seen))
     finally:
@@ -294,9 +295,9 @@ def test_shared_prefix_prefill_equals_whole_prompt_prefill(lm, monkeypatch):
             assert torch.allclose(x.transpose(1, 2)[valid], y.transpose(1, 2)[valid], atol=1e-4)
     assert n1 < n0  # fewer prefill tokens (padding included) with the shared prefixes
     assert n1 <= sum(map(len, enc)) - sum((len(c) - 1) * p for p, c in classes) + 2 * width
-    texts, default = {}, G.SHARED_PREFIX_MIN
+    texts, default = {}, KV.SHARED_PREFIX_MIN
     for share_min in (default, 0):
-        monkeypatch.setattr(G, "SHARED_PREFIX_MIN", share_min)
+        monkeypatch.setattr(KV, "SHARED_PREFIX_MIN", share_min)
         texts[share_min] = (_texts(generate(lm, prompts, systems=systems, params=GREEDY, batch_size=8)),
                             _texts(generate(lm, prompts, systems=systems, params=SAMPLED, batch_size=9)))
     assert texts[default] == texts[0]

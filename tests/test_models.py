@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from neat_studio import model_files as MF
 from neat_studio import models as M
 from neat_studio.config import Workspace
 
@@ -203,11 +204,11 @@ def test_default_cache_is_atomic_and_cleans_crashed_temp_dirs(tmp_path, monkeypa
     dead = target.parent / f".{target.name}.tmp-999999999-deadbeef"
     dead.mkdir(parents=True)
     (dead / "config.json").write_text("{}")
-    M._remove_dead_temp_dirs(target)
+    MF._remove_dead_temp_dirs(target)
     assert not dead.exists()
     target.mkdir()
     (target / "config.json").write_text("{}")  # no weights: incomplete
-    assert not M._is_complete_model_dir(target)
+    assert not MF._is_complete_model_dir(target)
 
 
 # -- the real model --------------------------------------------------------------------------------------------------
