@@ -78,3 +78,15 @@ def test_no_import_circle_between_modules():
     for m in sorted(graph):
         visit(m)
     assert not cycles, cycles[:5]
+
+
+def test_build_functions_are_short_annotate_prompts():
+    """The Annotate and Prompts tabs' build() only lays out components and binds events (handlers are methods of
+    the tab's handler class; their logic is Studio's)."""
+    long = {}
+    for name in ("annotate", "prompts"):
+        tree = ast.parse((PKG / "ui" / f"{name}.py").read_text(encoding="utf-8"))
+        build = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build")
+        if build.end_lineno - build.lineno + 1 > 120:
+            long[name] = build.end_lineno - build.lineno + 1
+    assert not long, long
