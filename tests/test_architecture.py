@@ -92,3 +92,15 @@ def test_no_module_over_600_lines_outside_neat_ui_studio():
         if n > 600:
             long[str(f.relative_to(PKG.parent))] = n
     assert not long, long
+
+
+def test_build_functions_are_short_annotate_prompts():
+    """The Annotate and Prompts tabs' build() only lays out components and binds events (handlers are methods of
+    the tab's handler class; their logic is Studio's)."""
+    long = {}
+    for name in ("annotate", "prompts"):
+        tree = ast.parse((PKG / "ui" / f"{name}.py").read_text(encoding="utf-8"))
+        build = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build")
+        if build.end_lineno - build.lineno + 1 > 120:
+            long[name] = build.end_lineno - build.lineno + 1
+    assert not long, long

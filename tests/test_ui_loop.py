@@ -139,7 +139,7 @@ def test_flag_with_a_partial_ranking_is_saved(workspace):
         # the same through the Annotate tab (what Enter sends)
         pid4, _ = _prompt(st, "two more candidates?")
         s4 = [r["id"] for r in st.annotation_item(pid4, "local", suggest=False)["responses"]]
-        on_cmd = _fn(_app(st), "on_cmd_flat", "annotate").fn
+        on_cmd = _fn(_app(st), "on_cmd", "annotate").fn
         out, _ = _cmd(on_cmd, {"item": pid4}, "submit", pid4, {s4[0]: 1})
         assert "Not saved: rank every response (#2 unranked), or flag the prompt" in out[3]
         out, s = _cmd(on_cmd, {"item": pid4}, "submit", pid4, {s4[0]: 1}, comment="c", flag=True)
@@ -156,7 +156,7 @@ def test_skip_survives_a_reload_and_a_restart(workspace):
         p2, _ = _prompt(st, "second?")
         p3, r3 = _prompt(st, "third?")
         demo = _app(st)
-        on_cmd = _fn(demo, "on_cmd_flat", "annotate").fn
+        on_cmd = _fn(demo, "on_cmd", "annotate").fn
         on_show = _fn(demo, "on_show", "annotate").fn
         first = on_show({}, None, None, None, "", False, "queue", None)[5]
         assert first["item"] == p1
@@ -179,7 +179,7 @@ def test_skip_survives_a_reload_and_a_restart(workspace):
         st.save_annotation(p1, "local", [], comment="done with it")  # an annotation clears its skip
         assert st.store.skipped_prompts("local") == [p3] and st.next_prompt("local") == p3
         # skipping in the tab when only skipped prompts are left brings the others back instead of "queue done"
-        on_cmd = _fn(_app(st), "on_cmd_flat", "annotate").fn
+        on_cmd = _fn(_app(st), "on_cmd", "annotate").fn
         st.store.set_skipped("local", p3, False, actor="t")
         p4, _ = _prompt(st, "fourth?")
         st.skip_prompt(p4, "local")

@@ -236,7 +236,7 @@ def test_annotate_previous_steps_back_through_the_history(workspace):
             a, b = st.store.add_responses([{"prompt_id": pid, "text": f"{pid} {x}", "origin": "policy"}
                                            for x in ("one", "two")], actor="t")
             st.store.save_annotation(pid, "local", [[a], [b]])
-        on_cmd = _handler(build_app(st), "on_cmd_flat")
+        on_cmd = _handler(build_app(st), "on_cmd")
         s, seen = {"item": pids[-1]}, []
         for _ in range(3):
             evt = gr.EventData(None, {"cmd": "prev", "item": s["item"], "ranks": {}, "marks": {}})

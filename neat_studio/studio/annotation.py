@@ -36,8 +36,20 @@ class AnnotationMixin:
             out.append((f"{a['prompt_id']} · {(p['text'] if p else '')[:70].replace(chr(10), ' ')}", a["prompt_id"]))
         return out
 
+    def previous_annotated(self, annotator: str, current: str | None) -> str | None:
+        """The prompt `annotator` ranked before `current` (their history, newest first: the next older one when
+        `current` is in it, else their newest), or None when there is none."""
+        ids = [pid for _, pid in self.recent_annotations(annotator)]
+        older = ids[ids.index(current) + 1:] if current in ids else ids
+        return older[0] if older else None
+
     def response(self, response_id: str) -> dict | None:
         return self.store.get_response(response_id) if response_id else None
+
+    def editable_response(self, response_id: str | None, prompt_id: str) -> dict | None:
+        """The response to edit when it belongs to `prompt_id` (the prompt shown), else None."""
+        r = self.response(response_id)
+        return r if r is not None and r["prompt_id"] == prompt_id else None
 
     def reward_scorer(self):
         """The newest trained reward scorer of this workspace, or None."""
@@ -76,6 +88,21 @@ class AnnotationMixin:
             if pid is not None:
                 self.store.lease(pid, annotator)
         return pid
+
+    def queue_next(self, annotator: str, skip_ids: Iterable[str] = (), *, wrap: bool = False, tag=None, split=None,
+                   source=None, search=None, include_annotated=False, order=None) -> dict:
+        """The Annotate page's next prompt: `next_prompt` past the page's `skip_ids`, with the queue filters as the
+        page's fields give them ("" or None: any; no order: queue). With `wrap`, when nothing but the page's
+        skipped prompts is left, the page forgets its skips and they come back (the longest skipped first).
+        Returns {"item": prompt id or None, "skip": the page's skipped ids afterwards}."""
+        skip = list(skip_ids)
+        query = {"tag": tag or None, "split": split or None, "source": source or None, "search": search or None,
+                 "include_annotated": bool(include_annotated), "order": order or "queue"}
+        pid = self.next_prompt(annotator, skip_ids=skip, **query)
+        if pid is None and wrap and skip:
+            skip = []
+            pid = self.next_prompt(annotator, skip_ids=skip, **query)
+        return {"item": pid, "skip": skip}
 
     def _next_prompt(self, annotator, *, tag, source, split, search, skip_ids, include_annotated, order, pool):
         # prompts others have ranked or hold up to the overlap are not handed out (store/tasks.py)
@@ -157,6 +184,19 @@ class AnnotationMixin:
                     suggestion = None
         return {"prompt": prompt, "responses": responses, "annotation": latest, "suggestion": suggestion,
                 "hidden_duplicates": hidden}
+
+    def annotation_page(self, annotator: str, prompt_id: str | None) -> dict:
+        """What the Annotate page shows for `prompt_id` (None: none): {"item": annotation_item or None, "error":
+        why a prompt asked for is not shown ("" otherwise), "progress": annotation_progress(annotator), "recent":
+        recent_annotations(annotator)}."""
+        item, error = None, ""
+        if prompt_id:
+            try:
+                item = self.annotation_item(prompt_id, annotator)
+            except ValueError as e:
+                error = str(e)
+        return {"item": item, "error": error, "progress": self.annotation_progress(annotator),
+                "recent": self.recent_annotations(annotator)}
 
     @staticmethod
     def _suggestion(scorer, messages: list[dict], responses: list[dict]) -> dict:
@@ -241,8 +281,9 @@ class AnnotationMixin:
         every shown response ranked -> that ranking; some ranked but not all -> refused unless the prompt is
         flagged; a flagged prompt is saved with the ranking of what was ranked when that is two or more responses,
         else with no ranking (one ranked response has nothing to be ranked against). Returns {"annotation_id",
-        "ranking", "shown" (the shown response ids, in view order)}. ValueError (nothing written) otherwise;
-        `expect_latest` as in save_annotation."""
+        "ranking", "shown" (the shown response ids, in view order), "summary" (the ranking by view position,
+        "#2 = #1  >  #3", "(flagged)" added; "(flag only)" or "(comment / marks only)" without one)}. ValueError
+        (nothing written) otherwise; `expect_latest` as in save_annotation."""
         item = self.annotation_item(prompt_id, annotator, suggest=False)
         shown = [r["id"] for r in item["responses"]]
         try:
@@ -265,7 +306,30 @@ class AnnotationMixin:
             ranking = []
         aid = self.save_annotation(prompt_id, annotator, ranking, marks=marks, comment=comment, flagged=flagged,
                                    expect_latest=expect_latest)
-        return {"annotation_id": aid, "ranking": ranking, "shown": shown}
+        summary = "  >  ".join(" = ".join(f"#{shown.index(x) + 1}" for x in g) for g in ranking)
+        if not summary:
+            summary = "(flag only)" if flagged else "(comment / marks only)"
+        elif flagged:
+            summary += " (flagged)"
+        return {"annotation_id": aid, "ranking": ranking, "shown": shown, "summary": summary}
+
+    def save_ranking_json(self, prompt_id, annotator: str, ranking_json, marks_json, comment) -> dict:
+        """The `/save_ranking` API route's save, from untrusted text: `ranking_json` a JSON list of groups of
+        response ids, best first ("" = none), `marks_json` a JSON object {response_id: pos|neg|neutral} ("" =
+        none), `comment` free text; each checked (safety.check_text) before anything is written. Returns
+        {"annotation_id", "prompt_id" (stripped)}; ValueError (bad JSON too) and nothing written otherwise."""
+        import json
+
+        from ..safety import MAX_COMMENT_CHARS, check_text
+
+        pid = check_text(prompt_id, "prompt id", max_chars=200, allow_empty=False).strip()
+        ranking = json.loads(check_text(ranking_json, "ranking", max_chars=200_000) or "[]")
+        marks = json.loads(check_text(marks_json, "marks", max_chars=200_000) or "{}")
+        if not isinstance(marks, dict):
+            raise ValueError("marks must be a JSON object {response_id: pos|neg|neutral}")
+        cm = check_text(comment, "comment", max_chars=MAX_COMMENT_CHARS)
+        return {"annotation_id": self.save_annotation(pid, annotator, ranking, marks=marks, comment=cm),
+                "prompt_id": pid}
 
     def skip_prompt(self, prompt_id: str, annotator: str) -> list[str]:
         """Remember that `annotator` skipped the prompt (the store's settings: it survives a reload and a restart);

@@ -1,7 +1,8 @@
 """Prompts tab services: search, tag, split, detail. A mixin of Studio (see the package docstring)."""
 from __future__ import annotations
 
-from typing import Iterable
+from pathlib import Path
+from typing import Callable, Iterable
 
 from .core import Progress
 
@@ -48,6 +49,41 @@ class PromptsMixin:
         return {"rows": rows, "total": self.store.count_prompts(search=query or None, **filters),
                 "mode": "text", "note": ""}
 
+    def browse_prompts(self, query: str = "", *, semantic: bool = False, tag=None, source=None, split=None,
+                       status=None, user=None, page: int = 0, page_size: int = 50, back_if_empty: bool = False) -> dict:
+        """One page of `search_prompts` for the Prompts tab. `status` as search_prompts takes it, or ending in
+        ":me" for that status by `user` ("annotated:me", "unannotated:me"); `page` counts from 0 (below 0: 0).
+        With `back_if_empty` (paging forward), a page past the end gives the one before it. Returns
+        search_prompts's dict plus "page" (the page shown) and "pages" (at least 1)."""
+        mine = bool(status) and status.endswith(":me")
+        status, who = (status.split(":")[0], user) if mine else (status, None)
+
+        def search(pg: int) -> dict:
+            return self.search_prompts(query, semantic=bool(semantic), tag=tag, source=source, split=split,
+                                       status=status, annotator=who, limit=page_size, offset=pg * page_size)
+
+        page = max(0, int(page))
+        res = search(page)
+        if back_if_empty and not res["rows"] and page > 0:
+            page -= 1
+            res = search(page)
+        return {**res, "page": page, "pages": max(1, (res["total"] + page_size - 1) // page_size)}
+
+    def select_prompts(self, query: str = "", *, limit: int, **search) -> dict:
+        """The ids of the first `limit` prompts of a search (`browse_prompts`'s filters): {"ids", "total", "more"
+        (a text search matched more than `limit`; a semantic one ranks them all, so never)}."""
+        res = self.browse_prompts(query, page=0, page_size=limit, **search)
+        ids = [r["id"] for r in res["rows"]]
+        return {"ids": ids, "total": res["total"], "more": res["total"] > len(ids) and res["mode"] != "semantic"}
+
+    def embedding_note(self) -> str:
+        """How many prompts are embedded and missing, in words (or why embeddings are unavailable)."""
+        try:
+            s = self.semantic_search_ready()
+            return f"{s['embedded']} prompt(s) embedded, {s['missing']} missing."
+        except Exception as e:  # noqa: BLE001 - a note on the page, never a broken tab
+            return f"Embeddings unavailable: {e}"
+
     def semantic_search_ready(self) -> dict:
         from ..scoring.embeddings import MODEL_ID
 
@@ -67,6 +103,48 @@ class PromptsMixin:
     def prompt_responses(self, prompt_id: str) -> list[dict]:
         """Every response of a prompt (origin, text, ...)."""
         return self.store.list_responses(prompt_id)
+
+    def prompt_detail(self, prompt_id: str) -> dict | None:
+        """{"prompt", "responses"} of one prompt (the Prompts tab's detail view), or None for an unknown id."""
+        p = self.prompt(prompt_id)
+        return None if p is None else {"prompt": p, "responses": self.prompt_responses(prompt_id)}
+
+    def known_prompt_id(self, value) -> str:
+        """A prompt id chosen or pasted on a page, stripped; ValueError when it is empty or unknown."""
+        pid = (value or "").strip()
+        if not pid:
+            raise ValueError("Choose or paste a prompt id.")
+        if self.prompt(pid) is None:
+            raise ValueError(f"Unknown prompt id {pid!r}.")
+        return pid
+
+    def import_upload(self, path, fmt: str = "auto", *, prompt_column: str = "prompt", split: str = "",
+                      tags: Iterable[str] = (), actor: str = "local",
+                      progress: Callable[[float, str], None] | None = None) -> dict:
+        """The Prompts tab's import form: `import_file` in the form's words (terms="ui"), `split` and `tags` ("" /
+        none: the file's own) for every row; progress(fraction, what) while it runs, then (1.0, "done"). Returns
+        {"report", "summary" (the report in words), "warning" (about long prompts, or "")}. ValueError, nothing
+        imported, for no file or a bad one (the message names the file by its own name, not the upload's path)."""
+        from ..store import pairs_unranked_note
+        from .core import long_prompts_note
+
+        if not path:
+            raise ValueError("Choose a file first.")
+        kw = {"prompt_column": (prompt_column or "prompt").strip()}
+        if split:
+            kw["split"] = split
+        if tags:
+            kw["tags"] = list(tags)
+        try:
+            report = self.import_file(path, fmt or "auto", actor=actor, terms="ui", progress=progress, **kw)
+        except (ValueError, OSError) as e:  # DataFormatError is a ValueError
+            raise ValueError(f"{str(e).replace(str(path), Path(str(path)).name)}. Nothing was imported.") from None
+        if progress is not None:
+            progress(1.0, "done")
+        note = pairs_unranked_note(report.get("pairs_unranked", 0))
+        summary = "Imported: " + ", ".join(f"{k} {v}" for k, v in report.items() if not isinstance(v, (bool, list)))
+        return {"report": report, "summary": summary + (f". {note}" if note else ""),
+                "warning": long_prompts_note(report.get("long_prompt_ids") or [])}
 
     def prompt_tags(self) -> list[str]:
         return self.store.prompt_tags()

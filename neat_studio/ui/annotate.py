@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .common import Ctx, error_box, esc, folded_html, ok_box
+from .common import Ctx, TabHandlers, error_box, esc, folded_html, ok_box
 
 RANKER_JS = Path(__file__).with_name("ranker.js").read_text(encoding="utf-8")
 KEYS_HELP = ("<b>1–9</b> select a response, then <b>1–9</b> its rank group (same number = tie) · <b>Esc</b> "
@@ -147,21 +147,192 @@ def progress_html(p: dict, me: str) -> str:
 
 
 CMD_KEYS = ("cmd", "item", "ranks", "marks", "rid")  # what the ranker's JS sends with a command
+VIEW = ("ranker", "comment", "flag", "msg", "progress", "sess", "open_id", "edit_box")  # what a prompt's view sets
+CMD = (*VIEW, "edit_text", "edit_info")  # a ranker command may also open the edit box
+SHOW = (*VIEW, "tag", "source", "guidelines", "guide_text")
+QUEUE_DONE = ("Queue complete: no prompt with 2+ candidates is waiting for you under these filters. Add candidates "
+              "(Negative Prompt Studio → Add to pool) or tick 'include prompts I annotated'.")
+PUBLIC = ("ranker", "comment", "flag", "msg", "progress", "open_id", "open_btn", "next", "edit_text", "edit_save",
+          "guidelines", "guide_text")
+
+
+def _filters(tag, split, source, search, include_done, order) -> dict:
+    """The queue filter fields as Studio.queue_next takes them."""
+    return {"tag": tag, "split": split, "source": source, "search": search, "include_annotated": include_done,
+            "order": order}
+
+
+class AnnotateTab(TabHandlers):
+    """The tab's handlers. The page state (`sess`): "item" (the prompt shown), "skip" (this page's skips), "draft"
+    (the ranks and marks not yet saved), "edit" (the response being edited), "base_item"/"base" (the annotation
+    the page loaded for the item: a save over a newer one is refused)."""
+
+    def _advance(self, me: str, s: dict, filters: dict, wrap: bool = False) -> dict:
+        """`s` moved to the annotator's next prompt in the queue."""
+        s.update(self.st.queue_next(me, s.get("skip") or [], wrap=wrap, **filters))
+        s["draft"], s["base_item"] = None, None
+        return s
+
+    def _view(self, me: str, s: dict, message: str = "", kind: str = "ok") -> dict:
+        """The VIEW outputs by name for the prompt of page state `s`."""
+        page = self.st.annotation_page(me, s.get("item"))
+        if page["error"]:
+            s["item"], message, kind = None, page["error"], "err"
+        item, comment, flag = page["item"], "", False
+        if item is None:
+            ranker = ranker_html(None, message=message or QUEUE_DONE)
+        else:
+            ranker = ranker_html(item, s.get("draft"))
+            ann = item.get("annotation") or {}
+            if s.get("base_item") != s["item"]:  # what this page loaded: a save over a newer annotation is refused
+                s["base_item"], s["base"] = s["item"], ann.get("id")
+            comment, flag = ann.get("comment", ""), bool(ann.get("flagged", False))
+        box = "" if not message else (error_box(message) if kind == "err" else ok_box(message))
+        return {"ranker": ranker, "comment": comment, "flag": flag, "msg": box,
+                "progress": progress_html(page["progress"], me), "sess": s,
+                "open_id": gr.update(choices=page["recent"], value=None), "edit_box": gr.update(visible=False)}
+
+    def on_show(self, sess, tag, split, source, search, include_done, order, request: gr.Request):
+        me = self.ctx.user(request)
+        s = {"skip": [], **(sess or {})}
+        if not s.get("item"):
+            self._advance(me, s, _filters(tag, split, source, search, include_done, order))
+        view = self._view(me, s)
+        if (sess or {}).get("item") and s.get("item") == sess.get("item"):
+            del view["comment"], view["flag"]  # same prompt as before the tab switch: keep comment and flag
+        facets, guide = self.st.prompt_facets(), self.st.guidelines()
+        return self.out(SHOW, {**view, "tag": gr.update(choices=[""] + facets["tags"]),
+                               "source": gr.update(choices=[""] + facets["sources"]), "guidelines": guide,
+                               "guide_text": guide})
+
+    def go_next(self, sess, tag, split, source, search, include_done, order, request: gr.Request):
+        me, s = self.ctx.user(request), dict(sess or {})
+        if s.get("item"):
+            s["skip"] = [*(s.get("skip") or []), s["item"]]
+        # wrap: when nothing but this page's skips is left, they come back
+        self._advance(me, s, _filters(tag, split, source, search, include_done, order), wrap=True)
+        return self.out(VIEW, self._view(me, s))
+
+    def refilter(self, tag, split, source, search, include_done, order, request: gr.Request):
+        me = self.ctx.user(request)
+        s = self._advance(me, {"skip": []}, _filters(tag, split, source, search, include_done, order))
+        return self.out(VIEW, self._view(me, s))
+
+    def open_prompt(self, sess, open_id, request: gr.Request):
+        me, s = self.ctx.user(request), dict(sess or {})
+        try:
+            pid = self.st.known_prompt_id(open_id)
+        except ValueError as e:
+            return self.out(VIEW, self._view(me, s, str(e), "err"))
+        s["item"], s["draft"], s["base_item"] = pid, None, None
+        return self.out(VIEW, self._view(me, s))
+
+    def on_cmd(self, evt: gr.EventData, sess, comment, flag, tag, split, source, search, include_done, order,
+               request: gr.Request):
+        """A command of the ranker (ranker.js): submit, skip, prev or edit, with the ranks and marks on the page."""
+        me = self.ctx.user(request)
+        data = {k: getattr(evt, k, None) for k in CMD_KEYS}  # EventData's public attributes (absent keys: None)
+        s, item = dict(sess or {}), data["item"]
+        if not item or item != s.get("item"):
+            return self.out(CMD, {})  # a command for a prompt no longer shown (double submit, stale page)
+        s["draft"] = {"item": item, "ranks": {str(k): int(v) for k, v in (data["ranks"] or {}).items()},
+                      "marks": {str(k): str(v) for k, v in (data["marks"] or {}).items()}}
+        filters = _filters(tag, split, source, search, include_done, order)
+        if data["cmd"] == "submit":
+            return self.out(CMD, self._submit(me, s, comment, flag, filters))
+        if data["cmd"] == "skip":
+            return self.out(CMD, self._skip(me, s, filters))
+        if data["cmd"] == "prev":
+            return self.out(CMD, self._previous(me, s))
+        if data["cmd"] == "edit":
+            r = self.st.editable_response(data["rid"], item)
+            if r is None:
+                return self.out(CMD, {})
+            s["edit"] = r["id"]
+            return self.out(CMD, {"sess": s, "edit_box": gr.update(visible=True), "edit_text": r["text"],
+                                  "edit_info": f"Editing response `{r['id']}` (origin hidden)."})
+        return self.out(CMD, {})
+
+    def _submit(self, me: str, s: dict, comment, flag, filters: dict) -> dict:
+        item, draft = s["item"], s["draft"]
+        try:  # the rules (every response ranked, or flagged with what was ranked) live in Studio
+            r = self.st.submit_ranking(item, me, draft["ranks"], marks=draft["marks"], comment=comment or "",
+                                       flagged=bool(flag),
+                                       expect_latest=s.get("base") if s.get("base_item") == item else ...)
+        except ValueError as e:
+            return {"msg": error_box(f"Not saved: {e}"), "sess": s}
+        self._advance(me, s, filters)  # saved: the next view loads the annotation afresh
+        return self._view(me, s, f"Saved prompt {item}: {r['summary']}.")
+
+    def _skip(self, me: str, s: dict, filters: dict) -> dict:
+        item = s["item"]
+        try:
+            self.st.skip_prompt(item, me)  # kept in the store: a reload or a restart shows it last too
+        except ValueError as e:
+            return {"msg": error_box(f"Not skipped: {e}"), "sess": s}
+        s["skip"] = [*(s.get("skip") or []), item]
+        self._advance(me, s, filters, wrap=True)  # only skipped prompts left: they come back, longest skipped first
+        return self._view(me, s, f"Skipped {item} (it comes back after the rest of the queue, also after a reload).")
+
+    def _previous(self, me: str, s: dict) -> dict:
+        pid = self.st.previous_annotated(me, s["item"])
+        if pid is None:
+            return {"msg": error_box("No previous annotation."), "sess": s}
+        s["item"], s["draft"] = pid, None
+        return self._view(me, s, f"Back to {pid} (your saved ranking is loaded; Enter saves a new version).")
+
+    def save_edit(self, sess, edit_text, request: gr.Request):
+        me, s = self.ctx.user(request), dict(sess or {})
+        if not s.get("edit"):
+            return self.out(VIEW, self._view(me, s, "Nothing is being edited.", "err"))
+        try:
+            new_id = self.st.edit_response(s["edit"], edit_text, actor=me)
+        except ValueError as e:
+            return self.out(VIEW, {**self._view(me, s, f"Edit not saved: {e}", "err"),
+                                   "edit_box": gr.update(visible=True)})
+        s["edit"] = None
+        return self.out(VIEW, self._view(me, s, f"Saved your edit as a new human response ({new_id}); the original "
+                                                "stays. Rank it too."))
+
+    def save_guidelines(self, guide_text, request: gr.Request):
+        actor = self.ctx.require_admin(request, "edit the guidelines")
+        try:
+            self.st.set_guidelines(guide_text, actor=actor)
+        except ValueError as e:
+            raise gr.Error(str(e))
+        gr.Info("Guidelines saved.")
+        return guide_text
+
+    def save_ranking(self, prompt_id: str, ranking_json: str, marks_json: str, comment: str,
+                     request: gr.Request) -> str:
+        """API only (`/save_ranking`, what scripts and load tests use): save one ranking for `prompt_id`.
+        `ranking_json`: JSON list of groups of response ids, best first (ties share a group); `marks_json`: JSON
+        {response_id: "pos"|"neg"|"neutral"} or ""; `comment`: free text. The annotator is the signed-in user
+        (with login on) or the local user: never taken from the request body. Returns JSON
+        {"annotation_id", "prompt_id", "annotator"}; a clear error and nothing written on bad input."""
+        t0 = time.perf_counter()  # the handler's own time, beside the end-to-end time a client sees
+        me = self.ctx.user(request)
+        try:
+            r = self.st.save_ranking_json(prompt_id, me, ranking_json, marks_json, comment)
+        except ValueError as e:
+            raise gr.Error(f"Not saved: {e}") from None
+        return json.dumps({**r, "annotator": me, "server_ms": round((time.perf_counter() - t0) * 1000, 2)})
 
 
 def build(ctx: Ctx) -> dict:
-    st = ctx.studio
+    tab = AnnotateTab(ctx)
+    c = tab.c
     with gr.Row():
         with gr.Column(scale=4, min_width=600):
             with gr.Accordion("Queue filters", open=False):
                 with gr.Row(equal_height=True):
-                    q_tag = gr.Dropdown(label="Tag", choices=[], value=None, scale=1, elem_id="ann-tag")
-                    q_split = gr.Dropdown(label="Split", choices=["", "train", "dev", "test"], value="", scale=1)
-                    q_source = gr.Dropdown(label="Source", choices=[], value=None, scale=1)
-                    q_search = gr.Textbox(label="Text contains (Enter)", scale=1, max_lines=1)
-                    q_all = gr.Checkbox(label="include prompts I annotated", value=False, scale=1,
-                                        elem_id="ann-include-done")
-                    q_order = gr.Dropdown(
+                    c["tag"] = gr.Dropdown(label="Tag", choices=[], value=None, scale=1, elem_id="ann-tag")
+                    c["split"] = gr.Dropdown(label="Split", choices=["", "train", "dev", "test"], value="", scale=1)
+                    c["source"] = gr.Dropdown(label="Source", choices=[], value=None, scale=1)
+                    c["search"] = gr.Textbox(label="Text contains (Enter)", scale=1, max_lines=1)
+                    c["include_done"] = gr.Checkbox(label="include prompts I annotated", value=False, scale=1,
+                                                    elem_id="ann-include-done")
+                    c["order"] = gr.Dropdown(
                         label="Order", choices=[("queue (oldest first)", "queue"),
                                                 ("scorer uncertainty (smallest top-2 margin)", "uncertainty"),
                                                 ("scorer vs human disagreement", "disagreement")],
@@ -169,249 +340,47 @@ def build(ctx: Ctx) -> dict:
                         info="the two scorer orders need a trained reward scorer (Data tab); without one the "
                              "queue order is used")
             with gr.Row():
-                open_id = gr.Dropdown(label="My annotated prompts (newest first)", choices=[], value=None, scale=3,
-                                      allow_custom_value=True, elem_id="ann-open")
+                c["open_id"] = gr.Dropdown(label="My annotated prompts (newest first)", choices=[], value=None,
+                                           scale=3, allow_custom_value=True, elem_id="ann-open")
                 with gr.Column(scale=1, min_width=140):
-                    open_btn = gr.Button("Open", size="sm", elem_id="ann-open-btn")
-                    next_btn = gr.Button("Next in queue", size="sm", elem_id="ann-next")
-            msg = gr.HTML("", js_on_load=None, elem_id="ann-msg")
-            ranker = gr.HTML(ranker_html(None, message="Loading…"), js_on_load=RANKER_JS, elem_id="ann-ranker",
-                             padding=False)
+                    c["open_btn"] = gr.Button("Open", size="sm", elem_id="ann-open-btn")
+                    c["next"] = gr.Button("Next in queue", size="sm", elem_id="ann-next")
+            c["msg"] = gr.HTML("", js_on_load=None, elem_id="ann-msg")
+            c["ranker"] = gr.HTML(ranker_html(None, message="Loading…"), js_on_load=RANKER_JS, elem_id="ann-ranker",
+                                  padding=False)
             with gr.Row():
-                comment = gr.Textbox(label="Comment (saved with the ranking)", lines=2, scale=4, elem_id="ann-comment")
-                flag = gr.Checkbox(label="Flag this prompt", value=False, scale=1, elem_id="ann-flag")
-            with gr.Group(visible=False, elem_id="ann-edit-box") as edit_box:
-                edit_info = gr.Markdown("")
-                edit_text = gr.Textbox(label="Edited response (saved as a new human response; the original stays)",
-                                       lines=6, elem_id="ann-edit-text")
+                c["comment"] = gr.Textbox(label="Comment (saved with the ranking)", lines=2, scale=4,
+                                          elem_id="ann-comment")
+                c["flag"] = gr.Checkbox(label="Flag this prompt", value=False, scale=1, elem_id="ann-flag")
+            with gr.Group(visible=False, elem_id="ann-edit-box") as c["edit_box"]:
+                c["edit_info"] = gr.Markdown("")
+                c["edit_text"] = gr.Textbox(label="Edited response (saved as a new human response; the original "
+                                            "stays)", lines=6, elem_id="ann-edit-text")
                 with gr.Row():
-                    edit_save = gr.Button("Save as new response", variant="primary", size="sm", elem_id="ann-edit-save")
-                    edit_cancel = gr.Button("Cancel", size="sm")
+                    c["edit_save"] = gr.Button("Save as new response", variant="primary", size="sm",
+                                               elem_id="ann-edit-save")
+                    c["edit_cancel"] = gr.Button("Cancel", size="sm")
         with gr.Column(scale=1, min_width=260):
-            prog = gr.HTML("", js_on_load=None, elem_id="ann-progress")
+            c["progress"] = gr.HTML("", js_on_load=None, elem_id="ann-progress")
             with gr.Accordion("Guidelines", open=True):
-                guide = gr.Markdown(st.guidelines(), elem_id="ann-guidelines", max_height=520)
+                c["guidelines"] = gr.Markdown(ctx.studio.guidelines(), elem_id="ann-guidelines", max_height=520)
             with gr.Accordion("Edit guidelines (admin)", open=False, visible=True) as guide_acc:
-                guide_text = gr.Textbox(lines=12, show_label=False, elem_id="ann-guide-text")
-                guide_save = gr.Button("Save guidelines", size="sm")
+                c["guide_text"] = gr.Textbox(lines=12, show_label=False, elem_id="ann-guide-text")
+                c["guide_save"] = gr.Button("Save guidelines", size="sm")
     ctx.admin_only.append(guide_acc)
-    sess = gr.State({"item": None, "skip": [], "draft": None, "edit": None})
+    c["sess"] = gr.State({"item": None, "skip": [], "draft": None, "edit": None})
 
-    filters = [q_tag, q_split, q_source, q_search, q_all, q_order]
-
-    def _recent(me):
-        return st.recent_annotations(me)
-
-    def _view(me, s, message="", msg_kind="ok"):
-        """All outputs for the current item of session `s`."""
-        pid = s.get("item")
-        item = None
-        if pid:
-            try:
-                item = st.annotation_item(pid, me)
-            except ValueError as e:
-                s["item"] = None
-                message, msg_kind = str(e), "err"
-        if item is None:
-            html_ = ranker_html(None, message=message or "Queue complete: no prompt with 2+ candidates is waiting "
-                                "for you under these filters. Add candidates (Negative Prompt Studio → Add to pool) "
-                                "or tick 'include prompts I annotated'.")
-            cm, fl = "", False
-        else:
-            html_ = ranker_html(item, s.get("draft"))
-            ann = item.get("annotation") or {}
-            if s.get("base_item") != pid:  # what this page loaded: a save over a newer annotation is refused
-                s["base_item"], s["base"] = pid, ann.get("id")
-            cm, fl = ann.get("comment", ""), bool(ann.get("flagged", False))
-        box = "" if not message else (error_box(message) if msg_kind == "err" else ok_box(message))
-        return (html_, cm, fl, box, progress_html(st.annotation_progress(me), me), s,
-                gr.update(choices=_recent(me), value=None), gr.update(visible=False))
-
-    outputs = [ranker, comment, flag, msg, prog, sess, open_id, edit_box]
-
-    def _next(me, s, tg, sp, src, q, inc, order):
-        s["item"] = st.next_prompt(me, tag=tg or None, split=sp or None, source=src or None, search=q or None,
-                                   skip_ids=s.get("skip") or [], include_annotated=bool(inc),
-                                   order=order or "queue")
-        s["draft"], s["base_item"] = None, None
-        return s
-
-    def show(s, tg, sp, src, q, inc, order, request: gr.Request):
-        me = ctx.user(request)
-        s = dict(s or {})
-        s.setdefault("skip", [])
-        if not s.get("item"):
-            s = _next(me, s, tg, sp, src, q, inc, order)
-        return _view(me, s)
-
-    def go_next(s, tg, sp, src, q, inc, order, request: gr.Request):
-        me = ctx.user(request)
-        s = dict(s or {})
-        if s.get("item"):
-            s.setdefault("skip", []).append(s["item"])
-        s = _next(me, s, tg, sp, src, q, inc, order)
-        if s["item"] is None and s.get("skip"):
-            s["skip"] = []  # wrapped around: skipped prompts come back
-            s = _next(me, s, tg, sp, src, q, inc, order)
-        return _view(me, s)
-
-    def refilter(s, tg, sp, src, q, inc, order, request: gr.Request):
-        me = ctx.user(request)
-        s = _next(me, {"skip": []}, tg, sp, src, q, inc, order)
-        return _view(me, s)
-
-    def open_prompt(s, pid, request: gr.Request):
-        me = ctx.user(request)
-        pid = (pid or "").strip()
-        if not pid:
-            return _view(me, dict(s or {}), "Choose or paste a prompt id.", "err")
-        if st.prompt(pid) is None:
-            return _view(me, dict(s or {}), f"Unknown prompt id {pid!r}.", "err")
-        s = dict(s or {})
-        s["item"], s["draft"], s["base_item"] = pid, None, None
-        return _view(me, s)
-
-    def on_cmd(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, order, request: gr.Request):
-        me = ctx.user(request)
-        # the ranker's payload, read through EventData's public attributes (absent keys: None)
-        data = {k: getattr(evt, k, None) for k in CMD_KEYS}
-        s = dict(s or {})
-        cmd = data.get("cmd")
-        item = data.get("item")
-        if not item or item != s.get("item"):
-            # a command for a prompt that is no longer shown (double submit, stale page): ignore it
-            return [gr.update()] * len(outputs)
-        ranks = {str(k): int(v) for k, v in (data.get("ranks") or {}).items()}
-        marks = {str(k): str(v) for k, v in (data.get("marks") or {}).items()}
-        s["draft"] = {"item": item, "ranks": ranks, "marks": marks}
-        if cmd == "submit":
-            try:  # the rules (every response ranked, or flagged with what was ranked) live in Studio
-                r = st.submit_ranking(item, me, ranks, marks=marks, comment=cm or "", flagged=bool(fl),
-                                      expect_latest=s.get("base") if s.get("base_item") == item else ...)
-            except ValueError as e:
-                return (gr.update(), gr.update(), gr.update(), error_box(f"Not saved: {e}"), gr.update(), s,
-                        gr.update(), gr.update())
-            ids, ranking = r["shown"], r["ranking"]
-            desc = "  >  ".join(" = ".join(f"#{ids.index(x) + 1}" for x in g) for g in ranking)
-            if not desc:
-                desc = "(flag only)" if fl else "(comment / marks only)"
-            elif fl:
-                desc += " (flagged)"
-            s["base_item"] = None  # saved: the next view loads the annotation afresh
-            s = _next(me, s, tg, sp, src, q, inc, order)
-            return _view(me, s, f"Saved prompt {item}: {desc}.")
-        if cmd == "skip":
-            try:
-                st.skip_prompt(item, me)  # kept in the store: a reload or a restart shows it last too
-            except ValueError as e:
-                return (gr.update(), gr.update(), gr.update(), error_box(f"Not skipped: {e}"), gr.update(), s,
-                        gr.update(), gr.update())
-            s.setdefault("skip", []).append(item)
-            s = _next(me, s, tg, sp, src, q, inc, order)
-            if s["item"] is None and s.get("skip"):
-                s["skip"] = []  # only skipped prompts are left: they come back, the longest skipped first
-                s = _next(me, s, tg, sp, src, q, inc, order)
-            return _view(me, s, f"Skipped {item} (it comes back after the rest of the queue, also after a reload).")
-        if cmd == "prev":
-            ids = [pid for _, pid in _recent(me)]  # newest first: step back from the one shown, if it is there
-            recent = ids[ids.index(item) + 1:] if item in ids else ids
-            if not recent:
-                return (gr.update(), gr.update(), gr.update(), error_box("No previous annotation."), gr.update(), s,
-                        gr.update(), gr.update())
-            s["item"], s["draft"] = recent[0], None
-            return _view(me, s, f"Back to {recent[0]} (your saved ranking is loaded; Enter saves a new version).")
-        if cmd == "edit":
-            rid = data.get("rid")
-            r = st.response(rid)
-            if r is None or r["prompt_id"] != item:
-                return [gr.update()] * len(outputs)
-            s["edit"] = rid
-            return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), s, gr.update(),
-                    gr.update(visible=True)), r["text"], f"Editing response `{rid}` (origin hidden)."
-        return [gr.update()] * len(outputs)
-
-    def on_cmd_flat(evt: gr.EventData, s, cm, fl, tg, sp, src, q, inc, order, request: gr.Request):
-        out = on_cmd(evt, s, cm, fl, tg, sp, src, q, inc, order, request)
-        if isinstance(out, tuple) and len(out) == 3 and isinstance(out[0], tuple):
-            return (*out[0], out[1], out[2])
-        return (*out, gr.update(), gr.update())
-
-    ranker.click(on_cmd_flat, [sess, comment, flag, *filters], [*outputs, edit_text, edit_info],
-                 show_progress="hidden")
-
-    def save_edit(s, txt, request: gr.Request):
-        me = ctx.user(request)
-        s = dict(s or {})
-        rid = s.get("edit")
-        if not rid:
-            return _view(me, s, "Nothing is being edited.", "err")
-        try:
-            new_id = st.edit_response(rid, txt, actor=me)
-        except ValueError as e:
-            v = list(_view(me, s, f"Edit not saved: {e}", "err"))
-            v[-1] = gr.update(visible=True)
-            return tuple(v)
-        s["edit"] = None
-        return _view(me, s, f"Saved your edit as a new human response ({new_id}); the original stays. Rank it too.")
-
-    edit_save.click(save_edit, [sess, edit_text], outputs)
-    edit_cancel.click(lambda: gr.update(visible=False), None, edit_box)
-
-    next_btn.click(go_next, [sess, *filters], outputs)
-    open_btn.click(open_prompt, [sess, open_id], outputs)
-    open_id.select(open_prompt, [sess, open_id], outputs)
-    for f in (q_tag, q_split, q_source, q_all, q_order):  # a new order or filter reloads the queue at once
-        f.change(refilter, [sess, *filters], outputs)
-    q_search.submit(refilter, [sess, *filters], outputs)
-
-    def save_guidelines(text, request: gr.Request):
-        actor = ctx.require_admin(request, "edit the guidelines")
-        try:
-            st.set_guidelines(text, actor=actor)
-        except ValueError as e:
-            raise gr.Error(str(e))
-        gr.Info("Guidelines saved.")
-        return text
-
-    guide_save.click(save_guidelines, guide_text, guide)
-
-    def save_ranking(prompt_id: str, ranking_json: str, marks_json: str, comment: str,
-                     request: gr.Request) -> str:
-        """API only (`/save_ranking`, what scripts and load tests use): save one ranking for `prompt_id`.
-        `ranking_json`: JSON list of groups of response ids, best first (ties share a group); `marks_json`: JSON
-        {response_id: "pos"|"neg"|"neutral"} or ""; `comment`: free text. The annotator is the signed-in user
-        (with login on) or the local user: never taken from the request body. Returns JSON
-        {"annotation_id", "prompt_id", "annotator"}; a clear error and nothing written on bad input."""
-        from ..safety import MAX_COMMENT_CHARS, check_text
-
-        t0 = time.perf_counter()  # the handler's own time, beside the end-to-end time a client sees
-        me = ctx.user(request)
-        try:
-            pid = check_text(prompt_id, "prompt id", max_chars=200, allow_empty=False).strip()
-            ranking = json.loads(check_text(ranking_json, "ranking", max_chars=200_000) or "[]")
-            marks = json.loads(check_text(marks_json, "marks", max_chars=200_000) or "{}")
-            if not isinstance(marks, dict):
-                raise ValueError("marks must be a JSON object {response_id: pos|neg|neutral}")
-            cm = check_text(comment, "comment", max_chars=MAX_COMMENT_CHARS)
-            aid = st.save_annotation(pid, me, ranking, marks=marks, comment=cm)
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            raise gr.Error(f"Not saved: {e}") from None
-        return json.dumps({"annotation_id": aid, "prompt_id": pid, "annotator": me,
-                           "server_ms": round((time.perf_counter() - t0) * 1000, 2)})
-
-    gr.api(save_ranking, api_name="save_ranking")
-
-    def on_show(s, tg, sp, src, q, inc, order, request: gr.Request):
-        f = st.prompt_facets()
-        g = st.guidelines()
-        out = list(show(s, tg, sp, src, q, inc, order, request))
-        if (s or {}).get("item") and out[5].get("item") == s.get("item"):
-            out[1], out[2] = gr.update(), gr.update()  # same prompt as before the tab switch: keep comment and flag
-        return (*out, gr.update(choices=[""] + f["tags"]), gr.update(choices=[""] + f["sources"]), g, g)
-
-    return {"ranker": ranker, "comment": comment, "flag": flag, "msg": msg, "progress": prog, "open_id": open_id,
-            "open_btn": open_btn, "next": next_btn, "edit_text": edit_text, "edit_save": edit_save,
-            "guidelines": guide, "guide_text": guide_text,
-            "_on_show": (on_show, [sess, *filters], [*outputs, q_tag, q_source, guide, guide_text]),
+    tab.bind(c["ranker"].click, tab.on_cmd, CMD, show_progress="hidden")
+    tab.bind(c["edit_save"].click, tab.save_edit, VIEW)
+    c["edit_cancel"].click(lambda: gr.update(visible=False), None, c["edit_box"])
+    tab.bind(c["next"].click, tab.go_next, VIEW)
+    tab.bind(c["open_btn"].click, tab.open_prompt, VIEW)
+    tab.bind(c["open_id"].select, tab.open_prompt, VIEW)
+    for name in ("tag", "split", "source", "include_done", "order"):  # a new order or filter reloads the queue
+        tab.bind(c[name].change, tab.refilter, VIEW)
+    tab.bind(c["search"].submit, tab.refilter, VIEW)
+    tab.bind(c["guide_save"].click, tab.save_guidelines, ["guidelines"])
+    gr.api(tab.save_ranking, api_name="save_ranking")
+    return {**{k: c[k] for k in PUBLIC}, "_on_show": (tab.on_show, tab.inputs(tab.on_show), [c[n] for n in SHOW]),
             # opening the tab hands out (leases) a prompt: not on every page load of every user
             "_load_with_page": False}

@@ -6,9 +6,10 @@ text (Textbox, Dataframe with datatype "str", Code) or, inside gr.HTML, only aft
 from __future__ import annotations
 
 import html
+import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import gradio as gr
 
@@ -163,6 +164,31 @@ class Ctx:
         if self.role(request) != "admin":
             raise gr.Error(f"Only admins can {what} (you are signed in as {user}, annotator).")
         return user
+
+
+class TabHandlers:
+    """A tab's handlers as the methods of one object, its components registered by name in `c` (as LLaMA-Factory's
+    web UI does): a handler's parameters are named after the components whose values it takes (besides Gradio's
+    own `evt`, `request` and `progress`), so `bind` wires exactly those, and `out` builds its outputs by name."""
+
+    GRADIO_ARGS = ("evt", "request", "progress")
+
+    def __init__(self, ctx: Ctx):
+        self.ctx, self.st, self.c = ctx, ctx.studio, {}
+
+    def inputs(self, fn) -> list:
+        """The components named by `fn`'s parameters, in their order (KeyError for a name not registered)."""
+        return [self.c[n] for n in inspect.signature(fn).parameters if n not in self.GRADIO_ARGS]
+
+    def bind(self, trigger, fn, outputs: Iterable[str], **kw):
+        """`trigger` (an event listener such as `button.click`, or a dependency's `.then`) runs `fn` with the
+        values of its named components into the components named by `outputs`."""
+        return trigger(fn, self.inputs(fn), [self.c[n] for n in outputs], **kw)
+
+    @staticmethod
+    def out(names: Iterable[str], values: dict) -> tuple:
+        """The outputs `names` in order from `values` by name; a name not in it is left as it is (gr.update())."""
+        return tuple(values[n] if n in values else gr.update() for n in names)
 
 
 def report_for_page(markdown: str | None) -> str:
