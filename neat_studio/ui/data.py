@@ -107,9 +107,10 @@ class DataTab:
     def train_scorer(self, request: gr.Request):
         actor = self.ctx.require_admin(request, "train the reward scorer")
         try:
-            return ok_box(scorer_msg(self.st.train_scorer(actor=actor)))
+            m = self.st.train_scorer(actor=actor)
         except (ValueError, OSError) as e:
             return error_box(f"Scorer not trained: {e}")
+        return ok_box(scorer_msg(m))
 
 
 def build(ctx: Ctx) -> dict:

@@ -207,9 +207,10 @@ class StudioTab:
     def to_pool(self, ref, request: gr.Request):
         actor = self.ctx.require_admin(request, "add candidates to the pool")
         try:
-            return ok_box(self.st.pool_preview(ref, actor=actor)), self.compare()
+            msg = self.st.pool_preview(ref, actor=actor)
         except ValueError as e:
             return error_box(str(e)), gr.update()
+        return ok_box(msg), self.compare()
 
     def on_show_keep(self, cur_neg, kind_filter, auto):
         """Page load / tab opened: fresh choices; the preview's version is the one saved last unless the user
