@@ -104,3 +104,18 @@ def test_build_functions_are_short_annotate_prompts():
         if build.end_lineno - build.lineno + 1 > 120:
             long[name] = build.end_lineno - build.lineno + 1
     assert not long, long
+
+
+def test_build_functions_are_short_studio_data():
+    """The Negative Prompt Studio, Data and Admin tabs' build() only lays out components and binds events: at most
+    120 lines, and no handler defined inside it (handlers are methods of the tab's class, their logic Studio's)."""
+    too_long = {}
+    for name in ("studio_tab.py", "data.py", "admin.py"):
+        tree = ast.parse((PKG / "ui" / name).read_text(encoding="utf-8"))
+        build = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build")
+        n_lines = build.end_lineno - build.lineno + 1
+        nested = [n.name for n in ast.walk(build) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n is not build]
+        if n_lines > 120 or nested:
+            too_long[name] = (n_lines, nested)
+    assert not too_long, too_long

@@ -20,9 +20,6 @@ def _fns(demo, name, module):
     return fns
 
 
-def _closure(fn) -> list:
-    return [c.cell_contents for c in (fn.__closure__ or ())]
-
 
 @pytest.fixture
 def studio(workspace):
@@ -104,7 +101,7 @@ def test_trl_export_of_single_turn_data_stays_plain_and_the_data_tab_offers_the_
     assert r["format"] == "string" and _lines(r["path"])[0]["prompt"] == "One turn only"
     fmt = demo.neat_ctx.components["data.export_trl_format"]
     assert [v for _, v in fmt.choices] == list(studio.TRL_FORMATS) and fmt.value == "auto"
-    run = next(f.fn for f in _fns(demo, "run", "data") if "trl" in _closure(f.fn))
+    run = _fns(demo, "export_trl", "data")[0].fn
     msg, path = run("", False, "conversational", None)
     assert "conversational format" in msg and isinstance(_lines(path)[0]["prompt"], list)
     msg, path = run("", False, "auto", None)

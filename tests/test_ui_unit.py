@@ -221,22 +221,28 @@ def test_train_scorer_from_studio_gives_annotate_suggestions(workspace):
 
 def test_prompt_editor_change_detection():
     """The library editor warns before a row click or New replaces unsaved changes: what counts as a change."""
-    from neat_studio.ui.studio_tab import editor_changed
+    from neat_studio.studio.preview import EDITOR_FIELDS, editor_changed
+    from neat_studio.ui.common import parse_tags
 
-    loaded = ("toxic", "negative", "toxic@1", "Be rude.", "tone, test", 0.9, 0.95, 128, 1)
+    def ed(*values):  # the editor's fields by name, its tags text parsed as the tab does
+        return {**dict(zip(EDITOR_FIELDS, values)), "tags": parse_tags(values[4])}
+
+    raw = ("toxic", "negative", "toxic@1", "Be rude.", "tone, test", 0.9, 0.95, 128, 1)
+    loaded = ed(*raw)
     assert not editor_changed(loaded, loaded)
-    assert not editor_changed(loaded, ("toxic", "negative", "toxic@1", "Be rude.  ", "test,tone", 0.9, 0.95, 128.0, 1))
+    assert not editor_changed(loaded, ed("toxic", "negative", "toxic@1", "Be rude.  ", "test,tone", 0.9, 0.95, 128.0,
+                                         1))
     for i, v in ((0, "toxic2"), (1, "positive"), (3, "Be very rude."), (4, "tone"), (5, 1.0), (7, 64), (8, 2)):
-        changed = list(loaded)
+        changed = list(raw)
         changed[i] = v
-        assert editor_changed(loaded, tuple(changed)), i
-    assert not editor_changed(None, ("", "negative", "", "  ", "", 0.9, 0.95, 128, 1))  # empty editor
-    assert editor_changed(None, ("new", "negative", "", "Answer rudely.", "", 0.9, 0.95, 128, 1))
+        assert editor_changed(loaded, ed(*changed)), i
+    assert not editor_changed(None, ed("", "negative", "", "  ", "", 0.9, 0.95, 128, 1))  # empty editor
+    assert editor_changed(None, ed("new", "negative", "", "Answer rudely.", "", 0.9, 0.95, 128, 1))
 
 
 def test_snapshot_message_counts_in_words_not_a_dict():
     """Issue 19: the Data tab's snapshot message printed a Python dict ("{'train': 2313} by_split")."""
-    from neat_studio.ui.data import snapshot_counts_text
+    from neat_studio.studio.core import snapshot_counts_text
 
     t = snapshot_counts_text({"rows": 3, "responses": 6, "pairs": 3, "by_split": {"dev": 1, "train": 2},
                               "human_rows": 3})

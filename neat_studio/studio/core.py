@@ -56,6 +56,55 @@ def start_confirmation(config: dict, estimate: dict | None, armed: dict | None, 
                         f"it shorter first (fewer prompts or rounds, max steps, a smaller k).")}
 
 
+# The Data tab's export message: what a TRL pairs file's format means
+TRL_FORMAT_WORDS = {"conversational": "TRL conversational format: prompt = messages, chosen / rejected = one "
+                                      "assistant message",
+                    "string": "TRL string format: plain text prompts"}
+
+
+def snapshot_counts_text(c: dict | None) -> str:
+    """A snapshot manifest's counts in words: "3 prompts (train 3), 6 responses, 3 ranked pairs, 3 ranked by
+    people" (not a Python dict)."""
+    c = dict(c or {})
+    parts = []
+    if "rows" in c:
+        by = c.get("by_split") or {}
+        split = ", ".join(f"{k} {v}" for k, v in by.items()) if isinstance(by, dict) else ""
+        parts.append(f"{c['rows']} prompt(s)" + (f" ({split})" if split else ""))
+    for key, label in (("responses", "response(s)"), ("pairs", "ranked pair(s)"),
+                       ("human_rows", "ranked by people")):
+        if key in c:
+            parts.append(f"{c[key]} {label}")
+    parts += [f"{k} {v}" for k, v in c.items() if k not in ("rows", "by_split", "responses", "pairs", "human_rows")
+              and not isinstance(v, (dict, list))]
+    return ", ".join(parts)
+
+
+ACCOUNT_ACTIONS = ("add", "reset", "role", "disable", "enable")
+
+
+def account_action(auth, kind: str, username: str | None, role: str, actor: str) -> dict:
+    """One Admin tab action on the accounts `auth` (accounts.StoreAuth) by the admin `actor`: add (with `role`),
+    reset (the password), role (set it to `role`), disable, enable. Returns {"username", "password"} (add and reset:
+    a one-time password, shown once) or {"username", "message"}. ValueError (nothing changed) for a refused action,
+    e.g. disabling one's own account."""
+    username = (username or "").strip()
+    if kind not in ACCOUNT_ACTIONS:
+        raise ValueError(f"unknown account action {kind!r}")
+    if kind == "add":
+        return {"username": username, "password": auth.add_user(username, role, actor=actor)}
+    if kind == "reset":
+        return {"username": username, "password": auth.reset_password(username, actor=actor)}
+    if kind == "role":
+        auth.set_role(username, role, actor=actor)
+        return {"username": username, "message": f"{username} is now {role}."}
+    if kind == "disable" and username == actor:
+        raise ValueError("you cannot disable your own account")
+    auth.set_disabled(username, kind == "disable", actor=actor)
+    state = "disabled (signed out everywhere)" if kind == "disable" else "enabled"
+    return {"username": username, "message": f"{username} is {state}."}
+
+
 # An AI suggestion's scorer is weak evidence below these held-out figures: the Annotate view says so, shows the
 # scorer's confidence per response and asks for a second press of A before it accepts the suggestion.
 WEAK_SCORER_MIN_DEV_PAIRS = 30
@@ -296,6 +345,75 @@ class StudioCore:
         from ..snapshot import create_snapshot
 
         return create_snapshot(self.store, self.workspace, filters, actor=actor)
+
+    # -- the Data tab and the backup route (form values in, tables and messages out) ---------------------------
+    def data_overview(self) -> dict:
+        """What the Data tab shows: {"counts", "agreement" (Studio.agreement), "overlap" (rankings per prompt) and
+        the tables as rows of cells as shown: "annotators" [annotator, done, of, saves, flagged, last], "pairs"
+        [a, b, shared prompts, Kendall tau-b, pairwise agreement] (the two figures as numbers, None without one),
+        "shares" (the task distribution: [annotator, done, share, open now]), "leases" [prompt, annotator, until
+        (time of day)], "snapshots" (snapshot_rows)}."""
+        prog = self.annotation_progress(None)
+        agreement, task = self.agreement(), self.task_overview()
+        return {"counts": self.counts(), "agreement": agreement, "overlap": task["overlap"],
+                "snapshots": self.snapshot_rows(),
+                "annotators": [[p["annotator"], str(p["done"]), str(prog["total"]), str(p["annotations"]),
+                                str(p.get("flagged_ever", 0)), str(p.get("last_at") or "")[:19].replace("T", " ")]
+                               for p in prog["per_annotator"]],
+                "pairs": [[x["a"], x["b"], str(x["prompts"]), x["kendall_tau"], x["pairwise_agreement"]]
+                          for x in agreement["pairs"]],
+                "shares": [[x["annotator"], str(x["done"]), str(x["share"]), str(x["holds"])]
+                           for x in task["per_annotator"]],
+                "leases": [[x["prompt_id"], x["annotator"], str(x["expires_at"])[11:19]] for x in task["leases"]]}
+
+    def snapshot_rows(self, limit: int = 50) -> list[list[str]]:
+        """The newest snapshots as the Data tab lists them: [id, created, rows, sha256 prefix]."""
+        rows = []
+        for s in self.snapshots(limit):
+            c = s.get("counts") or {}
+            rows.append([s.get("snapshot_id", s.get("id", "")), str(s.get("created_at", ""))[:19].replace("T", " "),
+                         str(c.get("rows", c.get("prompts", ""))), str(s.get("sha256", ""))[:16]])
+        return rows
+
+    def save_overlap_form(self, n, actor: str) -> str:
+        """The Data tab's rankings per prompt (a whole number from the form, else the store's error); the
+        message. ValueError / TypeError: nothing saved."""
+        v = self.set_annotations_per_prompt(int(n) if n is not None and float(n).is_integer() else n, actor=actor)
+        return f"Each prompt now wants {v} ranking(s) before it leaves everyone's queue."
+
+    def export_form(self, kind: str, split: str | None, annotated_only: bool, trl_format: str | None,
+                    actor: str) -> dict:
+        """An export from the Data tab's form (`split` "" = all; the TRL format only for trl): export_file's
+        {"path", "written", "kind", "format"} plus "message". ValueError / OSError: nothing written."""
+        filters = {}
+        if split:
+            filters["split"] = split
+        if annotated_only:
+            filters["annotated_only"] = True
+        r = self.export_file(kind, actor=actor, trl_format=(trl_format or "auto") if kind == "trl" else "auto",
+                             **filters)
+        what = f"pairs ({TRL_FORMAT_WORDS.get(r['format'], r['format'])})" if kind == "trl" else "rows"
+        r["message"] = f"Wrote {r['written']} {what} to {r['path']}"
+        return r
+
+    def snapshot_form(self, split: str | None, tags: list[str], annotated_only: bool, include_imported: bool,
+                      actor: str) -> str:
+        """A snapshot from the Data tab's form (`tags`: any of them; none = all); the message, which says where
+        training reads it. ValueError / OSError: nothing created."""
+        filters = {"split": split or None, "annotated_only": bool(annotated_only),
+                   "include_imported": bool(include_imported)}
+        if tags:
+            filters["tags"] = list(tags)
+        m = self.snapshot(actor=actor, **filters)
+        return (f"Snapshot {m['snapshot_id']} created (sha256 {m['sha256'][:16]}…; "
+                f"{snapshot_counts_text(m.get('counts'))}). Training reads it from "
+                f"{self.workspace.snapshots / m['snapshot_id']}.")
+
+    def backup_in_workspace(self, name: str | Path, parquet: bool, actor: str) -> dict:
+        """A backup asked for over the app's API: the database file at `backup_target(name)` (never outside the
+        workspace) and, with `parquet`, its tables beside it in `<stem>-parquet/`. ValueError for a bad target."""
+        out = self.backup_target(name)
+        return self.backup(out, parquet_dir=out.with_name(out.stem + "-parquet") if parquet else None, actor=actor)
 
     # -- generation --------------------------------------------------------------------------------------
     def policy(self):

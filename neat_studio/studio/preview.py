@@ -1,11 +1,46 @@
-"""Preview services: sample a negative prompt on chosen prompts, stream, stop, keep as candidates. A mixin of Studio
-(see the package docstring)."""
+"""Preview services: sample a negative prompt on chosen prompts, stream, stop, keep as candidates; and what the
+Negative Prompt Studio tab asks of them and of its library editor (form values in, decisions and messages out).
+A mixin of Studio (see the package docstring)."""
 from __future__ import annotations
 
 import threading
 from typing import Iterable
 
 from .core import _PreviewCancelled, _prompt_set_id, _sample_dict
+
+NO_SYSTEM_PROMPT = "(no system prompt)"  # a preview's normal side without a positive prompt
+
+# The library editor's fields (Negative Prompt Studio tab), by name; tags as a list
+EDITOR_FIELDS = ("name", "kind", "ref", "text", "tags", "temperature", "top_p", "max_new_tokens", "k")
+EDITOR_NEW = "\x00new"  # the guard's target for the editor's New button
+_EDITOR_PARAMS = {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 128, "k": 1}  # defaults of a version
+
+
+def _editor_tags(tags) -> list[str]:
+    """Tags as the editor's one comma-separated text gives them back (a stored tag may hold a comma or `;`)."""
+    return sorted({p.strip() for t in tags or [] for p in str(t).replace(";", ",").split(",") if p.strip()})
+
+
+def editor_changed(loaded: dict | None, values: dict) -> bool:
+    """Whether the library editor's `values` differ from the `loaded` version's (both keyed by EDITOR_FIELDS;
+    None: nothing loaded, then any text counts as a change). The ref is what was loaded, not an edit."""
+    if loaded is None:
+        return bool(str(values.get("text") or "").strip())
+    for f in EDITOR_FIELDS:
+        a, b = loaded.get(f), values.get(f)
+        if f in _EDITOR_PARAMS:
+            try:
+                if abs(float(a) - float(b)) > 1e-9:
+                    return True
+            except (TypeError, ValueError):
+                if a != b:
+                    return True
+        elif f == "tags":
+            if _editor_tags(a) != _editor_tags(b):
+                return True
+        elif f != "ref" and str(a or "").strip() != str(b or "").strip():
+            return True
+    return False
 
 
 class PreviewMixin:
@@ -226,7 +261,7 @@ class PreviewMixin:
             if not p or (name and p["name"] != name):
                 continue
             m = p.get("metrics") or {}
-            out.append({"ref": p["ref"], "normal": p.get("normal_ref") or "(no system prompt)",
+            out.append({"ref": p["ref"], "normal": p.get("normal_ref") or NO_SYSTEM_PROMPT,
                         "prompts": len(p.get("prompt_ids") or []), "seed": p.get("seed"),
                         **{k: m.get(k) for k in ("n", "undesirability", "distance", "diversity", "refusal_share",
                                                  "leak_share", "mean_len_ratio")},
@@ -257,3 +292,132 @@ class PreviewMixin:
         self._save_preview(p, actor)
         return {"responses": len(ids), "added": after - before, "prompts": len(p["prompt_ids"]),
                 "prompt_ids": p["prompt_ids"]}
+
+    # -- the Negative Prompt Studio tab --------------------------------------------------------------------
+    def preview_choices(self, current: str | None = None, auto: str | None = None) -> dict:
+        """The preview form's pickers when the tab opens: {"negative", "positive" (every version of each kind),
+        "tags", "newest" (the negative version saved last), "value"}. `value` is the version to show: `current`
+        (what the picker holds) while it exists and is not `auto` (the default the picker was given last, not a
+        user's choice), else the newest."""
+        refs = self.library_refs()
+        newest = self.newest_prompt_ref("negative")
+        value = current if current in refs["negative"] and current != auto else newest
+        return {"negative": refs["negative"], "positive": refs["positive"], "tags": self.prompt_tags(),
+                "newest": newest, "value": value}
+
+    def preview_events(self, negative_ref: str | None, *, normal_ref: str | None = None, seed=0, mode: str = "random",
+                       n=3, tag: str | None = None, ids: Iterable[str] | None = None, actor: str = "local",
+                       run_key: str | None = None):
+        """Run preview from the tab's form: pick the prompts (sample_for_preview), run `run_preview` and say what
+        happens. A generator of events {"stage", "rows", "done", "total", "seed", "normal", "ref", "message"}:
+        "start" (no rows yet), "rows" (every prompt's texts so far), "row" (prompts 1..done finished), "done"
+        (adds "preview", the saved one). `normal` / `ref` name the two sides. ValueError for a form or preview
+        that cannot run (before "start" for the form, after it for the preview itself)."""
+        if not negative_ref:
+            raise ValueError("Choose a negative prompt version first.")
+        seed = int(seed or 0)
+        pids = self.sample_for_preview(mode, int(n or 3), seed=seed, tag=tag or None, ids=list(ids or []))
+        normal_ref = None if (not normal_ref or normal_ref == NO_SYSTEM_PROMPT) else normal_ref
+        gen = self.run_preview(negative_ref, pids, normal_ref=normal_ref, seed=seed, actor=actor, run_key=run_key)
+        ev = {"seed": seed, "normal": normal_ref or NO_SYSTEM_PROMPT, "ref": negative_ref}
+        yield {**ev, "stage": "start", "rows": [], "done": 0, "total": len(pids),
+               "message": f"Generating {len(pids)} prompt(s) with seed {seed}…"}
+        rows = []
+        for stage, i, total, payload in gen:
+            if stage == "rows":  # every prompt's texts so far (all prompts stream at once)
+                yield {**ev, "stage": "rows", "rows": payload, "done": 0, "total": total}
+            elif stage == "row":
+                rows.append(payload)
+                yield {**ev, "stage": "row", "rows": list(rows), "done": i, "total": total}
+            else:
+                pv = payload
+                yield {**ev, "stage": "done", "rows": list(rows), "done": total, "total": total, "ref": pv["ref"],
+                       "preview": pv,
+                       "message": (f"Preview of {pv['ref']} saved (seed {seed}, model {pv['model_id']}). Re-run "
+                                   "with the same seed and prompts to reproduce it; 'Add to pool' makes these "
+                                   "responses annotation candidates.")}
+
+    def stop_preview_message(self, run_key: str | None) -> str | None:
+        """Stop this session's preview (stop_preview) and say so; None when nothing was running."""
+        r = self.stop_preview(run_key)
+        if r is None or r["state"] in ("finished", "failed"):
+            return None
+        return (f"Preview stopped: {r['done']} of {r['total']} prompt(s) finished generating; nothing was saved (a "
+                "preview is saved, and can be added to the pool, once it completes).")
+
+    def pool_preview(self, ref: str | None, actor: str = "local") -> str:
+        """Add to pool: the latest finished preview of `ref` becomes annotation candidates; the message."""
+        if not ref:
+            raise ValueError("Run a preview first (the pool takes the latest finished preview).")
+        r = self.add_preview_to_pool(ref, actor=actor)
+        return (f"Added {r['added']} new candidate response(s) for {r['prompts']} prompt(s) "
+                f"({r['responses'] - r['added']} were already in the pool). Origins: negative:{ref} and the normal "
+                "side.")
+
+    def library_editor_values(self, name: str, version: int | None = None) -> dict | None:
+        """A library version as the editor shows it (EDITOR_FIELDS; parameters the version lacks at their
+        defaults), or None when there is no such version."""
+        sp = self.library_version(name, version)
+        if sp is None:
+            return None
+        p = sp["params"] or {}
+        return {"name": sp["name"], "kind": sp["kind"], "ref": sp["ref"], "text": sp["text"],
+                "tags": list(sp["tags"]), **{k: p.get(k, d) for k, d in _EDITOR_PARAMS.items()}}
+
+    def library_editor_empty(self) -> dict:
+        """What New puts in the editor."""
+        return {"name": "", "kind": "negative", "ref": "", "text": "", "tags": [], **_EDITOR_PARAMS}
+
+    def library_editor_warning(self, values: dict, target: str, warned: str | None) -> str | None:
+        """Before a library row click (`target`: its name) or New (EDITOR_NEW) replaces the editor's `values`:
+        None to go ahead, else the warning. The editor holds unsaved changes when it differs from the version it
+        loaded (any text when none). `warned`: the target warned about last; the same target again discards."""
+        if warned == target:
+            return None
+        sp = None
+        if values.get("ref"):
+            try:
+                sp = self.resolve_library_ref(values["ref"])
+            except ValueError:
+                pass
+        if not editor_changed(self.library_editor_values(sp["name"], sp["version"]) if sp else None, values):
+            return None
+        return ("The editor has unsaved changes. Save them as a new version, or click "
+                f"{'New system prompt' if target == EDITOR_NEW else target} again to discard them.")
+
+    def library_version_choices(self, name: str) -> dict:
+        """The versions of `name` (newest first) and the diff's default pair: {"versions", "choices" (oldest
+        first), "from" (the one before the latest, or the only one), "to" (the latest)}; None for no version."""
+        vs = self.library_versions(name)
+        choices = [str(v["version"]) for v in vs]
+        return {"versions": list(reversed(vs)), "choices": choices,
+                "from": choices[-2] if len(choices) >= 2 else (choices[-1] if choices else None),
+                "to": choices[-1] if choices else None}
+
+    def library_version_diff(self, name: str, a, b) -> dict | None:
+        """Version `a` against `b` of `name`: {"from", "to" (the versions), "raw" (unified diff), "param_changes"
+        (["key: old → new"])}; None while a name or version is missing; ValueError for an unknown version."""
+        if not name or not a or not b:
+            return None
+        va, vb = self.library_version(name, int(a)), self.library_version(name, int(b))
+        if va is None or vb is None:
+            raise ValueError(f"{name} has no version {a if va is None else b}")
+        raw = self.library_diff(name, int(a), int(b))
+        pa, pb = va.get("params") or {}, vb.get("params") or {}
+        return {"from": va, "to": vb, "raw": raw,
+                "param_changes": [f"{k}: {pa.get(k)} → {pb.get(k)}" for k in sorted(set(pa) | set(pb))
+                                  if pa.get(k) != pb.get(k)]}
+
+    def save_library_editor(self, values: dict, actor: str = "local") -> dict:
+        """Save the editor's `values` (EDITOR_FIELDS; the ref is ignored) as a new version: save_library_prompt's
+        {"ref", "version", "created"} plus "name" and "message". ValueError (nothing saved) for invalid values."""
+        params = {"temperature": float(values["temperature"]), "top_p": float(values["top_p"]),
+                  "max_new_tokens": None if values.get("max_new_tokens") is None else int(values["max_new_tokens"]),
+                  "k": None if values.get("k") is None else int(values["k"])}
+        r = self.save_library_prompt(values["name"], values["kind"], values["text"],
+                                     {k: v for k, v in params.items() if v is not None}, values.get("tags"),
+                                     actor=actor)
+        r["name"] = r["ref"].rsplit("@", 1)[0]
+        r["message"] = (f"Saved {r['ref']}." if r["created"] else
+                        f"No change from {r['ref']}: text and parameters are identical, nothing was saved.")
+        return r

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from ..studio.core import ACCOUNT_ACTIONS, account_action
 from .common import Ctx, error_box, esc, ok_box
 
 COLUMNS = ["user", "role", "status", "created", "by"]
@@ -24,58 +25,44 @@ def once_box(username: str, password: str) -> str:
             "</div>")
 
 
-def build(ctx: Ctx) -> dict:
-    auth = ctx.auth
-    if auth is None or not hasattr(auth, "add_user"):
-        gr.Markdown("Accounts exist when the studio runs with login (`python -m neat_studio serve --auth`). "
-                    "Without login each browser annotates under the name it chose.", elem_classes=["neat-help"])
-        return {}
-    with gr.Column() as col:
-        table = gr.Dataframe(headers=COLUMNS, datatype="str", interactive=False, max_height=320,
-                             elem_id="admin-users")
-        with gr.Row():
-            name = gr.Textbox(label="User name", elem_id="admin-name", scale=3)
-            role = gr.Radio(["annotator", "admin"], value="annotator", label="Role", elem_id="admin-role", scale=2)
-        with gr.Row():
-            add = gr.Button("Add user", variant="primary", size="sm", elem_id="admin-add")
-            set_role = gr.Button("Set role", size="sm", elem_id="admin-set-role")
-            disable = gr.Button("Disable", size="sm", elem_id="admin-disable")
-            enable = gr.Button("Enable", size="sm", elem_id="admin-enable")
-            reset = gr.Button("Reset password", size="sm", elem_id="admin-reset")
-        msg = gr.HTML("", js_on_load=None, elem_id="admin-msg")
-    ctx.admin_only.append(col)
+class AdminTab:
+    """The tab's handlers on the accounts `ctx.auth`; the rules of each action are studio.core.account_action's."""
 
-    def load(request: gr.Request):
-        if not ctx.is_admin(request):
+    def __init__(self, ctx: Ctx):
+        self.ctx, self.auth = ctx, ctx.auth
+
+    def load(self, request: gr.Request):
+        if not self.ctx.is_admin(request):
             return users_df([])
-        return users_df(auth.list_users())
+        return users_df(self.auth.list_users())
 
-    def act(kind):
-        def run(username, r, request: gr.Request):
-            me = ctx.require_admin(request, "manage accounts")
-            username = (username or "").strip()
-            try:
-                if kind == "add":
-                    out = once_box(username, auth.add_user(username, r, actor=me))
-                elif kind == "reset":
-                    out = once_box(username, auth.reset_password(username, actor=me))
-                elif kind == "role":
-                    auth.set_role(username, r, actor=me)
-                    out = ok_box(f"{username} is now {r}.")
-                else:
-                    if kind == "disable" and username == me:
-                        raise ValueError("you cannot disable your own account")
-                    auth.set_disabled(username, kind == "disable", actor=me)
-                    state = "disabled (signed out everywhere)" if kind == "disable" else "enabled"
-                    out = ok_box(f"{username} is {state}.")
-            except ValueError as e:
-                return error_box(f"Nothing changed: {e}."), gr.update()
-            return out, users_df(auth.list_users())
-        return run
+    def act(self, kind: str, username, role, request: gr.Request):
+        me = self.ctx.require_admin(request, "manage accounts")
+        try:
+            r = account_action(self.auth, kind, username, role, actor=me)
+        except ValueError as e:
+            return error_box(f"Nothing changed: {e}."), gr.update()
+        out = once_box(r["username"], r["password"]) if "password" in r else ok_box(r["message"])
+        return out, users_df(self.auth.list_users())
 
-    for btn, kind in ((add, "add"), (reset, "reset"), (set_role, "role"), (disable, "disable"), (enable, "enable")):
-        btn.click(act(kind), [name, role], [msg, table], api_name=f"admin_{kind}")
+    # one handler per button (named as ACCOUNT_ACTIONS): gradio finds the gr.Request parameter in a method's
+    # hints, not in a partial's
+    def add(self, username, role, request: gr.Request):
+        return self.act("add", username, role, request)
 
+    def reset(self, username, role, request: gr.Request):
+        return self.act("reset", username, role, request)
+
+    def role(self, username, role, request: gr.Request):
+        return self.act("role", username, role, request)
+
+    def disable(self, username, role, request: gr.Request):
+        return self.act("disable", username, role, request)
+
+    def enable(self, username, role, request: gr.Request):
+        return self.act("enable", username, role, request)
+
+    @staticmethod
     def pick(evt: gr.SelectData, df):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -83,6 +70,30 @@ def build(ctx: Ctx) -> dict:
         except Exception:  # noqa: BLE001
             return gr.update(), gr.update()
 
-    table.select(pick, table, [name, role])
-    return {"users": table, "name": name, "role": role, "add": add, "reset": reset, "disable": disable,
-            "enable": enable, "set_role": set_role, "msg": msg, "_on_show": (load, [table])}
+
+def build(ctx: Ctx) -> dict:
+    if ctx.auth is None or not hasattr(ctx.auth, "add_user"):
+        gr.Markdown("Accounts exist when the studio runs with login (`python -m neat_studio serve --auth`). "
+                    "Without login each browser annotates under the name it chose.", elem_classes=["neat-help"])
+        return {}
+    tab = AdminTab(ctx)
+    with gr.Column() as col:
+        table = gr.Dataframe(headers=COLUMNS, datatype="str", interactive=False, max_height=320,
+                             elem_id="admin-users")
+        with gr.Row():
+            name = gr.Textbox(label="User name", elem_id="admin-name", scale=3)
+            role = gr.Radio(["annotator", "admin"], value="annotator", label="Role", elem_id="admin-role", scale=2)
+        with gr.Row():
+            buttons = {"add": gr.Button("Add user", variant="primary", size="sm", elem_id="admin-add"),
+                       "role": gr.Button("Set role", size="sm", elem_id="admin-set-role"),
+                       "disable": gr.Button("Disable", size="sm", elem_id="admin-disable"),
+                       "enable": gr.Button("Enable", size="sm", elem_id="admin-enable"),
+                       "reset": gr.Button("Reset password", size="sm", elem_id="admin-reset")}
+        msg = gr.HTML("", js_on_load=None, elem_id="admin-msg")
+    ctx.admin_only.append(col)
+    for kind in ACCOUNT_ACTIONS:
+        buttons[kind].click(getattr(tab, kind), [name, role], [msg, table], api_name=f"admin_{kind}")
+    table.select(tab.pick, table, [name, role])
+    return {"users": table, "name": name, "role": role, "add": buttons["add"], "reset": buttons["reset"],
+            "disable": buttons["disable"], "enable": buttons["enable"], "set_role": buttons["role"], "msg": msg,
+            "_on_show": (tab.load, [table])}

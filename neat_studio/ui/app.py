@@ -160,11 +160,8 @@ def build_app(studio, auth: UserDB | None = None) -> gr.Blocks:
             """API only (`python -m neat_studio backup` while the app owns the database): admins only."""
             if ctx.role(request) != "admin":
                 raise gr.Error("Only admins can make backups.")
-            try:
-                out_path = studio.backup_target(out)  # never outside the workspace
-                pq = out_path.with_name(out_path.stem + "-parquet") if parquet else None
-                # JSON text: gradio would take a dict with a "path" key for a file to serve
-                return json.dumps(studio.backup(out_path, parquet_dir=pq, actor=ctx.user(request)))
+            try:  # JSON text: gradio would take a dict with a "path" key for a file to serve
+                return json.dumps(studio.backup_in_workspace(out, parquet, actor=ctx.user(request)))
             except ValueError as e:
                 raise gr.Error(str(e)) from e
 

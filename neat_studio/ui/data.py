@@ -17,9 +17,11 @@ COUNT_LABELS = [("prompts", "prompts"), ("responses", "responses"), ("annotation
 TRL_FORMAT_CHOICES = [("auto: conversational for chat data", "auto"),
                       ("conversational (message lists)", "conversational"),
                       ("plain strings", "string")]
-TRL_FORMAT_WORDS = {"conversational": "TRL conversational format: prompt = messages, chosen / rejected = one "
-                                      "assistant message",
-                    "string": "TRL string format: plain text prompts"}
+PEOPLE_COLUMNS = ["annotator", "done", "of", "saves", "flagged", "last"]
+PAIRS_COLUMNS = ["annotator A", "annotator B", "shared prompts", "Kendall τ-b", "pairwise agreement"]
+SHARES_COLUMNS = ["annotator", "done", "share", "open now"]
+LEASES_COLUMNS = ["prompt", "annotator", "until"]
+SNAPSHOT_COLUMNS = ["snapshot", "created", "rows", "sha256"]
 
 
 def counts_html(c: dict) -> str:
@@ -36,42 +38,99 @@ def agreement_md(a: dict) -> str:
             f"pairwise agreement **{fmt_num(a['pairwise_agreement'])}** (1 = identical rankings, ties included).")
 
 
-def snapshot_counts_text(c: dict | None) -> str:
-    """A snapshot manifest's counts in words: "3 prompts (train 3), 6 responses, 3 ranked pairs, 3 ranked by
-    people" (not a Python dict)."""
-    c = dict(c or {})
-    parts = []
-    if "rows" in c:
-        by = c.get("by_split") or {}
-        split = ", ".join(f"{k} {v}" for k, v in by.items()) if isinstance(by, dict) else ""
-        parts.append(f"{c['rows']} prompt(s)" + (f" ({split})" if split else ""))
-    for key, label in (("responses", "response(s)"), ("pairs", "ranked pair(s)"),
-                       ("human_rows", "ranked by people")):
-        if key in c:
-            parts.append(f"{c[key]} {label}")
-    parts += [f"{k} {v}" for k, v in c.items() if k not in ("rows", "by_split", "responses", "pairs", "human_rows")
-              and not isinstance(v, (dict, list))]
-    return ", ".join(parts)
+def table(rows: list[list], columns: list[str]) -> pd.DataFrame:
+    """Rows of Studio.data_overview as a table (figures with fmt_num)."""
+    return pd.DataFrame([[fmt_num(v) for v in r] for r in rows], columns=columns)
+
+
+def scorer_msg(m: dict) -> str:
+    return (f"Scorer {m['scorer_version']} trained on {m.get('n_train_pairs')} pairs; held-out pairwise accuracy "
+            f"{fmt_num(m.get('dev_acc'))} on {m.get('n_dev_pairs')} pairs of unseen prompts.")
+
+
+PUBLIC = ("refresh", "counts", "people", "agreement", "pairs", "overlap", "overlap_save", "shares", "leases",
+          "export_trl", "export_trl_format", "export_listwise", "export_parquet", "export_file", "snapshot")
+
+
+class DataTab:
+    """The tab's handlers; components registered by name in `c`. The tables and messages are Studio's
+    (studio/core.py: data_overview, save_overlap_form, export_form, snapshot_form)."""
+
+    OUTS = ("counts", "people", "agreement", "pairs", "snapshots", "overlap", "shares", "leases")
+
+    def __init__(self, ctx: Ctx):
+        self.ctx, self.st, self.c = ctx, ctx.studio, {}
+
+    def of(self, *names: str) -> list:
+        return [self.c[n] for n in names]
+
+    def load(self, request: gr.Request):
+        o, c = self.st.data_overview(), self.c
+        return {c["counts"]: counts_html(o["counts"]), c["people"]: table(o["annotators"], PEOPLE_COLUMNS),
+                c["agreement"]: agreement_md(o["agreement"]), c["pairs"]: table(o["pairs"], PAIRS_COLUMNS),
+                c["snapshots"]: table(o["snapshots"], SNAPSHOT_COLUMNS), c["overlap"]: o["overlap"],
+                c["shares"]: table(o["shares"], SHARES_COLUMNS), c["leases"]: table(o["leases"], LEASES_COLUMNS)}
+
+    def save_overlap(self, n, request: gr.Request):
+        actor = self.ctx.require_admin(request, "change the rankings per prompt")
+        try:
+            return ok_box(self.st.save_overlap_form(n, actor=actor))
+        except (TypeError, ValueError) as e:
+            return error_box(f"Not saved: {e}")
+
+    def export(self, kind: str, split, annotated_only, trl_format, request: gr.Request):
+        actor = self.ctx.require_admin(request, "export data")
+        try:
+            r = self.st.export_form(kind, split, annotated_only, trl_format, actor=actor)
+        except (ValueError, OSError) as e:
+            return error_box(f"Export failed: {e}"), None
+        return ok_box(r["message"]), r["path"]
+
+    # one handler per button: gradio finds the gr.Request parameter in a method's hints, not in a partial's
+    def export_trl(self, split, annotated_only, trl_format, request: gr.Request):
+        return self.export("trl", split, annotated_only, trl_format, request)
+
+    def export_listwise(self, split, annotated_only, trl_format, request: gr.Request):
+        return self.export("listwise", split, annotated_only, trl_format, request)
+
+    def export_parquet(self, split, annotated_only, trl_format, request: gr.Request):
+        return self.export("parquet", split, annotated_only, trl_format, request)
+
+    def snapshot(self, split, tags, annotated_only, include_imported, request: gr.Request):
+        actor = self.ctx.require_admin(request, "create snapshots")
+        try:
+            msg = self.st.snapshot_form(split, parse_tags(tags), annotated_only, include_imported, actor=actor)
+        except (ValueError, OSError) as e:
+            return error_box(f"Snapshot not created: {e}"), gr.update()
+        return ok_box(msg), table(self.st.snapshot_rows(), SNAPSHOT_COLUMNS)
+
+    def train_scorer(self, request: gr.Request):
+        actor = self.ctx.require_admin(request, "train the reward scorer")
+        try:
+            m = self.st.train_scorer(actor=actor)
+        except (ValueError, OSError) as e:
+            return error_box(f"Scorer not trained: {e}")
+        return ok_box(scorer_msg(m))
 
 
 def build(ctx: Ctx) -> dict:
-    st = ctx.studio
+    tab = DataTab(ctx)
+    c = tab.c
     with gr.Row():
         gr.Markdown("Counts, progress and agreement use each annotator's latest annotation.",
                     elem_classes=["neat-help"])
-        refresh = gr.Button("Refresh", size="sm", elem_id="data-refresh", scale=0, min_width=100)
-    counts = gr.HTML("", js_on_load=None, elem_id="data-counts")
+        c["refresh"] = gr.Button("Refresh", size="sm", elem_id="data-refresh", scale=0, min_width=100)
+    c["counts"] = gr.HTML("", js_on_load=None, elem_id="data-counts")
     with gr.Row():
         with gr.Column():
             gr.Markdown("### Annotators")
-            people = gr.Dataframe(headers=["annotator", "done", "of", "saves", "flagged", "last"],
-                                  datatype="str", interactive=False, wrap=True, max_height=300, elem_id="data-people")
+            c["people"] = gr.Dataframe(headers=PEOPLE_COLUMNS, datatype="str", interactive=False, wrap=True,
+                                       max_height=300, elem_id="data-people")
         with gr.Column():
             gr.Markdown("### Agreement")
-            agree = gr.Markdown("", elem_id="data-agreement")
-            pairs = gr.Dataframe(headers=["annotator A", "annotator B", "shared prompts", "Kendall τ-b",
-                                          "pairwise agreement"], datatype="str", interactive=False, max_height=260,
-                                 elem_id="data-pairs")
+            c["agreement"] = gr.Markdown("", elem_id="data-agreement")
+            c["pairs"] = gr.Dataframe(headers=PAIRS_COLUMNS, datatype="str", interactive=False, max_height=260,
+                                      elem_id="data-pairs")
     with gr.Row():
         with gr.Column():
             gr.Markdown("### Task distribution")
@@ -79,144 +138,61 @@ def build(ctx: Ctx) -> dict:
                         "prompt open it is theirs for 5 minutes (skip or save ends it). Share = an equal part of "
                         "prompts × rankings per prompt.", elem_classes=["neat-help"])
             with gr.Row():
-                overlap = gr.Number(label="Rankings per prompt", precision=0, minimum=1, maximum=20, value=1,
-                                    elem_id="data-overlap", scale=1)
-                overlap_btn = gr.Button("Save", size="sm", elem_id="data-overlap-save", scale=0, min_width=80)
-            overlap_msg = gr.HTML("", js_on_load=None, elem_id="data-overlap-msg")
-            shares = gr.Dataframe(headers=["annotator", "done", "share", "open now"], datatype="str",
-                                  interactive=False, max_height=220, elem_id="data-shares")
+                c["overlap"] = gr.Number(label="Rankings per prompt", precision=0, minimum=1, maximum=20, value=1,
+                                         elem_id="data-overlap", scale=1)
+                c["overlap_save"] = gr.Button("Save", size="sm", elem_id="data-overlap-save", scale=0, min_width=80)
+            c["overlap_msg"] = gr.HTML("", js_on_load=None, elem_id="data-overlap-msg")
+            c["shares"] = gr.Dataframe(headers=SHARES_COLUMNS, datatype="str", interactive=False, max_height=220,
+                                       elem_id="data-shares")
         with gr.Column():
             gr.Markdown("### Open prompts (leases)")
-            leases = gr.Dataframe(headers=["prompt", "annotator", "until"], datatype="str", interactive=False,
-                                  max_height=260, elem_id="data-leases")
-    ctx.admin_only += [overlap_btn]
+            c["leases"] = gr.Dataframe(headers=LEASES_COLUMNS, datatype="str", interactive=False, max_height=260,
+                                       elem_id="data-leases")
+    ctx.admin_only += [c["overlap_save"]]
     with gr.Row():
         with gr.Column() as exp_col:
             gr.Markdown("### Export")
             with gr.Row():
-                ex_split = gr.Dropdown(["", "train", "dev", "test"], value="", label="Split")
-                ex_annot = gr.Checkbox(label="only prompts a human annotated", value=False)
-            ex_trl_fmt = gr.Radio(TRL_FORMAT_CHOICES, value="auto", label="TRL pairs format",
-                                  elem_id="data-export-trl-format")
+                c["ex_split"] = gr.Dropdown(["", "train", "dev", "test"], value="", label="Split")
+                c["ex_annot"] = gr.Checkbox(label="only prompts a human annotated", value=False)
+            c["export_trl_format"] = gr.Radio(TRL_FORMAT_CHOICES, value="auto", label="TRL pairs format",
+                                              elem_id="data-export-trl-format")
             with gr.Row():
-                ex_trl = gr.Button("TRL pairs (JSONL)", size="sm", elem_id="data-export-trl")
-                ex_list = gr.Button("Listwise JSONL", size="sm", elem_id="data-export-listwise")
-                ex_pq = gr.Button("Parquet", size="sm", elem_id="data-export-parquet")
-            ex_msg = gr.HTML("", js_on_load=None, elem_id="data-export-msg")
-            ex_file = gr.File(label="Download", interactive=False, elem_id="data-export-file")
+                c["export_trl"] = gr.Button("TRL pairs (JSONL)", size="sm", elem_id="data-export-trl")
+                c["export_listwise"] = gr.Button("Listwise JSONL", size="sm", elem_id="data-export-listwise")
+                c["export_parquet"] = gr.Button("Parquet", size="sm", elem_id="data-export-parquet")
+            c["ex_msg"] = gr.HTML("", js_on_load=None, elem_id="data-export-msg")
+            c["export_file"] = gr.File(label="Download", interactive=False, elem_id="data-export-file")
         with gr.Column() as snap_col:
             gr.Markdown("### Snapshot for training")
             with gr.Row():
-                sn_split = gr.Dropdown(["train", "dev", "test"], value="train", label="Split")
-                sn_tags = gr.Textbox(label="Tags (any of; comma separated)")
+                c["sn_split"] = gr.Dropdown(["train", "dev", "test"], value="train", label="Split")
+                c["sn_tags"] = gr.Textbox(label="Tags (any of; comma separated)")
             with gr.Row():
-                sn_annot = gr.Checkbox(label="only human-annotated prompts", value=False)
-                sn_imported = gr.Checkbox(label="include imported dataset rankings", value=True)
-            sn_btn = gr.Button("Create snapshot", variant="primary", size="sm", elem_id="data-snapshot")
-            sn_msg = gr.HTML("", js_on_load=None, elem_id="data-snapshot-msg")
-            snaps = gr.Dataframe(headers=["snapshot", "created", "rows", "sha256"], datatype="str",
-                                 interactive=False, max_height=220, elem_id="data-snapshots")
+                c["sn_annot"] = gr.Checkbox(label="only human-annotated prompts", value=False)
+                c["sn_imported"] = gr.Checkbox(label="include imported dataset rankings", value=True)
+            c["snapshot"] = gr.Button("Create snapshot", variant="primary", size="sm", elem_id="data-snapshot")
+            c["sn_msg"] = gr.HTML("", js_on_load=None, elem_id="data-snapshot-msg")
+            c["snapshots"] = gr.Dataframe(headers=SNAPSHOT_COLUMNS, datatype="str", interactive=False,
+                                          max_height=220, elem_id="data-snapshots")
     with gr.Row() as scorer_row:
         with gr.Column():
             gr.Markdown("### Reward scorer")
             gr.Markdown("Trains a new scorer version (Bradley–Terry head on MiniLM embeddings) on every ranked "
                         "prompt; held-out accuracy is measured on prompts it did not train on. The newest version "
                         "gives the AI suggestions in Annotate and the undesirability metric of previews.")
-            sc_btn = gr.Button("Train reward scorer", size="sm", elem_id="data-train-scorer")
-            sc_msg = gr.HTML("", js_on_load=None, elem_id="data-scorer-msg")
+            c["train_scorer"] = gr.Button("Train reward scorer", size="sm", elem_id="data-train-scorer")
+            c["sc_msg"] = gr.HTML("", js_on_load=None, elem_id="data-scorer-msg")
     ctx.admin_only += [exp_col, snap_col, scorer_row]
 
-    def _snaps():
-        rows = []
-        for s in st.snapshots(50):
-            c = s.get("counts") or {}
-            rows.append([s.get("snapshot_id", s.get("id", "")), str(s.get("created_at", ""))[:19].replace("T", " "),
-                         str(c.get("rows", c.get("prompts", ""))), str(s.get("sha256", ""))[:16]])
-        return pd.DataFrame(rows, columns=["snapshot", "created", "rows", "sha256"])
-
-    def load(request: gr.Request):
-        c = st.counts()
-        prog = st.annotation_progress(None)
-        total = prog["total"]
-        ppl = pd.DataFrame([[p["annotator"], str(p["done"]), str(total), str(p["annotations"]),
-                             str(p.get("flagged_ever", 0)), str(p.get("last_at") or "")[:19].replace("T", " ")]
-                            for p in prog["per_annotator"]],
-                           columns=["annotator", "done", "of", "saves", "flagged", "last"])
-        a = st.agreement()
-        pdf = pd.DataFrame([[x["a"], x["b"], str(x["prompts"]), fmt_num(x["kendall_tau"]),
-                             fmt_num(x["pairwise_agreement"])] for x in a["pairs"]],
-                           columns=["annotator A", "annotator B", "shared prompts", "Kendall τ-b",
-                                    "pairwise agreement"])
-        t = st.task_overview()
-        sh = pd.DataFrame([[x["annotator"], str(x["done"]), str(x["share"]), str(x["holds"])]
-                           for x in t["per_annotator"]], columns=["annotator", "done", "share", "open now"])
-        ls = pd.DataFrame([[x["prompt_id"], x["annotator"], str(x["expires_at"])[11:19]] for x in t["leases"]],
-                          columns=["prompt", "annotator", "until"])
-        return counts_html(c), ppl, agreement_md(a), pdf, _snaps(), t["overlap"], sh, ls
-
-    outs = [counts, people, agree, pairs, snaps, overlap, shares, leases]
-    refresh.click(load, None, outs)
-
-    def save_overlap(n, request: gr.Request):
-        actor = ctx.require_admin(request, "change the rankings per prompt")
-        try:
-            v = st.set_annotations_per_prompt(int(n) if n is not None and float(n).is_integer() else n, actor=actor)
-        except (TypeError, ValueError) as e:
-            return error_box(f"Not saved: {e}")
-        return ok_box(f"Each prompt now wants {v} ranking(s) before it leaves everyone's queue.")
-
-    overlap_btn.click(save_overlap, overlap, overlap_msg, api_name="save_overlap").then(load, None, outs)
-
-    def export(kind):
-        def run(sp, annot, trl_fmt, request: gr.Request):
-            actor = ctx.require_admin(request, "export data")
-            filters = {}
-            if sp:
-                filters["split"] = sp
-            if annot:
-                filters["annotated_only"] = True
-            try:
-                r = st.export_file(kind, actor=actor, trl_format=(trl_fmt or "auto") if kind == "trl" else "auto",
-                                   **filters)
-            except (ValueError, OSError) as e:
-                return error_box(f"Export failed: {e}"), None
-            what = f"pairs ({TRL_FORMAT_WORDS.get(r['format'], r['format'])})" if kind == "trl" else "rows"
-            return ok_box(f"Wrote {r['written']} {what} to {r['path']}"), r["path"]
-        return run
-
-    ex_trl.click(export("trl"), [ex_split, ex_annot, ex_trl_fmt], [ex_msg, ex_file])
-    ex_list.click(export("listwise"), [ex_split, ex_annot, ex_trl_fmt], [ex_msg, ex_file])
-    ex_pq.click(export("parquet"), [ex_split, ex_annot, ex_trl_fmt], [ex_msg, ex_file])
-
-    def snapshot(sp, tags, annot, imported, request: gr.Request):
-        actor = ctx.require_admin(request, "create snapshots")
-        filters = {"split": sp or None, "annotated_only": bool(annot), "include_imported": bool(imported)}
-        if parse_tags(tags):
-            filters["tags"] = parse_tags(tags)
-        try:
-            m = st.snapshot(actor=actor, **filters)
-        except (ValueError, OSError) as e:
-            return error_box(f"Snapshot not created: {e}"), gr.update()
-        counts = snapshot_counts_text(m.get("counts"))
-        return ok_box(f"Snapshot {m['snapshot_id']} created (sha256 {m['sha256'][:16]}…; {counts}). Training reads "
-                      f"it from {st.workspace.snapshots / m['snapshot_id']}."), \
-            _snaps()
-
-    sn_btn.click(snapshot, [sn_split, sn_tags, sn_annot, sn_imported], [sn_msg, snaps]).then(load, None, outs)
-
-    def train_scorer(request: gr.Request):
-        actor = ctx.require_admin(request, "train the reward scorer")
-        try:
-            m = st.train_scorer(actor=actor)
-        except (ValueError, OSError) as e:
-            return error_box(f"Scorer not trained: {e}")
-        return ok_box(f"Scorer {m['scorer_version']} trained on {m.get('n_train_pairs')} pairs; held-out pairwise "
-                      f"accuracy {fmt_num(m.get('dev_acc'))} on {m.get('n_dev_pairs')} pairs of unseen prompts.")
-
-    sc_btn.click(train_scorer, None, sc_msg, concurrency_limit=1, concurrency_id="scorer")
-
-    return {"refresh": refresh, "counts": counts, "people": people, "agreement": agree, "pairs": pairs,
-            "overlap": overlap, "overlap_save": overlap_btn, "shares": shares, "leases": leases,
-            "export_trl": ex_trl, "export_trl_format": ex_trl_fmt, "export_listwise": ex_list,
-            "export_parquet": ex_pq, "export_file": ex_file,
-            "snapshot": sn_btn, "_on_show": (load, outs)}
+    outs = tab.of(*DataTab.OUTS)
+    c["refresh"].click(tab.load, None, outs)
+    c["overlap_save"].click(tab.save_overlap, c["overlap"], c["overlap_msg"], api_name="save_overlap").then(
+        tab.load, None, outs)
+    for kind in ("trl", "listwise", "parquet"):
+        c[f"export_{kind}"].click(getattr(tab, f"export_{kind}"), tab.of("ex_split", "ex_annot", "export_trl_format"),
+                                  tab.of("ex_msg", "export_file"))
+    c["snapshot"].click(tab.snapshot, tab.of("sn_split", "sn_tags", "sn_annot", "sn_imported"),
+                        tab.of("sn_msg", "snapshots")).then(tab.load, None, outs)
+    c["train_scorer"].click(tab.train_scorer, None, c["sc_msg"], concurrency_limit=1, concurrency_id="scorer")
+    return {**{k: c[k] for k in PUBLIC}, "_on_show": (tab.load, outs)}
