@@ -165,6 +165,27 @@ class Ctx:
         return user
 
 
+class Tab:
+    """A tab's components by name (`c`, filled while its build() lays them out) and its handlers (a subclass's
+    methods, bound to events in build()): a handler takes the components' values by name (its parameters, or
+    `named` of set-style inputs) and gives its outputs by name (`pack`), so no handler counts positions."""
+
+    def __init__(self, ctx: Ctx):
+        self.ctx, self.st, self.c = ctx, ctx.studio, {}
+
+    def comps(self, names) -> list:
+        return [self.c[n] for n in names]
+
+    def named(self, data: dict) -> dict:
+        """{name: value} of set-style inputs ({component: value}, what Gradio passes)."""
+        return {n: data[b] for n, b in self.c.items() if b in data}
+
+    @staticmethod
+    def pack(names, values: dict) -> tuple:
+        """The outputs `names` in their order from {name: value}; a name without a value is left as it is."""
+        return tuple(values[n] if n in values else gr.update() for n in names)
+
+
 def report_for_page(markdown: str | None) -> str:
     """An evaluation report's Markdown for the page: its chart images are relative files (charts/x.png) the
     browser cannot fetch, and the page shows them in a gallery below, so the image links become a pointer."""
@@ -179,6 +200,21 @@ def names_text(model_names) -> str:
     (ids): `model_names` = Studio.report_model_names(...) pairs. Plain text: escape it where it is shown."""
     parts = [f"{label} = {name}" if name != label else label for label, name in model_names or []]
     return f" Models: {'; '.join(parts)}." if parts else ""
+
+
+def evaluation_updates(studio, eval_id: str, running: str, done: str, clear_report_on_failure: bool = False):
+    """(message, report, charts) of an evaluation a tab started, while it runs and when it ends
+    (Studio.watch_evaluation): `running` is said before the stage and count, `done` ("{out_dir}" filled in) with the
+    report's model names once it has finished; a failure hides the charts (and clears the report when asked)."""
+    for s in studio.watch_evaluation(eval_id):
+        if s["status"] == "running":
+            yield ok_box(f"{running}: {s['stage']} {s['done']}/{s['total']}…"), gr.update(), gr.update()
+    if s["status"] == "failed":
+        yield (error_box(f"Evaluation failed: {s['error']}"), "" if clear_report_on_failure else gr.update(),
+               gr.update(visible=False))
+        return
+    yield (ok_box(done.format(out_dir=s["out_dir"]) + names_text(s.get("model_names"))), report_for_page(s["markdown"]),
+           gr.update(value=s["charts"], visible=bool(s["charts"])))
 
 
 def error_box(message: str) -> str:
