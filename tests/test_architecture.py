@@ -78,3 +78,12 @@ def test_no_import_circle_between_modules():
     for m in sorted(graph):
         visit(m)
     assert not cycles, cycles[:5]
+
+
+def test_build_functions_are_short_train_compare():
+    """The Train and Compare tabs' build() only lays out components and binds events (handlers live elsewhere)."""
+    for name in ("train.py", "compare.py"):
+        tree = ast.parse((PKG / "ui" / name).read_text(encoding="utf-8"))
+        build = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build")
+        lines = build.end_lineno - build.lineno + 1
+        assert lines <= 120, f"ui/{name}: build() has {lines} lines"
