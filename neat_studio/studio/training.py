@@ -20,7 +20,6 @@ NO_RECIPE = "(none)"
 FORM_KEYS = ("model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags",
              "min_responses", "lora", "dtype", "name", "anchor", "rank_reduction", "recipe",
              *(k for k, _ in HYPER))
-DATA_FORM_DEFAULTS = {"annotated_only": False, "include_imported": True, "tags": [], "min_responses": 2}
 
 
 def form_defaults() -> dict:
@@ -58,13 +57,14 @@ def form_from_config(cfg: dict) -> tuple[dict, dict]:
     """({form key: value} for every FORM_KEYS, the settings the form does not show) of a job config: what "reuse
     this run's config" and the remembered last settings put back. config_from_form(*form_from_config(c)) == c."""
     start, data = form_defaults(), dict(cfg.get("data") or {})
+    data_defaults = {"annotated_only": False, "include_imported": True, "tags": [], "min_responses": 2}
     known = set(FORM_KEYS) | {"data", "snapshot_path", "snapshot", "output_dir"}
     form = {}
     for key in FORM_KEYS:
         if key == "recipe":
             form[key] = NO_RECIPE
-        elif key in DATA_FORM_DEFAULTS:
-            form[key] = data.get(key, DATA_FORM_DEFAULTS[key])
+        elif key in data_defaults:
+            form[key] = data.get(key, data_defaults[key])
         else:
             form[key] = cfg.get(key, start.get(key))
     return form, {k: v for k, v in cfg.items() if k not in known}
