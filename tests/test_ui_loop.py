@@ -72,7 +72,7 @@ def test_compare_defaults_follow_new_runs(studio):
     assert b["value"] == str(d2) and auto == ("tiny", str(d2))
     _, b, _, _ = follow_runs("tiny", "default", ("tiny", str(d)))  # the user chose B: it stays
     assert "value" not in b
-    from neat_studio.ui.compare import follow
+    from neat_studio.studio.compare import follow
 
     assert follow(("x", None), ("y", "z"), ("y", "w")) == [None, "w"]
 

@@ -295,7 +295,7 @@ def test_train_form_starts_from_the_cpu_recipe_and_the_cli_gives_the_same_config
 
     from neat_studio.neat.cli import add_arguments, build_config
     from neat_studio.neat.config import NeatConfig
-    from neat_studio.ui.train import DEFAULT_RECIPE, HYPER, form_defaults
+    from neat_studio.studio.training import DEFAULT_RECIPE, HYPER, form_defaults
 
     assert DEFAULT_RECIPE == "cpu"
     form = form_defaults()
@@ -312,7 +312,7 @@ def test_train_form_starts_from_the_cpu_recipe_and_the_cli_gives_the_same_config
 def test_a_runs_config_goes_back_into_the_form_unchanged(studio):
     """"Reuse this run's config" and the remembered last settings: a job config -> the form -> the same config,
     including settings the form does not show (a recipe's plain_rank, scoped negatives, gen_batch_size)."""
-    from neat_studio.ui.train import FORM_KEYS, config_from_form, form_from_config
+    from neat_studio.studio.training import FORM_KEYS, config_from_form, form_from_config
 
     for nm in ("dangerous_compliance", "over_refusal"):
         studio.store.save_system_prompt(nm, "negative", f"{nm} text", None, "t")
@@ -325,7 +325,7 @@ def test_a_runs_config_goes_back_into_the_form_unchanged(studio):
     c["data"] = {"annotated_only": True, "include_imported": False, "tags": ["harmful", "benign"], "split": "train",
                  "min_responses": 1}
     vals, extra = form_from_config(c)
-    assert len(vals) == len(FORM_KEYS) and dict(zip(FORM_KEYS, vals))["recipe"] == "(none)"
+    assert list(vals) == list(FORM_KEYS) and vals["recipe"] == "(none)"
     assert extra["plain_rank"] == "tie_best" and extra["gen_batch_size"] == 16
     assert config_from_form(vals, None, extra) == c
     # the remembered settings are per user
@@ -345,3 +345,220 @@ def test_run_config_is_the_complete_config_a_run_started_with(studio):
     assert cfg["data"] == {"split": "train", "min_responses": 1}
     with pytest.raises(ValueError, match="unknown run"):
         studio.run_config("nope")
+
+
+# -- issue 21: the Studio services behind the Train and Compare handlers, without Gradio ---------------------------
+UPDATE = {"__type__": "update"}
+
+
+def test_follow_newest_prompt_versions():
+    from neat_studio.studio.training import follow_newest
+
+    choices = ["a@1", "a@2", "b@1"]
+    assert follow_newest([], ["a@1"], ["a@2"], choices) == ["a@2"]  # nothing chosen: the newest
+    assert follow_newest(["a@1"], ["a@1"], ["a@2"], choices) == ["a@2"]  # still the default it was given
+    assert follow_newest(["b@1", "gone@1"], ["a@1"], ["a@2"], choices) == ["b@1"]  # a user's choice, less stale ones
+    assert follow_newest(["gone@1"], ["a@1"], ["a@2"], choices) == ["a@2"]  # nothing of it left: the newest
+    assert follow_newest(None, None, [], []) == []
+
+
+def test_recipe_form_and_train_config(studio):
+    from neat_studio.neat.config import NeatConfig
+    from neat_studio.neat.recipes import RECIPES
+    from neat_studio.studio.training import HYPER, form_from_config
+
+    d = NeatConfig().to_dict()
+    none = studio.recipe_form("(none)", ["rude@1"])
+    assert none == {"description": None, "values": {
+        "method": d["method"], "negatives": ["rude@1"], "positives": d["positives"], "min_responses": 2,
+        "anchor": d["anchor"], "rank_reduction": d["rank_reduction"], **{k: d[k] for k, _ in HYPER}}}
+    cpu = studio.recipe_form("cpu", ["rude@1"])  # names no system prompt: the form's choice stays
+    assert cpu == {"description": RECIPES["cpu"]["description"], "values": none["values"] | RECIPES["cpu"]["config"]}
+    for nm in ("dangerous_compliance", "over_refusal"):
+        studio.store.save_system_prompt(nm, "negative", f"{nm} text", None, "t")
+    v = studio.recipe_form("safety", ["rude@1"])["values"]
+    assert v["negatives"] == ["dangerous_compliance@1:harmful", "over_refusal@1:benign"] and v["min_responses"] == 1
+    assert (v["anchor"], v["rank_reduction"], v["margin"], v["rounds"]) == ("round", "mean", 0.5, 2)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        studio.recipe_form("nope")
+
+    form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
+    assert extra == {}
+    form["recipe"] = "safety"  # the recipe's settings the form does not show come from the recipe
+    cfg = studio.train_config(form)
+    assert (cfg["gen_batch_size"], cfg["plain_rank"], cfg["negatives"]) == (16, "tie_best", ["rude@1"])
+    form["recipe"] = "(none)"
+    assert "gen_batch_size" not in studio.train_config(form)
+    assert studio.train_config(form, {"gen_batch_size": 4})["gen_batch_size"] == 4  # a reused run's setting
+    assert studio.estimate_form(form) == studio.estimate_training(studio.train_config(form))
+    with pytest.raises(ValueError):
+        studio.train_config({**form, "lr": "fast"})
+    with pytest.raises(ValueError, match="unknown recipe"):
+        studio.estimate_form({**form, "recipe": "nope"})
+
+
+def test_training_page_run_view_and_history_signature(studio):
+    page = studio.training_page(None, None)
+    assert (page["runs"], page["shown"], page["negatives"], page["negatives_auto"]) == ([], None, ["rude@1"],
+                                                                                        ["rude@1"])
+    assert page["options"] == studio.training_options()
+    rid, d = fake_run(studio)
+    rid2, d2 = fake_run(studio, status="stopped", final=False, ckpt=3)
+    studio.store.save_system_prompt("rude", "negative", "Be ruder.", {}, author="t")  # rude@2
+    page = studio.training_page(["rude@1"], ["rude@1"])  # still the default: follows the newest
+    ids = [r["id"] for r in studio.training_runs()]
+    assert [r["id"] for r in page["runs"]] == ids and page["shown"] == ids[0]
+    assert (page["negatives"], page["negatives_auto"]) == (["rude@2"], ["rude@2"])
+    assert studio.training_page(["rude@1"], ["rude@2"])["negatives"] == ["rude@1"]  # the user's choice stays
+    live = studio.store.create_run("live", "neat", {"model": "tiny"}, actor="t", status="running")
+    assert studio.training_page()["shown"] == live  # the active run first
+
+    rows = [{"step": 1, "loss": 2.0, "total_steps": 2}, {"step": 2, "loss": 1.5, "total_steps": 2}]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "train.log").write_text("one\ntwo\n")
+    v = studio.run_view(rid)
+    assert v["key"] == (rid, 2, 2, "finished") and v["redraw"] is True and v["run"]["run_id"] == rid
+    assert (v["error"], v["log"], v["can_stop"], v["can_resume"]) == ("", "one\ntwo", False, False)
+    assert [r["step"] for r in v["run"]["metrics"]] == [1, 2]
+    assert studio.run_view(rid, v["key"])["redraw"] is False  # nothing new: the curves stay
+    v2 = studio.run_view(rid2)
+    assert (v2["key"], v2["can_resume"], v2["error"]) == ((rid2, 0, None, "stopped"), True, "")
+    studio.store.update_run(rid2, status="failed", error="out of memory")
+    assert studio.run_view(rid2)["error"] == "Run failed: out of memory"
+    assert studio.run_view(live)["can_stop"] is True
+    with pytest.raises(ValueError):
+        studio.run_view("nope")
+
+    runs, sig = studio.training_runs_changed(None)
+    assert [r["id"] for r in runs] == [r["id"] for r in studio.training_runs()]
+    assert sig == tuple((r["id"], r["status"], r.get("error")) for r in runs)
+    assert studio.training_runs_changed(sig) == (None, sig)
+    studio.store.update_run(live, status="stopped")
+    assert studio.training_runs_changed(sig)[0] is not None
+
+
+def test_start_form_asks_for_a_long_run_then_starts_and_remembers(studio, monkeypatch):
+    from neat_studio.studio import start_confirmation
+    from neat_studio.studio.training import form_from_config
+
+    est = {"seconds": 4140.0, "n_prompts": 2313, "text": "about 1 h 09 min"}
+    started = []
+    monkeypatch.setattr(studio, "estimate_training", lambda cfg: est)
+    monkeypatch.setattr(studio, "start_training", lambda cfg, actor="local": started.append((cfg, actor)) or "run1")
+    form, _ = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
+    cfg = studio.train_config(form)
+    first = studio.start_form(form, None, None, actor="alice", now=100.0)
+    assert first == {"run_id": None, **{k: v for k, v in start_confirmation(cfg, est, None, 100.0).items()
+                                        if k != "start"}}
+    assert started == [] and studio.last_train_form("alice") is None
+    second = studio.start_form(form, None, first["armed"], actor="alice", now=130.0)
+    assert second == {"run_id": "run1", "message": "", "armed": None}
+    assert started == [(cfg, "alice")] and studio.last_train_form("alice") == cfg
+    with pytest.raises(ValueError, match="outside the allowed"):
+        studio.start_form({**form, "model": "/etc"}, actor="alice")
+    assert len(started) == 1
+
+
+def test_evaluations_the_tabs_start(studio, monkeypatch):
+    """What the Train and Compare tabs ask `start_evaluation` for (the evaluation itself: the handler tests)."""
+    calls = []
+    monkeypatch.setattr(studio, "start_evaluation", lambda specs, sets, **kw: calls.append((specs, sets, kw)) or "e1")
+    rid2, _ = fake_run(studio, status="stopped", final=False, ckpt=3)
+    with pytest.raises(ValueError, match=r"has no final model yet \(status stopped\)"):
+        studio.start_run_evaluation(rid2)
+    with pytest.raises(ValueError, match="outside the allowed"):
+        studio.start_compare_evaluation("tiny", "/etc", ["harmful"])
+    with pytest.raises(ValueError, match="unknown evaluation set"):
+        studio.start_compare_evaluation("tiny", "tiny", ["nope"])
+    assert calls == []  # nothing started
+    rid, d = fake_run(studio)
+    assert studio.start_run_evaluation(rid, 4, actor="t") == {"id": "e1", "label": f"run {rid} · fake <b>run</b>",
+                                                              "base_label": "tiny"}
+    assert calls[-1] == (["tiny", str(d)], studio.eval_set_choices(), {
+        "out_dir": f"{d}/report", "n_per_set": 4, "max_new_tokens": 48, "pairs_path": "pairs", "actor": "t"})
+    studio.start_run_evaluation(rid)
+    assert calls[-1][2]["n_per_set"] == 50
+    assert studio.start_compare_evaluation("tiny", "tiny", ["harmful"], None, "rows", 2, actor="t") == "e1"
+    assert calls[-1] == (["tiny"], {"harmful": "harmful"}, {"n_per_set": 2, "max_new_tokens": 64, "actor": "t"})
+    studio.start_compare_evaluation("tiny", "default", ["harmful", "benign"])
+    assert calls[-1] == (["tiny", "default"], {"harmful": "harmful", "benign": "benign"},
+                         {"n_per_set": 10, "max_new_tokens": 64, "actor": "local"})
+
+
+def test_compare_services(studio):
+    from neat_studio.generation import GenParams, stream_chat
+
+    assert studio.compare_params(0.5, 0.9, None, None) == {"temperature": 0.5, "top_p": 0.9, "max_new_tokens": 96,
+                                                           "seed": 0}
+    assert studio.compare_params("0.5", 1, "8", "3") == {"temperature": 0.5, "top_p": 1.0, "max_new_tokens": 8,
+                                                         "seed": 3}
+    assert studio.compare_message("  hi \n") == "hi"
+    for empty in ("  ", None):
+        with pytest.raises(ValueError, match="Write a message first."):
+            studio.compare_message(empty)
+    assert studio.compare_side(None) == (None, None) and studio.compare_side("") == (None, None)
+    assert studio.compare_side("tiny") == (studio.compare_info("tiny"), None)
+    info, err = studio.compare_side("/etc")
+    assert info is None and "outside the allowed" in err
+
+    u, a = {"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}
+    u2, a2 = {"role": "user", "content": "q2"}, {"role": "assistant", "content": "y"}
+    assert studio.compare_retry([u, a], [u, a], 3) == {"text": "q", "history_a": [], "history_b": [], "seed": 4}
+    assert studio.compare_retry([u, a, u2, a2], [u, a, u2, a], None) == {
+        "text": "q2", "history_a": [u, a], "history_b": [u, a], "seed": 1}
+    assert studio.compare_retry([u, a], [], 0) is None and studio.compare_retry([], [], 0) is None
+
+    params = studio.compare_params(0.8, 0.95, 6, 3)
+    frames = list(studio.compare_turn("tiny", "tiny", [u, a], [u, a], " Hello ", params))
+    assert [f[2] for f in frames] == [False] * (len(frames) - 1) + [True] and len(frames) >= 2
+    conv = [u, a, {"role": "user", "content": "Hello"}]
+    want = list(stream_chat(studio.compare_model("tiny"), conv, GenParams(temperature=0.8, top_p=0.95,
+                                                                           max_new_tokens=6, seed=3)))[-1]
+    assert frames[-1][:2] == (conv + [{"role": "assistant", "content": want}],) * 2
+    assert frames[-2][:2] == frames[-1][:2]  # the last streamed frame already holds the finished replies
+    with pytest.raises(ValueError, match="Write a message first."):
+        next(studio.compare_turn("tiny", "tiny", [], [], " "))
+
+
+def test_compare_models_update_follows_new_runs(studio):
+    tt = ("tiny", "tiny")
+    assert studio.compare_models_update(tt, tt, force=False) == {"defaults": tt, "choices": None,
+                                                                 "values": (None, None), "sets": None}
+    assert studio.compare_models_update(tt, tt) == {"defaults": tt, "choices": studio.model_choices(),
+                                                    "values": (None, None), "sets": studio.eval_set_choices()}
+    rid, d = fake_run(studio)
+    assert studio.compare_models_update(tt, tt, force=False) == {
+        "defaults": ("tiny", str(d)), "choices": studio.model_choices(), "values": (None, str(d)), "sets": None}
+    assert studio.compare_models_update(("tiny", "default"), tt, force=False)["values"] == (None, None)  # chosen
+    assert studio.compare_models_update(("", None), None)["values"] == ("tiny", str(d))  # nothing shown yet
+
+
+def test_tab_outputs_by_name_and_the_evaluation_updates():
+    from neat_studio.ui.common import Ctx, Tab, error_box, evaluation_updates, ok_box
+
+    assert Tab.pack(("a", "b", "c"), {"c": 3, "a": 1, "z": 9}) == (1, UPDATE, 3)
+    tab = Tab(Ctx(studio=None))
+    x, y = object(), object()
+    tab.c.update(x=x, y=y)
+    assert tab.named({y: 5}) == {"y": 5} and tab.comps(["y", "x"]) == [y, x]
+
+    class Watch:
+        def __init__(self, *statuses):
+            self.statuses = statuses
+
+        def watch_evaluation(self, eval_id):
+            yield from self.statuses
+
+    running = {"status": "running", "stage": "generating", "done": 1, "total": 4}
+    done = {"status": "done", "out_dir": "/r/<x>", "markdown": "# R\n", "charts": ["/r/a.png"],
+            "model_names": [("a", "run a · n")]}
+    assert list(evaluation_updates(Watch(running, done), "e1", "Evaluating A vs B", "Evaluation done ({out_dir}).")) \
+        == [(ok_box("Evaluating A vs B: generating 1/4…"), UPDATE, UPDATE),
+            (ok_box("Evaluation done (/r/<x>). Models: a = run a · n."), "# R\n",
+             {"__type__": "update", "value": ["/r/a.png"], "visible": True})]
+    failed = {"status": "failed", "error": "boom"}
+    hidden = {"__type__": "update", "visible": False}
+    assert list(evaluation_updates(Watch(running, failed), "e1", "x", "y")) == [
+        (ok_box("x: generating 1/4…"), UPDATE, UPDATE), (error_box("Evaluation failed: boom"), UPDATE, hidden)]
+    assert list(evaluation_updates(Watch(failed), "e1", "x", "y", clear_report_on_failure=True)) == [
+        (error_box("Evaluation failed: boom"), "", hidden)]

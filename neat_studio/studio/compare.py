@@ -6,6 +6,15 @@ import threading
 from pathlib import Path
 
 
+def follow(current: tuple, auto: tuple | None, defaults: tuple) -> list:
+    """New values of (Model A, Model B): a side still showing the default it was given (`auto`; or nothing)
+    takes the new default, a side the user changed keeps the user's choice. None = leave the side as it is."""
+    out = []
+    for cur, was, new in zip(current, auto or (None, None), defaults):
+        out.append(new if (not cur or cur == was) and cur != new else None)
+    return out
+
+
 class CompareMixin:
     # -- models and compare --------------------------------------------------------------------------------
     def checked_model(self, spec: str | None) -> str:
@@ -92,6 +101,19 @@ class CompareMixin:
             base = self.model_spec
         return base, run["spec"]
 
+    def compare_models_update(self, current: tuple, auto: tuple | None, force: bool = True) -> dict:
+        """Model A / B of the Compare tab after new runs: {"defaults": default_compare_models() (what the sides
+        were given now), "choices": model_choices() or None (nothing to change), "values": (new A, new B), None
+        for a side that stays (follow: a side still on its default `auto` follows the new default, a side the user
+        chose stays), "sets": eval_set_choices() when `force`, else None}. Without `force` (a timer) nothing
+        changes unless the defaults did. Models load on first use, not here."""
+        defaults = self.default_compare_models()
+        was = tuple(auto) if auto else (None, None)
+        if not force and defaults == was:
+            return {"defaults": was, "choices": None, "values": (None, None), "sets": None}
+        return {"defaults": defaults, "choices": self.model_choices(), "values": tuple(follow(current, was, defaults)),
+                "sets": self.eval_set_choices() if force else None}
+
     def model_label(self, spec: str) -> str:
         """A model spec as people know it: "run <id> · <name>" for a run directory of this workspace (its final
         model or a checkpoint of it), else the spec itself."""
@@ -153,6 +175,55 @@ class CompareMixin:
         lm = self.compare_model(spec)
         return {"spec": spec, "model_id": lm.model_id, "fingerprint": lm.fingerprint,
                 "dtype": str(lm.model.dtype).removeprefix("torch.")}
+
+    def compare_side(self, spec: str | None) -> tuple[dict | None, str | None]:
+        """(compare_info, None) of a Compare side's model, (None, why it does not load) when it fails, (None, None)
+        when no model is chosen."""
+        if not spec:
+            return None, None
+        try:
+            return self.compare_info(spec), None
+        except Exception as e:  # noqa: BLE001 - ModelLoadError, ValueError, OSError: shown in plain words
+            return None, str(e)
+
+    @staticmethod
+    def compare_params(temperature, top_p, max_new_tokens, seed) -> dict:
+        """The Compare tab's sampling settings (the same for both sides) as compare_stream's `params`."""
+        return {"temperature": float(temperature), "top_p": float(top_p), "max_new_tokens": int(max_new_tokens or 96),
+                "seed": int(seed or 0)}
+
+    @staticmethod
+    def compare_message(text: str | None) -> str:
+        """The message a Compare turn sends (stripped); ValueError when there is none."""
+        text = (text or "").strip()
+        if not text:
+            raise ValueError("Write a message first.")
+        return text
+
+    def compare_turn(self, spec_a: str, spec_b: str, history_a: list[dict], history_b: list[dict], user_text: str,
+                     params: dict | None = None):
+        """compare_stream as the two conversations: yields (history_a, history_b, False), each side's history with
+        the user turn and its reply so far, while the replies grow, then (history_a, history_b, True) with both
+        replies finished: the turn to keep."""
+        turn = {"role": "user", "content": self.compare_message(user_text)}
+        ha, hb = list(history_a or []), list(history_b or [])
+
+        def conversations(ta, tb):
+            return ha + [turn, {"role": "assistant", "content": ta}], hb + [turn, {"role": "assistant", "content": tb}]
+
+        ta = tb = ""
+        for ta, tb in self.compare_stream(spec_a, spec_b, ha, hb, turn["content"], params):
+            yield *conversations(ta, tb), False
+        yield *conversations(ta, tb), True
+
+    @staticmethod
+    def compare_retry(history_a: list[dict], history_b: list[dict], seed) -> dict | None:
+        """What Regenerate sends again: {"text": the last user message, "history_a" / "history_b": both
+        conversations before it, "seed": the next seed}; None when there is no turn yet."""
+        if len(history_a or []) < 2 or len(history_b or []) < 2:
+            return None
+        return {"text": history_a[-2]["content"], "history_a": history_a[:-2], "history_b": history_b[:-2],
+                "seed": int(seed or 0) + 1}
 
     def compare_stream(self, spec_a: str, spec_b: str, history_a: list[dict], history_b: list[dict], user_text: str,
                        params: dict | None = None):

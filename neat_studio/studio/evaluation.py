@@ -107,6 +107,35 @@ class EvaluationMixin:
         threading.Thread(target=work, daemon=True, name=f"neat-eval-{eid}").start()
         return eid
 
+    def start_run_evaluation(self, run_id: str, n_per_set: int | None = None, actor: str = "local") -> dict:
+        """Evaluate a run's final model against the model it was trained from (the base first: a report's verdicts
+        judge every model against the first) on the standard sets and the preference pairs, into
+        <run dir>/report/. {"id": the eval id, "label": the run's name, "base_label": the base model's}. ValueError
+        for an unknown run or one without a final model yet."""
+        run = self.training_status(run_id)
+        if not run.get("final"):
+            raise ValueError(f"run {run_id} has no final model yet (status {run['status']})")
+        base = (run.get("config") or {}).get("model") or "default"
+        eid = self.start_evaluation([base, run["run_dir"]], self.eval_set_choices(), out_dir=f"{run['run_dir']}/report",
+                                    n_per_set=int(n_per_set or 50), max_new_tokens=48, pairs_path="pairs",
+                                    actor=actor)
+        return {"id": eid, "label": self.model_label(run["run_dir"]), "base_label": self.model_label(base)}
+
+    def start_compare_evaluation(self, spec_a: str | None, spec_b: str | None, sets: Iterable[str] = (),
+                                 own_file: str | Path | None = None, expected: str | None = None,
+                                 n_per_set: int | None = None, actor: str = "local") -> str:
+        """Evaluate the Compare tab's models A and B (once when they are the same) on the chosen standard sets and a
+        user's own set file (evaluation_sets; `expected` other than refuse / comply means the file's rows say it);
+        returns the eval id. ValueError (nothing started) for a model outside the allowed folders (checked_model)
+        or sets that cannot be used."""
+        for spec in (spec_a, spec_b):
+            if spec:
+                self.checked_model(spec)
+        chosen = self.evaluation_sets(list(sets or []), own_file or None,
+                                      expected if expected in ("refuse", "comply") else None, actor=actor)
+        return self.start_evaluation([spec_a, spec_b] if spec_a != spec_b else [spec_a], chosen,
+                                     n_per_set=int(n_per_set or 10), max_new_tokens=64, actor=actor)
+
     def watch_evaluation(self, eval_id: str, every: float = 2.0):
         """The evaluation's status every `every` seconds while it runs, then its final status (finished or failed):
         what the Train and Compare tabs show while they wait."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .common import Ctx, TabHandlers, error_box, esc, folded_html, ok_box
+from .common import Ctx, Tab, error_box, esc, folded_html, ok_box
 
 RANKER_JS = Path(__file__).with_name("ranker.js").read_text(encoding="utf-8")
 KEYS_HELP = ("<b>1–9</b> select a response, then <b>1–9</b> its rank group (same number = tie) · <b>Esc</b> "
@@ -162,7 +162,7 @@ def _filters(tag, split, source, search, include_done, order) -> dict:
             "order": order}
 
 
-class AnnotateTab(TabHandlers):
+class AnnotateTab(Tab):
     """The tab's handlers. The page state (`sess`): "item" (the prompt shown), "skip" (this page's skips), "draft"
     (the ranks and marks not yet saved), "edit" (the response being edited), "base_item"/"base" (the annotation
     the page loaded for the item: a save over a newer one is refused)."""
@@ -201,7 +201,7 @@ class AnnotateTab(TabHandlers):
         if (sess or {}).get("item") and s.get("item") == sess.get("item"):
             del view["comment"], view["flag"]  # same prompt as before the tab switch: keep comment and flag
         facets, guide = self.st.prompt_facets(), self.st.guidelines()
-        return self.out(SHOW, {**view, "tag": gr.update(choices=[""] + facets["tags"]),
+        return self.pack(SHOW, {**view, "tag": gr.update(choices=[""] + facets["tags"]),
                                "source": gr.update(choices=[""] + facets["sources"]), "guidelines": guide,
                                "guide_text": guide})
 
@@ -211,21 +211,21 @@ class AnnotateTab(TabHandlers):
             s["skip"] = [*(s.get("skip") or []), s["item"]]
         # wrap: when nothing but this page's skips is left, they come back
         self._advance(me, s, _filters(tag, split, source, search, include_done, order), wrap=True)
-        return self.out(VIEW, self._view(me, s))
+        return self.pack(VIEW, self._view(me, s))
 
     def refilter(self, tag, split, source, search, include_done, order, request: gr.Request):
         me = self.ctx.user(request)
         s = self._advance(me, {"skip": []}, _filters(tag, split, source, search, include_done, order))
-        return self.out(VIEW, self._view(me, s))
+        return self.pack(VIEW, self._view(me, s))
 
     def open_prompt(self, sess, open_id, request: gr.Request):
         me, s = self.ctx.user(request), dict(sess or {})
         try:
             pid = self.st.known_prompt_id(open_id)
         except ValueError as e:
-            return self.out(VIEW, self._view(me, s, str(e), "err"))
+            return self.pack(VIEW, self._view(me, s, str(e), "err"))
         s["item"], s["draft"], s["base_item"] = pid, None, None
-        return self.out(VIEW, self._view(me, s))
+        return self.pack(VIEW, self._view(me, s))
 
     def on_cmd(self, evt: gr.EventData, sess, comment, flag, tag, split, source, search, include_done, order,
                request: gr.Request):
@@ -234,24 +234,24 @@ class AnnotateTab(TabHandlers):
         data = {k: getattr(evt, k, None) for k in CMD_KEYS}  # EventData's public attributes (absent keys: None)
         s, item = dict(sess or {}), data["item"]
         if not item or item != s.get("item"):
-            return self.out(CMD, {})  # a command for a prompt no longer shown (double submit, stale page)
+            return self.pack(CMD, {})  # a command for a prompt no longer shown (double submit, stale page)
         s["draft"] = {"item": item, "ranks": {str(k): int(v) for k, v in (data["ranks"] or {}).items()},
                       "marks": {str(k): str(v) for k, v in (data["marks"] or {}).items()}}
         filters = _filters(tag, split, source, search, include_done, order)
         if data["cmd"] == "submit":
-            return self.out(CMD, self._submit(me, s, comment, flag, filters))
+            return self.pack(CMD, self._submit(me, s, comment, flag, filters))
         if data["cmd"] == "skip":
-            return self.out(CMD, self._skip(me, s, filters))
+            return self.pack(CMD, self._skip(me, s, filters))
         if data["cmd"] == "prev":
-            return self.out(CMD, self._previous(me, s))
+            return self.pack(CMD, self._previous(me, s))
         if data["cmd"] == "edit":
             r = self.st.editable_response(data["rid"], item)
             if r is None:
-                return self.out(CMD, {})
+                return self.pack(CMD, {})
             s["edit"] = r["id"]
-            return self.out(CMD, {"sess": s, "edit_box": gr.update(visible=True), "edit_text": r["text"],
+            return self.pack(CMD, {"sess": s, "edit_box": gr.update(visible=True), "edit_text": r["text"],
                                   "edit_info": f"Editing response `{r['id']}` (origin hidden)."})
-        return self.out(CMD, {})
+        return self.pack(CMD, {})
 
     def _submit(self, me: str, s: dict, comment, flag, filters: dict) -> dict:
         item, draft = s["item"], s["draft"]
@@ -284,14 +284,14 @@ class AnnotateTab(TabHandlers):
     def save_edit(self, sess, edit_text, request: gr.Request):
         me, s = self.ctx.user(request), dict(sess or {})
         if not s.get("edit"):
-            return self.out(VIEW, self._view(me, s, "Nothing is being edited.", "err"))
+            return self.pack(VIEW, self._view(me, s, "Nothing is being edited.", "err"))
         try:
             new_id = self.st.edit_response(s["edit"], edit_text, actor=me)
         except ValueError as e:
-            return self.out(VIEW, {**self._view(me, s, f"Edit not saved: {e}", "err"),
+            return self.pack(VIEW, {**self._view(me, s, f"Edit not saved: {e}", "err"),
                                    "edit_box": gr.update(visible=True)})
         s["edit"] = None
-        return self.out(VIEW, self._view(me, s, f"Saved your edit as a new human response ({new_id}); the original "
+        return self.pack(VIEW, self._view(me, s, f"Saved your edit as a new human response ({new_id}); the original "
                                                 "stays. Rank it too."))
 
     def save_guidelines(self, guide_text, request: gr.Request):

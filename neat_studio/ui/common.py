@@ -166,15 +166,24 @@ class Ctx:
         return user
 
 
-class TabHandlers:
-    """A tab's handlers as the methods of one object, its components registered by name in `c` (as LLaMA-Factory's
-    web UI does): a handler's parameters are named after the components whose values it takes (besides Gradio's
-    own `evt`, `request` and `progress`), so `bind` wires exactly those, and `out` builds its outputs by name."""
+class Tab:
+    """A tab's handlers as the methods of one object, its components registered by name in `c` (filled while its
+    build() lays them out; as LLaMA-Factory's web UI does). A handler's parameters are named after the components
+    whose values it takes (besides Gradio's own `evt`, `request` and `progress`), so `bind` wires exactly those (or
+    it takes set-style inputs and reads them with `named`), and its outputs are built by name (`pack`): no handler
+    counts positions."""
 
     GRADIO_ARGS = ("evt", "request", "progress")
 
     def __init__(self, ctx: Ctx):
         self.ctx, self.st, self.c = ctx, ctx.studio, {}
+
+    def comps(self, names) -> list:
+        return [self.c[n] for n in names]
+
+    def named(self, data: dict) -> dict:
+        """{name: value} of set-style inputs ({component: value}, what Gradio passes)."""
+        return {n: data[b] for n, b in self.c.items() if b in data}
 
     def inputs(self, fn) -> list:
         """The components named by `fn`'s parameters, in their order (KeyError for a name not registered)."""
@@ -186,8 +195,8 @@ class TabHandlers:
         return trigger(fn, self.inputs(fn), [self.c[n] for n in outputs], **kw)
 
     @staticmethod
-    def out(names: Iterable[str], values: dict) -> tuple:
-        """The outputs `names` in order from `values` by name; a name not in it is left as it is (gr.update())."""
+    def pack(names, values: dict) -> tuple:
+        """The outputs `names` in their order from {name: value}; a name without a value is left as it is."""
         return tuple(values[n] if n in values else gr.update() for n in names)
 
 
@@ -205,6 +214,21 @@ def names_text(model_names) -> str:
     (ids): `model_names` = Studio.report_model_names(...) pairs. Plain text: escape it where it is shown."""
     parts = [f"{label} = {name}" if name != label else label for label, name in model_names or []]
     return f" Models: {'; '.join(parts)}." if parts else ""
+
+
+def evaluation_updates(studio, eval_id: str, running: str, done: str, clear_report_on_failure: bool = False):
+    """(message, report, charts) of an evaluation a tab started, while it runs and when it ends
+    (Studio.watch_evaluation): `running` is said before the stage and count, `done` ("{out_dir}" filled in) with the
+    report's model names once it has finished; a failure hides the charts (and clears the report when asked)."""
+    for s in studio.watch_evaluation(eval_id):
+        if s["status"] == "running":
+            yield ok_box(f"{running}: {s['stage']} {s['done']}/{s['total']}…"), gr.update(), gr.update()
+    if s["status"] == "failed":
+        yield (error_box(f"Evaluation failed: {s['error']}"), "" if clear_report_on_failure else gr.update(),
+               gr.update(visible=False))
+        return
+    yield (ok_box(done.format(out_dir=s["out_dir"]) + names_text(s.get("model_names"))), report_for_page(s["markdown"]),
+           gr.update(value=s["charts"], visible=bool(s["charts"])))
 
 
 def error_box(message: str) -> str:

@@ -5,7 +5,7 @@ import pandas as pd
 import gradio as gr
 
 from ..io.importers import FORM_LABELS
-from .common import Ctx, TabHandlers, error_box, ok_box, parse_tags, prompt_text, short, warn_box
+from .common import Ctx, Tab, error_box, ok_box, parse_tags, prompt_text, short, warn_box
 
 PAGE = 50
 COLUMNS = ["id", "prompt", "tags", "source", "split", "resp.", "annot."]
@@ -49,8 +49,8 @@ PUBLIC = ("query", "semantic", "search", "table", "detail", "tag", "source", "sp
           "import_file", "import_btn", "import_msg")
 
 
-class PromptsTab(TabHandlers):
-    """The tab's handlers (see TabHandlers: parameters are named after the components they read)."""
+class PromptsTab(Tab):
+    """The tab's handlers (see Tab: parameters are named after the components they read)."""
 
     def _filters(self, semantic, tag, source, split, status, request) -> dict:
         """The search fields (besides the query) as Studio.browse_prompts takes them."""
@@ -69,19 +69,19 @@ class PromptsTab(TabHandlers):
                 "page_info": f"page {res['page'] + 1} / {res['pages']}"}
 
     def first_page(self, query, semantic, tag, source, split, status, request: gr.Request):
-        return self.out(RESULTS, self._results(query, semantic, tag, source, split, status, request, 0))
+        return self.pack(RESULTS, self._results(query, semantic, tag, source, split, status, request, 0))
 
     def previous_page(self, query, semantic, tag, source, split, status, page, request: gr.Request):
-        return self.out(RESULTS, self._results(query, semantic, tag, source, split, status, request, page - 1))
+        return self.pack(RESULTS, self._results(query, semantic, tag, source, split, status, request, page - 1))
 
     def next_page(self, query, semantic, tag, source, split, status, page, request: gr.Request):
-        return self.out(RESULTS, self._results(query, semantic, tag, source, split, status, request, page + 1,
+        return self.pack(RESULTS, self._results(query, semantic, tag, source, split, status, request, page + 1,
                                                back_if_empty=True))
 
     def facets(self):
         f = self.st.prompt_facets()
         choices = {"tag": [""] + f["tags"], "source": [""] + f["sources"]}
-        return self.out(FACETS, {**{k: gr.update(choices=v) for k, v in choices.items()},
+        return self.pack(FACETS, {**{k: gr.update(choices=v) for k, v in choices.items()},
                                  "emb_info": self.st.embedding_note()})
 
     def on_show(self, query, semantic, tag, source, split, status, request: gr.Request):
@@ -93,12 +93,12 @@ class PromptsTab(TabHandlers):
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
             pid = str(table.iloc[row, 0])
         except Exception:  # noqa: BLE001
-            return self.out(DETAIL, {})
+            return self.pack(DETAIL, {})
         d = self.st.prompt_detail(pid)
         if d is None:
-            return self.out(DETAIL, {"detail_id": pid, "detail": "(prompt not found)",
+            return self.pack(DETAIL, {"detail_id": pid, "detail": "(prompt not found)",
                                      "detail_resp": pd.DataFrame(columns=["origin", "response"])})
-        return self.out(DETAIL, {"detail_id": pid, "detail": _conversation(d["prompt"]["messages"]),
+        return self.pack(DETAIL, {"detail_id": pid, "detail": _conversation(d["prompt"]["messages"]),
                                  "detail_resp": pd.DataFrame([[r["origin"], r["text"]] for r in d["responses"]],
                                                              columns=["origin", "response"]),
                                  "tag_ids": toggle_id(tag_ids, pid)})

@@ -2,97 +2,56 @@
 data, watch it live (progress, ETA, loss / rank-loss / rank-accuracy / p-gap curves, log, errors in plain words),
 stop / resume it, and browse the run history with each run's report.
 
-No business logic here: everything goes through `ctx.studio` (training_options, estimate_training,
-start_confirmation, start_training, stop_training, resume_training, training_status, training_runs, run_report,
-start_evaluation, evaluation_status). The run itself is a subprocess supervised by neat_studio.jobs, so a page reload or an app
+No business logic here: `build()` lays out the components (by name, in `TrainTab.c`) and binds them to
+`TrainTab`'s handlers, which go through `ctx.studio` (studio/training.py: training_page, recipe_form, estimate_form,
+start_form, run_view, training_runs_changed, run_config, run_report, stop/resume_training; studio/evaluation.py:
+start_run_evaluation). The run itself is a subprocess supervised by neat_studio.jobs, so a page reload or an app
 restart re-attaches to it (the page shows the active run on load)."""
 from __future__ import annotations
-
-import time
 
 import gradio as gr
 import pandas as pd
 
-from ..studio import start_confirmation
-from .common import Ctx, error_box, esc, fmt_num, names_text, ok_box, report_for_page, warn_box
+from ..studio.training import DEFAULT_RECIPE, FORM_KEYS, HYPER, NO_RECIPE, form_defaults, form_from_config
+from .common import Ctx, Tab, error_box, esc, evaluation_updates, fmt_num, names_text, ok_box, report_for_page, warn_box
 
 HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
-# (key, label, kind, min); the form starts from the DEFAULT_RECIPE's values over NeatConfig's defaults, the same
-# values `train --recipe cpu` gives on the command line (one source: neat/recipes.py)
-HYPER = [
-    ("rounds", "rounds", int, 1),
-    ("epochs", "epochs per round", int, 1),
-    ("k", "k (plain samples)", int, 0),
-    ("k_neg", "k_neg (per negative)", int, 0),
-    ("k_pos", "k_pos (per positive)", int, 0),
-    ("lr", "learning rate", float, 0),
-    ("batch_size", "batch size (lists)", int, 1),
-    ("grad_accum", "grad accumulation", int, 1),
-    ("max_steps", "max steps (0 = all)", int, 0),
-    ("max_new_tokens", "max new tokens (samples)", int, 1),
-    ("max_prompt_len", "max prompt tokens", int, 1),
-    ("max_response_len", "max response tokens", int, 1),
-    ("margin", "margin", float, 0),
-    ("sft_weight", "sft weight (λ)", float, 0),
-    ("save_every", "checkpoint every N steps", int, 0),
-    ("seed", "seed", int, 0),
-]
-DEFAULT_RECIPE = "cpu"
+# 100 % in all: the config and error columns stay in view
+HISTORY_WIDTHS = ["9%", "8%", "6%", "5%", "7%", "8%", "9%", "6%", "5%", "5%", "5%", "5%", "14%", "8%"]
+# label and minimum of each hyper-parameter field (their keys, types and order: studio.training.HYPER)
+HYPER_FIELDS = {
+    "rounds": ("rounds", 1), "epochs": ("epochs per round", 1), "k": ("k (plain samples)", 0),
+    "k_neg": ("k_neg (per negative)", 0), "k_pos": ("k_pos (per positive)", 0), "lr": ("learning rate", 0),
+    "batch_size": ("batch size (lists)", 1), "grad_accum": ("grad accumulation", 1),
+    "max_steps": ("max steps (0 = all)", 0), "max_new_tokens": ("max new tokens (samples)", 1),
+    "max_prompt_len": ("max prompt tokens", 1), "max_response_len": ("max response tokens", 1),
+    "margin": ("margin", 0), "sft_weight": ("sft weight (λ)", 0), "save_every": ("checkpoint every N steps", 0),
+    "seed": ("seed", 0),
+}
+HYPER_KEYS = tuple(k for k, _ in HYPER)
 
-
-# the form's inputs in order (cfg_inputs in build): settings the form shows, then the recipe and the hyper-parameters
-FORM_KEYS = ["model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags",
-             "min_responses", "lora", "dtype", "name", "anchor", "rank_reduction", "recipe"] + [h[0] for h in HYPER]
-DATA_FORM_KEYS = ("annotated_only", "include_imported", "tags", "min_responses")
-
-
-def config_from_form(vals: list, recipe_cfg: dict | None = None, extra: dict | None = None) -> dict:
-    """The job config (NeatConfig keys + data + name) of the form's values (FORM_KEYS order). Settings the form
-    does not show come from the chosen recipe (`recipe_cfg`) or, for a reused run, from `extra`."""
-    v = dict(zip(FORM_KEYS, vals))
-    cfg = dict(recipe_cfg or {}) | dict(extra or {})
-    cfg.pop("data", None)
-    cfg |= {"model": (v["model"] or "").strip() or "default", "method": v["method"],
-            "negatives": list(v["negatives"] or []), "positives": list(v["positives"] or []),
-            "lora": bool(v["lora"]), "dtype": v["dtype"] or "auto", "name": (v["name"] or "").strip() or None,
-            "anchor": v["anchor"] or "none", "rank_reduction": v["rank_reduction"] or "sum",
-            "data": {"annotated_only": bool(v["annotated_only"]), "include_imported": bool(v["include_imported"]),
-                     "tags": list(v["tags"] or []), "split": "train", "min_responses": int(v["min_responses"] or 2)}}
-    for key, _, kind, _ in HYPER:
-        if v[key] is not None and v[key] != "":
-            cfg[key] = kind(v[key])
-    if v["method"] != "neat":
-        cfg["negatives"] = []
-    if not cfg.get("k_pos"):
-        cfg["positives"] = []
-    return cfg
-
-
-def form_from_config(cfg: dict) -> tuple[list, dict]:
-    """(form values in FORM_KEYS order, the settings the form does not show) of a job config: what "reuse this
-    run's config" and the remembered last settings put back. config_from_form(*form_from_config(c)) == c."""
-    start, data = form_defaults(), dict(cfg.get("data") or {})
-    known = set(FORM_KEYS) | {"data", "snapshot_path", "snapshot", "output_dir"}
-    vals = []
-    for key in FORM_KEYS:
-        if key == "recipe":
-            vals.append("(none)")
-        elif key in DATA_FORM_KEYS:
-            vals.append(data.get(key, {"annotated_only": False, "include_imported": True, "tags": [],
-                                       "min_responses": 2}[key]))
-        else:
-            vals.append(cfg.get(key, start.get(key)))
-    extra = {k: v for k, v in cfg.items() if k not in known}
-    return vals, extra
-
-
-def form_defaults() -> dict:
-    """The Train form's starting values: NeatConfig's defaults with DEFAULT_RECIPE applied."""
-    from ..neat.config import NeatConfig
-    from ..neat.recipes import apply_recipe
-
-    return apply_recipe(NeatConfig(), DEFAULT_RECIPE).to_dict()
+# the handlers' inputs and outputs by name (TrainTab.c); the form's inputs are FORM_KEYS and the settings of a reused
+# run that the form does not show ("extra")
+FORM_IN = (*FORM_KEYS, "extra")
+VIEW_OUT = ("progress", "loss_plot", "acc_plot", "gap_plot", "error", "log", "plot_key", "stop", "resume")
+RECIPE_OUT = ("recipe_info", "method", "negatives", "positives", "min_responses", "anchor", "rank_reduction",
+              *HYPER_KEYS)
+FORM_OUT = (*FORM_IN, "message")
+SHOW_IN = ("negatives_auto", *FORM_IN)
+SHOW_OUT = ("run", "history", *VIEW_OUT, "model", "negatives", "positives", "tags", "estimate", "negatives_auto")
+START_OUT = ("message", "run", "history", *VIEW_OUT, "confirm")
+STOP_OUT = ("message", *VIEW_OUT)
+RESUME_OUT = ("message", "run", "history", *VIEW_OUT)
+TICK_OUT = (*VIEW_OUT, "history", "run", "hist_key")
+SELECT_OUT = ("run", *VIEW_OUT)
+EVAL_OUT = ("report_message", "report", "report_charts")
+REPORT_OUT = (*EVAL_OUT, "config")
+RESTORE_OUT = (*FORM_OUT, "restored")
+# what other tabs and tests find as "train.<name>" (the hyper-parameters as "train.hp_<key>")
+EXPORTED = ("model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags", "estimate",
+            "start", "stop", "resume", "message", "run", "progress", "loss_plot", "acc_plot", "gap_plot", "error",
+            "log", "timer", "history", "report", "lora", "dtype", "name", "reuse", "recipe")
 
 
 # -- rendering (pure; every dynamic string escaped) --------------------------------------------------------------
@@ -172,8 +131,9 @@ def history_df(runs: list[dict]) -> pd.DataFrame:
         short_cfg = ", ".join(f"{k}={v}" for k, v in cfg.items()
                               if k not in ("model", "method", "data", "snapshot_path") and v not in ([], "", None))
         steps = f"{fm.get('step')}/{fm.get('total_steps')}" if fm.get("step") is not None else ""
+        started = (r.get("started_at") or r.get("created_at") or "")[:19].replace("T", " ")
         rows.append([r["id"], r.get("name") or "", r["status"], r.get("method") or "", str(cfg.get("model", "")),
-                     r.get("snapshot_id") or "", (r.get("started_at") or r.get("created_at") or "")[:19].replace("T", " "),
+                     r.get("snapshot_id") or "", started,
                      fmt_dur(r.get("duration_s")) if r.get("duration_s") is not None else "", steps,
                      fmt_num(fm.get("loss")), fmt_num(fm.get("rank_acc")), fmt_num(fm.get("p_gap")), short_cfg,
                      r.get("error") or ""])
@@ -184,363 +144,313 @@ def run_choices(runs: list[dict]) -> list[tuple[str, str]]:
     return [(f"{r['id']} · {r.get('name') or ''} · {r['status']}", r["id"]) for r in runs]
 
 
-# -- the tab ---------------------------------------------------------------------------------------------------
-def build(ctx: Ctx) -> dict:
-    st = ctx.studio
-    st.jobs  # create the job runner now: re-attaches runs left running by an earlier app process
-    opts = st.training_options()
-    helps, defaults = opts["help"], opts["defaults"]
-    start = form_defaults()
+def run_figures(rows: list[dict]) -> dict:
+    """The shown run's curves by output name."""
+    return {"loss_plot": curves_figure(rows, [("loss", "loss"), ("rank_loss", "rank loss"), ("sft_loss", "sft loss")],
+                                       "loss"),
+            "acc_plot": curves_figure(rows, [("rank_acc", "rank accuracy")], "rank accuracy"),
+            "gap_plot": curves_figure(rows, [("p_gap", "p-gap")], "p-gap (mean log-prob best − negative)")}
 
-    gr.Markdown("### New training run")
-    with gr.Row():
-        recipe = gr.Dropdown(["(none)"] + opts["recipes"], value=DEFAULT_RECIPE, label="Recipe", scale=1,
-                             elem_id="train-recipe",
-                             info="a named preset of the settings below (neat_studio/neat/recipes.py); you can "
-                                  "still change any of them")
-        recipe_info = gr.Markdown("", elem_id="train-recipe-info")
-    with gr.Row():
-        base = gr.Dropdown(label="Base model", choices=opts["models"], value="default", allow_custom_value=True,
-                           scale=3, elem_id="train-model",
-                           info="default (SmolLM2-135M-Instruct), a previous run's model, or an HF name / local path")
-        method = gr.Radio(opts["methods"], value="neat", label="Method", scale=2, elem_id="train-method",
-                          info=helps.get("method"))
-    with gr.Row():
-        newest = [opts["newest_negative"]] if opts["newest_negative"] else []
-        negs = gr.Dropdown(label="Negative prompt versions", choices=opts["negatives"], multiselect=True,
-                           value=newest, elem_id="train-negatives", allow_custom_value=True,
-                           info=helps.get("negatives") + " (default: the version saved last)")
-        negs_auto = gr.State(newest)  # the default last given to the choice (replaced by a newer version on open)
-        poss = gr.Dropdown(label="Positive prompt versions (optional, NEAT-PP)", choices=opts["positives"],
-                           multiselect=True, value=[], elem_id="train-positives", allow_custom_value=True,
-                           info="used when k_pos > 0: " + helps.get("positives", ""))
-    with gr.Row():
-        annotated_only = gr.Checkbox(False, label="Annotated only (prompts a human ranked)", elem_id="train-annotated")
-        imported = gr.Checkbox(True, label="Include imported ranked pairs", elem_id="train-imported")
-        tags = gr.Dropdown(label="Only prompts with these tags (empty = all)", choices=opts["tags"], multiselect=True,
-                           value=[], elem_id="train-tags")
-        min_resp = gr.Number(2, label="Min. ranked responses per prompt", precision=0, minimum=1,
-                             elem_id="train-min-responses",
-                             info="1 also trains on prompts with only a reference answer (NEAT / RRHF add samples)")
-    hyper = []
-    with gr.Accordion("Hyper-parameters (defaults are sized for a 2-core CPU)", open=False):
-        for i in range(0, len(HYPER), 4):
-            with gr.Row():
-                for key, label, kind, lo in HYPER[i:i + 4]:
-                    v = start[key]
-                    hyper.append(gr.Number(value=v, label=label, precision=0 if kind is int else None, minimum=lo,
-                                           info=helps.get(key), elem_id=f"train-{key}"))
-        with gr.Row():
-            lora = gr.Checkbox(False, label="LoRA adapters", info=helps.get("lora"), elem_id="train-lora")
-            dtype = gr.Dropdown(opts["dtypes"], value=defaults.get("dtype", "auto"), label="Precision",
-                                info=f"{helps.get('dtype')}; here auto = {opts['auto_dtype']}", elem_id="train-dtype")
-            name = gr.Textbox(label="Run name (optional)", max_lines=1, elem_id="train-name")
-        with gr.Row():
-            anchor = gr.Dropdown(["none", "round"], value=defaults.get("anchor", "none"), label="Anchor",
-                                 info=helps.get("anchor"), elem_id="train-anchor")
-            rank_red = gr.Dropdown(["sum", "mean"], value=defaults.get("rank_reduction", "sum"),
-                                   label="Rank loss per list", info=helps.get("rank_reduction"),
-                                   elem_id="train-rank-reduction")
-    estimate = gr.Markdown("", elem_id="train-estimate")
-    with gr.Row():
-        start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
-        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop")
-        resume_btn = gr.Button("Resume", elem_id="train-resume")
-    for b in (start_btn, stop_btn, resume_btn):
-        ctx.admin_only.append(b)
-    msg = gr.HTML("", js_on_load=None, elem_id="train-msg")
-    confirm = gr.State(None)  # a long run's first Start click (studio.start_confirmation)
 
-    gr.Markdown("### Run")
-    with gr.Row():
-        run_sel = gr.Dropdown(label="Run shown", choices=[], value=None, elem_id="train-run", scale=4)
-        refresh_btn = gr.Button("Refresh", size="sm", scale=0, min_width=90, elem_id="train-refresh")
-    prog = gr.HTML(progress_html(None), js_on_load=None, elem_id="train-progress")
-    with gr.Row():
-        # the figures carry their own titles: gradio's label badge would cover them
-        loss_plot = gr.Plot(label="loss / rank loss", show_label=False, elem_id="train-loss-plot")
-        acc_plot = gr.Plot(label="rank accuracy", show_label=False, elem_id="train-acc-plot")
-        gap_plot = gr.Plot(label="p-gap (best − negative)", show_label=False, elem_id="train-gap-plot")
-    err = gr.HTML("", js_on_load=None, elem_id="train-error")
-    log = gr.Textbox(label="Last log lines", lines=8, max_lines=14, interactive=False, elem_id="train-log")
-    timer = gr.Timer(2.0)
-    plot_key = gr.State(None)
-    hist_key = gr.State(None)
+# -- the handlers ----------------------------------------------------------------------------------------------
+class TrainTab(Tab):
+    """The Train tab's handlers (see Tab). The form's values go by name (FORM_KEYS, and "extra": a reused run's
+    settings that the form does not show); what they mean is up to Studio's training services."""
 
-    gr.Markdown("### Run history")
-    history = gr.Dataframe(headers=HISTORY_COLUMNS, datatype="str", interactive=False, wrap=True, max_height=320,
-                           column_widths=["9%", "8%", "6%", "5%", "7%", "8%", "9%", "6%", "5%", "5%", "5%", "5%",
-                                          "14%", "8%"],  # 100 %: the config and error columns stay in view
-                           elem_id="train-history")
-    with gr.Row():
-        reuse_btn = gr.Button("Reuse the shown run's config", size="sm", elem_id="train-reuse")
-        report_btn = gr.Button("Open report of the shown run", size="sm", elem_id="train-report")
-        eval_btn = gr.Button("Evaluate shown run vs its base model", size="sm", elem_id="train-evaluate")
-        eval_n = gr.Number(50, label="prompts per set (dev split)", precision=0, minimum=4, maximum=300,
-                           elem_id="train-eval-n",
-                           info="~1 s per prompt and model here; 100+ for differences that are not noise")
-    ctx.admin_only.append(eval_btn)
-    report_msg = gr.HTML("", js_on_load=None, elem_id="train-report-msg")
-    report_md = gr.Markdown("", elem_id="train-report-md")
-    report_gallery = gr.Gallery(label="charts", columns=3, height="auto", visible=False, elem_id="train-report-charts")
-    config_code = gr.Code(label="config.yaml", language="yaml", interactive=False, visible=False,
-                          elem_id="train-config")
+    @staticmethod
+    def form(values) -> tuple[dict, dict]:
+        """(the form's values by FORM_KEYS, extra) of the FORM_IN inputs in order."""
+        form = dict(zip(FORM_IN, values))
+        return form, form.pop("extra")
 
-    # -- helpers -------------------------------------------------------------------------------------------------
-    extra = gr.State({})  # a reused run's settings that the form does not show (cleared by picking a recipe)
-
-    def config_from(*vals):
-        """Form values (cfg_inputs order: FORM_KEYS, then `extra`) -> the job config."""
-        *form, ex = vals
-        rc = dict(zip(FORM_KEYS, form))["recipe"]
-        # a recipe's settings that the form does not show (e.g. gen_batch_size) come from the recipe itself
-        return config_from_form(form, st.recipe_config(rc)["config"] if rc and rc != "(none)" else None, ex)
-
-    form_inputs = [base, method, negs, poss, annotated_only, imported, tags, min_resp, lora, dtype, name, anchor,
-                   rank_red, recipe, *hyper]
-    cfg_inputs = [*form_inputs, extra]
-
-    def pick_recipe(name, negs_now):
-        """A recipe fills in the whole form: NeatConfig's defaults with the recipe's values (method, system prompts
-        with their scopes, hyper-parameters, data rule); "(none)" is NeatConfig's defaults. System prompts stay as
-        they are when the recipe names none."""
-        keep = [gr.update()] * (6 + len(HYPER))
-        info, c, data = "", dict(defaults), {}
-        if name and name != "(none)":
-            try:
-                r = st.recipe_config(name)
-            except ValueError as ex:
-                return f"⚠ {esc(ex)}", *keep
-            c.update(r["config"])
-            data = r["config"]["data"]
-            info = f"**{esc(name)}**: {esc(r['description'])}"
-        mine = "negatives" in c and c["negatives"] != defaults.get("negatives")
-        return (info, gr.update(value=c["method"]),
-                gr.update(value=c["negatives"]) if mine else gr.update(value=negs_now),
-                gr.update(value=c["positives"]), gr.update(value=data.get("min_responses", 2)),
-                gr.update(value=c["anchor"]), gr.update(value=c["rank_reduction"]),
-                *[gr.update(value=c[key]) for key, *_ in HYPER])
-
-    recipe.input(pick_recipe, [recipe, negs], [recipe_info, method, negs, poss, min_resp, anchor, rank_red, *hyper])
-    recipe.input(lambda: {}, None, extra)  # a recipe chosen by hand replaces what a reused run brought
-
-    def fill_form(cfg: dict, note: str):
-        """Every form input (and `extra`) from a job config."""
-        vals, ex = form_from_config(cfg)
-        return (*[gr.update(value=v) for v in vals], ex, note)
-
-    def do_estimate(*args):
+    def estimate(self, form: dict, extra: dict | None) -> str:
         try:
-            e = st.estimate_training(config_from(*args))
+            e = self.st.estimate_form(form, extra)
         except ValueError as ex:
             return f"⚠ {esc(ex)}"
-        return (f"**Estimated time:** {esc(e['text'])} · {e['n_prompts']} training prompt(s) match the data filters")
+        return f"**Estimated time:** {esc(e['text'])} · {e['n_prompts']} training prompt(s) match the data filters"
 
-    def view(run_id, key=None):
-        """(progress, loss fig, acc fig, gap fig, error, log, plot key, stop/resume interactivity)."""
-        if not run_id:
-            return (progress_html(None), gr.update(), gr.update(), gr.update(), "", "", key,
-                    gr.update(interactive=False), gr.update(interactive=False))
+    def do_estimate(self, *values):
+        return self.estimate(*self.form(values))
+
+    def pick_recipe(self, recipe, negatives):
+        """A recipe fills in the whole form (Studio.recipe_form); "(none)" is NeatConfig's defaults."""
         try:
-            p = st.training_status(run_id)
+            r = self.st.recipe_form(recipe, negatives)
         except ValueError as ex:
-            return (error_box(str(ex)), gr.update(), gr.update(), gr.update(), "", "", key,
-                    gr.update(interactive=False), gr.update(interactive=False))
-        rows = p["metrics"]
-        new_key = (run_id, len(rows), rows[-1]["step"] if rows else None, p["status"])
-        if new_key != key:
-            figs = (curves_figure(rows, [("loss", "loss"), ("rank_loss", "rank loss"), ("sft_loss", "sft loss")],
-                                  "loss"),
-                    curves_figure(rows, [("rank_acc", "rank accuracy")], "rank accuracy"),
-                    curves_figure(rows, [("p_gap", "p-gap")], "p-gap (mean log-prob best − negative)"))
-        else:
-            figs = (gr.update(), gr.update(), gr.update())
-        e = ""
-        if p["error"]:
-            e = error_box(("Run failed: " if p["status"] == "failed" else "") + p["error"])
-        active = p["status"] in ("running", "queued")
-        can_resume = p["status"] in ("stopped", "failed") and bool(p.get("checkpoint"))
-        return (progress_html(p), *figs, e, "\n".join(p["log_tail"]), new_key,
-                gr.update(interactive=active and not p["stopping"]), gr.update(interactive=can_resume))
+            return self.pack(RECIPE_OUT, {"recipe_info": f"⚠ {esc(ex)}"})
+        info = f"**{esc(recipe)}**: {esc(r['description'])}" if r["description"] is not None else ""
+        return self.pack(RECIPE_OUT, {"recipe_info": info, **{k: gr.update(value=v) for k, v in r["values"].items()}})
 
-    view_outs = [prog, loss_plot, acc_plot, gap_plot, err, log, plot_key, stop_btn, resume_btn]
-
-    def hist():
-        runs = st.training_runs()
-        return runs, history_df(runs)
-
-    def on_show(auto, *vals):
-        """Page load / tab opened: the active run (else the newest), fresh choices, the time estimate;
-        runs re-attached after an app restart show up here. The negative prompt choice follows the newest saved
-        version while it still holds the default it was given (a choice the user made stays, if it exists)."""
-        runs, df = hist()
-        act = st.jobs.active()
-        sel = act["id"] if act else (runs[0]["id"] if runs else None)
-        o = st.training_options()
-        vals = list(vals)
-        newest = [o["newest_negative"]] if o["newest_negative"] else []
-        cur = list(vals[2] or [])
-        if not cur or cur == list(auto or []):
-            vals[2] = newest
-        else:
-            vals[2] = [v for v in cur if v in o["negatives"]] or newest
-        return (gr.update(choices=run_choices(runs), value=sel), df, *view(sel),
-                gr.update(choices=o["models"]), gr.update(choices=o["negatives"], value=vals[2]),
-                gr.update(choices=o["positives"]), gr.update(choices=o["tags"]), do_estimate(*vals), newest)
-
-    show_outs = [run_sel, history, *view_outs, base, negs, poss, tags, estimate, negs_auto]
-
-    def start(data: dict, request: gr.Request):
-        """`data`: {component: value} of the run selector, the confirmation state and the config inputs (set-style
-        inputs). A run estimated over 15 min starts on the second click with the same settings
-        (studio.start_confirmation); the first one asks."""
-        actor = ctx.require_admin(request, "start training")
-        shown = data.get(run_sel)
+    def view(self, run, key=None) -> dict:
+        """The shown run's outputs (VIEW_OUT) by name; the curves only when they changed since `key`."""
+        off = {"error": "", "log": "", "plot_key": key, "stop": gr.update(interactive=False),
+               "resume": gr.update(interactive=False)}
+        if not run:
+            return {**off, "progress": progress_html(None)}
         try:
-            cfg = config_from(*[data.get(c) for c in cfg_inputs])
-            cfg["model"] = st.checked_model(cfg.get("model"))  # user-typed: only allowed model folders
-            try:
-                est = st.estimate_training(cfg)
-            except ValueError:
-                est = None  # starting says what is wrong
-            ask = start_confirmation(cfg, est, data.get(confirm), time.time())
-            if not ask["start"]:
-                return (warn_box(ask["message"]), gr.update(), gr.update(), *view(shown), ask["armed"])
-            rid = st.start_training(cfg, actor=actor)
-            st.remember_train_form(actor, cfg)  # the next visit starts from these settings
-        except (ValueError, RuntimeError) as ex:
-            return (error_box(f"Not started: {ex}"), gr.update(), gr.update(), *view(shown), None)
-        runs, df = hist()
-        return (ok_box(f"Started run {rid}. It runs in the background; you can reload the page or leave."),
-                gr.update(choices=run_choices(runs), value=rid), df, *view(rid), None)
+            v = self.st.run_view(run, key)
+        except ValueError as ex:
+            return {**off, "progress": error_box(str(ex))}
+        return {"progress": progress_html(v["run"]), **(run_figures(v["run"]["metrics"]) if v["redraw"] else {}),
+                "error": error_box(v["error"]) if v["error"] else "", "log": v["log"], "plot_key": v["key"],
+                "stop": gr.update(interactive=v["can_stop"]), "resume": gr.update(interactive=v["can_resume"])}
 
-    def stop(run_id, request: gr.Request):
-        actor = ctx.require_admin(request, "stop training")
-        if not run_id:
-            return error_box("No run selected."), *view(None)
+    def show_run(self, run):
+        return self.pack(VIEW_OUT, self.view(run))
+
+    def runs(self, shown) -> dict:
+        """The run list (showing `shown`) and the history table, fresh."""
+        runs = self.st.training_runs()
+        return {"run": gr.update(choices=run_choices(runs), value=shown), "history": history_df(runs)}
+
+    def on_show(self, negatives_auto, *values):
+        """Page load, tab opened, Refresh: the active run (else the newest), fresh choices, the time estimate
+        (Studio.training_page: the negative prompt choice follows the newest saved version while it still holds
+        the default it was given)."""
+        form, extra = self.form(values)
+        page = self.st.training_page(form["negatives"], negatives_auto)
+        o, form["negatives"] = page["options"], page["negatives"]
+        return self.pack(SHOW_OUT, {
+            "run": gr.update(choices=run_choices(page["runs"]), value=page["shown"]),
+            "history": history_df(page["runs"]), **self.view(page["shown"]), "model": gr.update(choices=o["models"]),
+            "negatives": gr.update(choices=o["negatives"], value=page["negatives"]),
+            "positives": gr.update(choices=o["positives"]), "tags": gr.update(choices=o["tags"]),
+            "estimate": self.estimate(form, extra), "negatives_auto": page["negatives_auto"]})
+
+    def start(self, data: dict, request: gr.Request):
+        """`data`: {component: value} of the run selector, the confirmation state and the form (set-style inputs).
+        A run estimated over 15 min starts on the second click with the same settings (Studio.start_form); the
+        first one asks."""
+        actor = self.ctx.require_admin(request, "start training")
+        v = self.named(data)
         try:
-            st.stop_training(run_id, actor=actor)
+            r = self.st.start_form(v, v.get("extra"), v.get("confirm"), actor=actor)
         except (ValueError, RuntimeError) as ex:
-            return error_box(str(ex)), *view(run_id)
-        return ok_box(f"Stopping run {run_id}: it finishes its step and writes a checkpoint."), *view(run_id)
+            return self.pack(START_OUT, {"message": error_box(f"Not started: {ex}"), **self.view(v.get("run")),
+                                         "confirm": None})
+        if r["run_id"] is None:
+            return self.pack(START_OUT, {"message": warn_box(r["message"]), **self.view(v.get("run")),
+                                         "confirm": r["armed"]})
+        return self.pack(START_OUT, {
+            "message": ok_box(f"Started run {r['run_id']}. It runs in the background; you can reload the page or "
+                              "leave."), **self.runs(r["run_id"]), **self.view(r["run_id"]), "confirm": None})
 
-    def resume(run_id, request: gr.Request):
-        actor = ctx.require_admin(request, "resume training")
-        if not run_id:
-            return (error_box("No run selected."), gr.update(), gr.update(), *view(None))
+    def stop(self, run, request: gr.Request):
+        actor = self.ctx.require_admin(request, "stop training")
+        if not run:
+            return self.pack(STOP_OUT, {"message": error_box("No run selected."), **self.view(None)})
         try:
-            st.resume_training(run_id, actor=actor)
+            self.st.stop_training(run, actor=actor)
         except (ValueError, RuntimeError) as ex:
-            return (error_box(f"Not resumed: {ex}"), gr.update(), gr.update(), *view(run_id))
-        runs, df = hist()
-        return (ok_box(f"Resumed run {run_id} from its last checkpoint."),
-                gr.update(choices=run_choices(runs), value=run_id), df, *view(run_id))
+            return self.pack(STOP_OUT, {"message": error_box(str(ex)), **self.view(run)})
+        return self.pack(STOP_OUT, {"message": ok_box(f"Stopping run {run}: it finishes its step and writes a "
+                                                      "checkpoint."), **self.view(run)})
 
-    def tick(run_id, key, hkey):
+    def resume(self, run, request: gr.Request):
+        actor = self.ctx.require_admin(request, "resume training")
+        if not run:
+            return self.pack(RESUME_OUT, {"message": error_box("No run selected."), **self.view(None)})
+        try:
+            self.st.resume_training(run, actor=actor)
+        except (ValueError, RuntimeError) as ex:
+            return self.pack(RESUME_OUT, {"message": error_box(f"Not resumed: {ex}"), **self.view(run)})
+        return self.pack(RESUME_OUT, {"message": ok_box(f"Resumed run {run} from its last checkpoint."),
+                                      **self.runs(run), **self.view(run)})
+
+    def tick(self, run, plot_key, hist_key):
         """Every 2 s: the shown run; the history and the run list only when a run or a status changed."""
-        out = list(view(run_id, key))
-        runs = st.training_runs()
-        sig = tuple((r["id"], r["status"], r.get("error")) for r in runs)
-        if sig == hkey:
-            return (*out, gr.update(), gr.update(), hkey)
-        return (*out, history_df(runs), gr.update(choices=run_choices(runs)), sig)
+        out = self.view(run, plot_key)
+        runs, sig = self.st.training_runs_changed(hist_key)
+        if runs is not None:
+            out |= {"history": history_df(runs), "run": gr.update(choices=run_choices(runs))}
+        return self.pack(TICK_OUT, {**out, "hist_key": sig})
 
-    def select_history(evt: gr.SelectData, df):
+    def select_history(self, evt: gr.SelectData, history):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            rid = str(df.iloc[row, 0])
+            rid = str(history.iloc[row, 0])
         except Exception:  # noqa: BLE001
-            return gr.update(), *view(None)
-        return gr.update(value=rid), *view(rid)
+            return self.pack(SELECT_OUT, self.view(None))
+        return self.pack(SELECT_OUT, {"run": gr.update(value=rid), **self.view(rid)})
 
-    def open_report(run_id):
-        if not run_id:
-            return error_box("No run selected."), "", gr.update(visible=False), gr.update(visible=False)
+    def open_report(self, run):
+        hidden = {"report": "", "report_charts": gr.update(visible=False), "config": gr.update(visible=False)}
+        if not run:
+            return self.pack(REPORT_OUT, {**hidden, "report_message": error_box("No run selected.")})
         try:
-            r = st.run_report(run_id)
+            r = self.st.run_report(run)
         except ValueError as ex:
-            return error_box(str(ex)), "", gr.update(visible=False), gr.update(visible=False)
+            return self.pack(REPORT_OUT, {**hidden, "report_message": error_box(str(ex))})
         cfg = gr.update(value=r["config_yaml"] or "", visible=bool(r["config_yaml"]))
-        who = f"run {run_id} · {r['name']}" if r.get("name") else f"run {run_id}"
+        who = f"run {run} · {r['name']}" if r.get("name") else f"run {run}"
         if r["markdown"] is None:
-            return (ok_box(f"{who[0].upper() + who[1:]} has no evaluation report yet: press 'Evaluate shown run vs "
-                           "its base model' (an evaluation started in the Compare tab goes to the workspace's "
-                           "reports/ folder instead)."), "", gr.update(visible=False), cfg)
-        return (ok_box(f"Report of {who} ({r['path']}).{names_text(r.get('model_names'))}"),
-                report_for_page(r["markdown"]), gr.update(value=r["charts"], visible=bool(r["charts"])), cfg)
+            return self.pack(REPORT_OUT, {**hidden, "config": cfg, "report_message": ok_box(
+                f"{who[0].upper() + who[1:]} has no evaluation report yet: press 'Evaluate shown run vs its base "
+                "model' (an evaluation started in the Compare tab goes to the workspace's reports/ folder instead).")})
+        return self.pack(REPORT_OUT, {
+            "report_message": ok_box(f"Report of {who} ({r['path']}).{names_text(r.get('model_names'))}"),
+            "report": report_for_page(r["markdown"]), "config": cfg,
+            "report_charts": gr.update(value=r["charts"], visible=bool(r["charts"]))})
 
-    def evaluate_run(run_id, eval_n, request: gr.Request):
-        ctx.require_admin(request, "evaluate runs")
-        if not run_id:
+    def evaluate_run(self, run, eval_n, request: gr.Request):
+        self.ctx.require_admin(request, "evaluate runs")
+        if not run:
             yield error_box("No run selected."), gr.update(), gr.update(visible=False)
             return
         try:
-            run = st.training_status(run_id)
-            if not run.get("final"):
-                raise ValueError(f"run {run_id} has no final model yet (status {run['status']})")
-            sets = st.eval_set_choices()
-            base_spec = (run.get("config") or {}).get("model") or "default"
-            # the base first: the report's verdicts judge every model against the first one
-            eid = st.start_evaluation([base_spec, run["run_dir"]], sets, out_dir=f"{run['run_dir']}/report",
-                                      n_per_set=int(eval_n or 50), max_new_tokens=48,
-                                      pairs_path="pairs", actor=ctx.user(request))
+            ev = self.st.start_run_evaluation(run, eval_n, actor=self.ctx.user(request))
         except (ValueError, RuntimeError) as ex:
             yield error_box(f"Not evaluated: {ex}"), gr.update(), gr.update(visible=False)
             return
-        for s in st.watch_evaluation(eid):
-            if s["status"] == "running":
-                yield (ok_box(f"Evaluating {st.model_label(run['run_dir'])} vs {st.model_label(base_spec)}: "
-                              f"{s['stage']} {s['done']}/{s['total']}…"), gr.update(), gr.update())
-        if s["status"] == "failed":
-            yield error_box(f"Evaluation failed: {s['error']}"), gr.update(), gr.update(visible=False)
-            return
-        yield (ok_box(f"Evaluation done ({s['out_dir']}).{names_text(s.get('model_names'))}"),
-               report_for_page(s["markdown"]),
-               gr.update(value=s["charts"], visible=bool(s["charts"])))
+        yield from evaluation_updates(self.st, ev["id"], f"Evaluating {ev['label']} vs {ev['base_label']}",
+                                      "Evaluation done ({out_dir}).")
 
-    def reuse(run_id):
-        if not run_id:
-            return (*[gr.update()] * (len(form_inputs) + 1), error_box("No run selected."))
+    def fill_form(self, cfg: dict, note: str) -> dict:
+        """Every form input (and "extra") from a job config, and a message."""
+        form, extra = form_from_config(cfg)
+        return {**{k: gr.update(value=v) for k, v in form.items()}, "extra": extra, "message": note}
+
+    def reuse(self, run):
+        if not run:
+            return self.pack(FORM_OUT, {"message": error_box("No run selected.")})
         try:
-            cfg = st.run_config(run_id)
+            cfg = self.st.run_config(run)
         except ValueError as ex:
-            return (*[gr.update()] * (len(form_inputs) + 1), error_box(str(ex)))
-        return fill_form(cfg, ok_box(f"The form holds run {run_id}'s settings now (its data filters too); the data "
-                                     "is frozen anew when you start."))
+            return self.pack(FORM_OUT, {"message": error_box(str(ex))})
+        return self.pack(FORM_OUT, self.fill_form(cfg, ok_box(f"The form holds run {run}'s settings now (its data "
+                                                              "filters too); the data is frozen anew when you start.")))
 
-    def restore(done, request: gr.Request):
+    def restore(self, restored, request: gr.Request):
         """First open of the tab in this page: the settings this user last started a run with."""
-        if done:
-            return (*[gr.update()] * (len(form_inputs) + 1), gr.update(), True)
+        if restored:
+            return self.pack(RESTORE_OUT, {"restored": True})
         try:
-            cfg = st.last_train_form(ctx.user(request))
+            cfg = self.st.last_train_form(self.ctx.user(request))
         except gr.Error:
             cfg = None
         if not cfg:
-            return (*[gr.update()] * (len(form_inputs) + 1), gr.update(), True)
-        return (*fill_form(cfg, ok_box("The form holds the settings of the last run you started.")), True)
+            return self.pack(RESTORE_OUT, {"restored": True})
+        return self.pack(RESTORE_OUT, {**self.fill_form(cfg, ok_box("The form holds the settings of the last run you "
+                                                                    "started.")), "restored": True})
 
-    restored = gr.State(False)
-    reuse_btn.click(reuse, [run_sel], [*form_inputs, extra, msg]).then(do_estimate, cfg_inputs, estimate)
-    ctx.admin_only.append(reuse_btn)
-    for comp in cfg_inputs:
+
+# -- the tab ---------------------------------------------------------------------------------------------------
+def build(ctx: Ctx) -> dict:
+    tab = TrainTab(ctx)
+    st, c, start = ctx.studio, tab.c, form_defaults()
+    st.jobs  # create the job runner now: re-attaches runs left running by an earlier app process
+    opts = st.training_options()
+    helps, defaults = opts["help"], opts["defaults"]
+
+    gr.Markdown("### New training run")
+    with gr.Row():
+        c["recipe"] = gr.Dropdown([NO_RECIPE] + opts["recipes"], value=DEFAULT_RECIPE, label="Recipe", scale=1,
+                                  elem_id="train-recipe", info="a named preset of the settings below "
+                                  "(neat_studio/neat/recipes.py); you can still change any of them")
+        c["recipe_info"] = gr.Markdown("", elem_id="train-recipe-info")
+    with gr.Row():
+        c["model"] = gr.Dropdown(label="Base model", choices=opts["models"], value="default", allow_custom_value=True,
+                                 scale=3, elem_id="train-model", info="default (SmolLM2-135M-Instruct), a previous "
+                                 "run's model, or an HF name / local path")
+        c["method"] = gr.Radio(opts["methods"], value="neat", label="Method", scale=2, elem_id="train-method",
+                               info=helps.get("method"))
+    with gr.Row():
+        newest = [opts["newest_negative"]] if opts["newest_negative"] else []
+        c["negatives"] = gr.Dropdown(label="Negative prompt versions", choices=opts["negatives"], multiselect=True,
+                                     value=newest, elem_id="train-negatives", allow_custom_value=True,
+                                     info=helps.get("negatives") + " (default: the version saved last)")
+        c["negatives_auto"] = gr.State(newest)  # the default last given to the choice (newer version on open)
+        c["positives"] = gr.Dropdown(label="Positive prompt versions (optional, NEAT-PP)", choices=opts["positives"],
+                                     multiselect=True, value=[], elem_id="train-positives", allow_custom_value=True,
+                                     info="used when k_pos > 0: " + helps.get("positives", ""))
+    with gr.Row():
+        c["annotated_only"] = gr.Checkbox(False, label="Annotated only (prompts a human ranked)",
+                                          elem_id="train-annotated")
+        c["include_imported"] = gr.Checkbox(True, label="Include imported ranked pairs", elem_id="train-imported")
+        c["tags"] = gr.Dropdown(label="Only prompts with these tags (empty = all)", choices=opts["tags"],
+                                multiselect=True, value=[], elem_id="train-tags")
+        c["min_responses"] = gr.Number(2, label="Min. ranked responses per prompt", precision=0, minimum=1,
+                                       elem_id="train-min-responses", info="1 also trains on prompts with only a "
+                                       "reference answer (NEAT / RRHF add samples)")
+    with gr.Accordion("Hyper-parameters (defaults are sized for a 2-core CPU)", open=False):
+        for i in range(0, len(HYPER), 4):
+            with gr.Row():
+                for key, kind in HYPER[i:i + 4]:
+                    label, lo = HYPER_FIELDS[key]
+                    c[key] = gr.Number(value=start[key], label=label, precision=0 if kind is int else None,
+                                       minimum=lo, info=helps.get(key), elem_id=f"train-{key}")
+        with gr.Row():
+            c["lora"] = gr.Checkbox(False, label="LoRA adapters", info=helps.get("lora"), elem_id="train-lora")
+            c["dtype"] = gr.Dropdown(opts["dtypes"], value=defaults.get("dtype", "auto"), label="Precision",
+                                     info=f"{helps.get('dtype')}; here auto = {opts['auto_dtype']}",
+                                     elem_id="train-dtype")
+            c["name"] = gr.Textbox(label="Run name (optional)", max_lines=1, elem_id="train-name")
+        with gr.Row():
+            c["anchor"] = gr.Dropdown(["none", "round"], value=defaults.get("anchor", "none"), label="Anchor",
+                                      info=helps.get("anchor"), elem_id="train-anchor")
+            c["rank_reduction"] = gr.Dropdown(["sum", "mean"], value=defaults.get("rank_reduction", "sum"),
+                                              label="Rank loss per list", info=helps.get("rank_reduction"),
+                                              elem_id="train-rank-reduction")
+    c["estimate"] = gr.Markdown("", elem_id="train-estimate")
+    with gr.Row():
+        c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        c["resume"] = gr.Button("Resume", elem_id="train-resume")
+    ctx.admin_only.extend(tab.comps(("start", "stop", "resume")))
+    c["message"] = gr.HTML("", js_on_load=None, elem_id="train-msg")
+    c["confirm"] = gr.State(None)  # a long run's first Start click (Studio.start_form)
+
+    gr.Markdown("### Run")
+    with gr.Row():
+        c["run"] = gr.Dropdown(label="Run shown", choices=[], value=None, elem_id="train-run", scale=4)
+        c["refresh"] = gr.Button("Refresh", size="sm", scale=0, min_width=90, elem_id="train-refresh")
+    c["progress"] = gr.HTML(progress_html(None), js_on_load=None, elem_id="train-progress")
+    with gr.Row():  # the figures carry their own titles: gradio's label badge would cover them
+        c["loss_plot"] = gr.Plot(label="loss / rank loss", show_label=False, elem_id="train-loss-plot")
+        c["acc_plot"] = gr.Plot(label="rank accuracy", show_label=False, elem_id="train-acc-plot")
+        c["gap_plot"] = gr.Plot(label="p-gap (best − negative)", show_label=False, elem_id="train-gap-plot")
+    c["error"] = gr.HTML("", js_on_load=None, elem_id="train-error")
+    c["log"] = gr.Textbox(label="Last log lines", lines=8, max_lines=14, interactive=False, elem_id="train-log")
+    c["timer"], c["plot_key"], c["hist_key"] = gr.Timer(2.0), gr.State(None), gr.State(None)
+
+    gr.Markdown("### Run history")
+    c["history"] = gr.Dataframe(headers=HISTORY_COLUMNS, datatype="str", interactive=False, wrap=True, max_height=320,
+                                column_widths=HISTORY_WIDTHS, elem_id="train-history")
+    with gr.Row():
+        c["reuse"] = gr.Button("Reuse the shown run's config", size="sm", elem_id="train-reuse")
+        c["open_report"] = gr.Button("Open report of the shown run", size="sm", elem_id="train-report")
+        c["evaluate"] = gr.Button("Evaluate shown run vs its base model", size="sm", elem_id="train-evaluate")
+        c["eval_n"] = gr.Number(50, label="prompts per set (dev split)", precision=0, minimum=4, maximum=300,
+                                elem_id="train-eval-n",
+                                info="~1 s per prompt and model here; 100+ for differences that are not noise")
+    ctx.admin_only.append(c["evaluate"])
+    c["report_message"] = gr.HTML("", js_on_load=None, elem_id="train-report-msg")
+    c["report"] = gr.Markdown("", elem_id="train-report-md")
+    c["report_charts"] = gr.Gallery(label="charts", columns=3, height="auto", visible=False,
+                                    elem_id="train-report-charts")
+    c["config"] = gr.Code(label="config.yaml", language="yaml", interactive=False, visible=False,
+                          elem_id="train-config")
+    c["extra"] = gr.State({})  # a reused run's settings that the form does not show (cleared by picking a recipe)
+    c["restored"] = gr.State(False)  # the user's last settings were put in the form (once per page)
+
+    form = tab.comps(FORM_IN)
+    c["recipe"].input(tab.pick_recipe, tab.comps(("recipe", "negatives")), tab.comps(RECIPE_OUT))
+    c["recipe"].input(lambda: {}, None, c["extra"])  # a recipe chosen by hand replaces what a reused run brought
+    c["reuse"].click(tab.reuse, [c["run"]], tab.comps(FORM_OUT)).then(tab.do_estimate, form, c["estimate"])
+    ctx.admin_only.append(c["reuse"])
+    for comp in form:
         if isinstance(comp, (gr.Number, gr.Checkbox, gr.Dropdown, gr.Radio)):
-            comp.change(do_estimate, cfg_inputs, estimate, show_progress="hidden")
-    start_btn.click(start, {run_sel, confirm, *cfg_inputs}, [msg, run_sel, history, *view_outs, confirm])
-    stop_btn.click(stop, [run_sel], [msg, *view_outs])
-    resume_btn.click(resume, [run_sel], [msg, run_sel, history, *view_outs])
-    run_sel.input(lambda r: view(r), [run_sel], view_outs, show_progress="hidden")
-    refresh_btn.click(on_show, [negs_auto, *cfg_inputs], show_outs)
-    timer.tick(tick, [run_sel, plot_key, hist_key], [*view_outs, history, run_sel, hist_key], show_progress="hidden")
-    history.select(select_history, [history], [run_sel, *view_outs])
-    report_btn.click(open_report, [run_sel], [report_msg, report_md, report_gallery, config_code])
-    eval_btn.click(evaluate_run, [run_sel, eval_n], [report_msg, report_md, report_gallery])
-
-    return {"model": base, "method": method, "negatives": negs, "positives": poss, "annotated_only": annotated_only,
-            "include_imported": imported, "tags": tags, "estimate": estimate, "start": start_btn, "stop": stop_btn,
-            "resume": resume_btn, "message": msg, "run": run_sel, "progress": prog, "loss_plot": loss_plot,
-            "acc_plot": acc_plot, "gap_plot": gap_plot, "error": err, "log": log, "timer": timer,
-            "history": history, "report": report_md, **{f"hp_{h[0]}": c for h, c in zip(HYPER, hyper)},
-            "lora": lora, "dtype": dtype, "name": name, "reuse": reuse_btn, "recipe": recipe,
-            "_on_show": (on_show, [negs_auto, *cfg_inputs], show_outs),
-            "_restore": (restore, [restored], [*form_inputs, extra, msg, restored])}
+            comp.change(tab.do_estimate, form, c["estimate"], show_progress="hidden")
+    c["start"].click(tab.start, {c["run"], c["confirm"], *form}, tab.comps(START_OUT))
+    c["stop"].click(tab.stop, [c["run"]], tab.comps(STOP_OUT))
+    c["resume"].click(tab.resume, [c["run"]], tab.comps(RESUME_OUT))
+    c["run"].input(lambda run: tab.show_run(run), [c["run"]], tab.comps(VIEW_OUT), show_progress="hidden")
+    c["refresh"].click(tab.on_show, tab.comps(SHOW_IN), tab.comps(SHOW_OUT))
+    c["timer"].tick(tab.tick, tab.comps(("run", "plot_key", "hist_key")), tab.comps(TICK_OUT), show_progress="hidden")
+    c["history"].select(tab.select_history, [c["history"]], tab.comps(SELECT_OUT))
+    c["open_report"].click(tab.open_report, [c["run"]], tab.comps(REPORT_OUT))
+    c["evaluate"].click(tab.evaluate_run, tab.comps(("run", "eval_n")), tab.comps(EVAL_OUT))
+    return {**{k: c[k] for k in EXPORTED}, **{f"hp_{k}": c[k] for k in HYPER_KEYS},
+            "_on_show": (tab.on_show, tab.comps(SHOW_IN), tab.comps(SHOW_OUT)),
+            "_restore": (tab.restore, [c["restored"]], tab.comps(RESTORE_OUT))}
