@@ -781,3 +781,38 @@ def test_kl_term_covers_the_scoped_plain_samples_and_starts_at_zero(tiny_model_d
         preflight(c, lm=load_model(str(tiny_model_dir)))
     with pytest.raises(ConfigError, match="kl_weight needs the policy's own samples"):
         cfg_for(tiny_model_dir, s, tmp_path / "r3", kl_weight=1.0, method="sft").validate()
+
+
+def test_lora_samples_with_merged_adapters_as_without_and_keeps_the_base(tiny_model_dir, snap, tmp_path,
+                                                                          monkeypatch):
+    """LoRA rounds sample with the adapters merged into the frozen weights (one matmul per layer instead of three):
+    the same samples as the adapter layers give unmerged, and afterwards the frozen weights are back (float32
+    rounding) and the adapters untouched."""
+    import contextlib
+
+    from neat_studio.neat import trainer as trainer_mod
+
+    t, enc = _trainer(tiny_model_dir, snap, tmp_path / "run", lora=True, lora_r=4, lr=5e-2)
+    for _ in range(3):  # lora_B starts at 0: train until the adapters change the model's outputs
+        t._step([enc[:3]])
+        t._step([enc[3:]])
+    named = dict(t.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    calls, merge = [], t.model.merge_adapter
+    t.model.merge_adapter = lambda *a, **kw: (calls.append("merge"), merge(*a, **kw))
+    merged = t._sample(1)
+    assert calls == ["merge"]  # one merge per round's sampling
+    for n, p in t.model.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, before[n]), n
+        else:
+            torch.testing.assert_close(p, before[n], atol=1e-6, rtol=0)
+    assert not any(getattr(m, "merged", False) for m in t.model.modules())  # unmerged again
+    monkeypatch.setattr(trainer_mod, "adapters_merged", lambda m: contextlib.nullcontext(m))
+    unmerged = t._sample(1)
+    assert merged == unmerged
+    # the adapters do change what the model writes (so the comparison above is not between two base models)
+    with t.model.disable_adapter():
+        monkeypatch.setattr(trainer_mod, "adapters_merged", lambda m: contextlib.nullcontext(m))
+        base = t._sample(1)
+    assert base != merged

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 
 import torch
 
@@ -35,3 +36,20 @@ def with_model(lm, model):
     except AttributeError:
         lm.model = model
         return lm
+
+
+@contextmanager
+def adapters_merged(model):
+    """LoRA (peft): the adapters merged into the frozen weights while the model samples (peft's merge_adapter /
+    unmerge_adapter, as TRL's online trainers do around generation), so a sample costs what the base model's does
+    instead of two more matmuls and a dropout in every adapted layer. The frozen weights come back within float32
+    rounding (w + d - d). Any other model: as it is."""
+    merge = getattr(model, "merge_adapter", None)
+    if merge is None:
+        yield model
+        return
+    merge()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()

@@ -53,7 +53,7 @@ from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signal
 from .checkpoint import CheckpointMixin
 from .estimate import eta_seconds
 from .optim import clip_gradients, make_optimizer
-from .sampling import restore_training_layout, with_model
+from .sampling import adapters_merged, restore_training_layout, with_model
 from .scorer import ListScorer
 
 log = logging.getLogger("neat_studio.neat")
@@ -221,8 +221,6 @@ class NeatTrainer(CheckpointMixin):
         rows[rank::world] and gathered."""
         from accelerate.utils import gather_object
 
-        from ..generation import GenParams, generate
-
         cfg = self.cfg
         rows = self.prep.rows[self.rank::self.world]
         specs = [("policy", None, cfg.k, {}, None)]
@@ -242,21 +240,8 @@ class NeatTrainer(CheckpointMixin):
                 raise Stop()
 
         try:
-            for j, (origin, system, k, params, scope) in enumerate(specs):
-                # a scoped system prompt samples only on the prompts carrying its tag (over_refusal on benign
-                # prompts: a refusal of a harmful request must never be pushed down as "undesirable")
-                srows = [row for row in rows if scope is None or scope in (row.get("tags") or [])]
-                if k <= 0 or not srows:
-                    continue
-                gp = GenParams(temperature=float(params.get("temperature", cfg.temperature)),
-                               top_p=float(params.get("top_p", cfg.top_p)), max_new_tokens=cfg.max_new_tokens,
-                               k=k, seed=_seed(cfg.seed, r, j, self.rank))
-                with self.acc.autocast():
-                    res = generate(lm, [row["prompt"] for row in srows], system=system, params=gp,
-                                   batch_size=cfg.gen_batch_size, progress=progress,
-                                   max_prompt_tokens=cfg.max_prompt_len, ids=[row["prompt_id"] for row in srows])
-                for row, samples in zip(srows, res):
-                    out[str(row["prompt_id"])] += [(s.text, origin) for s in samples]
+            with adapters_merged(model):
+                self._sample_specs(lm, rows, specs, r, progress, out)
         finally:
             # the generator's transposed weight layout must not leak into training and save_pretrained (see the
             # module docstring); this also runs when a stop signal aborts the sampling
@@ -266,6 +251,27 @@ class NeatTrainer(CheckpointMixin):
         for part in gather_object([out]):
             merged.update(part)
         return merged
+
+    def _sample_specs(self, lm, rows: list, specs: list, r: int, progress, out: dict) -> None:
+        """Each (origin, system prompt, k, params, scope) of `specs` sampled on its rows into `out`."""
+        from ..generation import GenParams, generate
+
+        cfg = self.cfg
+        for j, (origin, system, k, params, scope) in enumerate(specs):
+            # a scoped system prompt samples only on the prompts carrying its tag (over_refusal on benign
+            # prompts: a refusal of a harmful request must never be pushed down as "undesirable")
+            srows = [row for row in rows if scope is None or scope in (row.get("tags") or [])]
+            if k <= 0 or not srows:
+                continue
+            gp = GenParams(temperature=float(params.get("temperature", cfg.temperature)),
+                           top_p=float(params.get("top_p", cfg.top_p)), max_new_tokens=cfg.max_new_tokens,
+                           k=k, seed=_seed(cfg.seed, r, j, self.rank))
+            with self.acc.autocast():
+                res = generate(lm, [row["prompt"] for row in srows], system=system, params=gp,
+                               batch_size=cfg.gen_batch_size, progress=progress,
+                               max_prompt_tokens=cfg.max_prompt_len, ids=[row["prompt_id"] for row in srows])
+            for row, samples in zip(srows, res):
+                out[str(row["prompt_id"])] += [(s.text, origin) for s in samples]
 
     # .. training ..
     def _encode(self, lst: RankedList) -> EncodedList | None:
