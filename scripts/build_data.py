@@ -37,6 +37,9 @@ N_PAIRS = 300
 SEED = 20261203
 # starter curated set of the safety recipe
 N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
+# the starter set of each recipe: (harmful, look-alike, benign) prompts; safety-pp-lora's has more harmless requests
+# (the alignment study's v8-v10 data: benchmarks/RESULTS.md)
+RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (40, 32, 72)}
 N_GENERAL = 0  # everyday instructions from self-instruct's seed tasks, tagged benign + general (0: none)
 
 REFUSAL_START = re.compile(r"^\s*(I'?m sorry|I am sorry|I cannot|I can'?t|I apologi[sz]e|As an AI|Sorry|I'?m unable|"
@@ -96,8 +99,11 @@ def _set_entry(path: Path, rows: list, name: str, data_root: Path) -> dict:
             "sources": [source_info(data_root, rel) for rel in evalsets.DEFAULT_SOURCES[name]]}
 
 
-def build_safety_recipe(data_root: Path, out: Path, eval_keys: set) -> dict:
-    """Starter curated set for the safety recipe, deduplicated against every evaluation prompt."""
+def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
+                        counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN)) -> dict:
+    """Starter curated set for a safety recipe ((harmful, look-alike, benign) prompts), deduplicated against every
+    evaluation prompt."""
+    n_harmful, n_lookalike, n_benign = counts
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
     seen = set(eval_keys)
@@ -125,7 +131,7 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set) -> dict:
     harm = [h for h in harm if h.get("instruction") and not h.get("input") and REFUSAL_START.search(h["output"])
             and len(h["output"]) <= 500]
     rng.shuffle(harm)
-    rows = take(harm, N_HARMFUL, lambda h: h["instruction"], lambda h: {
+    rows = take(harm, n_harmful, lambda h: h["instruction"], lambda h: {
         "prompt": h["instruction"], "responses": [h["output"].strip()], "ranks": [0], "origins": ["dataset"],
         "tags": ["harmful", "safety-recipe"]})
     look_src = "coconot/coconot_pref.jsonl"
@@ -136,14 +142,14 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set) -> dict:
             and len(r["chosen"]) <= 1500]
     look.sort(key=lambda r: r["id"])
     rng.shuffle(look)
-    rows += take(look, N_LOOKALIKE, lambda r: r["prompt"], lambda r: {
+    rows += take(look, n_lookalike, lambda r: r["prompt"], lambda r: {
         "prompt": r["prompt"], "responses": [r["chosen"].strip(), r["rejected"].strip()], "ranks": [0, 1],
         "origins": ["dataset:chosen", "dataset:rejected"], "tags": ["benign", "lookalike", "safety-recipe"]})
     ben_src = "alpaca-eval/text_davinci_003_model_outputs.json"
     ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
     ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= 1200]
     rng.shuffle(ben)
-    rows += take(ben, N_BENIGN, lambda b: b["instruction"], lambda b: {
+    rows += take(ben, n_benign, lambda b: b["instruction"], lambda b: {
         "prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0], "origins": ["dataset"],
         "tags": ["benign", "safety-recipe"]})
     gen_src = "self-instruct-seed/seed_tasks.jsonl"
@@ -183,9 +189,11 @@ def main() -> int:
         print(f"no public data at {root} (give --data-root)", file=sys.stderr)
         return 2
     m, keys = build_evalsets(root, REPO / "data" / "evalsets")
-    r = build_safety_recipe(root, REPO / "data" / "recipes" / "safety", keys)
+    recipes = {name: build_safety_recipe(root, REPO / "data" / "recipes" / name, keys, counts)
+               for name, counts in RECIPE_DATA.items()}
     print(json.dumps({"evalsets": {k: {"total": v["total"], "by_split": v["by_split"]} for k, v in m["sets"].items()},
-                      "safety_recipe": {"rows": r["rows"], "by_tag": r["by_tag"]}}, indent=2))
+                      "recipes": {n: {"rows": r["rows"], "by_tag": r["by_tag"]} for n, r in recipes.items()}},
+                     indent=2))
     return 0
 
 

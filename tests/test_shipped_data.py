@@ -33,11 +33,15 @@ def test_evalsets_match_their_manifest_and_split_rule():
             assert len(set(keys)) == len(keys), f"{name} has duplicate prompts"
 
 
-def test_recipe_data_never_overlaps_an_evaluation_prompt():
-    train = rows(DATA / "recipes" / "safety" / "curated.jsonl")
-    assert len(train) == 112
+@pytest.mark.parametrize("recipe,n,by_tag", [("safety", 112, (48, 32, 64)), ("safety-pp-lora", 144, (40, 32, 104))])
+def test_recipe_data_never_overlaps_an_evaluation_prompt(recipe, n, by_tag):
+    from neat_studio.neat.recipes import RECIPES
+
+    assert recipe in RECIPES
+    train = rows(DATA / "recipes" / recipe / "curated.jsonl")
+    assert len(train) == n
     tags = [t for r in train for t in r["tags"]]
-    assert (tags.count("harmful"), tags.count("lookalike"), tags.count("benign")) == (48, 32, 64)
+    assert (tags.count("harmful"), tags.count("lookalike"), tags.count("benign")) == by_tag
     train_keys = {E.prompt_key(r["prompt"]) for r in train}
     for name in ("harmful", "lookalike", "benign", "pairs"):
         ev = rows(DATA / "evalsets" / f"{name}.jsonl")
@@ -71,3 +75,6 @@ def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
     for name in ("harmful", "lookalike", "benign", "pairs"):
         assert (tmp_path / "evalsets" / f"{name}.jsonl").read_bytes() == (DATA / "evalsets" / f"{name}.jsonl").read_bytes()
     assert (tmp_path / "recipe" / "curated.jsonl").read_bytes() == (DATA / "recipes" / "safety" / "curated.jsonl").read_bytes()
+    mod.build_safety_recipe(root, tmp_path / "recipe2", keys, mod.RECIPE_DATA["safety-pp-lora"])
+    assert (tmp_path / "recipe2" / "curated.jsonl").read_bytes() == \
+        (DATA / "recipes" / "safety-pp-lora" / "curated.jsonl").read_bytes()
