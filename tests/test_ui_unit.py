@@ -249,3 +249,14 @@ def test_snapshot_message_counts_in_words_not_a_dict():
     assert t == "3 prompt(s) (dev 1, train 2), 6 response(s), 3 ranked pair(s), 3 ranked by people"
     assert "{" not in t and "'" not in t
     assert snapshot_counts_text({}) == "" and snapshot_counts_text(None) == ""
+
+
+def test_code_html_numbers_each_line_in_its_own_row_and_renders_inert():
+    from neat_studio.ui.common import code_html
+
+    h = code_html("lr: 1.0e-05\n\nname: <b>x</b>", "config.yaml")
+    assert h == ("<div class='neat-code'><div class='neat-code-title'>config.yaml</div>"
+                 "<div class='neat-code-line'><span class='neat-code-n'>1</span><span class='neat-code-t'>lr: 1.0e-05"
+                 "</span></div><div class='neat-code-line'><span class='neat-code-n'>2</span><span class='neat-code-t'>"
+                 "&#8203;</span></div><div class='neat-code-line'><span class='neat-code-n'>3</span>"
+                 "<span class='neat-code-t'>name: &lt;b&gt;x&lt;/b&gt;</span></div></div>")

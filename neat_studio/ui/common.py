@@ -200,6 +200,16 @@ class Tab:
         return tuple(values[n] if n in values else gr.update() for n in names)
 
 
+def code_html(text: str, title: str) -> str:
+    """A read-only text file with line numbers, one row per line (number and text in the same row, so a number
+    can never drift from its line, as gr.Code's measured gutter did when it was filled while hidden). Escaped:
+    the text renders inert."""
+    rows = "".join(f"<div class='neat-code-line'><span class='neat-code-n'>{i}</span>"
+                   f"<span class='neat-code-t'>{esc(line) or '&#8203;'}</span></div>"
+                   for i, line in enumerate(text.splitlines(), 1))
+    return f"<div class='neat-code'><div class='neat-code-title'>{esc(title)}</div>{rows}</div>"
+
+
 def report_for_page(markdown: str | None) -> str:
     """An evaluation report's Markdown for the page: its chart images are relative files (charts/x.png) the
     browser cannot fetch, and the page shows them in a gallery below, so the image links become a pointer."""

@@ -13,7 +13,8 @@ import gradio as gr
 import pandas as pd
 
 from ..studio.training import DEFAULT_RECIPE, FORM_KEYS, HYPER, NO_RECIPE, form_defaults, form_from_config
-from .common import Ctx, Tab, error_box, esc, evaluation_updates, fmt_num, names_text, ok_box, report_for_page, warn_box
+from .common import (Ctx, Tab, code_html, error_box, esc, evaluation_updates, fmt_num, names_text, ok_box,
+                     report_for_page, warn_box)
 
 HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
@@ -282,7 +283,7 @@ class TrainTab(Tab):
             r = self.st.run_report(run)
         except ValueError as ex:
             return self.pack(REPORT_OUT, {**hidden, "report_message": error_box(str(ex))})
-        cfg = gr.update(value=r["config_yaml"] or "", visible=bool(r["config_yaml"]))
+        cfg = gr.update(value=code_html(r["config_yaml"] or "", "config.yaml"), visible=bool(r["config_yaml"]))
         who = f"run {run} · {r['name']}" if r.get("name") else f"run {run}"
         if r["markdown"] is None:
             return self.pack(REPORT_OUT, {**hidden, "config": cfg, "report_message": ok_box(
@@ -429,8 +430,7 @@ def build(ctx: Ctx) -> dict:
     c["report"] = gr.Markdown("", elem_id="train-report-md")
     c["report_charts"] = gr.Gallery(label="charts", columns=3, height="auto", visible=False,
                                     elem_id="train-report-charts")
-    c["config"] = gr.Code(label="config.yaml", language="yaml", interactive=False, visible=False,
-                          elem_id="train-config")
+    c["config"] = gr.HTML("", visible=False, elem_id="train-config")  # code_html: numbers on their own lines
     c["extra"] = gr.State({})  # a reused run's settings that the form does not show (cleared by picking a recipe)
     c["restored"] = gr.State(False)  # the user's last settings were put in the form (once per page)
 

@@ -257,24 +257,18 @@ def _walk(app, st, tmp_path, browser, page_errors):
     assert rid in md  # the report's models table names the run (its folder)
     page.locator("#train-report-md h2", has_text="Verdicts against the base").scroll_into_view_if_needed()
     shot(page, "loop_report")
-    # the run's config.yaml: every line number sits on its own line of text (the viewer's gutter once drifted)
+    # the run's config.yaml: every line number sits on its own line of text (gr.Code's gutter, filled while hidden,
+    # drifted: 14 px per number against 16.8 px per line)
     code = page.locator("#train-config")
     code.scroll_into_view_if_needed()
     want = (Path(run_dir) / "config.yaml").read_text().splitlines()
-    tops = page.evaluate("""() => {
-        const r = document.querySelector('#train-config');
-        const lines = [...r.querySelectorAll('.cm-content .cm-line')].map(e => e.getBoundingClientRect().top);
-        const nums = [...r.querySelectorAll('.cm-lineNumbers .cm-gutterElement')]
-            .filter(e => /^\\d+$/.test(e.textContent.trim()) && e.getBoundingClientRect().height > 0)
-            .map(e => [Number(e.textContent.trim()), e.getBoundingClientRect().top]);
-        return {lines, nums};
-    }""")
-    # (CodeMirror may leave lines far outside the window out of the page: compare what it rendered, from line 1;
-    # its gutter's width spacer, the widest number at height 0, is not a line number)
-    lines, nums = tops["lines"], sorted(tops["nums"])
-    assert len(lines) > 20 and len(lines) <= len(want)
-    assert [n for n, _ in nums] == list(range(1, len(lines) + 1))
-    assert all(abs(top - line_top) < 2 for (_, top), line_top in zip(nums, lines)), tops
+    rows = page.evaluate("""() => [...document.querySelectorAll('#train-config .neat-code-line')].map(r => {
+        const n = r.querySelector('.neat-code-n'), t = r.querySelector('.neat-code-t');
+        return [n.textContent, n.getBoundingClientRect().top, t.textContent, t.getBoundingClientRect().top];
+    })""")
+    assert [r[0] for r in rows] == [str(i) for i in range(1, len(want) + 1)] and len(want) > 20
+    assert [r[2].replace("\u200b", "") for r in rows] == want
+    assert all(abs(r[1] - r[3]) < 1 for r in rows), rows[:5]
     rep = st.run_report(rid)["report"]
     assert set(rep["sets"]) == set(st.eval_set_choices())
     assert all(0 < s["n"] <= 4 for s in rep["sets"].values())
