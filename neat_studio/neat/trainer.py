@@ -101,6 +101,7 @@ class NeatTrainer(CheckpointMixin):
         random.seed(cfg.seed)
         model = self.lm.model.float()
         self.ref_scorer = None
+        self.tags = {str(row["prompt_id"]): tuple(row.get("tags") or ()) for row in self.prep.rows}  # kl_scope
         if cfg.kl_weight > 0:
             # the KL term's reference: a frozen copy of the starting model (taken before any LoRA wrapping and
             # before a resumed run loads its checkpoint, so it is always the model the run started from)
@@ -280,15 +281,9 @@ class NeatTrainer(CheckpointMixin):
         cfg = self.cfg
         e = encode_list(self.tok, lst, cfg.max_prompt_len, cfg.max_response_len)
         if e is not None and cfg.kl_weight > 0:
-            in_scope = not cfg.kl_scope or cfg.kl_scope in self._tags.get(lst.prompt_id, ())
+            in_scope = not cfg.kl_scope or cfg.kl_scope in self.tags.get(lst.prompt_id, ())
             e.kl = [in_scope and lst.origins[i] == "policy" for i in e.src]
         return e
-
-    @property
-    def _tags(self) -> dict:
-        if not hasattr(self, "_tags_by_id"):
-            self._tags_by_id = {str(row["prompt_id"]): tuple(row.get("tags") or ()) for row in self.prep.rows}
-        return self._tags_by_id
 
     def _kl(self, batch: dict, logp) -> torch.Tensor:
         """kl_weight's term on a batch: the policy's log-softmax at the marked tokens against the frozen starting
