@@ -119,7 +119,8 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/neat-study")
     ap.add_argument("--variant", required=True, help="a name for these settings (results are keyed by it)")
     ap.add_argument("--method", default=None, help="neat (recipe default) | rrhf | sft | dpo")
-    ap.add_argument("--no-recipe", action="store_true", help="start from NeatConfig's defaults, not --recipe safety")
+    ap.add_argument("--recipe", default="safety", help="the named recipe each run starts from (neat/recipes.py)")
+    ap.add_argument("--no-recipe", action="store_true", help="start from NeatConfig's defaults, not --recipe")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -154,7 +155,7 @@ def main() -> int:
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         run = work / "runs" / f"{args.variant}-s{seed}"
         row = {"variant": args.variant, "seed": seed, "method": args.method or "neat",
-               "recipe": None if args.no_recipe else "safety", "overrides": args.set, "note": args.note,
+               "recipe": None if args.no_recipe else args.recipe, "overrides": args.set, "note": args.note,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "snapshot_counts": state.get("snapshot_counts"),
                "data": state.get("data") or {"file": "data/recipes/safety/curated.jsonl (112 rows, before v8)"},
                "eval": {"split": "dev", "max_new_tokens": args.max_new_tokens, "dtype": args.eval_dtype}}
@@ -163,7 +164,7 @@ def main() -> int:
                 cmd = ["train", "--snapshot", str(snap), "--model", "default", "--out", str(run),
                        "--set", f"seed={seed}"]
                 if not args.no_recipe:
-                    cmd += ["--recipe", "safety"]
+                    cmd += ["--recipe", args.recipe]
                 if args.method:
                     cmd += ["--method", args.method]
                 for s in args.set:
