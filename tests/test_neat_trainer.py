@@ -103,6 +103,33 @@ def test_rule_ranking_places_online_samples():
         [0, 1, 0, 2]
 
 
+def test_degenerate_rank_bottom_puts_the_policys_loops_with_the_negatives():
+    row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}],
+           "responses": ["best", "worst"], "ranks": [0, 1], "origins": ["human", "dataset:rejected"]}
+    loop = "No, no, no, no, no, no."                      # 3-gram 'no no no' x4
+    curated_loop = "the cat sat the cat sat the cat sat the cat sat"  # a human's choice is kept as it is
+    online = [("A fine plain answer.", "policy"), (loop, "policy"), ("Sure sure sure sure sure sure", "positive:k@1"),
+              ("mean mean mean mean mean mean", "negative:rude@1")]
+    kept = build_list(row, online, "neat", plain_ties_best=True)
+    assert kept.ranks == [0, 1, 0, 0, 0, 2] and kept.origins[3] == "policy"
+    low = build_list(row, online, "neat", plain_ties_best=True, degenerate_bottom=True)
+    # the looping plain and positive samples join the negatives' bottom group (tied with them), marked;
+    # a looping negative stays a negative; the fluent plain sample keeps its place
+    assert low.responses == kept.responses
+    assert low.origins == ["human", "dataset:rejected", "policy", "degenerate:policy", "degenerate:positive:k@1",
+                           "negative:rude@1"]
+    assert low.ranks == [0, 1, 0, 2, 2, 2]
+    assert low.is_negative == [False] * 5 + [True]
+    row2 = {**row, "responses": [curated_loop, "worst"]}
+    assert build_list(row2, [(loop, "policy")], "neat", degenerate_bottom=True).ranks == [0, 1, 2]
+    # reward ranking orders samples by the scorer: the rule does not apply there
+    class Flat:
+        def score(self, prompts, responses):
+            return [1.0] * len(responses)
+    assert build_list(row, [(loop, "policy")], "neat", "reward", Flat(), degenerate_bottom=True).origins[2] == \
+        "policy"
+
+
 def test_reward_ranking_merges_scores_with_curated_ranks():
     class Scorer:
         def __init__(self, table):

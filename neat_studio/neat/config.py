@@ -12,6 +12,7 @@ RANKINGS = ("rule", "reward")
 ANCHORS = ("none", "round")
 POSITIVE_RANKS = ("plain", "above_plain")
 PLAIN_RANKS = ("below_curated", "tie_best")
+DEGENERATE_RANKS = ("keep", "bottom")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 PROMPT_CACHE = ("auto", "on", "off")
@@ -55,6 +56,11 @@ class NeatConfig:
     positive_rank: str = _f("plain", "rule ranking of positive-prompt samples: plain = tied with the plain samples; "
                                      "above_plain = just above them (still below the curated answers they lose to)",
                             choices=POSITIVE_RANKS)
+    degenerate_rank: str = _f("keep", "rule ranking of the policy's own plain and positive samples that loop "
+                                      "(eval_metrics.degeneration: a word 3-gram 4+ times, under 40 % distinct words, "
+                                      "or no word): keep = ranked like the other samples; bottom = with the negative-"
+                                      "prompt samples, so a loop is pushed down and never trained toward",
+                              choices=DEGENERATE_RANKS)
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")
@@ -176,6 +182,8 @@ class NeatConfig:
             bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.plain_rank not in PLAIN_RANKS:
             bad(f"plain_rank must be one of {', '.join(PLAIN_RANKS)}, not {self.plain_rank!r}")
+        if self.degenerate_rank not in DEGENERATE_RANKS:
+            bad(f"degenerate_rank must be one of {', '.join(DEGENERATE_RANKS)}, not {self.degenerate_rank!r}")
         if self.positive_rank not in POSITIVE_RANKS:
             bad(f"positive_rank must be one of {', '.join(POSITIVE_RANKS)}, not {self.positive_rank!r}")
         if self.anchor not in ANCHORS:

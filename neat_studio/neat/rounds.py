@@ -11,7 +11,10 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   reward scorer's job), unless `positive_above_plain` (config `positive_rank=above_plain`): then positive-prompt
   samples sit just above the plain ones, still below the curated groups the plain samples lose to;
 - negative-prompt samples (online) are the bottom group, tied among themselves: every one ranks below every
-  non-negative response of the prompt (curated responses whose origin is `negative:*` keep their human rank).
+  non-negative response of the prompt (curated responses whose origin is `negative:*` keep their human rank);
+- with `degenerate_bottom` (config `degenerate_rank=bottom`), a plain or positive sample that loops
+  (`eval_metrics.degeneration`) joins that bottom group, its origin marked `degenerate:<origin>`: the model's own
+  repetition collapse is pushed down instead of being ranked with (or, tied best, trained toward) its answers.
 Reward rule (`ranking="reward"`): a scorer object with `.score(prompts, responses) -> scores` (higher = better)
 scores curated and online responses. Curated groups keep their human order; each gets the threshold
 t_g = min(mean score of groups 0..g) (monotone). An online sample with score s ties with group g when s == t_g,
@@ -28,7 +31,9 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 
-NEG, POS = "negative:", "positive:"
+from ..eval_metrics import degeneration
+
+NEG, POS, DEGEN = "negative:", "positive:", "degenerate:"
 
 
 @dataclass
@@ -97,7 +102,7 @@ def rank_rule(curated, online, positive_above_plain: bool = False, plain_ties_be
         mid = -1.0
     keys = [float(r) for _, _, r in curated]
     for _, o in online:
-        if o.startswith(NEG):
+        if o.startswith((NEG, DEGEN)):
             keys.append(math.inf)
         elif o.startswith(POS) and positive_above_plain:
             keys.append(mid - 0.25)
@@ -131,13 +136,16 @@ def rank_reward(curated, online, scores) -> list:
 
 
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
-               positive_above_plain: bool = False, plain_ties_best: bool = False) -> RankedList | None:
+               positive_above_plain: bool = False, plain_ties_best: bool = False,
+               degenerate_bottom: bool = False) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
     texts = {t.strip() for t, *_ in cur}
     onl = [it for it in _dedupe(list(online)) if it[0].strip() not in texts]
     if method == "sft":
         onl = []
+    if degenerate_bottom and ranking == "rule":
+        onl = [(t, DEGEN + o if not o.startswith(NEG) and degeneration(t) else o) for t, o in onl]
     if not cur and not onl:
         return None
     if ranking == "reward" and onl:

@@ -47,7 +47,7 @@ from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
-from .rounds import NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
+from .rounds import DEGEN, NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
 from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
                      prepared_for)
 from .checkpoint import CheckpointMixin
@@ -155,7 +155,8 @@ class NeatTrainer(CheckpointMixin):
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
                              self.prep.scorer, positive_above_plain=self.cfg.positive_rank == "above_plain",
                              plain_ties_best=self.cfg.plain_rank == "tie_best" and (
-                                 not self.cfg.plain_rank_scope or self.cfg.plain_rank_scope in (row.get("tags") or [])))
+                                 not self.cfg.plain_rank_scope or self.cfg.plain_rank_scope in (row.get("tags") or [])),
+                             degenerate_bottom=self.cfg.degenerate_rank == "bottom")
             if lst is not None:
                 lists.append(lst)
         if self.cfg.anchor == "round" or self.cfg.diag_every:
@@ -212,7 +213,8 @@ class NeatTrainer(CheckpointMixin):
                 if p != p:  # NaN: no tokens
                     continue
                 kind = ("curated_best" if r == best else "curated_other") if c else \
-                    "negative" if o.startswith(NEG) else "positive" if o.startswith(POS) else "plain"
+                    "negative" if o.startswith(NEG) else "degenerate" if o.startswith(DEGEN) else \
+                    "positive" if o.startswith(POS) else "plain"
                 s, n = acc.get(kind, (0.0, 0))
                 acc[kind] = (s + p, n + 1)
         return {f"p_{k}": round(s / n, 4) for k, (s, n) in sorted(acc.items())}
@@ -422,6 +424,7 @@ class NeatTrainer(CheckpointMixin):
                 self._log({"event": "round_start", "round": r, "step": self.pos["global_step"],
                            "n_lists": len(enc), "n_responses": sum(len(e.response_ids) for e in enc),
                            "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
+                           "n_degenerate": sum(sum(1 for o in x.origins if o.startswith(DEGEN)) for x in lists),
                            "sample_s": round(time.time() - t0, 3), **self._round_p_means(lists)})
             scheds = {}
             while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
