@@ -843,3 +843,35 @@ def test_lora_samples_with_merged_adapters_as_without_and_keeps_the_base(tiny_mo
         monkeypatch.setattr(trainer_mod, "adapters_merged", lambda m: contextlib.nullcontext(m))
         base = t._sample(1)
     assert base != merged
+
+
+def test_greedy_plain_adds_the_greedy_answer_and_keeps_the_sampled_ones(tiny_model_dir, snap, tmp_path):
+    """greedy_plain: one more plain sample per prompt, decoded greedily (what the evaluation and a user see),
+    ranked as a plain sample; the sampled answers (plain and negative) are those of the same run without it."""
+    from neat_studio.generation import GenParams, generate
+    from neat_studio.models import load_model
+    from neat_studio.neat.preflight import preflight
+    from neat_studio.neat.trainer import NeatTrainer
+
+    lm = load_model(str(tiny_model_dir))
+    online = {}
+    for flag in (False, True):
+        cfg = cfg_for(tiny_model_dir, snap, tmp_path / f"run{flag}", greedy_plain=flag, temperature=1.0)
+        t = NeatTrainer(cfg, tmp_path / f"run{flag}", prepared=preflight(cfg, lm=lm))
+        t._setup()
+        online[flag] = t._sample(0)
+    rows = toy_rows()
+    greedy = generate(lm, [r["prompt"] for r in rows], params=GenParams(temperature=0.0, max_new_tokens=8),
+                      max_prompt_tokens=64)
+    for row, g in zip(rows, greedy):
+        pid = row["prompt_id"]
+        without, with_ = online[False][pid], online[True][pid]
+        assert [o for _, o in without] == ["policy", "negative:rude@1"]
+        # order plain, plain (greedy), negative; the sampled texts are unchanged
+        assert [o for _, o in with_] == ["policy", "policy", "negative:rude@1"]
+        assert [with_[0], with_[2]] == without
+        assert with_[1][0] == g[0].text
+    from neat_studio.neat.estimate import estimate_time
+    base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
+    assert estimate_time({**base, "greedy_plain": True}, 100)["sampling_s"] > \
+        estimate_time(base, 100)["sampling_s"]

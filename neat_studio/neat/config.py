@@ -40,6 +40,8 @@ class NeatConfig:
     positives: list = _f([], "positive system prompts (NEAT-PP), name@version[:TAG] as for negatives")
     # sampling per round
     k: int = _f(2, "plain policy samples per prompt and round (neat, rrhf)")
+    greedy_plain: bool = _f(False, "also one plain sample per prompt and round decoded greedily (temperature 0): the "
+                                   "answer a user and the evaluation see, ranked as a plain sample (neat, rrhf)")
     k_neg: int = _f(2, "samples per prompt and round under EACH negative prompt (neat)")
     k_pos: int = _f(0, "samples per prompt and round under each positive prompt (0 = none)")
     rounds: int = _f(2, "rounds: sample from the current policy, rank, train `epochs` epochs")

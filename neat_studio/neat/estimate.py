@@ -97,6 +97,8 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
     # sampling passes (plain, each negative / positive prompt): (k, prompts sampled)
     passes = {"neat": [(k, n)] + [(k_neg, rows_of(r)) for r in negs] + [(k_pos, rows_of(r)) for r in poss],
               "rrhf": [(k, n)] + [(k_pos, rows_of(r)) for r in poss]}.get(method, [])
+    if passes and str(g("greedy_plain")).lower() in ("true", "1"):
+        passes.append((1, n))
     passes = [(kk, m) for kk, m in passes if kk > 0 and m > 0]
     online = sum(kk * m for kk, m in passes) / n if n else 0  # online samples per list, on average
     new_tok = int(g("max_new_tokens"))

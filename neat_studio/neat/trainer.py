@@ -231,6 +231,8 @@ class NeatTrainer(CheckpointMixin):
                   for e in self.prep.positives]
         specs += [(NEG + e["ref"], e.get("text"), cfg.k_neg, e.get("params") or {}, e.get("scope"))
                   for e in self.prep.negatives]
+        if cfg.greedy_plain:  # last, so the seeds of the sampled specs stay those of a run without it
+            specs.append(("policy", None, 1, {"temperature": 0.0}, None))
         out = {str(row["prompt_id"]): [] for row in rows}
         model = self.acc.unwrap_model(self.scorer).model
         model.eval()
@@ -253,7 +255,9 @@ class NeatTrainer(CheckpointMixin):
         merged = {}
         for part in gather_object([out]):
             merged.update(part)
-        return merged
+        kind = {"policy": 0}  # the order plain, positive, negative (build_list's dedupe keeps the first)
+        return {pid: sorted(v, key=lambda it: kind.get(it[1], 1 if it[1].startswith(POS) else 2))
+                for pid, v in merged.items()}
 
     def _sample_specs(self, lm, rows: list, specs: list, r: int, progress, out: dict) -> None:
         """Each (origin, system prompt, k, params, scope) of `specs` sampled on its rows into `out`."""
