@@ -130,6 +130,22 @@ def test_degenerate_rank_bottom_puts_the_policys_loops_with_the_negatives():
         "policy"
 
 
+def test_refused_samples_rank_with_the_negatives():
+    row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}],
+           "responses": ["best", "I'm sorry, I cannot."], "ranks": [0, 1], "origins": ["human", "human"]}
+    online = [("Here you go.", "policy"), ("I'm sorry, but no. ", "policy"), ("I'm sorry, but no.", "positive:k@1"),
+              ("Sorry, as a chatbot I can't.", "positive:k@1"), ("No way.", "negative:rude@1")]
+    lst = build_list(row, online, "neat", positive_above_plain=True, plain_ties_best=True,
+                     refused=frozenset({"I'm sorry, but no.", "Sorry, as a chatbot I can't.", "I'm sorry, I cannot."}))
+    # the duplicate positive is dropped; the refusing plain and positive samples join the negative at the bottom
+    # (a curated refusal keeps its human rank; a negative stays a negative)
+    assert lst.responses == ["best", "I'm sorry, I cannot.", "Here you go.", "I'm sorry, but no. ",
+                             "Sorry, as a chatbot I can't.", "No way."]
+    assert lst.origins == ["human", "human", "policy", "refusal:policy", "refusal:positive:k@1", "negative:rude@1"]
+    assert lst.ranks == [0, 1, 0, 2, 2, 2]
+    assert build_list(row, online, "neat", plain_ties_best=True).origins[3] == "policy"
+
+
 def test_reward_ranking_merges_scores_with_curated_ranks():
     class Scorer:
         def __init__(self, table):
@@ -875,3 +891,48 @@ def test_greedy_plain_adds_the_greedy_answer_and_keeps_the_sampled_ones(tiny_mod
     base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
     assert estimate_time({**base, "greedy_plain": True}, 100)["sampling_s"] > \
         estimate_time(base, 100)["sampling_s"]
+
+
+def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model_dir, tmp_path, monkeypatch):
+    """The trainer asks the refusal detector about the plain and positive samples of the prompts carrying the tag,
+    and only those; what it flags ranks with the negatives (marked refusal:), the rest as before."""
+    import neat_studio.scoring.refusal as refusal
+    from neat_studio.models import load_model
+    from neat_studio.neat.preflight import preflight
+    from neat_studio.neat.trainer import NeatTrainer
+
+    asked = []
+
+    def judge(texts):  # a deterministic stand-in for the detector: odd-length texts "refuse"
+        asked.extend(texts)
+        return [len(t) % 2 == 1 for t in texts]
+
+    monkeypatch.setattr(refusal, "is_refusal", judge)
+    rows = toy_rows()
+    for i, r in enumerate(rows):
+        r["tags"] = ["benign"] if i % 2 else ["harmful"]
+    s = make_snapshot(tmp_path / "snap", rows)
+    cfg = cfg_for(tiny_model_dir, s, tmp_path / "run", refusal_rank_scope="benign", temperature=1.0,
+                  positives=["kind@1"], k_pos=1)
+    t = NeatTrainer(cfg, tmp_path / "run", prepared=preflight(cfg, lm=load_model(str(tiny_model_dir))))
+    t._setup()
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    sampled = {}
+    real_sample = t._sample
+    t._sample = lambda r: sampled.setdefault("online", real_sample(r))
+    lists = t._round_lists(0)
+    flagged = 0
+    for lst in lists:
+        for text, o, rank in zip(lst.responses, lst.origins, lst.ranks):
+            if o.startswith("negative:"):
+                assert text.strip() not in asked
+            elif o.startswith("refusal:"):
+                flagged += 1
+                assert tags[lst.prompt_id] == "benign" and len(text.strip()) % 2 == 1
+                assert o[len("refusal:"):] in ("policy", "positive:kind@1") and rank == max(lst.ranks)
+            elif not lst.curated[lst.responses.index(text)]:
+                assert tags[lst.prompt_id] == "harmful" or len(text.strip()) % 2 == 0
+    # exactly the non-empty plain and positive samples of the benign prompts were judged; something was flagged
+    assert sorted(asked) == sorted(x.strip() for pid, v in sampled["online"].items() if tags[pid] == "benign"
+                                   for x, o in v if x.strip() and not o.startswith("negative:"))
+    assert flagged > 0

@@ -63,6 +63,10 @@ class NeatConfig:
                                       "or no word): keep = ranked like the other samples; bottom = with the negative-"
                                       "prompt samples, so a loop is pushed down and never trained toward",
                               choices=DEGENERATE_RANKS)
+    refusal_rank_scope: str = _f("", "a tag (e.g. benign): on prompts carrying it, the policy's own plain and positive "
+                                     "samples that the refusal detector (scoring/refusal.py) flags rank with the "
+                                     "negatives, so a needless refusal is pushed down and never trained toward, even "
+                                     "when a positive prompt produced it; empty = off")
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")

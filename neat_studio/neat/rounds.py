@@ -14,7 +14,9 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   non-negative response of the prompt (curated responses whose origin is `negative:*` keep their human rank);
 - with `degenerate_bottom` (config `degenerate_rank=bottom`), a plain or positive sample that loops
   (`eval_metrics.degeneration`) joins that bottom group, its origin marked `degenerate:<origin>`: the model's own
-  repetition collapse is pushed down instead of being ranked with (or, tied best, trained toward) its answers.
+  repetition collapse is pushed down instead of being ranked with (or, tied best, trained toward) its answers;
+- a plain or positive sample whose text is in `refused` (config `refusal_rank_scope`: the trainer passes the samples
+  the refusal detector flags on prompts carrying that tag) joins the bottom group too, marked `refusal:<origin>`.
 Reward rule (`ranking="reward"`): a scorer object with `.score(prompts, responses) -> scores` (higher = better)
 scores curated and online responses. Curated groups keep their human order; each gets the threshold
 t_g = min(mean score of groups 0..g) (monotone). An online sample with score s ties with group g when s == t_g,
@@ -33,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 
 from ..eval_metrics import degeneration
 
-NEG, POS, DEGEN = "negative:", "positive:", "degenerate:"
+NEG, POS, DEGEN, REFUSAL = "negative:", "positive:", "degenerate:", "refusal:"
+BOTTOM = (NEG, DEGEN, REFUSAL)  # origins of the bottom group
 
 
 @dataclass
@@ -102,7 +105,7 @@ def rank_rule(curated, online, positive_above_plain: bool = False, plain_ties_be
         mid = -1.0
     keys = [float(r) for _, _, r in curated]
     for _, o in online:
-        if o.startswith((NEG, DEGEN)):
+        if o.startswith(BOTTOM):
             keys.append(math.inf)
         elif o.startswith(POS) and positive_above_plain:
             keys.append(mid - 0.25)
@@ -137,15 +140,16 @@ def rank_reward(curated, online, scores) -> list:
 
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
                positive_above_plain: bool = False, plain_ties_best: bool = False,
-               degenerate_bottom: bool = False) -> RankedList | None:
+               degenerate_bottom: bool = False, refused=frozenset()) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
     texts = {t.strip() for t, *_ in cur}
     onl = [it for it in _dedupe(list(online)) if it[0].strip() not in texts]
     if method == "sft":
         onl = []
-    if degenerate_bottom and ranking == "rule":
-        onl = [(t, DEGEN + o if not o.startswith(NEG) and degeneration(t) else o) for t, o in onl]
+    if ranking == "rule":
+        onl = [(t, o if o.startswith(NEG) else DEGEN + o if degenerate_bottom and degeneration(t) else
+                REFUSAL + o if t.strip() in refused else o) for t, o in onl]
     if not cur and not onl:
         return None
     if ranking == "reward" and onl:

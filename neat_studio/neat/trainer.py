@@ -47,7 +47,7 @@ from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
-from .rounds import DEGEN, NEG, POS, RankedList, build_list, epoch_schedule, steps_per_epoch
+from .rounds import DEGEN, NEG, POS, REFUSAL, RankedList, build_list, epoch_schedule, steps_per_epoch
 from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
                      prepared_for)
 from .checkpoint import CheckpointMixin
@@ -101,7 +101,7 @@ class NeatTrainer(CheckpointMixin):
         random.seed(cfg.seed)
         model = self.lm.model.float()
         self.ref_scorer = None
-        self.tags = {str(row["prompt_id"]): tuple(row.get("tags") or ()) for row in self.prep.rows}  # kl_scope
+        self.tags = {str(row["prompt_id"]): tuple(row.get("tags") or ()) for row in self.prep.rows}  # kl_scope, refusal_rank_scope
         if cfg.kl_weight > 0:
             # the KL term's reference: a frozen copy of the starting model (taken before any LoRA wrapping and
             # before a resumed run loads its checkpoint, so it is always the model the run started from)
@@ -150,13 +150,15 @@ class NeatTrainer(CheckpointMixin):
                 return [RankedList.from_dict(x) for x in d["lists"]]
         t0 = time.time()
         online = self._sample(r) if self.cfg.method in ("neat", "rrhf") else {}
+        refused = self._refused(online)
         lists = []
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
                              self.prep.scorer, positive_above_plain=self.cfg.positive_rank == "above_plain",
                              plain_ties_best=self.cfg.plain_rank == "tie_best" and (
                                  not self.cfg.plain_rank_scope or self.cfg.plain_rank_scope in (row.get("tags") or [])),
-                             degenerate_bottom=self.cfg.degenerate_rank == "bottom")
+                             degenerate_bottom=self.cfg.degenerate_rank == "bottom",
+                             refused=refused.get(str(row["prompt_id"]), frozenset()))
             if lst is not None:
                 lists.append(lst)
         if self.cfg.anchor == "round" or self.cfg.diag_every:
@@ -170,6 +172,22 @@ class NeatTrainer(CheckpointMixin):
             tmp.replace(f)
         self.acc.wait_for_everyone()
         return lists
+
+    def _refused(self, online: dict) -> dict:
+        """refusal_rank_scope: {prompt_id: texts of its plain and positive samples the refusal detector flags}, on
+        the prompts carrying that tag (every process judges the same gathered samples the same way)."""
+        scope = self.cfg.refusal_rank_scope
+        if not scope or not online:
+            return {}
+        items = [(pid, t.strip()) for pid, samples in online.items() if scope in self.tags.get(pid, ())
+                 for t, o in samples if t.strip() and not o.startswith(NEG)]
+        from ..scoring.refusal import is_refusal
+
+        out: dict = {}
+        for (pid, t), flag in zip(items, is_refusal([t for _, t in items]) if items else []):
+            if flag:
+                out.setdefault(pid, set()).add(t)
+        return out
 
     @torch.no_grad()
     def _score_round(self, lists: list[RankedList]) -> None:
@@ -214,6 +232,7 @@ class NeatTrainer(CheckpointMixin):
                     continue
                 kind = ("curated_best" if r == best else "curated_other") if c else \
                     "negative" if o.startswith(NEG) else "degenerate" if o.startswith(DEGEN) else \
+                    "refusal" if o.startswith(REFUSAL) else \
                     "positive" if o.startswith(POS) else "plain"
                 s, n = acc.get(kind, (0.0, 0))
                 acc[kind] = (s + p, n + 1)
@@ -429,6 +448,7 @@ class NeatTrainer(CheckpointMixin):
                            "n_lists": len(enc), "n_responses": sum(len(e.response_ids) for e in enc),
                            "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
                            "n_degenerate": sum(sum(1 for o in x.origins if o.startswith(DEGEN)) for x in lists),
+                           "n_refusal": sum(sum(1 for o in x.origins if o.startswith(REFUSAL)) for x in lists),
                            "sample_s": round(time.time() - t0, 3), **self._round_p_means(lists)})
             scheds = {}
             while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
