@@ -38,7 +38,8 @@ RECIPES: dict[str, dict] = {
         # which curated prompts a run of this recipe freezes: rows with only a reference answer count too (the
         # recipe's own samples complete their lists)
         "data": {"min_responses": 1},
-    },    "safety-pp-lora": {
+    },
+    "safety-pp-lora": {
         "description": (
             "Refuse more harmful requests, at some cost to harmless ones. The `safety` recipe's settings plus on-policy "
             "positives (NEAT-PP: `safe_refusal` on harmful prompts, `helpful_no_overrefusal` on benign ones, ranked "

@@ -148,8 +148,13 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
     if method == "sft":
         onl = []
     if ranking == "rule":
-        onl = [(t, o if o.startswith(NEG) else DEGEN + o if degenerate_bottom and degeneration(t) else
-                REFUSAL + o if t.strip() in refused else o) for t, o in onl]
+        def mark(text, origin):  # the policy's own loops and flagged refusals join the bottom group
+            if origin.startswith(NEG):
+                return origin
+            if degenerate_bottom and degeneration(text):
+                return DEGEN + origin
+            return REFUSAL + origin if text.strip() in refused else origin
+        onl = [(t, mark(t, o)) for t, o in onl]
     if not cur and not onl:
         return None
     if ranking == "reward" and onl:

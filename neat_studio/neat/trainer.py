@@ -101,7 +101,7 @@ class NeatTrainer(CheckpointMixin):
         random.seed(cfg.seed)
         model = self.lm.model.float()
         self.ref_scorer = None
-        self.tags = {str(row["prompt_id"]): tuple(row.get("tags") or ()) for row in self.prep.rows}  # kl_scope, refusal_rank_scope
+        self.tags = {str(row["prompt_id"]): tuple(row.get("tags") or ()) for row in self.prep.rows}  # *_scope options
         if cfg.kl_weight > 0:
             # the KL term's reference: a frozen copy of the starting model (taken before any LoRA wrapping and
             # before a resumed run loads its checkpoint, so it is always the model the run started from)
@@ -155,8 +155,8 @@ class NeatTrainer(CheckpointMixin):
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
                              self.prep.scorer, positive_above_plain=self.cfg.positive_rank == "above_plain",
-                             plain_ties_best=self.cfg.plain_rank == "tie_best" and (
-                                 not self.cfg.plain_rank_scope or self.cfg.plain_rank_scope in (row.get("tags") or [])),
+                             plain_ties_best=self.cfg.plain_rank == "tie_best" and self._in_scope(
+                                 self.cfg.plain_rank_scope, str(row["prompt_id"])),
                              degenerate_bottom=self.cfg.degenerate_rank == "bottom",
                              refused=refused.get(str(row["prompt_id"]), frozenset()))
             if lst is not None:
@@ -173,13 +173,17 @@ class NeatTrainer(CheckpointMixin):
         self.acc.wait_for_everyone()
         return lists
 
+    def _in_scope(self, tag: str, prompt_id: str) -> bool:
+        """An option scoped to a tag applies to the prompts carrying it; an empty tag means every prompt."""
+        return not tag or tag in self.tags.get(prompt_id, ())
+
     def _refused(self, online: dict) -> dict:
         """refusal_rank_scope: {prompt_id: texts of its plain and positive samples the refusal detector flags}, on
         the prompts carrying that tag (every process judges the same gathered samples the same way)."""
         scope = self.cfg.refusal_rank_scope
         if not scope or not online:
             return {}
-        items = [(pid, t.strip()) for pid, samples in online.items() if scope in self.tags.get(pid, ())
+        items = [(pid, t.strip()) for pid, samples in online.items() if self._in_scope(scope, pid)
                  for t, o in samples if t.strip() and not o.startswith(NEG)]
         from ..scoring.refusal import is_refusal
 
@@ -306,7 +310,7 @@ class NeatTrainer(CheckpointMixin):
         cfg = self.cfg
         e = encode_list(self.tok, lst, cfg.max_prompt_len, cfg.max_response_len)
         if e is not None and cfg.kl_weight > 0:
-            in_scope = not cfg.kl_scope or cfg.kl_scope in self.tags.get(lst.prompt_id, ())
+            in_scope = self._in_scope(cfg.kl_scope, lst.prompt_id)
             e.kl = [in_scope and lst.origins[i] == "policy" for i in e.src]
         return e
 
