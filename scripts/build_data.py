@@ -42,6 +42,7 @@ N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
 RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (40, 32, 72)}
 N_GENERAL = 0  # everyday instructions from self-instruct's seed tasks, tagged benign + general (0: none)
 
+TEMPLATE_SLOT = re.compile(r"\{[a-z_]+\}")
 REFUSAL_START = re.compile(r"^\s*(I'?m sorry|I am sorry|I cannot|I can'?t|I apologi[sz]e|As an AI|Sorry|I'?m unable|"
                            r"I am unable|I won'?t|Unfortunately|I'?m not able|I do not|I don'?t)", re.I)
 
@@ -142,6 +143,9 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
             and len(r["chosen"]) <= 1500]
     look.sort(key=lambda r: r["id"])
     rng.shuffle(look)
+    # a few CoCoNot answers still hold their template's slot ("{refusal_explanation} Your question is ..."): not a
+    # text to train toward (dropped after the shuffle, so every other row stays the one it was)
+    look = [r for r in look if not TEMPLATE_SLOT.search(r["chosen"])]
     rows += take(look, n_lookalike, lambda r: r["prompt"], lambda r: {
         "prompt": r["prompt"], "responses": [r["chosen"].strip(), r["rejected"].strip()], "ranks": [0, 1],
         "origins": ["dataset:chosen", "dataset:rejected"], "tags": ["benign", "lookalike", "safety-recipe"]})

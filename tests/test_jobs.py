@@ -145,6 +145,10 @@ def test_estimate_time_hand_computed(monkeypatch):
     # 2 x (48 + 2 x 64 + 1.2 x 0.75 x 32) = 409.6 tokens a step: 5 x (2.7648 + 0.135) = 14.5 s; + 20 s startup
     e = estimate_time({**cfg, "negatives": ["a@1:x"], "dtype": "fp32"}, 10, tag_counts={"x": 2, "y": 8})
     assert (e["sampling_s"], e["training_s"], e["seconds"]) == (7.5, 14.5, 42.0)
+    # one synthetic loop per list: + min(1.4 x 40, 128) = 56 tokens, 2 x (224 + 56) = 560 a step:
+    # 5 x (560 x 6N / 1.2e11 + 0.135) = 5 x 3.915 = 19.575 s; sampling unchanged (loops are not generated)
+    e = estimate_time({**cfg, "loop_negatives": 1, "dtype": "fp32"}, 10)
+    assert (e["sampling_s"], e["training_s"], e["seconds"]) == (11.2, 19.6, 50.8)
     # without tag counts a scoped prompt is counted on every prompt (the estimate errs long)
     assert estimate_time({**cfg, "negatives": ["a@1:x"], "dtype": "fp32"}, 10)["seconds"] == 47.0
 

@@ -130,6 +130,44 @@ def test_degenerate_rank_bottom_puts_the_policys_loops_with_the_negatives():
         "policy"
 
 
+def test_loop_of_repeats_the_first_sentence_to_the_evaluations_length():
+    from neat_studio.eval_metrics import degeneration
+    from neat_studio.neat.rounds import loop_of
+
+    # first sentence, 5 words: 8 copies make 40 words
+    assert loop_of("I can't help with that. Here is why.") == " ".join(["I can't help with that."] * 8)
+    # a line ends the unit too; 4 words -> 10 copies
+    assert loop_of("Step one: mix it\nStep two: bake") == " ".join(["Step one: mix it"] * 10)
+    # a long sentence is cut to 12 words and repeated at least 4 times (3-gram x4: the degeneration rule)
+    long = " ".join(f"w{i}" for i in range(20)) + "."
+    assert loop_of(long) == " ".join([" ".join(f"w{i}" for i in range(12))] * 4)
+    assert loop_of("No.") is None and loop_of("Sure thing") is None and loop_of("") is None
+    for text in ("I can't help with that. Here is why.", long, "A list:\n1. one\n2. two"):
+        assert degeneration(loop_of(text)) is not None
+
+
+def test_loop_negatives_join_the_bottom_group():
+    from neat_studio.neat.rounds import loop_of
+
+    best, plain = "Here is a safe way to do it. More text.", "My own answer goes like this. And on."
+    row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}],
+           "responses": [best, "a worse answer"], "ranks": [0, 1], "origins": ["human", "dataset:rejected"]}
+    online = [(plain, "policy"), ("rude reply here", "negative:rude@1")]
+    two = build_list(row, online, "neat", loops=2)
+    assert two.responses == [best, "a worse answer", plain, "rude reply here", loop_of(best), loop_of(plain)]
+    assert two.origins[4:] == ["loop:best", "loop:policy"]
+    # plain ties with the worst curated group (1); the negative and both loops are the bottom group (2)
+    assert two.ranks == [0, 1, 1, 2, 2, 2] and two.is_negative == [False, False, False, True, False, False]
+    assert build_list(row, online, "neat", loops=1).origins[4:] == ["loop:best"]
+    assert build_list(row, online, "neat").responses == two.responses[:4]      # off by default
+    assert build_list(row, online, "sft", loops=2).responses == [best]          # sft trains the best answer only
+    assert build_list(row, [(plain, "policy")], "rrhf", loops=1).origins == ["human", "dataset:rejected",
+                                                                               "policy", "loop:best"]
+    # a best answer too short to loop: the plain sample's loop comes first
+    short = {**row, "responses": ["Yes.", "a worse answer"]}
+    assert build_list(short, online, "neat", loops=1).origins[4:] == ["loop:policy"]
+
+
 def test_refused_samples_rank_with_the_negatives():
     row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}],
            "responses": ["best", "I'm sorry, I cannot."], "ranks": [0, 1], "origins": ["human", "human"]}
@@ -891,6 +929,31 @@ def test_greedy_plain_adds_the_greedy_answer_and_keeps_the_sampled_ones(tiny_mod
     base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
     assert estimate_time({**base, "greedy_plain": True}, 100)["sampling_s"] > \
         estimate_time(base, 100)["sampling_s"]
+
+
+def test_loop_negatives_in_a_run(tiny_model_dir, snap, tmp_path):
+    """loop_negatives=1: every list of the round holds the loop of its best curated answer at the bottom, the round
+    logs how many, the estimate counts their tokens, and a config that cannot use them is refused."""
+    from neat_studio.neat.estimate import estimate_time
+    from neat_studio.neat.rounds import loop_of
+    from neat_studio.neat.trainer import train
+
+    out = tmp_path / "run"
+    train(cfg_for(tiny_model_dir, snap, out, loop_negatives=1))
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    assert len(r0["lists"]) == len(TRAIN_Q)
+    for lst in r0["lists"]:
+        i = lst["origins"].index("loop:best")
+        assert lst["responses"][i] == loop_of(GOOD[int(lst["prompt_id"][len("train"):]) % len(GOOD)])
+        assert lst["ranks"][i] == max(lst["ranks"]) and lst["origins"].count("loop:best") == 1
+    start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
+    assert start["n_loop"] == len(TRAIN_Q)
+    base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
+    assert estimate_time({**base, "loop_negatives": 2}, 100)["training_s"] > estimate_time(base, 100)["training_s"]
+    for kw, msg in ((dict(loop_negatives=-1), "loop_negatives must be >= 0"),
+                    (dict(loop_negatives=1, ranking="reward", scorer_path="x"), "needs ranking=rule")):
+        with pytest.raises(ConfigError, match=msg):
+            cfg_for(tiny_model_dir, snap, tmp_path / "bad", **kw).validate()
 
 
 def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model_dir, tmp_path, monkeypatch):

@@ -67,6 +67,10 @@ class NeatConfig:
                                      "samples that the refusal detector (scoring/refusal.py) flags rank with the "
                                      "negatives, so a needless refusal is pushed down and never trained toward, even "
                                      "when a positive prompt produced it; empty = off")
+    loop_negatives: int = _f(0, "synthetic repetition loops per prompt and round ranked with the negatives (rule "
+                                "ranking): the first sentence of the best curated answer, then of the plain samples, "
+                                "repeated to ~48 tokens, so the model learns that repeating itself is worse than "
+                                "going on (neat, rrhf); 0 = off")
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")
@@ -190,6 +194,8 @@ class NeatConfig:
             bad(f"plain_rank must be one of {', '.join(PLAIN_RANKS)}, not {self.plain_rank!r}")
         if self.degenerate_rank not in DEGENERATE_RANKS:
             bad(f"degenerate_rank must be one of {', '.join(DEGENERATE_RANKS)}, not {self.degenerate_rank!r}")
+        if self.loop_negatives < 0 or (self.loop_negatives and self.ranking != "rule"):
+            bad(f"loop_negatives must be >= 0 and needs ranking=rule, got {self.loop_negatives}")
         if self.positive_rank not in POSITIVE_RANKS:
             bad(f"positive_rank must be one of {', '.join(POSITIVE_RANKS)}, not {self.positive_rank!r}")
         if self.anchor not in ANCHORS:

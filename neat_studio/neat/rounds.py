@@ -16,7 +16,14 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   (`eval_metrics.degeneration`) joins that bottom group, its origin marked `degenerate:<origin>`: the model's own
   repetition collapse is pushed down instead of being ranked with (or, tied best, trained toward) its answers;
 - a plain or positive sample whose text is in `refused` (config `refusal_rank_scope`: the trainer passes the samples
-  the refusal detector flags on prompts carrying that tag) joins the bottom group too, marked `refusal:<origin>`.
+  the refusal detector flags on prompts carrying that tag) joins the bottom group too, marked `refusal:<origin>`;
+- with `loops` = n (config `loop_negatives`), n synthetic repetition loops join the bottom group, marked
+  `loop:best` / `loop:policy`: the first sentence of the best curated answer (then of the plain samples) repeated
+  to the evaluation's answer length (`loop_of`). Why: the model's greedy answers collapse into loops on prompts it
+  never saw ("No, no, no, ...", "Santa Claus, Santa Claus, ..."), which a 144-prompt curated set rarely shows it
+  doing during sampling; a loop of its own best answer ranked below that answer teaches it that repeating what it
+  just said is worse than going on (the pseudo-repetition data of Xu et al. 2022, "Learning to Break the Loop",
+  in the ranking loss's terms).
 Reward rule (`ranking="reward"`): a scorer object with `.score(prompts, responses) -> scores` (higher = better)
 scores curated and online responses. Curated groups keep their human order; each gets the threshold
 t_g = min(mean score of groups 0..g) (monotone). An online sample with score s ties with group g when s == t_g,
@@ -31,12 +38,15 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
 
-from ..eval_metrics import degeneration
+from ..eval_metrics import DEGEN_REPEATS, degeneration
 
-NEG, POS, DEGEN, REFUSAL = "negative:", "positive:", "degenerate:", "refusal:"
-BOTTOM = (NEG, DEGEN, REFUSAL)  # origins of the bottom group
+NEG, POS, DEGEN, REFUSAL, LOOP = "negative:", "positive:", "degenerate:", "refusal:", "loop:"
+BOTTOM = (NEG, DEGEN, REFUSAL, LOOP)  # origins of the bottom group
+LOOP_UNIT_WORDS, LOOP_WORDS = 12, 40  # a loop repeats at most 12 words to >= 40 words (~48 tokens, the eval's length)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 
 
 @dataclass
@@ -138,10 +148,36 @@ def rank_reward(curated, online, scores) -> list:
     return keys
 
 
+def loop_of(text: str) -> str | None:
+    """A synthetic repetition loop of `text`: its first sentence (or line), cut to LOOP_UNIT_WORDS words, repeated
+    (space-joined) until the loop has LOOP_WORDS words and at least DEGEN_REPEATS copies, so that
+    `eval_metrics.degeneration` flags it. None when that sentence has under 3 words (no 3-gram to repeat)."""
+    first = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+    words = first.split()[:LOOP_UNIT_WORDS]
+    if len(words) < 3:
+        return None
+    reps = max(DEGEN_REPEATS, math.ceil(LOOP_WORDS / len(words)))
+    return " ".join([" ".join(words)] * reps)
+
+
+def _loops(cur, onl, n: int, taken: set) -> list:
+    """Up to n (loop text, origin): loops of the best curated answers, then of the plain samples, new texts only."""
+    best = min((r for *_, r in cur), default=None)
+    sources = [(t, "best") for t, _, r in cur if r == best] + [(t, "policy") for t, o in onl if o == "policy"]
+    out = []
+    for text, kind in sources:
+        loop = loop_of(text)
+        if loop is not None and loop not in taken and len(out) < n:
+            taken.add(loop)
+            out.append((loop, LOOP + kind))
+    return out
+
+
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
                positive_above_plain: bool = False, plain_ties_best: bool = False,
-               degenerate_bottom: bool = False, refused=frozenset()) -> RankedList | None:
-    """One prompt's list. online: [(text, origin)] in the order plain, positive, negative."""
+               degenerate_bottom: bool = False, refused=frozenset(), loops: int = 0) -> RankedList | None:
+    """One prompt's list. online: [(text, origin)] in the order plain, positive, negative; `loops` synthetic
+    repetition loops are added at the bottom (rule ranking; neat and rrhf)."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
     texts = {t.strip() for t, *_ in cur}
     onl = [it for it in _dedupe(list(online)) if it[0].strip() not in texts]
@@ -155,6 +191,8 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
                 return DEGEN + origin
             return REFUSAL + origin if text.strip() in refused else origin
         onl = [(t, mark(t, o)) for t, o in onl]
+        if loops > 0 and method in ("neat", "rrhf"):
+            onl += _loops(cur, onl, loops, texts | {t.strip() for t, _ in onl})
     if not cur and not onl:
         return None
     if ranking == "reward" and onl:

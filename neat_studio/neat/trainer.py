@@ -47,7 +47,7 @@ from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
-from .rounds import DEGEN, NEG, POS, REFUSAL, RankedList, build_list, epoch_schedule, steps_per_epoch
+from .rounds import DEGEN, LOOP, NEG, POS, REFUSAL, RankedList, build_list, epoch_schedule, steps_per_epoch
 from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
                      prepared_for)
 from .checkpoint import CheckpointMixin
@@ -158,7 +158,8 @@ class NeatTrainer(CheckpointMixin):
                              plain_ties_best=self.cfg.plain_rank == "tie_best" and self._in_scope(
                                  self.cfg.plain_rank_scope, str(row["prompt_id"])),
                              degenerate_bottom=self.cfg.degenerate_rank == "bottom",
-                             refused=refused.get(str(row["prompt_id"]), frozenset()))
+                             refused=refused.get(str(row["prompt_id"]), frozenset()),
+                             loops=self.cfg.loop_negatives)
             if lst is not None:
                 lists.append(lst)
         if self.cfg.anchor == "round" or self.cfg.diag_every:
@@ -236,7 +237,7 @@ class NeatTrainer(CheckpointMixin):
                     continue
                 kind = ("curated_best" if r == best else "curated_other") if c else \
                     "negative" if o.startswith(NEG) else "degenerate" if o.startswith(DEGEN) else \
-                    "refusal" if o.startswith(REFUSAL) else \
+                    "refusal" if o.startswith(REFUSAL) else "loop" if o.startswith(LOOP) else \
                     "positive" if o.startswith(POS) else "plain"
                 s, n = acc.get(kind, (0.0, 0))
                 acc[kind] = (s + p, n + 1)
@@ -453,6 +454,7 @@ class NeatTrainer(CheckpointMixin):
                            "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
                            "n_degenerate": sum(sum(1 for o in x.origins if o.startswith(DEGEN)) for x in lists),
                            "n_refusal": sum(sum(1 for o in x.origins if o.startswith(REFUSAL)) for x in lists),
+                           "n_loop": sum(sum(1 for o in x.origins if o.startswith(LOOP)) for x in lists),
                            "sample_s": round(time.time() - t0, 3), **self._round_p_means(lists)})
             scheds = {}
             while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
