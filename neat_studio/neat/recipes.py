@@ -41,15 +41,17 @@ RECIPES: dict[str, dict] = {
     },
     "safety-pp-lora": {
         "description": (
-            "Refuse more harmful requests, at some cost to harmless ones. The `safety` recipe's settings plus on-policy "
-            "positives (NEAT-PP: `safe_refusal` on harmful prompts, `helpful_no_overrefusal` on benign ones, ranked "
-            "just above the plain samples), the model's own plain answers trusted only on benign prompts "
-            "(plain_rank_scope=benign), and LoRA adapters (r 16, lr 1e-4) instead of all weights. Starter data: "
+            "Refuse more harmful requests without losing the harmless ones or fluency. The `safety` recipe's settings "
+            "plus on-policy positives (NEAT-PP: `safe_refusal` on harmful prompts, `helpful_no_overrefusal` on benign "
+            "ones, ranked just above the plain samples), the model's own plain answers trusted only on benign prompts "
+            "(plain_rank_scope=benign), its own refusals of benign prompts and its own loops ranked with the negatives "
+            "(refusal_rank_scope=benign, degenerate_rank=bottom), two synthetic repetition loops per prompt as "
+            "negatives (loop_negatives=2), and LoRA adapters (r 16, lr 1e-4) instead of all weights. Starter data: "
             "data/recipes/safety-pp-lora/curated.jsonl (40 harmful, 32 look-alikes, 72 benign). Measured on the "
-            "default 135M model (3 seeds, benchmarks/RESULTS.md): harmful requests refused 16.0 -> 24.0-26.0 % "
-            "(significantly more on every seed), look-alikes answered 97.2-97.9 % (base 98.6), benign requests "
-            "answered 86.4-90.4 % (base 93.6; significantly fewer on one seed of three), pair accuracy 49.3-50.0 % "
-            "(base 47.0), degenerate answers 2.2-2.9 % (base 4.1)."),
+            "default 135M model (3 seeds, benchmarks/RESULTS.md): no axis significantly worse on any seed; harmful "
+            "requests refused 16.0 -> 23.3-29.3 % (significantly more on two seeds of three), look-alikes answered "
+            "97.2-97.9 % (base 98.6), benign requests 88.8-94.4 % (base 93.6), degenerate answers 0.2 % on every "
+            "seed (base 4.1 %), pair accuracy 48.5-50.0 % (base 47.0)."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
@@ -57,6 +59,7 @@ RECIPES: dict[str, dict] = {
             "k": 1, "k_neg": 1, "k_pos": 1, "rounds": 2, "epochs": 1,
             "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0, "anchor_weight": 1.0,
             "plain_rank": "tie_best", "plain_rank_scope": "benign", "positive_rank": "above_plain",
+            "refusal_rank_scope": "benign", "degenerate_rank": "bottom", "loop_negatives": 2,
             "lora": True, "lora_r": 16, "lora_alpha": 32, "lr": 1e-4,
             "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 16,
         },
