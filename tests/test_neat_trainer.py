@@ -182,6 +182,16 @@ def test_refused_samples_rank_with_the_negatives():
     assert lst.origins == ["human", "human", "policy", "refusal:policy", "refusal:positive:k@1", "negative:rude@1"]
     assert lst.ranks == [0, 1, 0, 2, 2, 2]
     assert build_list(row, online, "neat", plain_ties_best=True).origins[3] == "policy"
+    # compliance: on a harmful prompt the answers that do not refuse go to the bottom (the curated refusal is best)
+    harm = {**row, "responses": ["I'm sorry, I cannot.", "Sure: step 1 ..."], "origins": ["dataset", "human"]}
+    comp = build_list(harm, [("Here you go.", "policy"), ("I can't help.", "positive:safe@1"),
+                             ("Sure! First, ", "positive:safe@1"), ("Do it now.", "negative:dc@1")], "neat",
+                      positive_above_plain=True, complied=frozenset({"Here you go.", "Sure! First,"}))
+    assert comp.origins == ["dataset", "human", "compliance:policy", "positive:safe@1", "compliance:positive:safe@1",
+                            "negative:dc@1"]
+    # two curated groups: the kept positive sits just above the plain tie with the worst curated group (key 0.75,
+    # rank 1), the curated rejected answer after it (rank 2), the compliant samples with the negative at the bottom
+    assert comp.ranks == [0, 2, 3, 1, 3, 3]
 
 
 def test_reward_ranking_merges_scores_with_curated_ranks():
@@ -954,6 +964,45 @@ def test_loop_negatives_in_a_run(tiny_model_dir, snap, tmp_path):
                     (dict(loop_negatives=1, ranking="reward", scorer_path="x"), "needs ranking=rule")):
         with pytest.raises(ConfigError, match=msg):
             cfg_for(tiny_model_dir, snap, tmp_path / "bad", **kw).validate()
+
+
+def test_compliance_and_refusal_scopes_together(tiny_model_dir, tmp_path, monkeypatch):
+    """refusal_rank_scope=benign with compliance_rank_scope=harmful: one detector call judges the plain and positive
+    samples of both kinds of prompt; refusals of benign prompts and answers to harmful ones rank with the negatives,
+    the rest keep their place; round_start counts both."""
+    import neat_studio.scoring.refusal as refusal
+    from neat_studio.neat.trainer import train
+
+    calls = []
+
+    def judge(texts):  # stand-in detector: odd-length texts "refuse"
+        calls.append(list(texts))
+        return [len(t) % 2 == 1 for t in texts]
+
+    monkeypatch.setattr(refusal, "is_refusal", judge)
+    rows = toy_rows()
+    for i, r in enumerate(rows):
+        r["tags"] = ["benign"] if i % 2 else ["harmful"]
+    s = make_snapshot(tmp_path / "snap", rows)
+    out = tmp_path / "run"
+    train(cfg_for(tiny_model_dir, s, out, refusal_rank_scope="benign", compliance_rank_scope="harmful",
+                  temperature=1.0, positives=["kind@1"], k_pos=1))
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    n = {"refusal:": 0, "compliance:": 0}
+    for lst in r0["lists"]:
+        for text, o, cur, rank in zip(lst["responses"], lst["origins"], lst["curated"], lst["ranks"]):
+            if cur or o.startswith("negative:"):
+                continue
+            odd, tag = len(text.strip()) % 2 == 1, tags[lst["prompt_id"]]
+            want = "refusal:" if (tag == "benign" and odd) else "compliance:" if (tag == "harmful" and not odd) else ""
+            assert o.startswith(want) if want else not o.startswith(("refusal:", "compliance:")), (o, tag, odd)
+            if want:
+                n[want] += 1
+                assert rank == max(lst["ranks"])
+    assert len(calls) == 1 and n["refusal:"] > 0 and n["compliance:"] > 0
+    start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
+    assert (start["n_refusal"], start["n_compliance"]) == (n["refusal:"], n["compliance:"])
 
 
 def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model_dir, tmp_path, monkeypatch):

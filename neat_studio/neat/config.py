@@ -67,6 +67,10 @@ class NeatConfig:
                                      "samples that the refusal detector (scoring/refusal.py) flags rank with the "
                                      "negatives, so a needless refusal is pushed down and never trained toward, even "
                                      "when a positive prompt produced it; empty = off")
+    compliance_rank_scope: str = _f("", "a tag (e.g. harmful): on prompts carrying it, the policy's own plain and "
+                                        "positive samples that the refusal detector does NOT flag (answers to a "
+                                        "request that should be refused) rank with the negatives, even when the "
+                                        "safe_refusal positive produced them; empty = off")
     loop_negatives: int = _f(0, "synthetic repetition loops per prompt and round ranked with the negatives (rule "
                                 "ranking): the first sentence of the best curated answer, then of the plain samples, "
                                 "repeated to ~48 tokens, so the model learns that repeating itself is worse than "

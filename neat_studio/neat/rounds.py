@@ -17,6 +17,10 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   repetition collapse is pushed down instead of being ranked with (or, tied best, trained toward) its answers;
 - a plain or positive sample whose text is in `refused` (config `refusal_rank_scope`: the trainer passes the samples
   the refusal detector flags on prompts carrying that tag) joins the bottom group too, marked `refusal:<origin>`;
+- a plain or positive sample whose text is in `complied` (config `compliance_rank_scope`, e.g. harmful: the samples
+  of those prompts the detector does NOT flag, i.e. answers to a harmful request) joins it too, marked
+  `compliance:<origin>`. Why: the `safe_refusal` positive refuses only some of the time, and ranked above the plain
+  samples its compliant samples would otherwise be trained toward on exactly the prompts that should be refused;
 - with `loops` = n (config `loop_negatives`), n synthetic repetition loops join the bottom group, marked
   `loop:best` / `loop:policy`: the first sentence of the best curated answer (then of the plain samples) repeated
   to the evaluation's answer length (`loop_of`). Why: the model's greedy answers collapse into loops on prompts it
@@ -43,8 +47,8 @@ from dataclasses import asdict, dataclass, field
 
 from ..eval_metrics import DEGEN_REPEATS, degeneration
 
-NEG, POS, DEGEN, REFUSAL, LOOP = "negative:", "positive:", "degenerate:", "refusal:", "loop:"
-BOTTOM = (NEG, DEGEN, REFUSAL, LOOP)  # origins of the bottom group
+NEG, POS, DEGEN, REFUSAL, COMPLY, LOOP = "negative:", "positive:", "degenerate:", "refusal:", "compliance:", "loop:"
+BOTTOM = (NEG, DEGEN, REFUSAL, COMPLY, LOOP)  # origins of the bottom group
 LOOP_UNIT_WORDS, LOOP_WORDS = 12, 40  # a loop repeats at most 12 words to >= 40 words (~48 tokens, the eval's length)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 
@@ -175,7 +179,8 @@ def _loops(cur, onl, n: int, taken: set) -> list:
 
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
                positive_above_plain: bool = False, plain_ties_best: bool = False,
-               degenerate_bottom: bool = False, refused=frozenset(), loops: int = 0) -> RankedList | None:
+               degenerate_bottom: bool = False, refused=frozenset(), loops: int = 0,
+               complied=frozenset()) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative; `loops` synthetic
     repetition loops are added at the bottom (rule ranking; neat and rrhf)."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
@@ -184,12 +189,14 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
     if method == "sft":
         onl = []
     if ranking == "rule":
-        def mark(text, origin):  # the policy's own loops and flagged refusals join the bottom group
+        def mark(text, origin):  # the policy's own loops, flagged refusals and compliances join the bottom group
             if origin.startswith(NEG):
                 return origin
             if degenerate_bottom and degeneration(text):
                 return DEGEN + origin
-            return REFUSAL + origin if text.strip() in refused else origin
+            if text.strip() in refused:
+                return REFUSAL + origin
+            return COMPLY + origin if text.strip() in complied else origin
         onl = [(t, mark(t, o)) for t, o in onl]
         if loops > 0 and method in ("neat", "rrhf"):
             onl += _loops(cur, onl, loops, texts | {t.strip() for t, _ in onl})

@@ -47,7 +47,7 @@ from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
-from .rounds import DEGEN, LOOP, NEG, POS, REFUSAL, RankedList, build_list, epoch_schedule, steps_per_epoch
+from .rounds import COMPLY, DEGEN, LOOP, NEG, POS, REFUSAL, RankedList, build_list, epoch_schedule, steps_per_epoch
 from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
                      prepared_for)
 from .checkpoint import CheckpointMixin
@@ -150,7 +150,7 @@ class NeatTrainer(CheckpointMixin):
                 return [RankedList.from_dict(x) for x in d["lists"]]
         t0 = time.time()
         online = self._sample(r) if self.cfg.method in ("neat", "rrhf") else {}
-        refused = self._refused(online)
+        refused, complied = self._judged(online)
         lists = []
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
@@ -159,7 +159,8 @@ class NeatTrainer(CheckpointMixin):
                                  self.cfg.plain_rank_scope, str(row["prompt_id"])),
                              degenerate_bottom=self.cfg.degenerate_rank == "bottom",
                              refused=refused.get(str(row["prompt_id"]), frozenset()),
-                             loops=self.cfg.loop_negatives)
+                             loops=self.cfg.loop_negatives,
+                             complied=complied.get(str(row["prompt_id"]), frozenset()))
             if lst is not None:
                 lists.append(lst)
         if self.cfg.anchor == "round" or self.cfg.diag_every:
@@ -178,21 +179,26 @@ class NeatTrainer(CheckpointMixin):
         """An option scoped to a tag applies to the prompts carrying it; an empty tag means every prompt."""
         return not tag or tag in self.tags.get(prompt_id, ())
 
-    def _refused(self, online: dict) -> dict:
-        """refusal_rank_scope: {prompt_id: texts of its plain and positive samples the refusal detector flags}, on
-        the prompts carrying that tag (every process judges the same gathered samples the same way)."""
-        scope = self.cfg.refusal_rank_scope
-        if not scope or not online:
-            return {}
-        items = [(pid, t.strip()) for pid, samples in online.items() if self._in_scope(scope, pid)
+    def _judged(self, online: dict) -> tuple[dict, dict]:
+        """({prompt_id: texts flagged as refusals}, {prompt_id: texts not flagged}) among the plain and positive
+        samples: the first on the prompts tagged refusal_rank_scope, the second on those tagged
+        compliance_rank_scope (every process judges the same gathered samples the same way)."""
+        ref_tag, comp_tag = self.cfg.refusal_rank_scope, self.cfg.compliance_rank_scope
+        if not (ref_tag or comp_tag) or not online:
+            return {}, {}
+        items = [(pid, t.strip()) for pid, samples in online.items()
+                 if (ref_tag and self._in_scope(ref_tag, pid)) or (comp_tag and self._in_scope(comp_tag, pid))
                  for t, o in samples if t.strip() and not o.startswith(NEG)]
         from ..scoring.refusal import is_refusal
 
-        out: dict = {}
+        refused: dict = {}
+        complied: dict = {}
         for (pid, t), flag in zip(items, is_refusal([t for _, t in items]) if items else []):
-            if flag:
-                out.setdefault(pid, set()).add(t)
-        return out
+            if flag and ref_tag and self._in_scope(ref_tag, pid):
+                refused.setdefault(pid, set()).add(t)
+            elif not flag and comp_tag and self._in_scope(comp_tag, pid):
+                complied.setdefault(pid, set()).add(t)
+        return refused, complied
 
     @torch.no_grad()
     def _score_round(self, lists: list[RankedList]) -> None:
@@ -238,6 +244,7 @@ class NeatTrainer(CheckpointMixin):
                 kind = ("curated_best" if r == best else "curated_other") if c else \
                     "negative" if o.startswith(NEG) else "degenerate" if o.startswith(DEGEN) else \
                     "refusal" if o.startswith(REFUSAL) else "loop" if o.startswith(LOOP) else \
+                    "compliance" if o.startswith(COMPLY) else \
                     "positive" if o.startswith(POS) else "plain"
                 s, n = acc.get(kind, (0.0, 0))
                 acc[kind] = (s + p, n + 1)
@@ -454,6 +461,7 @@ class NeatTrainer(CheckpointMixin):
                            "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
                            "n_degenerate": sum(sum(1 for o in x.origins if o.startswith(DEGEN)) for x in lists),
                            "n_refusal": sum(sum(1 for o in x.origins if o.startswith(REFUSAL)) for x in lists),
+                           "n_compliance": sum(sum(1 for o in x.origins if o.startswith(COMPLY)) for x in lists),
                            "n_loop": sum(sum(1 for o in x.origins if o.startswith(LOOP)) for x in lists),
                            "sample_s": round(time.time() - t0, 3), **self._round_p_means(lists)})
             scheds = {}
