@@ -966,24 +966,30 @@ def test_loop_negatives_in_a_run(tiny_model_dir, snap, tmp_path):
             cfg_for(tiny_model_dir, snap, tmp_path / "bad", **kw).validate()
 
 
-def test_compliance_and_refusal_scopes_together(tiny_model_dir, tmp_path, monkeypatch):
-    """refusal_rank_scope=benign with compliance_rank_scope=harmful: one detector call judges the plain and positive
-    samples of both kinds of prompt; refusals of benign prompts and answers to harmful ones rank with the negatives,
-    the rest keep their place; round_start counts both."""
+def tagged_rows_and_odd_length_detector(tmp_path, monkeypatch, record):
+    """Toy rows tagged harmful / benign in turn, their snapshot, and a deterministic stand-in for the refusal
+    detector (odd-length texts "refuse") that passes each call's texts to `record`."""
     import neat_studio.scoring.refusal as refusal
-    from neat_studio.neat.trainer import train
 
-    calls = []
-
-    def judge(texts):  # stand-in detector: odd-length texts "refuse"
-        calls.append(list(texts))
+    def judge(texts):
+        record(texts)
         return [len(t) % 2 == 1 for t in texts]
 
     monkeypatch.setattr(refusal, "is_refusal", judge)
     rows = toy_rows()
     for i, r in enumerate(rows):
         r["tags"] = ["benign"] if i % 2 else ["harmful"]
-    s = make_snapshot(tmp_path / "snap", rows)
+    return rows, make_snapshot(tmp_path / "snap", rows)
+
+
+def test_compliance_and_refusal_scopes_together(tiny_model_dir, tmp_path, monkeypatch):
+    """refusal_rank_scope=benign with compliance_rank_scope=harmful: one detector call judges the plain and positive
+    samples of both kinds of prompt; refusals of benign prompts and answers to harmful ones rank with the negatives,
+    the rest keep their place; round_start counts both."""
+    from neat_studio.neat.trainer import train
+
+    calls = []
+    rows, s = tagged_rows_and_odd_length_detector(tmp_path, monkeypatch, lambda texts: calls.append(list(texts)))
     out = tmp_path / "run"
     train(cfg_for(tiny_model_dir, s, out, refusal_rank_scope="benign", compliance_rank_scope="harmful",
                   temperature=1.0, positives=["kind@1"], k_pos=1))
@@ -1008,22 +1014,12 @@ def test_compliance_and_refusal_scopes_together(tiny_model_dir, tmp_path, monkey
 def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model_dir, tmp_path, monkeypatch):
     """The trainer asks the refusal detector about the plain and positive samples of the prompts carrying the tag,
     and only those; what it flags ranks with the negatives (marked refusal:), the rest as before."""
-    import neat_studio.scoring.refusal as refusal
     from neat_studio.models import load_model
     from neat_studio.neat.preflight import preflight
     from neat_studio.neat.trainer import NeatTrainer
 
     asked = []
-
-    def judge(texts):  # a deterministic stand-in for the detector: odd-length texts "refuse"
-        asked.extend(texts)
-        return [len(t) % 2 == 1 for t in texts]
-
-    monkeypatch.setattr(refusal, "is_refusal", judge)
-    rows = toy_rows()
-    for i, r in enumerate(rows):
-        r["tags"] = ["benign"] if i % 2 else ["harmful"]
-    s = make_snapshot(tmp_path / "snap", rows)
+    rows, s = tagged_rows_and_odd_length_detector(tmp_path, monkeypatch, asked.extend)
     cfg = cfg_for(tiny_model_dir, s, tmp_path / "run", refusal_rank_scope="benign", temperature=1.0,
                   positives=["kind@1"], k_pos=1)
     t = NeatTrainer(cfg, tmp_path / "run", prepared=preflight(cfg, lm=load_model(str(tiny_model_dir))))

@@ -49,6 +49,16 @@ from ..eval_metrics import DEGEN_REPEATS, degeneration
 
 NEG, POS, DEGEN, REFUSAL, COMPLY, LOOP = "negative:", "positive:", "degenerate:", "refusal:", "compliance:", "loop:"
 BOTTOM = (NEG, DEGEN, REFUSAL, COMPLY, LOOP)  # origins of the bottom group
+# the policy-made kinds of the bottom group besides the negatives, by the name the round logs count them under
+MARKED = {"degenerate": DEGEN, "refusal": REFUSAL, "compliance": COMPLY, "loop": LOOP}
+
+
+def kind_of(origin: str) -> str:
+    """negative | degenerate | refusal | compliance | loop | positive | plain: what made a non-curated response."""
+    if origin.startswith(NEG):
+        return "negative"
+    marked = [k for k, prefix in MARKED.items() if origin.startswith(prefix)]
+    return marked[0] if marked else "positive" if origin.startswith(POS) else "plain"
 LOOP_UNIT_WORDS, LOOP_WORDS = 12, 40  # a loop repeats at most 12 words to >= 40 words (~48 tokens, the eval's length)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 

@@ -47,7 +47,7 @@ from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
-from .rounds import COMPLY, DEGEN, LOOP, NEG, POS, REFUSAL, RankedList, build_list, epoch_schedule, steps_per_epoch
+from .rounds import MARKED, NEG, POS, RankedList, build_list, epoch_schedule, kind_of, steps_per_epoch
 from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
                      prepared_for)
 from .checkpoint import CheckpointMixin
@@ -186,17 +186,20 @@ class NeatTrainer(CheckpointMixin):
         ref_tag, comp_tag = self.cfg.refusal_rank_scope, self.cfg.compliance_rank_scope
         if not (ref_tag or comp_tag) or not online:
             return {}, {}
-        items = [(pid, t.strip()) for pid, samples in online.items()
-                 if (ref_tag and self._in_scope(ref_tag, pid)) or (comp_tag and self._in_scope(comp_tag, pid))
+
+        def scoped(tag, pid):  # an empty tag is "off" here, not "every prompt"
+            return bool(tag) and self._in_scope(tag, pid)
+
+        items = [(pid, t.strip()) for pid, samples in online.items() if scoped(ref_tag, pid) or scoped(comp_tag, pid)
                  for t, o in samples if t.strip() and not o.startswith(NEG)]
         from ..scoring.refusal import is_refusal
 
         refused: dict = {}
         complied: dict = {}
         for (pid, t), flag in zip(items, is_refusal([t for _, t in items]) if items else []):
-            if flag and ref_tag and self._in_scope(ref_tag, pid):
+            if flag and scoped(ref_tag, pid):
                 refused.setdefault(pid, set()).add(t)
-            elif not flag and comp_tag and self._in_scope(comp_tag, pid):
+            elif not flag and scoped(comp_tag, pid):
                 complied.setdefault(pid, set()).add(t)
         return refused, complied
 
@@ -241,11 +244,7 @@ class NeatTrainer(CheckpointMixin):
             for p, o, c, r in zip(lst.ref_p, lst.origins, lst.curated, lst.ranks):
                 if p != p:  # NaN: no tokens
                     continue
-                kind = ("curated_best" if r == best else "curated_other") if c else \
-                    "negative" if o.startswith(NEG) else "degenerate" if o.startswith(DEGEN) else \
-                    "refusal" if o.startswith(REFUSAL) else "loop" if o.startswith(LOOP) else \
-                    "compliance" if o.startswith(COMPLY) else \
-                    "positive" if o.startswith(POS) else "plain"
+                kind = ("curated_best" if r == best else "curated_other") if c else kind_of(o)
                 s, n = acc.get(kind, (0.0, 0))
                 acc[kind] = (s + p, n + 1)
         return {f"p_{k}": round(s / n, 4) for k, (s, n) in sorted(acc.items())}
@@ -459,10 +458,8 @@ class NeatTrainer(CheckpointMixin):
                 self._log({"event": "round_start", "round": r, "step": self.pos["global_step"],
                            "n_lists": len(enc), "n_responses": sum(len(e.response_ids) for e in enc),
                            "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
-                           "n_degenerate": sum(sum(1 for o in x.origins if o.startswith(DEGEN)) for x in lists),
-                           "n_refusal": sum(sum(1 for o in x.origins if o.startswith(REFUSAL)) for x in lists),
-                           "n_compliance": sum(sum(1 for o in x.origins if o.startswith(COMPLY)) for x in lists),
-                           "n_loop": sum(sum(1 for o in x.origins if o.startswith(LOOP)) for x in lists),
+                           **{f"n_{k}": sum(o.startswith(prefix) for x in lists for o in x.origins)
+                              for k, prefix in MARKED.items()},
                            "sample_s": round(time.time() - t0, 3), **self._round_p_means(lists)})
             scheds = {}
             while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
