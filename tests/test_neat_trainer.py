@@ -14,7 +14,7 @@ import torch
 
 from neat_studio.config import Workspace
 from neat_studio.neat.config import ConfigError, NeatConfig
-from neat_studio.neat.rounds import build_list, epoch_schedule, rank_reward, rank_rule, dense
+from neat_studio.neat.rounds import build_list, dense, epoch_schedule, kind_of, rank_reward, rank_rule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -192,6 +192,17 @@ def test_refused_samples_rank_with_the_negatives():
     # two curated groups: the kept positive sits just above the plain tie with the worst curated group (key 0.75,
     # rank 1), the curated rejected answer after it (rank 2), the compliant samples with the negative at the bottom
     assert comp.ranks == [0, 2, 3, 1, 3, 3]
+    # comply_bottom=False (compliance_rank=plain): only the compliant positive sample is marked (unheeded:) and it
+    # ties with the plain samples (key 1.0 -> rank 2, with the curated rejected answer); the compliant plain sample
+    # keeps its place; nothing compliant reaches the bottom group
+    mild = build_list(harm, [("Here you go.", "policy"), ("I can't help.", "positive:safe@1"),
+                             ("Sure! First, ", "positive:safe@1"), ("Do it now.", "negative:dc@1")], "neat",
+                      positive_above_plain=True, complied=frozenset({"Here you go.", "Sure! First,"}),
+                      comply_bottom=False)
+    assert mild.origins == ["dataset", "human", "policy", "positive:safe@1", "unheeded:positive:safe@1",
+                            "negative:dc@1"]
+    assert mild.ranks == [0, 2, 2, 1, 2, 3]
+    assert [kind_of(o) for o in mild.origins[2:]] == ["plain", "positive", "unheeded", "negative"]
 
 
 def test_reward_ranking_merges_scores_with_curated_ranks():
@@ -771,7 +782,9 @@ def test_anchor_round_scores_the_round_start_policy_and_starts_at_the_margin(tin
     # before the first update every gain is 0, so every pair's hinge is exactly the margin (mean over pairs)
     assert steps[0]["rank_loss"] == pytest.approx(0.25, abs=1e-4)
     start = next(x for x in m if x.get("event") == "round_start")
-    assert {"p_curated_best", "p_negative", "p_plain"} <= set(start)
+    assert {"p_curated_best", "p_negative", "p_plain", "generate_s", "rank_s", "score_s"} <= set(start)
+    assert start["generate_s"] + start["rank_s"] + start["score_s"] <= start["sample_s"]
+    assert {"generate_s", "rank_s", "score_s"} <= set(r0)
     with pytest.raises(ConfigError, match="needs margin > 0"):
         cfg_for(tiny_model_dir, snap, tmp_path / "r2", anchor="round", margin=0.0).validate()
 
@@ -909,6 +922,47 @@ def test_lora_samples_with_merged_adapters_as_without_and_keeps_the_base(tiny_mo
     assert base != merged
 
 
+def test_lora_scores_the_round_with_merged_adapters_as_without(tiny_model_dir, snap, tmp_path, monkeypatch):
+    """anchor=round scores every response under the round's starting policy with the LoRA adapters merged (as the
+    sampling does): the same ref_p as the adapter layers give unmerged, one merge per scoring pass, and the frozen
+    weights back afterwards (float32 rounding), the adapters untouched."""
+    import contextlib
+
+    from neat_studio.neat import trainer as trainer_mod
+    from neat_studio.neat.rounds import RankedList
+
+    t, enc = _trainer(tiny_model_dir, snap, tmp_path / "run", lora=True, lora_r=4, lr=5e-2)
+    for _ in range(3):  # lora_B starts at 0: train until the adapters change the model's outputs
+        t._step([enc[:3]])
+        t._step([enc[3:]])
+    lists = t._round_lists(0)
+
+    def fresh():
+        return [RankedList.from_dict({**x.to_dict(), "ref_p": None}) for x in lists]
+
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    calls, merge = [], t.model.merge_adapter
+    t.model.merge_adapter = lambda *a, **kw: (calls.append("merge"), merge(*a, **kw))
+    merged = fresh()
+    t._score_round(merged)
+    assert calls == ["merge"]
+    for n, p in t.model.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, before[n]), n
+        else:
+            torch.testing.assert_close(p, before[n], atol=1e-6, rtol=0)
+    assert not any(getattr(m, "merged", False) for m in t.model.modules()) and t.model.training
+    monkeypatch.setattr(trainer_mod, "adapters_merged", lambda m: contextlib.nullcontext(m))
+    unmerged = fresh()
+    t._score_round(unmerged)
+    for a, b in zip(merged, unmerged):
+        assert a.ref_p == pytest.approx(b.ref_p, abs=1e-5)
+    with t.model.disable_adapter():  # the adapters do change p (the comparison is not between two base models)
+        base = fresh()
+        t._score_round(base)
+    assert max(abs(x - y) for a, b in zip(merged, base) for x, y in zip(a.ref_p, b.ref_p)) > 1e-3
+
+
 def test_greedy_plain_adds_the_greedy_answer_and_keeps_the_sampled_ones(tiny_model_dir, snap, tmp_path):
     """greedy_plain: one more plain sample per prompt, decoded greedily (what the evaluation and a user see),
     ranked as a plain sample; the sampled answers (plain and negative) are those of the same run without it."""
@@ -961,6 +1015,9 @@ def test_loop_negatives_in_a_run(tiny_model_dir, snap, tmp_path):
     base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
     assert estimate_time({**base, "loop_negatives": 2}, 100)["training_s"] > estimate_time(base, 100)["training_s"]
     for kw, msg in ((dict(loop_negatives=-1), "loop_negatives must be >= 0"),
+                    (dict(compliance_rank="soft"), "compliance_rank must be one of bottom, plain"),
+                    (dict(compliance_rank="plain", positive_rank="above_plain"), "needs compliance_rank_scope"),
+                    (dict(compliance_rank="plain", compliance_rank_scope="harmful"), "positive_rank=above_plain"),
                     (dict(loop_negatives=1, ranking="reward", scorer_path="x"), "needs ranking=rule")):
         with pytest.raises(ConfigError, match=msg):
             cfg_for(tiny_model_dir, snap, tmp_path / "bad", **kw).validate()
@@ -1009,6 +1066,36 @@ def test_compliance_and_refusal_scopes_together(tiny_model_dir, tmp_path, monkey
     assert len(calls) == 1 and n["refusal:"] > 0 and n["compliance:"] > 0
     start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
     assert (start["n_refusal"], start["n_compliance"]) == (n["refusal:"], n["compliance:"])
+
+
+def test_compliance_rank_plain_demotes_unheeded_positives_only(tiny_model_dir, tmp_path, monkeypatch):
+    """compliance_rank=plain: on harmful prompts a positive sample the detector does not flag is marked unheeded:
+    and ranked as a plain sample; plain samples are never marked, nothing joins the bottom group for it, and
+    round_start counts the unheeded samples."""
+    from neat_studio.neat.trainer import train
+
+    rows, s = tagged_rows_and_odd_length_detector(tmp_path, monkeypatch, lambda texts: None)
+    out = tmp_path / "run"
+    train(cfg_for(tiny_model_dir, s, out, compliance_rank_scope="harmful", compliance_rank="plain",
+                  positive_rank="above_plain", temperature=1.0, positives=["kind@1"], k_pos=1))
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    n = 0
+    for lst in r0["lists"]:
+        plain_ranks = {rk for o, c, rk in zip(lst["origins"], lst["curated"], lst["ranks"]) if not c and o == "policy"}
+        for text, o, cur, rank in zip(lst["responses"], lst["origins"], lst["curated"], lst["ranks"]):
+            if cur or o.startswith("negative:"):
+                continue
+            assert not o.startswith("compliance:")
+            odd, tag = len(text.strip()) % 2 == 1, tags[lst["prompt_id"]]
+            if o.startswith("positive:") or o.startswith("unheeded:"):
+                assert o.startswith("unheeded:") == (tag == "harmful" and not odd), (o, tag, odd)
+            if o.startswith("unheeded:"):
+                n += 1
+                assert rank < max(lst["ranks"]) and (not plain_ranks or rank in plain_ranks)
+    assert n > 0
+    start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
+    assert start["n_unheeded"] == n and start["n_compliance"] == 0
 
 
 def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model_dir, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ ANCHORS = ("none", "round")
 POSITIVE_RANKS = ("plain", "above_plain")
 PLAIN_RANKS = ("below_curated", "tie_best")
 DEGENERATE_RANKS = ("keep", "bottom")
+COMPLIANCE_RANKS = ("bottom", "plain")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 PROMPT_CACHE = ("auto", "on", "off")
@@ -71,6 +72,10 @@ class NeatConfig:
                                         "positive samples that the refusal detector does NOT flag (answers to a "
                                         "request that should be refused) rank with the negatives, even when the "
                                         "safe_refusal positive produced them; empty = off")
+    compliance_rank: str = _f("bottom", "what compliance_rank_scope does with what it finds: bottom = the plain and "
+                                        "positive samples rank with the negatives; plain = only the positive samples "
+                                        "lose their place above the plain ones (ranked as plain samples, marked "
+                                        "unheeded:), nothing is pushed down", choices=COMPLIANCE_RANKS)
     loop_negatives: int = _f(0, "synthetic repetition loops per prompt and round ranked with the negatives (rule "
                                 "ranking): the first sentence of the best curated answer, then of the plain samples, "
                                 "repeated to ~48 tokens, so the model learns that repeating itself is worse than "
@@ -196,6 +201,11 @@ class NeatConfig:
             bad(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.plain_rank not in PLAIN_RANKS:
             bad(f"plain_rank must be one of {', '.join(PLAIN_RANKS)}, not {self.plain_rank!r}")
+        if self.compliance_rank not in COMPLIANCE_RANKS:
+            bad(f"compliance_rank must be one of {', '.join(COMPLIANCE_RANKS)}, not {self.compliance_rank!r}")
+        if self.compliance_rank == "plain" and not (self.compliance_rank_scope and self.positive_rank == "above_plain"):
+            bad("compliance_rank=plain moves positive samples ranked above the plain ones: it needs "
+                "compliance_rank_scope (a tag) and positive_rank=above_plain")
         if self.degenerate_rank not in DEGENERATE_RANKS:
             bad(f"degenerate_rank must be one of {', '.join(DEGENERATE_RANKS)}, not {self.degenerate_rank!r}")
         if self.loop_negatives < 0 or (self.loop_negatives and self.ranking != "rule"):

@@ -21,6 +21,10 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   of those prompts the detector does NOT flag, i.e. answers to a harmful request) joins it too, marked
   `compliance:<origin>`. Why: the `safe_refusal` positive refuses only some of the time, and ranked above the plain
   samples its compliant samples would otherwise be trained toward on exactly the prompts that should be refused;
+  with `comply_bottom=False` (config `compliance_rank=plain`) only the compliant POSITIVE samples are marked, as
+  `unheeded:<origin>`, and they lose their place above the plain samples (ranked as plain ones) instead of going
+  to the bottom: the positive prompt's evidence counts only where it was heeded, and the model's own answers
+  are not pushed down;
 - with `loops` = n (config `loop_negatives`), n synthetic repetition loops join the bottom group, marked
   `loop:best` / `loop:policy`: the first sentence of the best curated answer (then of the plain samples) repeated
   to the evaluation's answer length (`loop_of`). Why: the model's greedy answers collapse into loops on prompts it
@@ -48,9 +52,10 @@ from dataclasses import asdict, dataclass, field
 from ..eval_metrics import DEGEN_REPEATS, degeneration
 
 NEG, POS, DEGEN, REFUSAL, COMPLY, LOOP = "negative:", "positive:", "degenerate:", "refusal:", "compliance:", "loop:"
+UNHEEDED = "unheeded:"  # a positive sample that did not do what its positive prompt asked: ranked as a plain one
 BOTTOM = (NEG, DEGEN, REFUSAL, COMPLY, LOOP)  # origins of the bottom group
-# the policy-made kinds of the bottom group besides the negatives, by the name the round logs count them under
-MARKED = {"degenerate": DEGEN, "refusal": REFUSAL, "compliance": COMPLY, "loop": LOOP}
+# the kinds the ranking rules mark (all but unheeded in the bottom group), by the name the round logs count them under
+MARKED = {"degenerate": DEGEN, "refusal": REFUSAL, "compliance": COMPLY, "loop": LOOP, "unheeded": UNHEEDED}
 
 
 def kind_of(origin: str) -> str:
@@ -190,7 +195,7 @@ def _loops(cur, onl, n: int, taken: set) -> list:
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
                positive_above_plain: bool = False, plain_ties_best: bool = False,
                degenerate_bottom: bool = False, refused=frozenset(), loops: int = 0,
-               complied=frozenset()) -> RankedList | None:
+               complied=frozenset(), comply_bottom: bool = True) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative; `loops` synthetic
     repetition loops are added at the bottom (rule ranking; neat and rrhf)."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
@@ -206,7 +211,11 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
                 return DEGEN + origin
             if text.strip() in refused:
                 return REFUSAL + origin
-            return COMPLY + origin if text.strip() in complied else origin
+            if text.strip() not in complied:
+                return origin
+            if comply_bottom:
+                return COMPLY + origin
+            return UNHEEDED + origin if origin.startswith(POS) else origin
         onl = [(t, mark(t, o)) for t, o in onl]
         if loops > 0 and method in ("neat", "rrhf"):
             onl += _loops(cur, onl, loops, texts | {t.strip() for t, _ in onl})

@@ -144,12 +144,14 @@ class NeatTrainer(CheckpointMixin):
 
     def _round_lists(self, r: int) -> list[RankedList]:
         f = self._round_file(r)
+        self._round_timing = {}  # a resumed round's lists come from its file: nothing timed
         if f.exists():
             d = json.loads(f.read_text(encoding="utf-8"))
             if d.get("start_step") == self.pos["round_start_step"]:
                 return [RankedList.from_dict(x) for x in d["lists"]]
         t0 = time.time()
         online = self._sample(r) if self.cfg.method in ("neat", "rrhf") else {}
+        t1 = time.time()
         refused, complied = self._judged(online)
         lists = []
         for row in self.prep.rows:
@@ -160,16 +162,22 @@ class NeatTrainer(CheckpointMixin):
                              degenerate_bottom=self.cfg.degenerate_rank == "bottom",
                              refused=refused.get(str(row["prompt_id"]), frozenset()),
                              loops=self.cfg.loop_negatives,
-                             complied=complied.get(str(row["prompt_id"]), frozenset()))
+                             complied=complied.get(str(row["prompt_id"]), frozenset()),
+                             comply_bottom=self.cfg.compliance_rank == "bottom")
             if lst is not None:
                 lists.append(lst)
+        t2 = time.time()
         if self.cfg.anchor == "round" or self.cfg.diag_every:
             self._score_round(lists)
+        # where a round's preparation goes (logged with round_start): generating the samples, judging and ranking
+        # them, scoring every response under the round's starting policy
+        self._round_timing = {"generate_s": round(t1 - t0, 3), "rank_s": round(t2 - t1, 3),
+                              "score_s": round(time.time() - t2, 3)}
         if self.main:
             f.parent.mkdir(parents=True, exist_ok=True)
             tmp = f.with_suffix(".tmp")
             tmp.write_text(json.dumps({"round": r, "start_step": self.pos["round_start_step"],
-                                       "gen_s": round(time.time() - t0, 3),
+                                       "gen_s": round(time.time() - t0, 3), **self._round_timing,
                                        "lists": [x.to_dict() for x in lists]}, ensure_ascii=False))
             tmp.replace(f)
         self.acc.wait_for_everyone()
@@ -215,21 +223,23 @@ class NeatTrainer(CheckpointMixin):
         was = scorer.model.training
         scorer.model.eval()
         try:
-            order = sorted(range(len(enc)), key=lambda i: enc[i][1].cost)
-            for s0 in range(0, len(order), 8):
-                part = [enc[i] for i in order[s0:s0 + 8]]
-                els = [e for _, e in part]
-                batch = (collate_shared if self.shared_ok else collate)(els, self.pad_id)
-                with self.acc.autocast():
-                    sums, n = scorer(to_device(batch, self.acc.device))
-                p = (sums / n.clamp_min(1)).float().cpu().tolist()
-                k = 0
-                for lst, e in part:
-                    ref = [float("nan")] * len(lst.responses)
-                    for i in e.src:
-                        ref[i] = p[k]
-                        k += 1
-                    lst.ref_p = ref
+            # LoRA: adapters merged while scoring, as while sampling (the same p within rounding, ~10 % faster)
+            with adapters_merged(scorer.model):
+                order = sorted(range(len(enc)), key=lambda i: enc[i][1].cost)
+                for s0 in range(0, len(order), 8):
+                    part = [enc[i] for i in order[s0:s0 + 8]]
+                    els = [e for _, e in part]
+                    batch = (collate_shared if self.shared_ok else collate)(els, self.pad_id)
+                    with self.acc.autocast():
+                        sums, n = scorer(to_device(batch, self.acc.device))
+                    p = (sums / n.clamp_min(1)).float().cpu().tolist()
+                    k = 0
+                    for lst, e in part:
+                        ref = [float("nan")] * len(lst.responses)
+                        for i in e.src:
+                            ref[i] = p[k]
+                            k += 1
+                        lst.ref_p = ref
         finally:
             scorer.model.train(was)
 
@@ -460,7 +470,8 @@ class NeatTrainer(CheckpointMixin):
                            "n_online": sum(sum(1 for c in x.curated if not c) for x in lists),
                            **{f"n_{k}": sum(o.startswith(prefix) for x in lists for o in x.origins)
                               for k, prefix in MARKED.items()},
-                           "sample_s": round(time.time() - t0, 3), **self._round_p_means(lists)})
+                           "sample_s": round(time.time() - t0, 3), **self._round_timing,
+                           **self._round_p_means(lists)})
             scheds = {}
             while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
                 e = self.pos["epoch"]
