@@ -61,7 +61,7 @@ RECIPES: dict[str, dict] = {
             "plain_rank": "tie_best", "plain_rank_scope": "benign", "positive_rank": "above_plain",
             "refusal_rank_scope": "benign", "degenerate_rank": "bottom", "loop_negatives": 2,
             "lora": True, "lora_r": 16, "lora_alpha": 32, "lr": 1e-4,
-            "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 64,
+            "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 16,
         },
         "data": {"min_responses": 1},
     },
