@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -27,6 +26,7 @@ from neat_studio.generation import GenParams, generate  # noqa: E402
 from neat_studio.models import load_model  # noqa: E402
 from neat_studio.neat.preflight import bf16_supported  # noqa: E402
 from neat_studio.scoring.refusal import is_refusal  # noqa: E402
+from neat_studio.seed import seed_presets  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     prompts = [r["prompt"] for r in rows if a.tag in (r.get("tags") or [])]
     if not prompts:
         ap.error(f"no prompt in {a.data} carries the tag {a.tag!r}")
-    presets = {p["name"]: p["text"] for p in yaml.safe_load(open(REPO / "data/presets.yaml"))["presets"]}
+    presets = {p["name"]: p["text"] for p in seed_presets()}
     cands: dict = {"(none)": None} if a.none else {}
     for name in a.preset:
         if name not in presets:

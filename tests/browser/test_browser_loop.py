@@ -201,9 +201,9 @@ def _walk(app, st, tmp_path, browser, page_errors):
     pick(page, "train-dtype", "fp32")
     field(page, "train-name").fill("loop-run")
     wait_text(page.locator("#train-estimate"), r"Estimated time.* 3 training prompt", timeout=30)
-    # the typed dropdown value must be confirmed before Start reads the form (a CI run once started with dtype=auto)
+    # the typed dropdown value must be confirmed before Start reads the form (a CI run once started with dtype=auto);
+    # focus has left the field, and an unconfirmed Dropdown shows its previous value again
     page.wait_for_function("() => document.querySelector('#train-dtype input').value === 'fp32'", timeout=30000)
-    page.wait_for_timeout(500)
     page.locator("#train-start").click()
     wait_text(page.locator("#train-msg"), r"Started run", timeout=60)
     run = st.store.active_run() or st.store.list_runs()[0]
