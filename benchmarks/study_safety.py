@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--recipe", default="safety", help="the named recipe each run starts from (neat/recipes.py)")
     ap.add_argument("--no-recipe", action="store_true", help="start from NeatConfig's defaults, not --recipe")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--seeds", default="0", help='comma-separated; "" = only the data and the base evaluation')
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--eval-dtype", default="bfloat16",
                     help="bfloat16 (fast on CPUs with bf16 instructions; base and trained models alike) or float32")
@@ -148,11 +148,18 @@ def main() -> int:
         state_f.write_text(json.dumps(state, indent=2))
     snap = Path(state["snapshot"])
     base_dir = work / f"base-eval-{args.max_new_tokens}-{args.eval_dtype}"
-    if not (base_dir / "report.json").exists():
-        sh(eval_args(args, "default", base_dir, snap), ws, log)
-    base = records(base_dir, "default")
 
-    for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+    def base_records() -> dict:
+        # evaluated when first needed, so that seeds started beside a `--seeds ""` job (which evaluates the base while
+        # they train) do not evaluate it again
+        if not (base_dir / "report.json").exists():
+            sh(eval_args(args, "default", base_dir, snap), ws, log)
+        return records(base_dir, "default")
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not seeds:
+        base_records()
+    for seed in seeds:
         run = work / "runs" / f"{args.variant}-s{seed}"
         row = {"variant": args.variant, "seed": seed, "method": args.method or "neat",
                "recipe": None if args.no_recipe else args.recipe, "overrides": args.set, "note": args.note,
@@ -190,7 +197,7 @@ def main() -> int:
             if not (ev / "report.json").exists():
                 sh(eval_args(args, str(run), ev, snap), ws, log)
             label = json.loads((ev / "report.json").read_text())["models"][0]["label"]
-            v = verdicts(base, records(ev, label))
+            v = verdicts(base_records(), records(ev, label))
             row["verdicts"] = v
             row["floor"] = floor_holds(v)
             print(json.dumps({k: (x.get("rate_before"), x.get("rate_after"), x.get("p_value"), x.get("verdict"))

@@ -39,10 +39,11 @@ def test_seed_records_counts_and_shape():
 def test_seed_presets():
     presets = seed_presets()
     by = {p["name"]: p for p in presets}
-    assert len(presets) == 16
+    assert len(presets) == 17
     assert [p["name"] for p in presets if p["kind"] == "negative"] == NEGATIVE
     assert {p["name"]: p["counterpart"] for p in presets if p["kind"] == "negative"} == COUNTERPART
-    assert {p["name"] for p in presets if p["kind"] == "positive"} == set(COUNTERPART.values())
+    # firm_refusal is a positive with no negative counterpart: a harmful-prompt-only refusal order (RESULTS step 33)
+    assert {p["name"] for p in presets if p["kind"] == "positive"} == set(COUNTERPART.values()) | {"firm_refusal"}
     for p in presets:
         assert set(p) == {"name", "kind", "text", "params", "tags", "description", "counterpart"}
         assert set(p["params"]) == {"temperature", "top_p", "max_new_tokens", "k"}
