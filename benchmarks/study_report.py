@@ -4,7 +4,10 @@
 
 One row per run (variant, seed): the base and the trained rate on every axis with the paired verdict
 (exact McNemar), degenerate answers, preference-pair accuracy, training wall time, and whether the issue's floor holds.
-Then the mean over seeds per variant.
+Then the mean over seeds per variant, and the refusal / benign frontier of the NEAT LoRA runs: a least-squares line
+benign = a + b * refusal over every such run (all settings, all seeds), and each variant's mean distance above it
+(points of benign compliance at the same refusal): a setting that moves the frontier outward sits above the line on
+every seed, one that only trades refusal for compliance sits on it. `--plot FILE` also draws every run (PNG).
 """
 from __future__ import annotations
 
@@ -30,9 +33,78 @@ def cell(v: dict | None) -> str:
     return f"{pct(v['rate_after'])} {MARK[v['verdict']]} (p{'<1e-4' if p < 1e-4 else f'={p:.2g}'})"
 
 
+def is_neat_lora(r: dict) -> bool:
+    """An evaluated NEAT run trained with LoRA adapters (the runs the frontier line is fitted over)."""
+    return "verdicts" in r and (r.get("method") or "neat") == "neat" and bool((r.get("config") or {}).get("lora"))
+
+
+def frontier_points(rows: list[dict]) -> list[dict]:
+    """{variant, seed, refusal, benign, lookalike} in % for every evaluated NEAT run trained with LoRA adapters."""
+    out = []
+    for r in rows:
+        if not is_neat_lora(r):
+            continue
+        v = r["verdicts"]
+        out.append({"variant": r["variant"], "seed": r["seed"], "refusal": 100 * v["refusal:harmful"]["rate_after"],
+                    "benign": 100 * v["compliance:benign"]["rate_after"],
+                    "lookalike": 100 * v["compliance:lookalike"]["rate_after"]})
+    return out
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares y = a + b x -> (a, b, Pearson r); needs two distinct x values."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    if n < 2 or sxx == 0:
+        raise ValueError("a line needs at least two runs with different refusal rates")
+    b = sxy / sxx
+    return my - b * mx, b, (sxy / (sxx * syy) ** 0.5 if syy else 0.0)
+
+
+def frontier(points: list[dict]) -> dict:
+    """The line over all points and each variant's residuals (benign minus the line at its refusal), in order seen."""
+    a, b, r = fit_line([p["refusal"] for p in points], [p["benign"] for p in points])
+    res: dict = {}
+    for p in points:
+        res.setdefault(p["variant"], []).append(p["benign"] - (a + b * p["refusal"]))
+    return {"a": a, "b": b, "r": r, "n": len(points), "residuals": res}
+
+
+def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = next(r["verdicts"] for r in rows if "verdicts" in r)
+    b_ref, b_ben = 100 * base["refusal:harmful"]["rate_before"], 100 * base["compliance:benign"]["rate_before"]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    other = [r for r in rows if "verdicts" in r and not is_neat_lora(r)]
+    ax.scatter([100 * r["verdicts"]["refusal:harmful"]["rate_after"] for r in other],
+               [100 * r["verdicts"]["compliance:benign"]["rate_after"] for r in other], c="lightgrey", s=18,
+               label="other runs (full fine-tuning, ablations)")
+    for name in fr["residuals"]:
+        ps = [p for p in points if p["variant"] == name]
+        ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name)
+    xs = [min(p["refusal"] for p in points) - 2, max(p["refusal"] for p in points) + 2]
+    ax.plot(xs, [fr["a"] + fr["b"] * x for x in xs], "k--", lw=1,
+            label=f"NEAT LoRA runs: benign = {fr['a']:.1f} {fr['b']:+.2f} x refusal (r = {fr['r']:.2f})")
+    ax.axhline(b_ben - 5, color="red", lw=0.8, label="floor: base benign - 5")
+    ax.scatter([b_ref], [b_ben], marker="*", s=150, c="black", label="base model")
+    ax.set_xlabel("harmful requests refused (%)")
+    ax.set_ylabel("benign requests answered (%)")
+    ax.set_title("SmolLM2-135M, dev split: every run of the alignment study")
+    ax.legend(fontsize=6.5, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "safety_study.jsonl"))
+    ap.add_argument("--plot", default="", help="also draw refusal against benign compliance of every run (PNG)")
     args = ap.parse_args()
     rows = [json.loads(x) for x in Path(args.results).read_text(encoding="utf-8").splitlines() if x.strip()]
     ok = [r for r in rows if "verdicts" in r]
@@ -64,6 +136,18 @@ def main() -> int:
             xs = [r["verdicts"][k]["rate_after"] for r in rs if k in r["verdicts"]]
             means.append(pct(sum(xs) / len(xs)) if xs else "–")
         print(f"| {name} | {len(rs)} | " + " | ".join(means) + f" | {'yes' if all(r['floor']['floor'] for r in rs) else 'no'} |")
+    points = frontier_points(rows)
+    if len({p["refusal"] for p in points}) >= 2:
+        fr = frontier(points)
+        print(f"\nFrontier of the {fr['n']} NEAT LoRA runs: benign = {fr['a']:.1f} {fr['b']:+.2f} x refusal "
+              f"(Pearson r = {fr['r']:.2f}); each variant's distance above that line (benign points at equal "
+              "refusal), per seed:\n")
+        print("| variant | seeds | mean above the line | per seed |")
+        print("|---|---|---|---|")
+        for name, res in fr["residuals"].items():
+            print(f"| {name} | {len(res)} | {sum(res) / len(res):+.1f} | {' / '.join(f'{x:+.1f}' for x in res)} |")
+        if args.plot:
+            plot(rows, points, fr, args.plot)
     return 0
 
 

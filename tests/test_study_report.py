@@ -1,0 +1,38 @@
+"""benchmarks/study_report.py's frontier: the least-squares line over the NEAT LoRA runs and each variant's distance
+above it (hand-computed values)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "study_report", Path(__file__).resolve().parents[1] / "benchmarks" / "study_report.py")
+study_report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study_report)
+
+
+def _row(variant, seed, refusal, benign, method="neat", lora=True):
+    v = {"refusal:harmful": {"rate_after": refusal}, "compliance:benign": {"rate_after": benign},
+         "compliance:lookalike": {"rate_after": 0.98}}
+    return {"variant": variant, "seed": seed, "method": method, "config": {"lora": lora}, "verdicts": v}
+
+
+def test_fit_line_exact():
+    # x 10 20 30, y 91 79 70: mean 20 / 80, Sxy = -110 + 0 - 100 = -210, Sxx = 200, Syy = 222
+    a, b, r = study_report.fit_line([10, 20, 30], [91, 79, 70])
+    assert b == pytest.approx(-1.05) and a == pytest.approx(101.0)
+    assert r == pytest.approx(-210 / (200 * 222) ** 0.5)
+    with pytest.raises(ValueError):
+        study_report.fit_line([5, 5], [1, 2])
+
+
+def test_frontier_only_neat_lora_runs_and_residuals_per_variant():
+    rows = [_row("a", 0, 0.10, 0.91), _row("a", 1, 0.30, 0.70), _row("b", 0, 0.20, 0.79),
+            _row("rrhf", 0, 0.50, 0.60, method="rrhf"), _row("full", 0, 0.40, 0.50, lora=False),
+            {"variant": "x", "seed": 0, "method": "neat", "error": "RuntimeError: failed"}]
+    pts = study_report.frontier_points(rows)
+    assert [(p["variant"], p["seed"]) for p in pts] == [("a", 0), ("a", 1), ("b", 0)]
+    fr = study_report.frontier(pts)
+    assert fr["n"] == 3 and fr["a"] == pytest.approx(101.0) and fr["b"] == pytest.approx(-1.05)
+    # residuals: 91 - 90.5, 70 - 69.5, 79 - 80
+    assert fr["residuals"]["a"] == pytest.approx([0.5, 0.5]) and fr["residuals"]["b"] == pytest.approx([-1.0])
