@@ -231,7 +231,8 @@ def build(ctx: Ctx) -> dict:
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("### Library")
-            c["kind_filter"] = gr.Radio(["all", "negative", "positive"], value="all", show_label=False)
+            c["kind_filter"] = gr.Radio(["all", "negative", "positive"], value="all", show_label=False,
+                                        elem_id="lib-kind-filter")
             c["lib"] = gr.Dataframe(headers=LIB_COLUMNS, datatype="str", interactive=False, wrap=True,
                                     max_height=380, column_widths=["27%", "15%", "10%", "12%", "20%", "16%"],
                                     elem_id="lib-table")
