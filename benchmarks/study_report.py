@@ -85,9 +85,11 @@ def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
     ax.scatter([100 * r["verdicts"]["refusal:harmful"]["rate_after"] for r in other],
                [100 * r["verdicts"]["compliance:benign"]["rate_after"] for r in other], c="lightgrey", s=18,
                label="other runs (full fine-tuning, ablations)")
-    for name in fr["residuals"]:
+    colours = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 variants
+    for i, name in enumerate(fr["residuals"]):
         ps = [p for p in points if p["variant"] == name]
-        ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name)
+        ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name,
+                   color=colours[(2 * i) % 20 + (2 * i) // 20 % 2])
     xs = [min(p["refusal"] for p in points) - 2, max(p["refusal"] for p in points) + 2]
     ax.plot(xs, [fr["a"] + fr["b"] * x for x in xs], "k--", lw=1,
             label=f"NEAT LoRA runs: benign = {fr['a']:.1f} {fr['b']:+.2f} x refusal (r = {fr['r']:.2f})")
