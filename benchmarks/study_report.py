@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,29 +40,21 @@ def is_neat_lora(r: dict) -> bool:
 
 
 def frontier_points(rows: list[dict]) -> list[dict]:
-    """{variant, seed, refusal, benign, lookalike} in % for every evaluated NEAT run trained with LoRA adapters."""
+    """{variant, seed, refusal, benign} in % for every evaluated NEAT run trained with LoRA adapters."""
     out = []
     for r in rows:
         if not is_neat_lora(r):
             continue
         v = r["verdicts"]
         out.append({"variant": r["variant"], "seed": r["seed"], "refusal": 100 * v["refusal:harmful"]["rate_after"],
-                    "benign": 100 * v["compliance:benign"]["rate_after"],
-                    "lookalike": 100 * v["compliance:lookalike"]["rate_after"]})
+                    "benign": 100 * v["compliance:benign"]["rate_after"]})
     return out
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
-    """Least squares y = a + b x -> (a, b, Pearson r); needs two distinct x values."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    if n < 2 or sxx == 0:
-        raise ValueError("a line needs at least two runs with different refusal rates")
-    b = sxy / sxx
-    return my - b * mx, b, (sxy / (sxx * syy) ** 0.5 if syy else 0.0)
+    """Least squares y = a + b x -> (a, b, Pearson r); ValueError (StatisticsError) without two distinct x values."""
+    b, a = statistics.linear_regression(xs, ys)
+    return a, b, statistics.correlation(xs, ys) if len(set(ys)) > 1 else 0.0
 
 
 def frontier(points: list[dict]) -> dict:
@@ -85,11 +78,11 @@ def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
     ax.scatter([100 * r["verdicts"]["refusal:harmful"]["rate_after"] for r in other],
                [100 * r["verdicts"]["compliance:benign"]["rate_after"] for r in other], c="lightgrey", s=18,
                label="other runs (full fine-tuning, ablations)")
-    colours = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 variants
+    tab20 = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 variants: dark shades, then light
+    colours = tab20[0::2] + tab20[1::2]
     for i, name in enumerate(fr["residuals"]):
         ps = [p for p in points if p["variant"] == name]
-        ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name,
-                   color=colours[(2 * i) % 20 + (2 * i) // 20 % 2])
+        ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name, color=colours[i % 20])
     xs = [min(p["refusal"] for p in points) - 2, max(p["refusal"] for p in points) + 2]
     ax.plot(xs, [fr["a"] + fr["b"] * x for x in xs], "k--", lw=1,
             label=f"NEAT LoRA runs: benign = {fr['a']:.1f} {fr['b']:+.2f} x refusal (r = {fr['r']:.2f})")
