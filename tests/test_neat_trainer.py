@@ -411,6 +411,51 @@ def test_lora_trains_adapters_and_freezes_the_base(tiny_model_dir, snap, tmp_pat
             assert torch.equal(p, before[n]), f"frozen parameter {n} changed"
 
 
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_lora_init_from_the_weights_starts_at_the_base_function_and_ignores_the_seed(tiny_model_dir, snap,
+                                                                                      tmp_path, init):
+    """PiSSA / OLoRA: the wrapped model computes what the base did (the adapters' share is taken out of the base
+    layer), the adapters are the same for every run seed (with the random init they are not), and every adapter
+    parameter moves in the first step (B does not start at 0)."""
+    from neat_studio.models import load_model
+
+    ids = torch.tensor([[3, 17, 42, 8, 99, 5]])
+    base = load_model(str(tiny_model_dir)).model.float().eval()
+    with torch.no_grad():
+        want = base(ids).logits
+    runs = {s: _trainer(tiny_model_dir, snap, tmp_path / f"{init}{s}", method="sft", lora=True, lora_r=4,
+                        lora_init=init, seed=s) for s in (0, 1)}
+    rand = {s: _trainer(tiny_model_dir, snap, tmp_path / f"rand{s}", method="sft", lora=True, lora_r=4,
+                        seed=s)[0] for s in (0, 1)}
+    t, enc = runs[0]
+    t.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(t.model(ids).logits, want, atol=1e-4, rtol=1e-4)
+    t.model.train()
+
+    def adapters(m):
+        return {n: p.detach().clone() for n, p in m.named_parameters() if "lora_A" in n}
+
+    a0, a1 = adapters(t.model), adapters(runs[1][0].model)
+    assert a0 and all(torch.equal(a0[n], a1[n]) for n in a0)
+    r0, r1 = adapters(rand[0].model), adapters(rand[1].model)
+    assert not all(torch.equal(r0[n], r1[n]) for n in r0)
+    trainable = {n: p.detach().clone() for n, p in t.model.named_parameters() if p.requires_grad}
+    t._step([enc[:3]])
+    for n, p in t.model.named_parameters():
+        if n in trainable:
+            assert not torch.equal(p, trainable[n]), f"{init}: {n} did not change in the first step"
+
+
+def test_lora_init_from_the_weights_is_refused_for_dpo():
+    from neat_studio.neat.config import ConfigError, NeatConfig
+
+    with pytest.raises(ConfigError, match="lora_init=pissa needs method neat, rrhf or sft"):
+        NeatConfig(snapshot="s", method="dpo", lora=True, lora_init="pissa").validate()
+    with pytest.raises(ConfigError, match="lora_init"):
+        NeatConfig(snapshot="s", method="sft", lora_init="svd").validate()
+
 # -- learning a toy task -----------------------------------------------------------------------------------
 def test_rounds_learn_the_toy_task(tiny_model_dir, snap, tmp_path):
     from neat_studio.generation import GenParams, generate

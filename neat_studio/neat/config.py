@@ -16,6 +16,7 @@ DEGENERATE_RANKS = ("keep", "bottom")
 COMPLIANCE_RANKS = ("bottom", "plain")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
+LORA_INITS = ("random", "pissa", "olora")
 PROMPT_CACHE = ("auto", "on", "off")
 
 
@@ -123,6 +124,10 @@ class NeatConfig:
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_init: str = _f("random", "LoRA initialisation: random = PEFT's default (A random from the seed, B zero) | "
+                                  "pissa = A and B from the weights' top singular vectors (PiSSA, deterministic: the "
+                                  "seed no longer draws the adapters' subspace) | olora = from a QR decomposition "
+                                  "(OLoRA, deterministic)", choices=LORA_INITS)
     # run
     dtype: str = _f("auto", "compute dtype: bf16 (autocast, fp32 master weights) | fp32 | auto (bf16 where the "
                             "CPU has bf16 matrix instructions or on GPU)", choices=DTYPES)
@@ -267,6 +272,13 @@ class NeatConfig:
                 "samples would be cut before training")
         if not 0 <= self.lora_dropout < 1:
             bad(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_init not in LORA_INITS:
+            bad(f"lora_init must be one of {', '.join(LORA_INITS)}, not {self.lora_init!r}")
+        if self.lora_init != "random" and self.method == "dpo":
+            # TRL's DPO scores its reference with the adapters switched off, which under PiSSA/OLoRA is the
+            # residual weights, not the starting model
+            bad(f"lora_init={self.lora_init} needs method neat, rrhf or sft: dpo's reference (adapters off) would "
+                "not be the starting model")
         return self
 
 
