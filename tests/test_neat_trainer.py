@@ -411,7 +411,6 @@ def test_lora_trains_adapters_and_freezes_the_base(tiny_model_dir, snap, tmp_pat
             assert torch.equal(p, before[n]), f"frozen parameter {n} changed"
 
 
-
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 def test_lora_init_from_the_weights_starts_at_the_base_function_and_ignores_the_seed(tiny_model_dir, snap,
                                                                                       tmp_path, init):
@@ -455,6 +454,7 @@ def test_lora_init_from_the_weights_is_refused_for_dpo():
         NeatConfig(snapshot="s", method="dpo", lora=True, lora_init="pissa").validate()
     with pytest.raises(ConfigError, match="lora_init"):
         NeatConfig(snapshot="s", method="sft", lora_init="svd").validate()
+
 
 # -- learning a toy task -----------------------------------------------------------------------------------
 def test_rounds_learn_the_toy_task(tiny_model_dir, snap, tmp_path):
