@@ -192,7 +192,12 @@ def main() -> int:
                                              for m in metrics if m.get("event") == "round_start"],
                             "diag": [{k: m.get(k) for k in ("step", "grad_norm_rank", "grad_norm_sft",
                                                              "grad_cos_rank_sft", "p_best", "p_neg", "rank_acc")}
-                                     for m in steps if "grad_norm_rank" in m]}
+                                     for m in steps if "grad_norm_rank" in m],
+                            # validation during training (val_file) and the step select=best_val kept
+                            "val": [{k: m.get(k) for k in ("step", "refusal", "answered", "degenerate", "eligible",
+                                                            "val_s")} for m in metrics if m.get("event") == "val"],
+                            "selected_step": next((m["selected_step"] for m in metrics
+                                                   if m.get("event") == "selected"), None)}
             ev = work / "evals" / f"{args.variant}-s{seed}"
             if not (ev / "report.json").exists():
                 sh(eval_args(args, str(run), ev, snap), ws, log)

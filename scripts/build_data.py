@@ -42,6 +42,10 @@ N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
 RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (40, 32, 72)}
 N_GENERAL = 0  # everyday instructions from self-instruct's seed tasks, tagged benign + general (0: none)
 
+HARM_SRC = "safety-tuned-llamas/training/safety_only_data_Instructions.json"
+LOOK_SRC = "coconot/coconot_pref.jsonl"
+BEN_SRC = "alpaca-eval/text_davinci_003_model_outputs.json"
+
 TEMPLATE_SLOT = re.compile(r"\{[a-z_]+\}")
 REFUSAL_START = re.compile(r"^\s*(I'?m sorry|I am sorry|I cannot|I can'?t|I apologi[sz]e|As an AI|Sorry|I'?m unable|"
                            r"I am unable|I won'?t|Unfortunately|I'?m not able|I do not|I don'?t)", re.I)
@@ -126,7 +130,7 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
                 out.append(row_of(it))
         return out
 
-    harm_src = "safety-tuned-llamas/training/safety_only_data_Instructions.json"
+    harm_src = HARM_SRC
     harm = json.loads((data_root / harm_src).read_text(encoding="utf-8"))
     # clear, short refusals only: the reference answer is what the model should say
     harm = [h for h in harm if h.get("instruction") and not h.get("input") and REFUSAL_START.search(h["output"])
@@ -135,7 +139,7 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     rows = take(harm, n_harmful, lambda h: h["instruction"], lambda h: {
         "prompt": h["instruction"], "responses": [h["output"].strip()], "ranks": [0], "origins": ["dataset"],
         "tags": ["harmful", "safety-recipe"]})
-    look_src = "coconot/coconot_pref.jsonl"
+    look_src = LOOK_SRC
     look = [json.loads(x) for x in open(data_root / look_src, encoding="utf-8")]
     # CoCoNot contrast-style pairs: the chosen answer helps, the rejected one refuses a harmless request
     look = [r for r in look if isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str)
@@ -149,7 +153,7 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     rows += take(look, n_lookalike, lambda r: r["prompt"], lambda r: {
         "prompt": r["prompt"], "responses": [r["chosen"].strip(), r["rejected"].strip()], "ranks": [0, 1],
         "origins": ["dataset:chosen", "dataset:rejected"], "tags": ["benign", "lookalike", "safety-recipe"]})
-    ben_src = "alpaca-eval/text_davinci_003_model_outputs.json"
+    ben_src = BEN_SRC
     ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
     ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= 1200]
     rng.shuffle(ben)
@@ -184,6 +188,60 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     return manifest
 
 
+# held-out validation prompts of a recipe (val.jsonl; the trainer's val_file): (harmful, look-alike, benign), drawn from
+# the training sources after every recipe's training prompts and every evaluation prompt are excluded
+VAL_DATA = {"safety-pp-lora": (60, 20, 40)}
+
+
+def build_val_set(data_root: Path, out: Path, exclude: set, counts: tuple) -> dict:
+    """A recipe's validation prompts (prompt + tags only), from the same sources as its training prompts, none of
+    them a training prompt of any recipe or an evaluation prompt; recorded in the recipe's manifest.json."""
+    n_harmful, n_lookalike, n_benign = counts
+    rng = random.Random(SEED + 1)  # its own draw: the training sets stay exactly as they were
+    seen = set(exclude)
+    rows = []
+
+    def take(prompts, n, tags):
+        got = 0
+        for p in prompts:
+            k = evalsets.normalize_text(p)
+            if got >= n:
+                break
+            if k and k not in seen:
+                seen.add(k)
+                rows.append({"prompt": p, "tags": tags})
+                got += 1
+        if got < n:
+            raise SystemExit(f"only {got} fresh prompts for {tags[0]} (wanted {n})")
+
+    harm = json.loads((data_root / HARM_SRC).read_text(encoding="utf-8"))
+    harm = sorted({h["instruction"] for h in harm if h.get("instruction") and not h.get("input")})
+    rng.shuffle(harm)
+    take(harm, n_harmful, ["harmful", "validation"])
+    look = [json.loads(x) for x in open(data_root / LOOK_SRC, encoding="utf-8")]
+    look = sorted({r["prompt"] for r in look
+                   if isinstance(r.get("rejected"), str) and REFUSAL_START.search(r["rejected"])})
+    rng.shuffle(look)
+    take(look, n_lookalike, ["benign", "lookalike", "validation"])
+    ben = json.loads((data_root / BEN_SRC).read_text(encoding="utf-8"))
+    ben = sorted({b["instruction"] for b in ben if b.get("instruction")})
+    rng.shuffle(ben)
+    take(ben, n_benign, ["benign", "validation"])
+    path = out / "val.jsonl"
+    evalsets.write_jsonl(path, rows)
+    entry = {"file": path.name, "sha256": sha(path), "rows": len(rows),
+             "by_tag": {t: sum(t in r["tags"] for r in rows) for t in ("harmful", "lookalike", "benign")},
+             "used_for": "held-out validation prompts (the trainer's val_file, select=best_val); prompts only",
+             "deduplicated_against": "every recipe's training prompts and every prompt of data/evalsets, normalised "
+                                     "text",
+             "sources": [source_info(data_root, rel) for rel in (HARM_SRC, LOOK_SRC, BEN_SRC)]}
+    mf = out / "manifest.json"
+    manifest = json.loads(mf.read_text(encoding="utf-8"))
+    manifest["validation"] = entry
+    mf.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return entry
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
@@ -195,8 +253,14 @@ def main() -> int:
     m, keys = build_evalsets(root, REPO / "data" / "evalsets")
     recipes = {name: build_safety_recipe(root, REPO / "data" / "recipes" / name, keys, counts)
                for name, counts in RECIPE_DATA.items()}
+    trained = {evalsets.normalize_text(json.loads(line)["prompt"]) for name in RECIPE_DATA
+               for line in open(REPO / "data" / "recipes" / name / "curated.jsonl", encoding="utf-8")}
+    for name, counts in VAL_DATA.items():
+        recipes[name]["validation"] = build_val_set(root, REPO / "data" / "recipes" / name, keys | trained, counts)
     print(json.dumps({"evalsets": {k: {"total": v["total"], "by_split": v["by_split"]} for k, v in m["sets"].items()},
-                      "recipes": {n: {"rows": r["rows"], "by_tag": r["by_tag"]} for n, r in recipes.items()}},
+                      "recipes": {n: {"rows": r["rows"], "by_tag": r["by_tag"],
+                                      **({"validation": r["validation"]["by_tag"]} if "validation" in r else {})}
+                                  for n, r in recipes.items()}},
                      indent=2))
     return 0
 

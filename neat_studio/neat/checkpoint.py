@@ -88,7 +88,7 @@ class CheckpointMixin:
         self._log({"event": "resumed", "step": self.pos["global_step"], "round": self.pos["round"],
                    "checkpoint": str(ck)})
 
-    def _save_final(self) -> Path:
+    def _save_final(self, selected_step: int | None = None) -> Path:
         final = self.run_dir / "final"
         if self.main:
             model = self.model
@@ -100,6 +100,8 @@ class CheckpointMixin:
             (final / "neat_training.json").write_text(json.dumps({
                 "method": self.cfg.method, "base_model": self.cfg.model,
                 "base_model_id": getattr(self.lm, "model_id", None), "snapshot_sha256": self.prep.sha256,
-                "steps": self.pos["global_step"], "lora_merged": self.cfg.lora}, indent=2))
+                "steps": self.pos["global_step"], "lora_merged": self.cfg.lora,
+                # select=best_val: the validated step whose weights these are (0 = the starting model's)
+                **({"selected_step": selected_step} if selected_step is not None else {})}, indent=2))
         self.acc.wait_for_everyone()
         return final

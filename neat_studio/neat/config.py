@@ -17,6 +17,7 @@ COMPLIANCE_RANKS = ("bottom", "plain")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 LORA_INITS = ("random", "pissa", "olora")
+SELECTS = ("last", "best_val")
 PROMPT_CACHE = ("auto", "on", "off")
 
 
@@ -128,6 +129,18 @@ class NeatConfig:
                                   "pissa = A and B from the weights' top singular vectors (PiSSA, deterministic: the "
                                   "seed no longer draws the adapters' subspace) | olora = from a QR decomposition "
                                   "(OLoRA, deterministic)", choices=LORA_INITS)
+    # validation (validation.py): held-out prompts decoded greedily while training, and which weights are kept
+    val_file: str = _f("", "held-out prompts (JSONL: prompt, tags; tagged harmful = should be refused, the rest "
+                           "should be answered; not training or evaluation prompts), decoded greedily at the start "
+                           "and every val_every steps; empty = no validation")
+    val_every: int = _f(0, "validate every N optimizer steps and at the last one (0 = at the end of each round)")
+    val_max_new_tokens: int = _f(32, "tokens decoded per validation prompt (a refusal shows in its first words)")
+    select: str = _f("last", "the weights a run keeps: last | best_val = of the validated ones (the starting model "
+                             "included), those that refused the most held-out harmful prompts while answering at "
+                             "most val_tolerance fewer harmless ones and looping at most val_tolerance more than "
+                             "the starting model", choices=SELECTS)
+    val_tolerance: float = _f(0.03, "select=best_val: the share of held-out harmless prompts a kept model may "
+                                    "answer fewer (and loop more) than the starting model")
     # run
     dtype: str = _f("auto", "compute dtype: bf16 (autocast, fp32 master weights) | fp32 | auto (bf16 where the "
                             "CPU has bf16 matrix instructions or on GPU)", choices=DTYPES)
@@ -279,6 +292,16 @@ class NeatConfig:
             # residual weights, not the starting model
             bad(f"lora_init={self.lora_init} needs method neat, rrhf or sft: dpo's reference (adapters off) would "
                 "not be the starting model")
+        if self.select not in SELECTS:
+            bad(f"select must be one of {', '.join(SELECTS)}, not {self.select!r}")
+        if self.select == "best_val" and not self.val_file:
+            bad("select=best_val chooses among validated weights: it needs val_file (held-out prompts)")
+        if self.val_file and self.method == "dpo":
+            bad("val_file needs method neat, rrhf or sft (the dpo baseline runs TRL's own loop)")
+        if self.val_every < 0 or self.val_max_new_tokens < 1:
+            bad(f"val_every must be >= 0 and val_max_new_tokens >= 1, got {self.val_every}, {self.val_max_new_tokens}")
+        if not 0 <= self.val_tolerance < 1:
+            bad(f"val_tolerance must be in [0, 1), got {self.val_tolerance}")
         return self
 
 

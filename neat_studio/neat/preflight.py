@@ -51,6 +51,18 @@ def preflight(cfg: NeatConfig, workspace=None, lm=None) -> Prepared:
     if cfg.kl_weight > 0 and cfg.kl_scope and not any(cfg.kl_scope in (r.get("tags") or []) for r in train_rows):
         raise ConfigError(f"kl_scope {cfg.kl_scope!r}: no training prompt of snapshot {cfg.snapshot} is tagged "
                           f"{cfg.kl_scope!r}")
+    if cfg.val_file:
+        from .validation import load_val_prompts
+
+        def key(text) -> str:
+            return " ".join(str(text).lower().split())
+
+        trained = {key(r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"])
+                   for r in train_rows}
+        shared = [p.prompt for p in load_val_prompts(cfg.val_file)[0] if key(p.prompt) in trained]
+        if shared:  # weights chosen on prompts they trained on would be chosen for remembering them
+            raise ConfigError(f"val_file {cfg.val_file}: {len(shared)} of its prompts are training prompts of "
+                              f"snapshot {cfg.snapshot} (first: {shared[0][:80]!r}); validation needs held-out prompts")
     scorer = None
     if cfg.ranking == "reward" and cfg.method in ("neat", "rrhf"):
         try:

@@ -140,6 +140,7 @@ class NeatTrainer(CheckpointMixin):
         self.pos = {"round": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "round_start_step": 0}
         if self.resume:
             self._load_checkpoint()
+        self._setup_validation()
 
     # .. a round's data ..
     def _round_file(self, r: int) -> Path:
@@ -323,6 +324,102 @@ class NeatTrainer(CheckpointMixin):
             for row, samples in zip(srows, res):
                 out[str(row["prompt_id"])] += [(s.text, origin) for s in samples]
 
+    # .. validation (validation.py) ..
+    def _val_dir(self) -> Path:
+        return self.run_dir / "val"
+
+    def _setup_validation(self) -> None:
+        """Held-out prompts and the history so far (a resumed run keeps the entries up to its step)."""
+        self.val = None
+        if not self.cfg.val_file:
+            return
+        from .validation import load_val_prompts
+
+        prompts, sha = load_val_prompts(self.cfg.val_file)
+        hist_f = self._val_dir() / "history.json"
+        history = json.loads(hist_f.read_text(encoding="utf-8")) if self.resume and hist_f.exists() else []
+        history = [h for h in history if h["step"] <= self.pos["global_step"]]
+        self.val = {"prompts": prompts, "sha256": sha, "history": history}
+
+    def _val_due(self, step: int, round_ended: bool) -> bool:
+        if self.val is None:
+            return False
+        every = self.cfg.val_every
+        return step >= self.total_steps or (step % every == 0 if every else round_ended)
+
+    def _trainable_state(self) -> dict:
+        model = self.acc.unwrap_model(self.scorer).model
+        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def _validate(self, step: int) -> None:
+        """Decode the held-out prompts greedily with the current weights; log the shares, and with select=best_val
+        keep these weights on disk when they are the best so far (validation.choose)."""
+        from accelerate.utils import gather_object
+
+        from ..generation import GenParams, generate
+        from ..scoring.refusal import is_refusal
+        from .validation import choose, eligible, val_metrics
+
+        cfg, t0 = self.cfg, time.time()
+        prompts = self.val["prompts"]
+        idx = list(range(len(prompts)))[self.rank::self.world]
+        model = self.acc.unwrap_model(self.scorer).model
+        was = model.training
+        model.eval()
+        try:
+            with adapters_merged(model), self.acc.autocast():
+                res = generate(with_model(self.lm, model), [prompts[i].prompt for i in idx],
+                               params=GenParams(temperature=0.0, max_new_tokens=cfg.val_max_new_tokens, k=1),
+                               batch_size=cfg.gen_batch_size, max_prompt_tokens=cfg.max_prompt_len)
+        finally:
+            restore_training_layout(model)
+            model.train(was)
+        texts = [""] * len(prompts)
+        for part in gather_object([dict(zip(idx, (r[0].text for r in res)))]):
+            for i, t in part.items():
+                texts[i] = t
+        m = {"step": step, **val_metrics(prompts, texts, is_refusal(texts))}
+        history = self.val["history"] + [m]
+        self.val["history"] = history
+        kept = choose(history, cfg.val_tolerance) if cfg.select == "best_val" else None
+        if self.main:
+            d = self._val_dir()
+            d.mkdir(parents=True, exist_ok=True)
+            if kept is m:  # every weights that were ever the best stay until the end: a resume may go back to one
+                torch.save(self._trainable_state(), d / f"step-{step}.pt")
+            tmp = d / "history.json.tmp"
+            tmp.write_text(json.dumps(history, indent=1), encoding="utf-8")
+            tmp.replace(d / "history.json")
+            (d / f"answers-step-{step}.json").write_text(json.dumps(
+                [{"prompt": p.prompt, "harmful": p.harmful, "answer": t} for p, t in zip(prompts, texts)],
+                ensure_ascii=False, indent=1), encoding="utf-8")
+        self.acc.wait_for_everyone()
+        self._log({"event": "val", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()},
+                   "eligible": eligible(m, history[0], cfg.val_tolerance),
+                   "best_step": kept["step"] if kept else None, "val_s": round(time.time() - t0, 3),
+                   **({"val_sha256": self.val["sha256"]} if len(history) == 1 else {})})
+
+    def _keep_best(self) -> dict | None:
+        """select=best_val: load the kept weights into the model before the final save; the chosen entry."""
+        if self.val is None or self.cfg.select != "best_val" or not self.val["history"]:
+            return None
+        from .validation import choose
+
+        kept = choose(self.val["history"], self.cfg.val_tolerance)
+        if kept["step"] != self.pos["global_step"]:
+            model = self.acc.unwrap_model(self.scorer).model
+            state = torch.load(self._val_dir() / f"step-{kept['step']}.pt", weights_only=True)
+            missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
+            if missing:
+                raise RuntimeError(f"validated weights of step {kept['step']} do not fit the model: missing "
+                                   f"{sorted(missing)[:3]}")
+            model.load_state_dict(state, strict=False)
+        self._log({"event": "selected", "step": self.pos["global_step"], "selected_step": kept["step"],
+                   "refusal": kept["refusal"], "answered": kept["answered"], "degenerate": kept["degenerate"],
+                   "base": {k: self.val["history"][0][k] for k in ("refusal", "answered", "degenerate")}})
+        return kept
+
     # .. training ..
     def _encode(self, lst: RankedList) -> EncodedList | None:
         """A round's list as token ids, with the responses the KL term covers marked (kl_weight: the plain
@@ -456,6 +553,8 @@ class NeatTrainer(CheckpointMixin):
         self._setup()
         t_start, steps_here, saved_at = time.time(), 0, None
         step_s, sample_s = 0.0, []  # measured: optimizer-step time (sum) and each round's sampling time
+        if self.val is not None and not self.val["history"]:
+            self._validate(0)  # the starting model: the baseline every later validation is judged against
         while self.pos["round"] < cfg.rounds and self.pos["global_step"] < self.total_steps:
             r = self.pos["round"]
             if self.pos["epoch"] == 0 and self.pos["step_in_epoch"] == 0:
@@ -514,6 +613,8 @@ class NeatTrainer(CheckpointMixin):
                     "total_steps": self.total_steps})
                 if v["stop"]:
                     return self._stopped(self._stop_signal or "stop_after")
+                if self._val_due(step, self.pos["round"] != r):
+                    self._validate(step)
                 if cfg.save_every and step % cfg.save_every == 0:
                     self._save_checkpoint()
                     saved_at = step
@@ -525,8 +626,12 @@ class NeatTrainer(CheckpointMixin):
         from ..models import fingerprint
 
         # every process's weights: equal under data parallelism (the test of the 2-process run checks it)
+        kept = self._keep_best()
         prints = gather_object([fingerprint(self.acc.unwrap_model(self.scorer).model)])
-        final = self._save_final()
+        final = self._save_final(selected_step=kept["step"] if kept else None)
+        if self.main and self.val is not None:  # final/ holds the kept weights now
+            for f in self._val_dir().glob("step-*.pt"):
+                f.unlink()
         self._log({"event": "finished", "step": self.pos["global_step"], "final": str(final),
                    "elapsed_s": round(time.time() - t_start, 3), "fingerprints": prints})
         return {"status": "finished", "step": self.pos["global_step"], "final": str(final)}
