@@ -417,12 +417,17 @@ def test_training_page_run_view_and_history_signature(studio):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "train.log").write_text("one\ntwo\n")
     v = studio.run_view(rid)
-    assert v["key"] == (rid, 2, 2, "finished") and v["redraw"] is True and v["run"]["run_id"] == rid
+    assert v["key"] == (rid, 2, 2, "finished", 0) and v["redraw"] is True and v["run"]["run_id"] == rid
     assert (v["error"], v["log"], v["can_stop"], v["can_resume"]) == ("", "one\ntwo", False, False)
     assert [r["step"] for r in v["run"]["metrics"]] == [1, 2]
     assert studio.run_view(rid, v["key"])["redraw"] is False  # nothing new: the curves stay
+    with (d / "metrics.jsonl").open("a") as f:  # a validation after the last step: the figures redraw
+        f.write(json.dumps({"event": "val", "step": 2, "refusal": 0.5, "answered": 0.9}) + "\n")
+    v3 = studio.run_view(rid, v["key"])
+    assert v3["redraw"] is True and v3["key"] == (rid, 2, 2, "finished", 1)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     v2 = studio.run_view(rid2)
-    assert (v2["key"], v2["can_resume"], v2["error"]) == ((rid2, 0, None, "stopped"), True, "")
+    assert (v2["key"], v2["can_resume"], v2["error"]) == ((rid2, 0, None, "stopped", 0), True, "")
     studio.store.update_run(rid2, status="failed", error="out of memory")
     assert studio.run_view(rid2)["error"] == "Run failed: out of memory"
     assert studio.run_view(live)["can_stop"] is True
@@ -562,3 +567,22 @@ def test_tab_outputs_by_name_and_the_evaluation_updates():
         (ok_box("x: generating 1/4…"), UPDATE, UPDATE), (error_box("Evaluation failed: boom"), UPDATE, hidden)]
     assert list(evaluation_updates(Watch(failed), "e1", "x", "y", clear_report_on_failure=True)) == [
         (error_box("Evaluation failed: boom"), "", hidden)]
+
+
+def test_val_figure_draws_the_validation_and_marks_the_kept_step():
+    from neat_studio.ui.train import val_figure
+
+    events = [{"event": "val", "step": 0, "refusal": 0.1, "answered": 1.0},
+              {"event": "round_start", "round": 1, "step": 3},
+              {"event": "val", "step": 3, "refusal": 0.3, "answered": 0.95},
+              {"event": "val", "step": 6, "refusal": 0.5, "answered": 0.8},
+              {"event": "selected", "step": 6, "selected_step": 3}]
+    ax = val_figure(events).axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["harmful refused"].get_xdata()) == [0, 3, 6]
+    assert list(lines["harmful refused"].get_ydata()) == [0.1, 0.3, 0.5]
+    assert list(lines["harmless answered"].get_ydata()) == [1.0, 0.95, 0.8]
+    kept = [ln for ln in ax.get_lines() if ln.get_label().startswith("_")]  # the unlabelled vertical line
+    assert [list(ln.get_xdata()) for ln in kept] == [[3, 3]]
+    empty = val_figure([]).axes[0]
+    assert not empty.get_lines() and empty.texts[0].get_text() == "no data yet"

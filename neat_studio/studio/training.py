@@ -266,7 +266,8 @@ class TrainingMixin:
         ValueError for an unknown run."""
         p = self.training_status(run_id)
         rows = p["metrics"]
-        new_key = (run_id, len(rows), rows[-1]["step"] if rows else None, p["status"])
+        n_val = sum(e.get("event") in ("val", "selected") for e in p.get("events") or [])
+        new_key = (run_id, len(rows), rows[-1]["step"] if rows else None, p["status"], n_val)
         error = ""
         if p["error"]:
             error = ("Run failed: " if p["status"] == "failed" else "") + p["error"]

@@ -35,7 +35,7 @@ HYPER_KEYS = tuple(k for k, _ in HYPER)
 # the handlers' inputs and outputs by name (TrainTab.c); the form's inputs are FORM_KEYS and the settings of a reused
 # run that the form does not show ("extra")
 FORM_IN = (*FORM_KEYS, "extra")
-VIEW_OUT = ("progress", "loss_plot", "acc_plot", "gap_plot", "error", "log", "plot_key", "stop", "resume")
+VIEW_OUT = ("progress", "loss_plot", "acc_plot", "gap_plot", "val_plot", "error", "log", "plot_key", "stop", "resume")
 RECIPE_OUT = ("recipe_info", "method", "negatives", "positives", "min_responses", "anchor", "rank_reduction",
               *HYPER_KEYS)
 FORM_OUT = (*FORM_IN, "message")
@@ -51,7 +51,7 @@ REPORT_OUT = (*EVAL_OUT, "config")
 RESTORE_OUT = (*FORM_OUT, "restored")
 # what other tabs and tests find as "train.<name>" (the hyper-parameters as "train.hp_<key>")
 EXPORTED = ("model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags", "estimate",
-            "start", "stop", "resume", "message", "run", "progress", "loss_plot", "acc_plot", "gap_plot", "error",
+            "start", "stop", "resume", "message", "run", "progress", "loss_plot", "acc_plot", "gap_plot", "val_plot", "error",
             "log", "timer", "history", "report", "lora", "dtype", "name", "reuse", "recipe")
 
 
@@ -145,12 +145,28 @@ def run_choices(runs: list[dict]) -> list[tuple[str, str]]:
     return [(f"{r['id']} · {r.get('name') or ''} · {r['status']}", r["id"]) for r in runs]
 
 
-def run_figures(rows: list[dict]) -> dict:
+def val_figure(events: list[dict]):
+    """Held-out validation (val events): harmful prompts refused and harmless ones answered per validated step, the
+    step select=best_val kept marked; 'no data yet' for a run without validation."""
+    val = [e for e in events if e.get("event") == "val"]
+    fig = curves_figure([{"step": e.get("step"), "refusal": e.get("refusal"), "answered": e.get("answered")}
+                         for e in val], [("refusal", "harmful refused"), ("answered", "harmless answered")],
+                        "held-out validation")
+    kept = next((e for e in reversed(events) if e.get("event") == "selected"), None)
+    if kept is not None and fig.axes:
+        fig.axes[0].axvline(kept.get("selected_step", 0), color="#2f855a", linestyle="--", linewidth=1.2)
+        fig.axes[0].text(kept.get("selected_step", 0), 0.02, " kept", color="#2f855a", fontsize=7,
+                         transform=fig.axes[0].get_xaxis_transform())
+    return fig
+
+
+def run_figures(rows: list[dict], events: list[dict] = ()) -> dict:
     """The shown run's curves by output name."""
     return {"loss_plot": curves_figure(rows, [("loss", "loss"), ("rank_loss", "rank loss"), ("sft_loss", "sft loss")],
                                        "loss"),
             "acc_plot": curves_figure(rows, [("rank_acc", "rank accuracy")], "rank accuracy"),
-            "gap_plot": curves_figure(rows, [("p_gap", "p-gap")], "p-gap (mean log-prob best − negative)")}
+            "gap_plot": curves_figure(rows, [("p_gap", "p-gap")], "p-gap (mean log-prob best − negative)"),
+            "val_plot": val_figure(list(events))}
 
 
 # -- the handlers ----------------------------------------------------------------------------------------------
@@ -193,7 +209,8 @@ class TrainTab(Tab):
             v = self.st.run_view(run, key)
         except ValueError as ex:
             return {**off, "progress": error_box(str(ex))}
-        return {"progress": progress_html(v["run"]), **(run_figures(v["run"]["metrics"]) if v["redraw"] else {}),
+        return {"progress": progress_html(v["run"]), **(run_figures(v["run"]["metrics"], v["run"].get("events") or [])
+                                                         if v["redraw"] else {}),
                 "error": error_box(v["error"]) if v["error"] else "", "log": v["log"], "plot_key": v["key"],
                 "stop": gr.update(interactive=v["can_stop"]), "resume": gr.update(interactive=v["can_resume"])}
 
@@ -411,6 +428,7 @@ def build(ctx: Ctx) -> dict:
         c["loss_plot"] = gr.Plot(label="loss / rank loss", show_label=False, elem_id="train-loss-plot")
         c["acc_plot"] = gr.Plot(label="rank accuracy", show_label=False, elem_id="train-acc-plot")
         c["gap_plot"] = gr.Plot(label="p-gap (best − negative)", show_label=False, elem_id="train-gap-plot")
+        c["val_plot"] = gr.Plot(label="held-out validation", show_label=False, elem_id="train-val-plot")
     c["error"] = gr.HTML("", js_on_load=None, elem_id="train-error")
     c["log"] = gr.Textbox(label="Last log lines", lines=8, max_lines=14, interactive=False, elem_id="train-log")
     c["timer"], c["plot_key"], c["hist_key"] = gr.Timer(2.0), gr.State(None), gr.State(None)
