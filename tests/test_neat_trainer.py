@@ -246,6 +246,27 @@ def test_epoch_schedule_is_length_grouped_and_balanced():
         assert min(lengths[i] for i in a) >= max(lengths[i] for i in b)
 
 
+def test_order_seed_fixes_the_lists_order_across_run_seeds(tiny_model_dir, snap, tmp_path, monkeypatch):
+    import neat_studio.neat.trainer as trainer_mod
+    from neat_studio.models import load_model
+
+    orders = []
+
+    def spy(lengths, *a, **kw):
+        s = epoch_schedule(lengths, *a, **kw)
+        orders.append(s)
+        return s
+
+    monkeypatch.setattr(trainer_mod, "epoch_schedule", spy)
+    for i, (seed, order_seed) in enumerate([(0, -1), (1, -1), (0, 5), (1, 5)]):
+        trainer_mod.train(cfg_for(tiny_model_dir, snap, tmp_path / f"r{i}", seed=seed, order_seed=order_seed,
+                                  batch_size=1), lm=load_model(str(tiny_model_dir)))
+    assert orders[0] != orders[1]  # the run seed draws the order
+    assert orders[2] == orders[3] != orders[0]  # one order_seed: one order, whatever the run seed
+    with pytest.raises(ConfigError, match="order_seed must be >= 0"):
+        NeatConfig(snapshot="s", negatives=["rude"], order_seed=-2).validate()
+
+
 # -- config ----------------------------------------------------------------------------------------------
 def test_config_yaml_overrides_and_help(tmp_path):
     cfg = NeatConfig(snapshot="s", negatives=["toxic@1"])

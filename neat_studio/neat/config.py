@@ -145,6 +145,9 @@ class NeatConfig:
     dtype: str = _f("auto", "compute dtype: bf16 (autocast, fp32 master weights) | fp32 | auto (bf16 where the "
                             "CPU has bf16 matrix instructions or on GPU)", choices=DTYPES)
     seed: int = _f(0, "seed of shuffling, sampling and initialisation")
+    order_seed: int = _f(-1, "seed of the lists' order alone (-1 = seed): runs of different seeds with one order_seed "
+                             "train on the same order with their own samples and adapters (a study of where the "
+                             "seed spread comes from)")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0 = at the end of each round only)")
     keep_checkpoints: int = _f(2, "checkpoints kept (newest first; 0 = keep all)")
     diag_every: int = _f(0, "every N steps also log each loss term's gradient norm and their cosine (two extra "
@@ -292,6 +295,8 @@ class NeatConfig:
             # residual weights, not the starting model
             bad(f"lora_init={self.lora_init} needs method neat, rrhf or sft: dpo's reference (adapters off) would "
                 "not be the starting model")
+        if self.order_seed < -1:
+            bad(f"order_seed must be >= 0, or -1 for the run seed, got {self.order_seed}")
         if self.select not in SELECTS:
             bad(f"select must be one of {', '.join(SELECTS)}, not {self.select!r}")
         if self.select == "best_val" and not self.val_file:

@@ -579,7 +579,8 @@ class NeatTrainer(CheckpointMixin):
                 e = self.pos["epoch"]
                 if e not in scheds:
                     scheds[e] = epoch_schedule([x.cost for x in enc], cfg.batch_size, self.world, cfg.grad_accum,
-                                               seed=_seed(cfg.seed, r, e, "epoch"))
+                                               seed=_seed(cfg.seed if cfg.order_seed < 0 else cfg.order_seed,
+                                                          r, e, "epoch"))
                 sched = scheds[e]
                 ts = time.time()
                 agg = self._step([[enc[i] for i in mb] for mb in sched[self.pos["step_in_epoch"]][self.rank]])
