@@ -110,6 +110,7 @@ def test_training_options_and_estimate(studio):
     assert "lr" in opts["help"] and opts["defaults"]["method"] == "neat"
     from neat_studio.neat.preflight import bf16_supported
 
+    assert opts["selects"] == ["last", "best_val"]
     assert opts["dtypes"] == ["auto", "bf16", "fp32"] and opts["auto_dtype"] == ("bf16" if bf16_supported() else "fp32")
     e = studio.estimate_training({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "rounds": 1,
                                   "batch_size": 2, "data": {"tags": ["t"]}})
@@ -333,6 +334,17 @@ def test_a_runs_config_goes_back_into_the_form_unchanged(studio):
     assert studio.last_train_form("alice") == c and studio.last_train_form("bob") is None
 
 
+def test_the_forms_validation_settings_reach_the_run_config():
+    from neat_studio.studio.training import config_from_form, form_defaults
+
+    form = form_defaults() | {"recipe": "(none)", "negatives": ["rude@1"], "val_file": "  held/val.jsonl ",
+                              "select": "best_val", "val_every": 24}
+    cfg = config_from_form(form)
+    assert (cfg["val_file"], cfg["select"], cfg["val_every"]) == ("held/val.jsonl", "best_val", 24)
+    off = config_from_form(form | {"val_file": None, "select": None, "val_every": 0})
+    assert (off["val_file"], off["select"], off["val_every"]) == ("", "last", 0)
+
+
 def test_run_config_is_the_complete_config_a_run_started_with(studio):
     from neat_studio.neat.config import NeatConfig
 
@@ -371,7 +383,8 @@ def test_recipe_form_and_train_config(studio):
     none = studio.recipe_form("(none)", ["rude@1"])
     assert none == {"description": None, "values": {
         "method": d["method"], "negatives": ["rude@1"], "positives": d["positives"], "min_responses": 2,
-        "anchor": d["anchor"], "rank_reduction": d["rank_reduction"], **{k: d[k] for k, _ in HYPER}}}
+        "anchor": d["anchor"], "rank_reduction": d["rank_reduction"], "val_file": "", "select": "last",
+        **{k: d[k] for k, _ in HYPER}}}
     cpu = studio.recipe_form("cpu", ["rude@1"])  # names no system prompt: the form's choice stays
     assert cpu == {"description": RECIPES["cpu"]["description"], "values": none["values"] | RECIPES["cpu"]["config"]}
     for nm in ("dangerous_compliance", "over_refusal"):

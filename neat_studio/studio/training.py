@@ -14,11 +14,11 @@ from .core import start_confirmation
 HYPER = (("rounds", int), ("epochs", int), ("k", int), ("k_neg", int), ("k_pos", int), ("lr", float),
          ("batch_size", int), ("grad_accum", int), ("max_steps", int), ("max_new_tokens", int),
          ("max_prompt_len", int), ("max_response_len", int), ("margin", float), ("sft_weight", float),
-         ("save_every", int), ("seed", int))
+         ("save_every", int), ("seed", int), ("val_every", int))
 DEFAULT_RECIPE = "cpu"
 NO_RECIPE = "(none)"
 FORM_KEYS = ("model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags",
-             "min_responses", "lora", "dtype", "name", "anchor", "rank_reduction", "recipe",
+             "min_responses", "lora", "dtype", "name", "anchor", "rank_reduction", "recipe", "val_file", "select",
              *(k for k, _ in HYPER))
 
 
@@ -41,6 +41,7 @@ def config_from_form(form: dict, recipe_cfg: dict | None = None, extra: dict | N
             "negatives": list(v["negatives"] or []), "positives": list(v["positives"] or []),
             "lora": bool(v["lora"]), "dtype": v["dtype"] or "auto", "name": (v["name"] or "").strip() or None,
             "anchor": v["anchor"] or "none", "rank_reduction": v["rank_reduction"] or "sum",
+            "val_file": (v["val_file"] or "").strip(), "select": v["select"] or "last",
             "data": {"annotated_only": bool(v["annotated_only"]), "include_imported": bool(v["include_imported"]),
                      "tags": list(v["tags"] or []), "split": "train", "min_responses": int(v["min_responses"] or 2)}}
     for key, kind in HYPER:
@@ -109,12 +110,13 @@ class TrainingMixin:
     def training_options(self) -> dict:
         """Choices and defaults of the Train tab: methods, prompt versions (+ the newest negative and positive
         version, the default choice), tags, base models, NeatConfig defaults and help text."""
-        from ..neat.config import DTYPES, METHODS, NeatConfig
+        from ..neat.config import DTYPES, METHODS, SELECTS, NeatConfig
         from ..neat.recipes import recipe_names
         from ..neat.preflight import bf16_supported
 
         allv = self.store.all_system_prompt_versions()
-        return {"methods": list(METHODS), "dtypes": list(DTYPES), "auto_dtype": "bf16" if bf16_supported() else "fp32",
+        return {"methods": list(METHODS), "dtypes": list(DTYPES), "selects": list(SELECTS),
+                "auto_dtype": "bf16" if bf16_supported() else "fp32",
                 "negatives": [v["ref"] for v in allv if v["kind"] == "negative"],
                 "positives": [v["ref"] for v in allv if v["kind"] == "positive"],
                 "newest_negative": self.newest_prompt_ref("negative"),
@@ -191,7 +193,8 @@ class TrainingMixin:
         mine = "negatives" in c and c["negatives"] != defaults.get("negatives")
         values = {"method": c["method"], "negatives": c["negatives"] if mine else negatives,
                   "positives": c["positives"], "min_responses": data.get("min_responses", 2),
-                  "anchor": c["anchor"], "rank_reduction": c["rank_reduction"], **{k: c[k] for k, _ in HYPER}}
+                  "anchor": c["anchor"], "rank_reduction": c["rank_reduction"], "val_file": c["val_file"],
+                  "select": c["select"], **{k: c[k] for k, _ in HYPER}}
         return {"values": values, "description": description}
 
     def training_page(self, negatives: list | None = None, auto: list | None = None) -> dict:

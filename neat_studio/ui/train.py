@@ -28,7 +28,7 @@ HYPER_FIELDS = {
     "max_steps": ("max steps (0 = all)", 0), "max_new_tokens": ("max new tokens (samples)", 1),
     "max_prompt_len": ("max prompt tokens", 1), "max_response_len": ("max response tokens", 1),
     "margin": ("margin", 0), "sft_weight": ("sft weight (λ)", 0), "save_every": ("checkpoint every N steps", 0),
-    "seed": ("seed", 0),
+    "seed": ("seed", 0), "val_every": ("validate every N steps", 0),
 }
 HYPER_KEYS = tuple(k for k, _ in HYPER)
 
@@ -37,7 +37,7 @@ HYPER_KEYS = tuple(k for k, _ in HYPER)
 FORM_IN = (*FORM_KEYS, "extra")
 VIEW_OUT = ("progress", "loss_plot", "acc_plot", "gap_plot", "val_plot", "error", "log", "plot_key", "stop", "resume")
 RECIPE_OUT = ("recipe_info", "method", "negatives", "positives", "min_responses", "anchor", "rank_reduction",
-              *HYPER_KEYS)
+              "val_file", "select", *HYPER_KEYS)
 FORM_OUT = (*FORM_IN, "message")
 SHOW_IN = ("negatives_auto", *FORM_IN)
 SHOW_OUT = ("run", "history", *VIEW_OUT, "model", "negatives", "positives", "tags", "estimate", "negatives_auto")
@@ -410,6 +410,11 @@ def build(ctx: Ctx) -> dict:
             c["rank_reduction"] = gr.Dropdown(["sum", "mean"], value=defaults.get("rank_reduction", "sum"),
                                               label="Rank loss per list", info=helps.get("rank_reduction"),
                                               elem_id="train-rank-reduction")
+        with gr.Row():  # held-out validation while training (neat/validation.py); val_every is with the numbers
+            c["val_file"] = gr.Textbox(value=start["val_file"], label="Held-out validation file (optional)",
+                                       max_lines=1, scale=3, info=helps.get("val_file"), elem_id="train-val-file")
+            c["select"] = gr.Dropdown(list(opts["selects"]), value=start["select"], label="Keep", scale=1,
+                                      info=helps.get("select"), elem_id="train-select")
     c["estimate"] = gr.Markdown("", elem_id="train-estimate")
     with gr.Row():
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
