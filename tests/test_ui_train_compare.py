@@ -383,7 +383,7 @@ def test_recipe_form_and_train_config(studio):
     none = studio.recipe_form("(none)", ["rude@1"])
     assert none == {"description": None, "values": {
         "method": d["method"], "negatives": ["rude@1"], "positives": d["positives"], "min_responses": 2,
-        "anchor": d["anchor"], "rank_reduction": d["rank_reduction"], "val_file": "", "select": "last",
+        "lora": False, "anchor": d["anchor"], "rank_reduction": d["rank_reduction"], "val_file": "", "select": "last",
         **{k: d[k] for k, _ in HYPER}}}
     cpu = studio.recipe_form("cpu", ["rude@1"])  # names no system prompt: the form's choice stays
     assert cpu == {"description": RECIPES["cpu"]["description"], "values": none["values"] | RECIPES["cpu"]["config"]}
@@ -394,6 +394,13 @@ def test_recipe_form_and_train_config(studio):
     assert (v["anchor"], v["rank_reduction"], v["margin"], v["rounds"]) == ("round", "mean", 0.5, 2)
     with pytest.raises(ValueError, match="unknown recipe"):
         studio.recipe_form("nope")
+    # a LoRA recipe ticks the form's LoRA box: the form's value is what a started run gets
+    for nm in ("safe_refusal", "helpful_no_overrefusal"):
+        studio.store.save_system_prompt(nm, "positive", f"{nm} text", None, "t")
+    pp = studio.recipe_form("safety-pp-lora", ["rude@1"])["values"]
+    assert pp["lora"] is True and pp["lr"] == 1e-4 and v["lora"] is False
+    form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
+    assert studio.train_config(form | pp | {"recipe": "safety-pp-lora"})["lora"] is True
 
     form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
     assert extra == {}

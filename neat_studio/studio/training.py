@@ -193,7 +193,8 @@ class TrainingMixin:
         mine = "negatives" in c and c["negatives"] != defaults.get("negatives")
         values = {"method": c["method"], "negatives": c["negatives"] if mine else negatives,
                   "positives": c["positives"], "min_responses": data.get("min_responses", 2),
-                  "anchor": c["anchor"], "rank_reduction": c["rank_reduction"], "val_file": c["val_file"],
+                  "lora": c["lora"], "anchor": c["anchor"], "rank_reduction": c["rank_reduction"],
+                  "val_file": c["val_file"],
                   "select": c["select"], **{k: c[k] for k, _ in HYPER}}
         return {"values": values, "description": description}
 

@@ -36,7 +36,7 @@ HYPER_KEYS = tuple(k for k, _ in HYPER)
 # run that the form does not show ("extra")
 FORM_IN = (*FORM_KEYS, "extra")
 VIEW_OUT = ("progress", "loss_plot", "acc_plot", "gap_plot", "val_plot", "error", "log", "plot_key", "stop", "resume")
-RECIPE_OUT = ("recipe_info", "method", "negatives", "positives", "min_responses", "anchor", "rank_reduction",
+RECIPE_OUT = ("recipe_info", "method", "negatives", "positives", "min_responses", "lora", "anchor", "rank_reduction",
               "val_file", "select", *HYPER_KEYS)
 FORM_OUT = (*FORM_IN, "message")
 SHOW_IN = ("negatives_auto", *FORM_IN)
