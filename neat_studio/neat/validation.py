@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .config import ConfigError
+from .sampling import adapters_merged, restore_training_layout, with_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,3 +112,99 @@ def choose(history: list[dict], tolerance: float) -> dict:
         if eligible(m, base, tolerance) and better(m, best):
             best = m
     return best  # the base is always eligible, so never None
+
+
+class ValidationMixin:
+    """The trainer's side of validation (NeatTrainer): the held-out prompts, validating the live weights, and
+    putting the kept ones back before the final save. Uses the trainer's cfg, run_dir, acc, scorer, lm, pos,
+    rank / world / main and _log."""
+
+    def _val_dir(self) -> Path:
+        return self.run_dir / "val"
+
+    def _setup_validation(self) -> None:
+        """Held-out prompts and the history so far (a resumed run keeps the entries up to its step)."""
+        self.val = None
+        if not self.cfg.val_file:
+            return
+        prompts, sha = load_val_prompts(self.cfg.val_file)
+        hist_f = self._val_dir() / "history.json"
+        history = json.loads(hist_f.read_text(encoding="utf-8")) if self.resume and hist_f.exists() else []
+        history = [h for h in history if h["step"] <= self.pos["global_step"]]
+        self.val = {"prompts": prompts, "sha256": sha, "history": history}
+
+    def _val_due(self, step: int, round_ended: bool) -> bool:
+        if self.val is None:
+            return False
+        every = self.cfg.val_every
+        return step >= self.total_steps or (step % every == 0 if every else round_ended)
+
+    def _trainable_state(self) -> dict:
+        model = self.acc.unwrap_model(self.scorer).model
+        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def _validate(self, step: int) -> None:
+        """Decode the held-out prompts greedily with the current weights; log the shares, and with select=best_val
+        keep these weights on disk when they are the best so far (validation.choose)."""
+        from accelerate.utils import gather_object
+
+        from ..generation import GenParams, generate
+        from ..scoring.refusal import is_refusal
+
+        cfg, t0 = self.cfg, time.time()
+        prompts = self.val["prompts"]
+        idx = list(range(len(prompts)))[self.rank::self.world]
+        model = self.acc.unwrap_model(self.scorer).model
+        was = model.training
+        model.eval()
+        try:
+            with adapters_merged(model), self.acc.autocast():
+                res = generate(with_model(self.lm, model), [prompts[i].prompt for i in idx],
+                               params=GenParams(temperature=0.0, max_new_tokens=cfg.val_max_new_tokens, k=1),
+                               batch_size=cfg.gen_batch_size, max_prompt_tokens=cfg.max_prompt_len)
+        finally:
+            restore_training_layout(model)
+            model.train(was)
+        texts = [""] * len(prompts)
+        for part in gather_object([dict(zip(idx, (r[0].text for r in res)))]):
+            for i, t in part.items():
+                texts[i] = t
+        m = {"step": step, **val_metrics(prompts, texts, is_refusal(texts))}
+        history = self.val["history"] + [m]
+        self.val["history"] = history
+        kept = choose(history, cfg.val_tolerance) if cfg.select == "best_val" else None
+        if self.main:
+            d = self._val_dir()
+            d.mkdir(parents=True, exist_ok=True)
+            if kept is m:  # every weights that were ever the best stay until the end: a resume may go back to one
+                torch.save(self._trainable_state(), d / f"step-{step}.pt")
+            tmp = d / "history.json.tmp"
+            tmp.write_text(json.dumps(history, indent=1), encoding="utf-8")
+            tmp.replace(d / "history.json")
+            (d / f"answers-step-{step}.json").write_text(json.dumps(
+                [{"prompt": p.prompt, "harmful": p.harmful, "answer": t} for p, t in zip(prompts, texts)],
+                ensure_ascii=False, indent=1), encoding="utf-8")
+        self.acc.wait_for_everyone()
+        self._log({"event": "val", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()},
+                   "eligible": eligible(m, history[0], cfg.val_tolerance),
+                   "best_step": kept["step"] if kept else None, "val_s": round(time.time() - t0, 3),
+                   **({"val_sha256": self.val["sha256"]} if len(history) == 1 else {})})
+
+    def _keep_best(self) -> dict | None:
+        """select=best_val: load the kept weights into the model before the final save; the chosen entry."""
+        if self.val is None or self.cfg.select != "best_val" or not self.val["history"]:
+            return None
+        kept = choose(self.val["history"], self.cfg.val_tolerance)
+        if kept["step"] != self.pos["global_step"]:
+            model = self.acc.unwrap_model(self.scorer).model
+            state = torch.load(self._val_dir() / f"step-{kept['step']}.pt", weights_only=True)
+            missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
+            if missing:
+                raise RuntimeError(f"validated weights of step {kept['step']} do not fit the model: missing "
+                                   f"{sorted(missing)[:3]}")
+            model.load_state_dict(state, strict=False)
+        self._log({"event": "selected", "step": self.pos["global_step"], "selected_step": kept["step"],
+                   "refusal": kept["refusal"], "answered": kept["answered"], "degenerate": kept["degenerate"],
+                   "base": {k: self.val["history"][0][k] for k in ("refusal", "answered", "degenerate")}})
+        return kept

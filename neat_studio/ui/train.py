@@ -354,6 +354,15 @@ class TrainTab(Tab):
 
 
 # -- the tab ---------------------------------------------------------------------------------------------------
+def validation_row(c: dict, start: dict, helps: dict, selects: list) -> None:
+    """The form's held-out validation settings (neat/validation.py; val_every is with the numbers above)."""
+    with gr.Row():
+        c["val_file"] = gr.Textbox(value=start["val_file"], label="Held-out validation file (optional)",
+                                   max_lines=1, scale=3, info=helps.get("val_file"), elem_id="train-val-file")
+        c["select"] = gr.Dropdown(list(selects), value=start["select"], label="Keep", scale=1,
+                                  info=helps.get("select"), elem_id="train-select")
+
+
 def build(ctx: Ctx) -> dict:
     tab = TrainTab(ctx)
     st, c, start = ctx.studio, tab.c, form_defaults()
@@ -410,11 +419,7 @@ def build(ctx: Ctx) -> dict:
             c["rank_reduction"] = gr.Dropdown(["sum", "mean"], value=defaults.get("rank_reduction", "sum"),
                                               label="Rank loss per list", info=helps.get("rank_reduction"),
                                               elem_id="train-rank-reduction")
-        with gr.Row():  # held-out validation while training (neat/validation.py); val_every is with the numbers
-            c["val_file"] = gr.Textbox(value=start["val_file"], label="Held-out validation file (optional)",
-                                       max_lines=1, scale=3, info=helps.get("val_file"), elem_id="train-val-file")
-            c["select"] = gr.Dropdown(list(opts["selects"]), value=start["select"], label="Keep", scale=1,
-                                      info=helps.get("select"), elem_id="train-select")
+        validation_row(c, start, helps, opts["selects"])
     c["estimate"] = gr.Markdown("", elem_id="train-estimate")
     with gr.Row():
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
