@@ -177,7 +177,13 @@ def _walk(app, st, tmp_path, browser, page_errors):
     # -- 4. a snapshot of the human-ranked prompts (Data tab) --------------------------------------------------
     open_tab(page, "Data")
     page.locator("#data-snapshot").scroll_into_view_if_needed()
-    page.get_by_label("only human-annotated prompts").check()
+    box = page.get_by_label("only human-annotated prompts")
+    deadline = time.time() + 30
+    while not box.is_checked():  # the tab's refresh on opening can redraw the box just after a click (CI, busy CPU)
+        if time.time() > deadline:
+            raise AssertionError("the 'only human-annotated prompts' box could not be ticked")
+        box.click()
+        page.wait_for_timeout(500)
     page.locator("#data-snapshot").click()
     msg = wait_text(page.locator("#data-snapshot-msg"), r"Snapshot \S+ created", timeout=60)
     snap_id = re.search(r"Snapshot (\S+) created", msg).group(1)
