@@ -35,10 +35,16 @@ def set_number(page, elem_id, value):
 
 
 def pick(page, elem_id, value):
-    """Type a value into a gradio Dropdown and confirm it."""
+    """Type a value into a gradio Dropdown and confirm it: by clicking its option when the list shows one (Enter
+    alone was lost once in a full CI run), else by Enter (a custom value)."""
     f = field(page, elem_id)
+    f.click()
     f.fill(value)
-    f.press("Enter")
+    opt = page.get_by_role("option", name=value, exact=True)
+    try:
+        opt.first.click(timeout=3000)
+    except Exception:  # noqa: BLE001 - no such option listed: a custom value
+        f.press("Enter")
 
 
 def progress_status(page):
