@@ -52,12 +52,10 @@ def preflight(cfg: NeatConfig, workspace=None, lm=None) -> Prepared:
         raise ConfigError(f"kl_scope {cfg.kl_scope!r}: no training prompt of snapshot {cfg.snapshot} is tagged "
                           f"{cfg.kl_scope!r}")
     if cfg.val_file:
+        from ..evalsets import normalize_text as key  # the build script's deduplication key
         from .validation import load_val_prompts
 
-        def key(text) -> str:
-            return " ".join(str(text).lower().split())
-
-        trained = {key(r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"])
+        trained = {key(str(r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"]))
                    for r in train_rows}
         shared = [p.prompt for p in load_val_prompts(cfg.val_file)[0] if key(p.prompt) in trained]
         if shared:  # weights chosen on prompts they trained on would be chosen for remembering them

@@ -177,7 +177,7 @@ class ValidationMixin:
         if self.main:
             d = self._val_dir()
             d.mkdir(parents=True, exist_ok=True)
-            if kept is m:  # every weights that were ever the best stay until the end: a resume may go back to one
+            if kept is m:  # all weights that were ever the best stay until the end: a resume may go back to one
                 torch.save(self._trainable_state(), d / f"step-{step}.pt")
             tmp = d / "history.json.tmp"
             tmp.write_text(json.dumps(history, indent=1), encoding="utf-8")
