@@ -18,6 +18,7 @@ RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 LORA_INITS = ("random", "pissa", "olora")
 SELECTS = ("last", "best_val")
+LIST_ORDERS = ("shuffle", "stratified")
 PROMPT_CACHE = ("auto", "on", "off")
 
 
@@ -148,6 +149,10 @@ class NeatConfig:
     order_seed: int = _f(-1, "seed of the lists' order alone (-1 = seed): runs of different seeds with one order_seed "
                              "train on the same order with their own samples and adapters (a study of where the "
                              "seed spread comes from)")
+    list_order: str = _f("shuffle", "order of a round's lists: shuffle | stratified (shuffled, but every stretch of "
+                                    "the order holds the prompt tags (harmful, look-alike, benign...) in their "
+                                    "overall proportions, so no seed trains on a run of one kind)",
+                         choices=LIST_ORDERS)
     save_every: int = _f(0, "checkpoint every N optimizer steps (0 = at the end of each round only)")
     keep_checkpoints: int = _f(2, "checkpoints kept (newest first; 0 = keep all)")
     diag_every: int = _f(0, "every N steps also log each loss term's gradient norm and their cosine (two extra "
@@ -297,6 +302,8 @@ class NeatConfig:
                 "not be the starting model")
         if self.order_seed < -1:
             bad(f"order_seed must be >= 0, or -1 for the run seed, got {self.order_seed}")
+        if self.list_order not in LIST_ORDERS:
+            bad(f"list_order must be one of {', '.join(LIST_ORDERS)}, not {self.list_order!r}")
         if self.select not in SELECTS:
             bad(f"select must be one of {', '.join(SELECTS)}, not {self.select!r}")
         if self.select == "best_val" and not self.val_file:

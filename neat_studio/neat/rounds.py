@@ -240,11 +240,28 @@ def steps_per_epoch(n_lists: int, batch_size: int, world: int, grad_accum: int) 
     return max(1, math.ceil(n_lists / g))
 
 
+def stratified_order(strata: list, rng: random.Random) -> list[int]:
+    """A shuffled order in which every stratum is spread evenly: item j of a stratum of n items sits at
+    (j + u) / n of the way through (u random per stratum), so any stretch of the order holds the strata in
+    about their overall proportions, whatever the seed."""
+    groups: dict = {}
+    for i, key in enumerate(strata):
+        groups.setdefault(key, []).append(i)
+    keyed = []
+    for key in sorted(groups, key=repr):
+        members = groups[key]
+        rng.shuffle(members)
+        u = rng.random()
+        keyed += [((j + u) / len(members), rng.random(), i) for j, i in enumerate(members)]
+    return [i for *_, i in sorted(keyed)]
+
+
 def epoch_schedule(lengths: list[int], batch_size: int, world: int, grad_accum: int, seed: int,
-                   megabatch_steps: int = 8) -> list:
+                   megabatch_steps: int = 8, strata: list | None = None) -> list:
     """Length-grouped schedule of one epoch: steps[s][rank][micro] -> list indices (batch_size each).
 
-    Lists are shuffled (seeded), the order is padded by wrapping around so every process gets the same number
+    Lists are shuffled (seeded; with `strata`, one key per list, in a stratified order: see stratified_order),
+    the order is padded by wrapping around so every process gets the same number
     of micro-batches, and within windows of `megabatch_steps` steps lists are sorted by length so a micro-batch
     holds lists of similar length (less padding); the steps of a window are then shuffled again. Micro-batch m
     of a step goes to process m % world, so the longest lists do not all land on one process.
@@ -253,8 +270,11 @@ def epoch_schedule(lengths: list[int], batch_size: int, world: int, grad_accum: 
     g = batch_size * world * grad_accum
     n_steps = steps_per_epoch(n, batch_size, world, grad_accum)
     rng = random.Random(seed)
-    order = list(range(n))
-    rng.shuffle(order)
+    if strata is None:
+        order = list(range(n))
+        rng.shuffle(order)
+    else:
+        order = stratified_order(strata, rng)
     order = (order * (n_steps * g // max(n, 1) + 1))[: n_steps * g]
     steps = []
     for w0 in range(0, n_steps, megabatch_steps):
