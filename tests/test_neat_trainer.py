@@ -267,6 +267,63 @@ def test_order_seed_fixes_the_lists_order_across_run_seeds(tiny_model_dir, snap,
         NeatConfig(snapshot="s", negatives=["rude"], order_seed=-2).validate()
 
 
+def _stretch_gaps(order, strata, width):
+    """The largest gap, over every stretch of `width` consecutive items and every stratum, between the count
+    of that stratum in the stretch and its share of the whole (width * n_s / n)."""
+    n = len(order)
+    return max(abs(sum(strata[i] == k for i in order[a:a + width]) - width * strata.count(k) / n)
+               for k in set(strata) for a in range(n - width + 1))
+
+
+def test_stratified_order_spreads_every_stratum_evenly_whatever_the_seed():
+    import random
+
+    from neat_studio.neat.rounds import stratified_order
+
+    strata = ["harmful"] * 40 + ["lookalike"] * 32 + ["benign"] * 72  # the safety-pp-lora recipe's mix
+    random.Random(0).shuffle(strata)
+    for seed in range(20):
+        order = stratified_order(strata, random.Random(seed))
+        assert sorted(order) == list(range(144))  # a permutation: every list once
+        # every stretch of 16 lists (8 steps of batch 2) holds each kind within one list of its share
+        # (harmful 4.4, look-alike 3.6, benign 8)
+        assert _stretch_gaps(order, strata, 16) <= 1.0
+    assert stratified_order(strata, random.Random(3)) == stratified_order(strata, random.Random(3))
+    assert stratified_order(strata, random.Random(3)) != stratified_order(strata, random.Random(4))
+    # a plain shuffle does not have the property: some seed puts a run of one kind somewhere
+    plain = []
+    for seed in range(20):
+        o = list(range(144))
+        random.Random(seed).shuffle(o)
+        plain.append(_stretch_gaps(o, strata, 16))
+    assert max(plain) >= 3
+
+
+def test_list_order_stratified_hands_the_prompt_tags_to_the_schedule(tiny_model_dir, tmp_path, monkeypatch):
+    import neat_studio.neat.trainer as trainer_mod
+    from neat_studio.models import load_model
+
+    rows = toy_rows()
+    for i, row in enumerate(rows):
+        row["tags"] = ["harmful"] if i % 3 == 0 else ["benign", "lookalike"] if i % 3 == 1 else ["benign"]
+    tagged = make_snapshot(tmp_path / "snap", rows)
+    calls = []
+
+    def spy(lengths, *a, **kw):
+        calls.append(kw.get("strata"))
+        return epoch_schedule(lengths, *a, **kw)
+
+    monkeypatch.setattr(trainer_mod, "epoch_schedule", spy)
+    lm = load_model(str(tiny_model_dir))
+    trainer_mod.train(cfg_for(tiny_model_dir, tagged, tmp_path / "strat", list_order="stratified"), lm=lm)
+    trainer_mod.train(cfg_for(tiny_model_dir, tagged, tmp_path / "plain"), lm=lm)
+    want = [("harmful",) if i % 3 == 0 else ("benign", "lookalike") if i % 3 == 1 else ("benign",)
+            for i in range(len(rows))]
+    assert calls == [want, None]  # one round, one epoch each; the default keeps the plain shuffle
+    with pytest.raises(ConfigError, match="list_order must be one of shuffle, stratified"):
+        NeatConfig(snapshot="s", negatives=["rude"], list_order="sorted").validate()
+
+
 # -- config ----------------------------------------------------------------------------------------------
 def test_config_yaml_overrides_and_help(tmp_path):
     cfg = NeatConfig(snapshot="s", negatives=["toxic@1"])
