@@ -399,10 +399,9 @@ def test_recipe_form_and_train_config(studio):
         studio.store.save_system_prompt(nm, "positive", f"{nm} text", None, "t")
     pp = studio.recipe_form("safety-pp-lora", ["rude@1"])["values"]
     assert pp["lora"] is True and pp["lr"] == 1e-4 and v["lora"] is False
-    form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
-    assert studio.train_config(form | pp | {"recipe": "safety-pp-lora"})["lora"] is True
 
     form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
+    assert studio.train_config(form | pp | {"recipe": "safety-pp-lora"})["lora"] is True
     assert extra == {}
     form["recipe"] = "safety"  # the recipe's settings the form does not show come from the recipe
     cfg = studio.train_config(form)

@@ -473,7 +473,8 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
             kept = [(x, e) for x, e in ((x, self._encode(x)) for x in lists) if e is not None]
             enc = [e for _, e in kept]
             # list_order=stratified: the prompts' tags (harmful, look-alike, benign...) are the strata
-            strata = [tuple(sorted(self.tags.get(x.prompt_id, ()))) for x, _ in kept]
+            strata = ([tuple(sorted(self.tags.get(x.prompt_id, ()))) for x, _ in kept]
+                      if cfg.list_order == "stratified" else None)
             sample_s.append(time.time() - t0)
             if self.pos["epoch"] == 0 and self.pos["step_in_epoch"] == 0:
                 self._log({"event": "round_start", "round": r, "step": self.pos["global_step"],
@@ -490,7 +491,7 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
                     scheds[e] = epoch_schedule([x.cost for x in enc], cfg.batch_size, self.world, cfg.grad_accum,
                                                seed=_seed(cfg.seed if cfg.order_seed < 0 else cfg.order_seed,
                                                           r, e, "epoch"),
-                                               strata=strata if cfg.list_order == "stratified" else None)
+                                               strata=strata)
                 sched = scheds[e]
                 ts = time.time()
                 agg = self._step([[enc[i] for i in mb] for mb in sched[self.pos["step_in_epoch"]][self.rank]])
