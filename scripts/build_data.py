@@ -40,6 +40,8 @@ N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
 # the starter set of each recipe: (harmful, look-alike, benign) prompts; safety-pp-lora's has more harmless requests
 # (the alignment study's v8-v10 data: benchmarks/RESULTS.md)
 RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (40, 32, 72)}
+# harmless requests the default model refuses (scripts/mine_refusals.py), first in a recipe's benign lists
+MINED = REPO / "data" / "recipes" / "mined" / "benign_refused_by_base.jsonl"
 N_GENERAL = 0  # everyday instructions from self-instruct's seed tasks, tagged benign + general (0: none)
 
 HARM_SRC = "safety-tuned-llamas/training/safety_only_data_Instructions.json"
@@ -105,9 +107,10 @@ def _set_entry(path: Path, rows: list, name: str, data_root: Path) -> dict:
 
 
 def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
-                        counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN)) -> dict:
+                        counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN), n_mined: int = 0) -> dict:
     """Starter curated set for a safety recipe ((harmful, look-alike, benign) prompts), deduplicated against every
-    evaluation prompt."""
+    evaluation prompt. With n_mined, the first (at most) n_mined benign prompts are harmless requests the base model
+    refuses (MINED, made by scripts/mine_refusals.py; tagged ``base-refused``), the rest drawn as before."""
     n_harmful, n_lookalike, n_benign = counts
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
@@ -157,7 +160,13 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
     ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= 1200]
     rng.shuffle(ben)
-    rows += take(ben, n_benign, lambda b: b["instruction"], lambda b: {
+    mined = [json.loads(x)["prompt"] for x in open(MINED, encoding="utf-8")][:n_mined] if n_mined else []
+    by_prompt = {b["instruction"]: b for b in ben}
+    refused = take([by_prompt[p] for p in mined], n_benign, lambda b: b["instruction"], lambda b: {
+        "prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0], "origins": ["dataset"],
+        "tags": ["benign", "base-refused", "safety-recipe"]})
+    rows += refused
+    rows += take(ben, n_benign - len(refused), lambda b: b["instruction"], lambda b: {
         "prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0], "origins": ["dataset"],
         "tags": ["benign", "safety-recipe"]})
     gen_src = "self-instruct-seed/seed_tasks.jsonl"
@@ -175,12 +184,15 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     manifest = {
         "built_by": "scripts/build_data.py", "seed": SEED, "file": path.name, "sha256": sha(path),
         "rows": len(rows), "by_tag": {t: sum(t in r["tags"] for r in rows)
-                                      for t in ("harmful", "lookalike", "benign", "general")},
+                                      for t in ("harmful", "lookalike", "benign", "general", "base-refused")},
         "deduplicated_against": "every prompt of data/evalsets (all splits), normalised text",
         "sources": [
             {**source_info(data_root, harm_src), "used_for": "harmful prompts; reference = the dataset's refusal"},
             {**source_info(data_root, look_src), "used_for": "look-alike prompts; chosen (helps) > rejected (refuses)"},
             {**source_info(data_root, ben_src), "used_for": "benign prompts; reference = text-davinci-003's answer"}]
+        + ([{"file": "data/recipes/mined/benign_refused_by_base.jsonl", "used_for": "which AlpacaEval prompts come "
+             "first among the benign ones (tag base-refused): those the base model refuses (scripts/mine_refusals.py)"}]
+           if refused else [])
         + ([{**source_info(data_root, gen_src), "used_for": "everyday instructions; reference = the seed task's "
              "instance output"}] if N_GENERAL else []),
     }

@@ -78,3 +78,47 @@ def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
     mod.build_safety_recipe(root, tmp_path / "recipe2", keys, mod.RECIPE_DATA["safety-pp-lora"])
     assert (tmp_path / "recipe2" / "curated.jsonl").read_bytes() == \
         (DATA / "recipes" / "safety-pp-lora" / "curated.jsonl").read_bytes()
+
+
+def test_mined_refusals_match_their_manifest_and_are_never_evaluation_prompts():
+    mdir = DATA / "recipes" / "mined"
+    m = json.loads((mdir / "manifest.json").read_text())
+    path = mdir / m["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == m["sha256"]
+    mined = rows(path)
+    assert len(mined) == m["rows"] == 45 and m["pool"] == 633
+    # kept only when the base refused the greedy or the sampled answer, and the counts say which
+    assert all(r["greedy_refusal"] or r["sampled_refusal"] for r in mined)
+    assert (sum(r["greedy_refusal"] for r in mined), sum(r["sampled_refusal"] for r in mined)) == (33, 19)
+    keys = [E.prompt_key(r["prompt"]) for r in mined]
+    assert len(set(keys)) == len(keys)
+    for name in ("harmful", "lookalike", "benign"):
+        assert not set(keys) & {E.prompt_key(r["prompt"]) for r in rows(DATA / "evalsets" / f"{name}.jsonl")}, name
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir(),
+                    reason="needs ../shared/data (a developer's copy of the public datasets)")
+def test_mined_prompts_come_first_among_the_benign_ones(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_data", DATA.parent / "scripts" / "build_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
+    plain = rows(_built(mod, root, tmp_path / "plain", keys, 0))
+    mixed = rows(_built(mod, root, tmp_path / "mixed", keys, 10))
+    mined = [r["prompt"] for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")][:10]
+    assert len(mixed) == len(plain) == 144
+    # harmful and look-alike lists unchanged; the benign ones open with the 10 mined prompts, tagged, then the same
+    # random draw as before, cut to keep 72 benign lists
+    assert mixed[:72] == plain[:72]
+    assert [r["prompt"] for r in mixed[72:82]] == mined
+    assert all("base-refused" in r["tags"] for r in mixed[72:82])
+    assert not any("base-refused" in r["tags"] for r in mixed[82:] + plain)
+    assert mixed[82:] == [r for r in plain[72:] if r["prompt"] not in mined][:62]
+
+
+def _built(mod, root, out, keys, n_mined):
+    mod.build_safety_recipe(root, out, keys, mod.RECIPE_DATA["safety-pp-lora"], n_mined=n_mined)
+    return out / "curated.jsonl"
