@@ -73,16 +73,18 @@ def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
 
     base = next(r["verdicts"] for r in rows if "verdicts" in r)
     b_ref, b_ben = 100 * base["refusal:harmful"]["rate_before"], 100 * base["compliance:benign"]["rate_before"]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     other = [r for r in rows if "verdicts" in r and not is_neat_lora(r)]
     ax.scatter([100 * r["verdicts"]["refusal:harmful"]["rate_after"] for r in other],
                [100 * r["verdicts"]["compliance:benign"]["rate_after"] for r in other], c="lightgrey", s=18,
                label="other runs (full fine-tuning, ablations)")
     tab20 = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 variants: dark shades, then light
-    colours = tab20[0::2] + tab20[1::2]
+    # without tab20's grey pair (the colour of the other runs), then tab20b's darkest shades
+    colours = [c for i, c in enumerate(tab20[0::2] + tab20[1::2]) if i not in (7, 17)] + \
+        list(plt.get_cmap("tab20b").colors[0::4])
     for i, name in enumerate(fr["residuals"]):
         ps = [p for p in points if p["variant"] == name]
-        ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name, color=colours[i % 20])
+        ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name, color=colours[i % len(colours)])
     xs = [min(p["refusal"] for p in points) - 2, max(p["refusal"] for p in points) + 2]
     ax.plot(xs, [fr["a"] + fr["b"] * x for x in xs], "k--", lw=1,
             label=f"NEAT LoRA runs: benign = {fr['a']:.1f} {fr['b']:+.2f} x refusal (r = {fr['r']:.2f})")
@@ -91,7 +93,7 @@ def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
     ax.set_xlabel("harmful requests refused (%)")
     ax.set_ylabel("benign requests answered (%)")
     ax.set_title("SmolLM2-135M, dev split: every run of the alignment study")
-    ax.legend(fontsize=6.5, loc="lower left")
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the points, not on them
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
