@@ -42,6 +42,7 @@ N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
 RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (40, 32, 72)}
 # harmless requests the default model refuses (scripts/mine_refusals.py), first in a recipe's benign lists
 MINED = REPO / "data" / "recipes" / "mined" / "benign_refused_by_base.jsonl"
+MAX_REFERENCE_CHARS = 1200  # benign prompts are kept only with a reference answer at most this long
 N_GENERAL = 0  # everyday instructions from self-instruct's seed tasks, tagged benign + general (0: none)
 
 HARM_SRC = "safety-tuned-llamas/training/safety_only_data_Instructions.json"
@@ -158,23 +159,25 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
         "origins": ["dataset:chosen", "dataset:rejected"], "tags": ["benign", "lookalike", "safety-recipe"]})
     ben_src = BEN_SRC
     ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
-    ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= 1200]
+    ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= MAX_REFERENCE_CHARS]
     rng.shuffle(ben)
     mined = [json.loads(x)["prompt"] for x in open(MINED, encoding="utf-8")][:n_mined] if n_mined else []
     by_prompt = {b["instruction"]: b for b in ben}
-    refused = take([by_prompt[p] for p in mined], n_benign, lambda b: b["instruction"], lambda b: {
-        "prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0], "origins": ["dataset"],
-        "tags": ["benign", "base-refused", "safety-recipe"]})
+
+    def ben_row(tags):
+        return lambda b: {"prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0],
+                          "origins": ["dataset"], "tags": tags}
+
+    refused = take([by_prompt[p] for p in mined], n_benign, lambda b: b["instruction"],
+                   ben_row(["benign", "base-refused", "safety-recipe"]))
     rows += refused
-    rows += take(ben, n_benign - len(refused), lambda b: b["instruction"], lambda b: {
-        "prompt": b["instruction"], "responses": [b["output"].strip()], "ranks": [0], "origins": ["dataset"],
-        "tags": ["benign", "safety-recipe"]})
+    rows += take(ben, n_benign - len(refused), lambda b: b["instruction"], ben_row(["benign", "safety-recipe"]))
     gen_src = "self-instruct-seed/seed_tasks.jsonl"
     if N_GENERAL:
         gen = [json.loads(x) for x in open(data_root / gen_src, encoding="utf-8")]
         gen = [(g["instruction"] + (f"\n\n{g['instances'][0]['input']}" if g["instances"][0].get("input") else ""),
                 g["instances"][0]["output"]) for g in gen if g.get("instances") and g["instances"][0].get("output")
-               and len(g["instances"][0]["output"]) <= 1200 and not g.get("is_classification")]
+               and len(g["instances"][0]["output"]) <= MAX_REFERENCE_CHARS and not g.get("is_classification")]
         rng.shuffle(gen)
         rows += take(gen, N_GENERAL, lambda g: g[0], lambda g: {
             "prompt": g[0], "responses": [g[1].strip()], "ranks": [0], "origins": ["dataset"],
@@ -184,7 +187,7 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     manifest = {
         "built_by": "scripts/build_data.py", "seed": SEED, "file": path.name, "sha256": sha(path),
         "rows": len(rows), "by_tag": {t: sum(t in r["tags"] for r in rows)
-                                      for t in ("harmful", "lookalike", "benign", "general", "base-refused")},
+                                      for t in ("harmful", "lookalike", "benign", "general") + (("base-refused",) if refused else ())},
         "deduplicated_against": "every prompt of data/evalsets (all splits), normalised text",
         "sources": [
             {**source_info(data_root, harm_src), "used_for": "harmful prompts; reference = the dataset's refusal"},

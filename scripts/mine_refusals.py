@@ -31,11 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from neat_studio import evalsets  # noqa: E402
-from scripts.build_data import BEN_SRC, REFUSAL_START, sha, source_info  # noqa: E402
+from scripts.build_data import BEN_SRC, MAX_REFERENCE_CHARS, REFUSAL_START, sha, source_info  # noqa: E402
 
 OUT = REPO / "data" / "recipes" / "mined"
 DECODES = {"greedy": [], "sampled": ["--sampled-only", "--temperature", "0.8", "--seed", "0"]}
-MAX_REFERENCE_CHARS = 1200
 
 
 def pool(data_root: Path) -> list[dict]:
