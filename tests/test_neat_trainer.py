@@ -580,13 +580,14 @@ def test_rounds_learn_the_toy_task(tiny_model_dir, snap, tmp_path):
 
 
 # -- resume ------------------------------------------------------------------------------------------------
-def test_resume_matches_an_uninterrupted_run(tiny_model_dir, snap, tmp_path):
+@pytest.mark.parametrize("weight_ema", [0.0, 0.5])
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, snap, tmp_path, weight_ema):
     from safetensors.torch import load_file
 
     from neat_studio.models import load_model
     from neat_studio.neat.trainer import train
 
-    kw = dict(rounds=2, epochs=1, batch_size=1, grad_accum=2, lr=1e-3, warmup_ratio=0.2)
+    kw = dict(rounds=2, epochs=1, batch_size=1, grad_accum=2, lr=1e-3, warmup_ratio=0.2, weight_ema=weight_ema)
     a, b = tmp_path / "a", tmp_path / "b"
     ra = train(cfg_for(tiny_model_dir, snap, a, **kw), lm=load_model(str(tiny_model_dir)))
     rb = train(cfg_for(tiny_model_dir, snap, b, **kw), lm=load_model(str(tiny_model_dir)), stop_after=4)
@@ -1254,3 +1255,62 @@ def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model
     assert sorted(asked) == sorted(x.strip() for pid, v in sampled["online"].items() if tags[pid] == "benign"
                                    for x, o in v if x.strip() and not o.startswith("negative:"))
     assert flagged > 0
+
+
+# -- weight_ema (averaging.py) -----------------------------------------------------------------------------
+def test_weight_average_is_the_ema_by_hand_and_round_trips():
+    from neat_studio.neat.averaging import WeightAverage
+
+    w = torch.nn.Parameter(torch.tensor([0.0, 4.0]))
+    avg = WeightAverage([w], 0.75)
+    with torch.no_grad():
+        w.copy_(torch.tensor([4.0, 8.0]))
+    avg.update()  # 0.75 * [0, 4] + 0.25 * [4, 8]
+    assert avg.avg[0].tolist() == [1.0, 5.0]
+    with torch.no_grad():
+        w.copy_(torch.tensor([8.0, 0.0]))
+    avg.update()  # 0.75 * [1, 5] + 0.25 * [8, 0]
+    assert avg.avg[0].tolist() == [2.75, 3.75] and w.tolist() == [8.0, 0.0]  # the weights are left alone...
+    state = avg.state_dict()
+    avg.apply()
+    assert w.tolist() == [2.75, 3.75]  # ...until the average becomes them
+    other = WeightAverage([torch.nn.Parameter(torch.zeros(2))], 0.75)
+    other.load_state_dict(state)
+    assert other.avg[0].tolist() == [2.75, 3.75] and other.updates == 2
+    with pytest.raises(ValueError, match="does not fit"):
+        WeightAverage([torch.nn.Parameter(torch.zeros(3))], 0.75).load_state_dict(state)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="weight_ema must be in"):
+            NeatConfig(snapshot="s", negatives=["rude"], weight_ema=bad).validate()
+    with pytest.raises(ConfigError, match="weight_ema needs method"):
+        NeatConfig(snapshot="s", method="dpo", weight_ema=0.9).validate()
+
+
+def test_weight_ema_ends_each_round_on_the_average_of_its_steps(tiny_model_dir, snap, tmp_path):
+    """Round 0 trains exactly as without averaging (the average only watches); at its end the weights become
+    d^3 w0 + d^2 (1-d) w1 + d (1-d) w2 + (1-d) w3 of the plain run's steps, and round 1 starts from there."""
+    from safetensors.torch import load_file
+
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import train
+
+    kw = dict(method="sft", rounds=2, save_every=1, keep_checkpoints=0, lr=1e-2)
+    a, b = tmp_path / "plain", tmp_path / "ema"
+    train(cfg_for(tiny_model_dir, snap, a, **kw), lm=load_model(str(tiny_model_dir)))
+    train(cfg_for(tiny_model_dir, snap, b, weight_ema=0.5, **kw), lm=load_model(str(tiny_model_dir)))
+    w0 = load_model(str(tiny_model_dir)).model.float().state_dict()
+    ws = [load_file(a / f"checkpoints/step-{i}/model.safetensors") for i in (1, 2, 3)]
+    got = load_file(b / "checkpoints/step-3/model.safetensors")
+    assert [x["loss"] for x in read_metrics(b) if "loss" in x][:3] == \
+        pytest.approx([x["loss"] for x in read_metrics(a) if "loss" in x][:3], rel=1e-6)
+    moved = 0
+    for k in got:
+        want = 0.125 * w0[k] + 0.125 * ws[0][k] + 0.25 * ws[1][k] + 0.5 * ws[2][k]
+        torch.testing.assert_close(got[k], want, atol=1e-6, rtol=1e-5)
+        moved += not torch.equal(want, ws[2][k])
+    assert moved > 0  # the average is not the last step's weights
+    # round 1 trains on from the average: its first step's loss differs from the plain run's
+    la = [x["loss"] for x in read_metrics(a) if "loss" in x]
+    lb = [x["loss"] for x in read_metrics(b) if "loss" in x]
+    assert len(lb) == 6 and lb[3] != pytest.approx(la[3], rel=1e-4)
+    assert (b / "checkpoints/step-4/weight_average.pt").exists()

@@ -38,6 +38,8 @@ class CheckpointMixin:
             self.tok.save_pretrained(tmp)
             torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
             torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
+            if self.avg is not None:  # weight_ema: the running average goes on where it stopped
+                torch.save(self.avg.state_dict(), tmp / "weight_average.pt")
             (tmp / STATE).write_text(json.dumps({**self.pos, "world": self.world, "lora": self.cfg.lora,
                                                  "time": time.time()}))
         self.acc.wait_for_everyone()
@@ -78,6 +80,10 @@ class CheckpointMixin:
                                    f"unexpected {unexpected}")
         self.opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=False))
         self.sched.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
+        if self.avg is not None:
+            if not (ck / "weight_average.pt").exists():
+                raise ConfigError(f"checkpoint {ck} has no weight average (weight_ema): it was written without it")
+            self.avg.load_state_dict(torch.load(ck / "weight_average.pt", weights_only=False))
         rng = ck / f"rng-{self.rank}.pt"
         if rng.exists():
             r = torch.load(rng, weights_only=False)

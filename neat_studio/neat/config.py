@@ -92,6 +92,9 @@ class NeatConfig:
     warmup_ratio: float = _f(0.05, "share of all optimizer steps spent in linear warmup (cosine decay after)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
+    weight_ema: float = _f(0.0, "decay of an exponential moving average of the trained weights that becomes the "
+                                "policy at the end of every round (averaging.py: the next round samples from it, "
+                                "final/ is the last one's); 0 = off, e.g. 0.95 averages over ~20 steps")
     batch_size: int = _f(2, "lists (prompts) per micro-batch and process")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_steps: int = _f(0, "stop after this many optimizer steps (0 = rounds x epochs x steps per epoch)")
@@ -300,6 +303,10 @@ class NeatConfig:
             # residual weights, not the starting model
             bad(f"lora_init={self.lora_init} needs method neat, rrhf or sft: dpo's reference (adapters off) would "
                 "not be the starting model")
+        if not 0 <= self.weight_ema < 1:
+            bad(f"weight_ema must be in [0, 1) (0 = off), got {self.weight_ema}")
+        if self.weight_ema and self.method == "dpo":
+            bad("weight_ema needs method neat, rrhf or sft: dpo trains in TRL's DPOTrainer")
         if self.order_seed < -1:
             bad(f"order_seed must be >= 0, or -1 for the run seed, got {self.order_seed}")
         if self.list_order not in LIST_ORDERS:

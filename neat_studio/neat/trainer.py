@@ -55,6 +55,7 @@ from .checkpoint import CheckpointMixin
 from .validation import ValidationMixin
 from .estimate import eta_seconds
 from .optim import clip_gradients, make_optimizer
+from .averaging import weight_average
 from .sampling import adapters_merged, restore_training_layout, with_model
 from .scorer import ListScorer
 
@@ -129,6 +130,7 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         total = cfg.rounds * cfg.epochs * self.spe
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.opt, self.sched = make_optimizer(model, cfg, self.total_steps)
+        self.avg = weight_average(model, cfg.weight_ema)  # None when off; a resumed run loads it below
         scorer = ListScorer(model)
         # one process (no DDP gradient hooks): the head's weight gradient goes straight into .grad and a tied
         # embedding's lookup gradient is sparse (head.linear_logprobs / head.sparse_tied_embedding)
@@ -414,6 +416,8 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         finally:
             self.opt.__dict__.pop("grad_scale", None)  # this step's clipping only
         self.sched.step()
+        if self.avg is not None:
+            self.avg.update()
         self.opt.zero_grad(set_to_none=True)
         agg["diag"] = diag
         return agg
@@ -504,6 +508,8 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
                         self.pos.update(round=r + 1, epoch=0)
                 steps_here += 1
                 step = self.pos["global_step"]
+                if self.avg is not None and (self.pos["round"] != r or step >= self.total_steps):
+                    self.avg.apply()  # weight_ema: the round ends on its average (before validation, checkpoint)
                 wants_stop = self._stop_signal is not None or (self.stop_after is not None and step >= self.stop_after)
                 v = self._reduce(agg, wants_stop)
                 dt, elapsed = time.time() - ts, time.time() - t_start
