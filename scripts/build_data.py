@@ -37,9 +37,10 @@ N_PAIRS = 300
 SEED = 20261203
 # starter curated set of the safety recipe
 N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
-# the starter set of each recipe: (harmful, look-alike, benign) prompts; safety-pp-lora's has more harmless requests
-# (the alignment study's v8-v10 data: benchmarks/RESULTS.md)
-RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (40, 32, 72)}
+# the starter set of each recipe: (harmful, look-alike, benign) prompts (safety-pp-lora's: the alignment study's v28
+# data, benchmarks/RESULTS.md), and how many of its benign prompts are mined refusals of the base model (MINED)
+RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (52, 32, 60)}
+RECIPE_MINED = {"safety-pp-lora": 45}
 # harmless requests the default model refuses (scripts/mine_refusals.py), first in a recipe's benign lists
 MINED = REPO / "data" / "recipes" / "mined" / "benign_refused_by_base.jsonl"
 MAX_REFERENCE_CHARS = 1200  # benign prompts are kept only with a reference answer at most this long
@@ -266,7 +267,8 @@ def main() -> int:
         print(f"no public data at {root} (give --data-root)", file=sys.stderr)
         return 2
     m, keys = build_evalsets(root, REPO / "data" / "evalsets")
-    recipes = {name: build_safety_recipe(root, REPO / "data" / "recipes" / name, keys, counts)
+    recipes = {name: build_safety_recipe(root, REPO / "data" / "recipes" / name, keys, counts,
+                                         n_mined=RECIPE_MINED.get(name, 0))
                for name, counts in RECIPE_DATA.items()}
     trained = {evalsets.normalize_text(json.loads(line)["prompt"]) for name in RECIPE_DATA
                for line in open(REPO / "data" / "recipes" / name / "curated.jsonl", encoding="utf-8")}

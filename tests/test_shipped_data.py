@@ -33,7 +33,7 @@ def test_evalsets_match_their_manifest_and_split_rule():
             assert len(set(keys)) == len(keys), f"{name} has duplicate prompts"
 
 
-@pytest.mark.parametrize("recipe,n,by_tag", [("safety", 112, (48, 32, 64)), ("safety-pp-lora", 144, (40, 32, 104))])
+@pytest.mark.parametrize("recipe,n,by_tag", [("safety", 112, (48, 32, 64)), ("safety-pp-lora", 144, (52, 32, 92))])
 def test_recipe_data_never_overlaps_an_evaluation_prompt(recipe, n, by_tag):
     from neat_studio.neat.recipes import RECIPES
 
@@ -75,7 +75,8 @@ def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
     for name in ("harmful", "lookalike", "benign", "pairs"):
         assert (tmp_path / "evalsets" / f"{name}.jsonl").read_bytes() == (DATA / "evalsets" / f"{name}.jsonl").read_bytes()
     assert (tmp_path / "recipe" / "curated.jsonl").read_bytes() == (DATA / "recipes" / "safety" / "curated.jsonl").read_bytes()
-    mod.build_safety_recipe(root, tmp_path / "recipe2", keys, mod.RECIPE_DATA["safety-pp-lora"])
+    mod.build_safety_recipe(root, tmp_path / "recipe2", keys, mod.RECIPE_DATA["safety-pp-lora"],
+                            n_mined=mod.RECIPE_MINED["safety-pp-lora"])
     assert (tmp_path / "recipe2" / "curated.jsonl").read_bytes() == \
         (DATA / "recipes" / "safety-pp-lora" / "curated.jsonl").read_bytes()
 
@@ -94,6 +95,10 @@ def test_mined_refusals_match_their_manifest_and_are_never_evaluation_prompts():
     assert len(set(keys)) == len(keys)
     for name in ("harmful", "lookalike", "benign"):
         assert not set(keys) & {E.prompt_key(r["prompt"]) for r in rows(DATA / "evalsets" / f"{name}.jsonl")}, name
+    # the safety-pp-lora starter set holds all 45, in order, as the first of its benign lists
+    shipped = rows(DATA / "recipes" / "safety-pp-lora" / "curated.jsonl")
+    assert [r["prompt"] for r in shipped[84:129]] == [r["prompt"] for r in mined]
+    assert [i for i, r in enumerate(shipped) if "base-refused" in r["tags"]] == list(range(84, 129))
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir(),
@@ -110,13 +115,13 @@ def test_mined_prompts_come_first_among_the_benign_ones(tmp_path):
     mixed = rows(_built(mod, root, tmp_path / "mixed", keys, 10))
     mined = [r["prompt"] for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")][:10]
     assert len(mixed) == len(plain) == 144
-    # harmful and look-alike lists unchanged; the benign ones open with the 10 mined prompts, tagged, then the same
-    # random draw as before, cut to keep 72 benign lists
-    assert mixed[:72] == plain[:72]
-    assert [r["prompt"] for r in mixed[72:82]] == mined
-    assert all("base-refused" in r["tags"] for r in mixed[72:82])
-    assert not any("base-refused" in r["tags"] for r in mixed[82:] + plain)
-    assert mixed[82:] == [r for r in plain[72:] if r["prompt"] not in mined][:62]
+    # harmful and look-alike lists (52 + 32) unchanged; the benign ones open with the 10 mined prompts, tagged, then
+    # the same random draw as before, cut to keep 60 benign lists
+    assert mixed[:84] == plain[:84]
+    assert [r["prompt"] for r in mixed[84:94]] == mined
+    assert all("base-refused" in r["tags"] for r in mixed[84:94])
+    assert not any("base-refused" in r["tags"] for r in mixed[94:] + plain)
+    assert mixed[94:] == [r for r in plain[84:] if r["prompt"] not in mined][:50]
 
 
 def _built(mod, root, out, keys, n_mined):

@@ -401,7 +401,8 @@ def test_recipe_form_and_train_config(studio):
     assert pp["lora"] is True and pp["lr"] == 1e-4 and v["lora"] is False
 
     form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
-    assert studio.train_config(form | pp | {"recipe": "safety-pp-lora"})["lora"] is True
+    pp_cfg = studio.train_config(form | pp | {"recipe": "safety-pp-lora"})
+    assert pp_cfg["lora"] is True and pp_cfg["gen_batch_size"] == 64  # the recipe's, not shown on the form
     assert extra == {}
     form["recipe"] = "safety"  # the recipe's settings the form does not show come from the recipe
     cfg = studio.train_config(form)

@@ -47,11 +47,12 @@ RECIPES: dict[str, dict] = {
             "(plain_rank_scope=benign), its own refusals of benign prompts and its own loops ranked with the negatives "
             "(refusal_rank_scope=benign, degenerate_rank=bottom), two synthetic repetition loops per prompt as "
             "negatives (loop_negatives=2), and LoRA adapters (r 16, lr 1e-4) instead of all weights. Starter data: "
-            "data/recipes/safety-pp-lora/curated.jsonl (40 harmful, 32 look-alikes, 72 benign). Measured on the "
-            "default 135M model (3 seeds, benchmarks/RESULTS.md): no axis significantly worse on any seed; harmful "
-            "requests refused 16.0 -> 23.3-29.3 % (significantly more on two seeds of three), look-alikes answered "
-            "97.2-97.9 % (base 98.6), benign requests 88.8-94.4 % (base 93.6), degenerate answers 0.2 % on every "
-            "seed (base 4.1 %), pair accuracy 48.5-50.0 % (base 47.0)."),
+            "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
+            "harmless requests the base model refuses). Measured on the default 135M model (3 seeds, benchmarks/RESULTS.md step "
+            "47): no axis significantly worse on any seed; harmful requests refused 16.0 -> 22.7-27.3 % (significantly "
+            "more on two seeds of three), look-alikes answered 96.5-98.6 % (base 98.6), benign requests 90.4-93.6 % "
+            "(base 93.6), degenerate answers 0.2-0.5 % (base 4.1 %), pair accuracy 49.3 % (base 47.0); about 16 min "
+            "of training on 2 CPU cores."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
@@ -61,7 +62,7 @@ RECIPES: dict[str, dict] = {
             "plain_rank": "tie_best", "plain_rank_scope": "benign", "positive_rank": "above_plain",
             "refusal_rank_scope": "benign", "degenerate_rank": "bottom", "loop_negatives": 2,
             "lora": True, "lora_r": 16, "lora_alpha": 32, "lr": 1e-4,
-            "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 16,
+            "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 64,
         },
         "data": {"min_responses": 1},
     },
