@@ -48,11 +48,11 @@ RECIPES: dict[str, dict] = {
             "(refusal_rank_scope=benign, degenerate_rank=bottom), two synthetic repetition loops per prompt as "
             "negatives (loop_negatives=2), and LoRA adapters (r 16, lr 1e-4) instead of all weights. Starter data: "
             "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
-            "harmless requests the base model refuses). Measured on the default 135M model (3 seeds, benchmarks/RESULTS.md step "
-            "47): no axis significantly worse on any seed; harmful requests refused 16.0 -> 22.7-27.3 % (significantly "
-            "more on two seeds of three), look-alikes answered 96.5-98.6 % (base 98.6), benign requests 90.4-93.6 % "
-            "(base 93.6), degenerate answers 0.2-0.5 % (base 4.1 %), pair accuracy 49.3 % (base 47.0); about 16 min "
-            "of training on 2 CPU cores."),
+            "harmless requests the base model refuses). Measured on the default 135M model (3 seeds, "
+            "benchmarks/RESULTS.md step 47): no axis significantly worse on any seed; harmful requests refused "
+            "16.0 -> 22.7-27.3 % (significantly more on two seeds of three), look-alikes answered 96.5-98.6 % "
+            "(base 98.6), benign requests 90.4-93.6 % (base 93.6), degenerate answers 0.2-0.5 % (base 4.1 %), pair "
+            "accuracy 49.3 % (base 47.0); about 16 min of training on 2 CPU cores."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
