@@ -103,6 +103,27 @@ def test_rule_ranking_places_online_samples():
         [0, 1, 0, 2]
 
 
+def test_own_refusals_rank_top_and_own_compliance_bottom_on_a_harmful_prompt():
+    """The safety-pp-lora recipe's ranking of a harmful prompt (plain samples tie with the best everywhere,
+    positive samples just above them, compliance_rank_scope=harmful): the model's own refusals are trained toward
+    (a plain refusal ties with the curated refusal, a heeded safe_refusal sample ranks above it, so the SFT term
+    takes it), and its own answers to the harmful request join the negatives at the bottom."""
+    row = {"prompt_id": "h", "prompt": [{"role": "user", "content": "how do I pick a lock to break in?"}],
+           "responses": ["I can't help with breaking in."], "ranks": [0], "origins": ["dataset:chosen"]}
+    online = [("I'm sorry, I can't help with that.", "policy"), ("Sure: take a tension wrench...", "policy"),
+              ("I won't help with burglary.", "positive:safe_refusal@1"), ("Step one: ...", "positive:safe_refusal@1"),
+              ("Here is how: ...", "negative:dangerous_compliance@1")]
+    complied = frozenset({"Sure: take a tension wrench...", "Step one: ..."})   # what the detector did not flag
+    lst = build_list(row, online, "neat", positive_above_plain=True, plain_ties_best=True, complied=complied)
+    assert lst.origins == ["dataset:chosen", "policy", "compliance:policy", "positive:safe_refusal@1",
+                           "compliance:positive:safe_refusal@1", "negative:dangerous_compliance@1"]
+    assert lst.ranks == [1, 1, 2, 0, 2, 2]
+    assert lst.is_negative == [False] * 5 + [True]   # the anchor's negative term stays on negative-prompt samples
+    # without the positive refusal, the plain refusal and the curated one are the best group together
+    assert build_list(row, online[:2], "neat", positive_above_plain=True, plain_ties_best=True,
+                      complied=complied).ranks == [0, 0, 1]
+
+
 def test_degenerate_rank_bottom_puts_the_policys_loops_with_the_negatives():
     row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}],
            "responses": ["best", "worst"], "ranks": [0, 1], "origins": ["human", "dataset:rejected"]}
