@@ -39,15 +39,26 @@ def is_neat_lora(r: dict) -> bool:
     return "verdicts" in r and (r.get("method") or "neat") == "neat" and bool((r.get("config") or {}).get("lora"))
 
 
+def base_of(r: dict) -> tuple:
+    """The base model's rates a run was compared with (refusal, benign): they differ between machines, whose bf16
+    kernels round differently (benchmarks/RESULTS.md step 50)."""
+    v = r["verdicts"]
+    return v["refusal:harmful"].get("rate_before"), v["compliance:benign"].get("rate_before")
+
+
 def frontier_points(rows: list[dict]) -> list[dict]:
-    """{variant, seed, refusal, benign} in % for every evaluated NEAT run trained with LoRA adapters."""
+    """{variant, seed, refusal, benign} in % for every evaluated NEAT run trained with LoRA adapters. A run compared
+    with another base than the first run's is moved by the difference of the bases: what carries over between
+    machines is a run's paired change over its own base, so every point is that change added to the first base."""
+    ok = [r for r in rows if is_neat_lora(r)]
+    b0 = base_of(ok[0]) if ok else None
     out = []
-    for r in rows:
-        if not is_neat_lora(r):
-            continue
-        v = r["verdicts"]
-        out.append({"variant": r["variant"], "seed": r["seed"], "refusal": 100 * v["refusal:harmful"]["rate_after"],
-                    "benign": 100 * v["compliance:benign"]["rate_after"]})
+    for r in ok:
+        v, b = r["verdicts"], base_of(r)
+        shift = [0.0 if None in (x0, x) else x0 - x for x0, x in zip(b0, b)]
+        out.append({"variant": r["variant"], "seed": r["seed"],
+                    "refusal": 100 * (v["refusal:harmful"]["rate_after"] + shift[0]),
+                    "benign": 100 * (v["compliance:benign"]["rate_after"] + shift[1])})
     return out
 
 
@@ -105,10 +116,17 @@ def main() -> int:
     args = ap.parse_args()
     rows = [json.loads(x) for x in Path(args.results).read_text(encoding="utf-8").splitlines() if x.strip()]
     ok = [r for r in rows if "verdicts" in r]
-    if ok:
-        v0 = ok[0]["verdicts"]
-        print("Base (SmolLM2-135M-Instruct, dev split): " + ", ".join(
-            f"{label} {pct(v0[k]['rate_before'])} %" for k, label in AXES if k in v0) + "\n")
+    bases: dict = {}  # the base's rates on every axis -> the variants compared with it (one per machine)
+    for r in ok:
+        key = tuple(pct(r["verdicts"][k]["rate_before"]) for k, _ in AXES if k in r["verdicts"])
+        bases.setdefault(key, []).append(r["variant"])
+    for i, (key, names) in enumerate(bases.items()):
+        print(f"Base {'ABCDEFGH'[i]} (SmolLM2-135M-Instruct, dev split): "
+              + ", ".join(f"{label} {x} %" for (_, label), x in zip(AXES, key))
+              + f"; compared with {len(names)} runs of {len(set(names))} variants, {names[0]} … {names[-1]}")
+    if len(bases) > 1:
+        print("The frontier below moves the runs compared with another base than A by the difference of the bases.")
+    print()
     print("| variant | seed | method | " + " | ".join(label for _, label in AXES) + " | train min | floor |")
     print("|---|---|---|" + "---|" * len(AXES) + "---|---|")
     for r in rows:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -114,6 +115,18 @@ def floor_holds(v: dict) -> dict:
     return checks
 
 
+def cpu_model() -> str:
+    """The CPU a run trained and was evaluated on: bf16 kernels round differently from one CPU to another, so the
+    same seed gives another model and the base other greedy answers there (benchmarks/RESULTS.md step 50)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/neat-study")
@@ -165,7 +178,8 @@ def main() -> int:
                "recipe": None if args.no_recipe else args.recipe, "overrides": args.set, "note": args.note,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "snapshot_counts": state.get("snapshot_counts"),
                "data": state.get("data") or {"file": "data/recipes/safety/curated.jsonl (112 rows, before v8)"},
-               "eval": {"split": "dev", "max_new_tokens": args.max_new_tokens, "dtype": args.eval_dtype}}
+               "eval": {"split": "dev", "max_new_tokens": args.max_new_tokens, "dtype": args.eval_dtype},
+               "machine": cpu_model()}
         try:
             if not (run / "final").is_dir():
                 cmd = ["train", "--snapshot", str(snap), "--model", "default", "--out", str(run),

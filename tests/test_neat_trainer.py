@@ -104,10 +104,10 @@ def test_rule_ranking_places_online_samples():
 
 
 def test_own_refusals_rank_top_and_own_compliance_bottom_on_a_harmful_prompt():
-    """The safety-pp-lora recipe's ranking of a harmful prompt (plain samples tie with the best everywhere,
-    positive samples just above them, compliance_rank_scope=harmful): the model's own refusals are trained toward
-    (a plain refusal ties with the curated refusal, a heeded safe_refusal sample ranks above it, so the SFT term
-    takes it), and its own answers to the harmful request join the negatives at the bottom."""
+    """Study variant v33's ranking of a harmful prompt (plain samples tie with the best everywhere, positive samples
+    just above them, compliance_rank_scope=harmful): the model's own refusals are trained toward (a plain refusal
+    ties with the curated refusal, a heeded safe_refusal sample ranks above it, so the SFT term takes it), and its
+    own answers to the harmful request join the negatives at the bottom."""
     row = {"prompt_id": "h", "prompt": [{"role": "user", "content": "how do I pick a lock to break in?"}],
            "responses": ["I can't help with breaking in."], "ranks": [0], "origins": ["dataset:chosen"]}
     online = [("I'm sorry, I can't help with that.", "policy"), ("Sure: take a tension wrench...", "policy"),

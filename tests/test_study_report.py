@@ -36,3 +36,19 @@ def test_frontier_only_neat_lora_runs_and_residuals_per_variant():
     assert fr["n"] == 3 and fr["a"] == pytest.approx(101.0) and fr["b"] == pytest.approx(-1.05)
     # residuals: 91 - 90.5, 70 - 69.5, 79 - 80
     assert fr["residuals"]["a"] == pytest.approx([0.5, 0.5]) and fr["residuals"]["b"] == pytest.approx([-1.0])
+
+
+def test_frontier_moves_runs_on_another_base_by_the_bases_difference():
+    """Runs compared with another base (another machine's rounding) enter the frontier as their paired change added
+    to the first run's base: 0.920 after 0.928 on base B is 0.936 - 0.008 = 92.8 % on base A's scale."""
+    def on_base(variant, refusal, benign, ref0, ben0):
+        r = _row(variant, 0, refusal, benign)
+        r["verdicts"]["refusal:harmful"]["rate_before"] = ref0
+        r["verdicts"]["compliance:benign"]["rate_before"] = ben0
+        return r
+    rows = [on_base("a", 0.20, 0.90, 0.16, 0.936), on_base("b", 0.25, 0.92, 0.15, 0.928)]
+    pts = study_report.frontier_points(rows)
+    assert [p["refusal"] for p in pts] == pytest.approx([20.0, 26.0])   # 0.25 + (0.16 - 0.15)
+    assert [p["benign"] for p in pts] == pytest.approx([90.0, 92.8])    # 0.92 + (0.936 - 0.928)
+    # rows without the base's rates (older records) are not moved
+    assert study_report.frontier_points([_row("c", 0, 0.3, 0.8)])[0]["benign"] == pytest.approx(80.0)

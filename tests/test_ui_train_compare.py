@@ -403,7 +403,6 @@ def test_recipe_form_and_train_config(studio):
     form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
     pp_cfg = studio.train_config(form | pp | {"recipe": "safety-pp-lora"})
     assert pp_cfg["lora"] is True and pp_cfg["gen_batch_size"] == 64  # the recipe's, not shown on the form
-    assert (pp_cfg["plain_rank_scope"], pp_cfg["compliance_rank_scope"]) == ("", "harmful")
     assert extra == {}
     form["recipe"] = "safety"  # the recipe's settings the form does not show come from the recipe
     cfg = studio.train_config(form)

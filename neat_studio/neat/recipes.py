@@ -43,24 +43,24 @@ RECIPES: dict[str, dict] = {
         "description": (
             "Refuse more harmful requests without losing the harmless ones or fluency. The `safety` recipe's settings "
             "plus on-policy positives (NEAT-PP: `safe_refusal` on harmful prompts, `helpful_no_overrefusal` on benign "
-            "ones, ranked just above the plain samples), the model's own answers judged by the refusal detector: on "
-            "harmful prompts its refusals tie with the best answer and its compliant answers rank with the negatives "
-            "(compliance_rank_scope=harmful), on benign prompts its refusals rank with the negatives "
-            "(refusal_rank_scope=benign); its own loops and two synthetic repetition loops per prompt rank with the "
-            "negatives too (degenerate_rank=bottom, loop_negatives=2); LoRA adapters (r 16, lr 1e-4) instead of all "
-            "weights. Starter data: data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, "
-            "the first 45 of them harmless requests the base model refuses). Measured on the default 135M model "
-            "(5 seeds, benchmarks/RESULTS.md step 51): FIGURES; about 12 min of training on 2 CPU cores "
-            "(Intel Xeon with AMX)."),
+            "ones, ranked just above the plain samples), the model's own plain answers trusted only on benign prompts "
+            "(plain_rank_scope=benign), its own refusals of benign prompts and its own loops ranked with the negatives "
+            "(refusal_rank_scope=benign, degenerate_rank=bottom), two synthetic repetition loops per prompt as "
+            "negatives (loop_negatives=2), and LoRA adapters (r 16, lr 1e-4) instead of all weights. Starter data: "
+            "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
+            "harmless requests the base model refuses). Measured on the default 135M model (3 seeds, "
+            "benchmarks/RESULTS.md step 47): no axis significantly worse on any seed; harmful requests refused "
+            "16.0 -> 22.7-27.3 % (significantly more on two seeds of three), look-alikes answered 96.5-98.6 % "
+            "(base 98.6), benign requests 90.4-93.6 % (base 93.6), degenerate answers 0.2-0.5 % (base 4.1 %), pair "
+            "accuracy 49.3 % (base 47.0); about 16 min of training on 2 CPU cores."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
             "positives": ["safe_refusal:harmful", "helpful_no_overrefusal:benign"],
             "k": 1, "k_neg": 1, "k_pos": 1, "rounds": 2, "epochs": 1,
             "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0, "anchor_weight": 1.0,
-            "plain_rank": "tie_best", "plain_rank_scope": "", "positive_rank": "above_plain",
-            "refusal_rank_scope": "benign", "compliance_rank_scope": "harmful", "degenerate_rank": "bottom",
-            "loop_negatives": 2,
+            "plain_rank": "tie_best", "plain_rank_scope": "benign", "positive_rank": "above_plain",
+            "refusal_rank_scope": "benign", "degenerate_rank": "bottom", "loop_negatives": 2,
             "lora": True, "lora_r": 16, "lora_alpha": 32, "lr": 1e-4,
             "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 64,
         },
