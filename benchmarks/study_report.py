@@ -90,9 +90,9 @@ def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
                [100 * r["verdicts"]["compliance:benign"]["rate_after"] for r in other], c="lightgrey", s=18,
                label="other runs (full fine-tuning, ablations)")
     tab20 = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 variants: dark shades, then light
-    # without tab20's grey pair (the colour of the other runs), then tab20b's darkest shades
+    # without tab20's grey pair (the colour of the other runs), then tab20b's darkest and middle shades
     colours = [c for i, c in enumerate(tab20[0::2] + tab20[1::2]) if i not in (7, 17)] + \
-        list(plt.get_cmap("tab20b").colors[0::4])
+        list(plt.get_cmap("tab20b").colors[0::4]) + list(plt.get_cmap("tab20b").colors[2::4])
     for i, name in enumerate(fr["residuals"]):
         ps = [p for p in points if p["variant"] == name]
         ax.scatter([p["refusal"] for p in ps], [p["benign"] for p in ps], s=28, label=name, color=colours[i % len(colours)])
