@@ -4,8 +4,9 @@
                                [--split dev|test|all] [--out DIR] [--scorer DIR] [--sampled] [--exclude SNAPSHOT]
     python -m neat_studio eval --build-sets OUT_DIR [--exclude SNAPSHOT_DIR] [--source harmful=path ...]
 
-Without --set, the standard sets harmful, lookalike and benign (and pairs, unless --no-pairs) are built from the
-shared public data (--data-root, default ../shared/data).
+Without --set, the standard sets harmful, lookalike and benign (and pairs, unless --no-pairs) are read from the
+files the studio ships, data/evalsets/ (dev split unless --split says otherwise). --data-root rebuilds them from a
+public data folder instead (developers; --build-sets reads ../shared/data unless told).
 """
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def register(subparsers) -> None:
                    help="cap on prompt+response tokens for pair log-probs (prompt cut from the left)")
     s.add_argument("--exclude", action="append",
                    help="training prompts to keep out of the eval (snapshot dir or file; repeatable)")
-    s.add_argument("--data-root", help="public data folder for standard sets (default ../shared/data)")
+    s.add_argument("--data-root", help="rebuild the standard sets from this public data folder instead of reading "
+                                         "data/evalsets/ (developers; --build-sets defaults to ../shared/data)")
     s.add_argument("--build-sets", metavar="OUT_DIR", help="write set files (harmful, lookalike, benign, pairs) "
                                                            "+ manifest.json to OUT_DIR and exit")
     s.add_argument("--source", action="append", metavar="NAME=PATH",
