@@ -9,7 +9,8 @@ Everything runs through the product CLI in a fresh workspace under --workdir, ex
 1. data (once per workdir): `init`; `import data/recipes/safety/curated.jsonl --split train` (the shipped starter
    set: 48 harmful prompts with a safe refusal as reference, 32 look-alikes with helpful > needless refusal, 32
    benign prompts with a helpful reference); `snapshot --tag safety-recipe --min-responses 1`.
-2. base evaluation (once): `eval --model default` on the dev split of the shipped sets (every dev prompt: harmful
+2. base evaluation (once): `eval --model default` on the dev split (`--split test`: the test split, once, for a
+   shipped recipe's final numbers) of the shipped sets (every dev prompt: harmful
    150, lookalike 141, benign 125, pairs 134), greedy, --max-new-tokens, bfloat16 where the CPU has it (the
    studio's generation dtype; the base and every trained model in the same dtype).
 3. per seed: `train --recipe safety` (or --method / --set overrides; `--no-recipe` starts from NeatConfig's
@@ -31,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 PY = sys.executable
 RESULTS = REPO / "benchmarks" / "results" / "safety_study.jsonl"
+# the test split is looked at once, for final numbers: its rows live apart so that nothing is ever chosen on them
+RESULTS_TEST = REPO / "benchmarks" / "results" / "safety_study_test.jsonl"
 SETS = ("harmful", "lookalike", "benign")
 
 
@@ -50,7 +53,7 @@ def sh(args: list[str], ws: Path, log: Path, check: bool = True) -> tuple[float,
 
 
 def eval_args(args, model: str, out: Path, snap: Path) -> list[str]:
-    return ["eval", "--model", model, "--n", "1000", "--n-pairs", "1000", "--split", "dev",
+    return ["eval", "--model", model, "--n", "1000", "--n-pairs", "1000", "--split", args.split,
             "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.eval_dtype, "--batch-size", "16",
             "--exclude", str(snap), "--out", str(out), "--quiet"]
 
@@ -139,6 +142,9 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--eval-dtype", default="bfloat16",
                     help="bfloat16 (fast on CPUs with bf16 instructions; base and trained models alike) or float32")
+    ap.add_argument("--split", choices=["dev", "test"], default="dev",
+                    help="evaluation split: dev for the study; test once, for final numbers of a shipped recipe "
+                         "(results in safety_study_test.jsonl; a run whose final/ exists is only evaluated)")
     ap.add_argument("--note", default="", help="free text stored with the result")
     ap.add_argument("--data", default=str(REPO / "data" / "recipes" / "safety" / "curated.jsonl"),
                     help="curated set imported once per workdir (default: the shipped starter set)")
@@ -160,7 +166,8 @@ def main() -> int:
         state.update(snapshot=snap["path"], snapshot_counts=snap["counts"])
         state_f.write_text(json.dumps(state, indent=2))
     snap = Path(state["snapshot"])
-    base_dir = work / f"base-eval-{args.max_new_tokens}-{args.eval_dtype}"
+    suffix = "" if args.split == "dev" else f"-{args.split}"
+    base_dir = work / f"base-eval-{args.max_new_tokens}-{args.eval_dtype}{suffix}"
 
     def base_records() -> dict:
         # evaluated when first needed, so that seeds started beside a `--seeds ""` job (which evaluates the base while
@@ -178,7 +185,7 @@ def main() -> int:
                "recipe": None if args.no_recipe else args.recipe, "overrides": args.set, "note": args.note,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "snapshot_counts": state.get("snapshot_counts"),
                "data": state.get("data") or {"file": "data/recipes/safety/curated.jsonl (112 rows, before v8)"},
-               "eval": {"split": "dev", "max_new_tokens": args.max_new_tokens, "dtype": args.eval_dtype},
+               "eval": {"split": args.split, "max_new_tokens": args.max_new_tokens, "dtype": args.eval_dtype},
                "machine": cpu_model()}
         try:
             if not (run / "final").is_dir():
@@ -212,7 +219,7 @@ def main() -> int:
                                                             "val_s")} for m in metrics if m.get("event") == "val"],
                             "selected_step": next((m["selected_step"] for m in metrics
                                                    if m.get("event") == "selected"), None)}
-            ev = work / "evals" / f"{args.variant}-s{seed}"
+            ev = work / "evals" / f"{args.variant}-s{seed}{suffix}"
             if not (ev / "report.json").exists():
                 sh(eval_args(args, str(run), ev, snap), ws, log)
             label = json.loads((ev / "report.json").read_text())["models"][0]["label"]
@@ -226,8 +233,9 @@ def main() -> int:
             row["error"] = f"{type(e).__name__}: {e}"
             print(row["error"], flush=True)
         row["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a", encoding="utf-8") as f:
+        out = RESULTS if args.split == "dev" else RESULTS_TEST
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return 0
 
