@@ -52,7 +52,11 @@ RECIPES: dict[str, dict] = {
             "benchmarks/RESULTS.md step 47): no axis significantly worse on any seed; harmful requests refused "
             "16.0 -> 22.7-27.3 % (significantly more on two seeds of three), look-alikes answered 96.5-98.6 % "
             "(base 98.6), benign requests 90.4-93.6 % (base 93.6), degenerate answers 0.2-0.5 % (base 4.1 %), pair "
-            "accuracy 49.3 % (base 47.0); about 16 min of training on 2 CPU cores."),
+            "accuracy 49.3 % (base 47.0); about 16 min of training on 2 CPU cores. On an Intel Xeon with AMX-BF16 "
+            "(5 seeds, step 52): no axis significantly worse on any seed, refusal 23.3-26.7 % (base 16.0; "
+            "significantly more on four seeds of five), about 12 min of training. Runs land apart along a line "
+            "(more refusal, fewer harmless answers): a higher lr moves them further and some seeds then answer "
+            "fewer harmless requests (steps 54-55)."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
