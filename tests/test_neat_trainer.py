@@ -1157,6 +1157,7 @@ def test_loop_negatives_in_a_run(tiny_model_dir, snap, tmp_path):
         assert lst["ranks"][i] == max(lst["ranks"]) and lst["origins"].count("loop:best") == 1
     start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
     assert start["n_loop"] == len(TRAIN_Q)
+    assert start["threads"] == torch.get_num_threads()  # the run says what its bits depend on
     base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
     assert estimate_time({**base, "loop_negatives": 2}, 100)["training_s"] > estimate_time(base, 100)["training_s"]
     for kw, msg in ((dict(loop_negatives=-1), "loop_negatives must be >= 0"),

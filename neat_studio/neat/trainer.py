@@ -487,6 +487,9 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
                            **{f"n_{k}": sum(o.startswith(prefix) for x in lists for o in x.origins)
                               for k, prefix in MARKED.items()},
                            "sample_s": round(time.time() - t0, 3), **self._round_timing,
+                           # a run's bits depend on the CPU threads (bf16 sums in another order sample other
+                           # tokens): the same seed with another thread count is another model (RESULTS step 56)
+                           "threads": torch.get_num_threads(),
                            **self._round_p_means(lists)})
             scheds = {}
             while self.pos["round"] == r and self.pos["global_step"] < self.total_steps:
