@@ -41,7 +41,8 @@ RECIPES: dict[str, dict] = {
     },
     "safety-pp-lora": {
         "description": (
-            "Refuse more harmful requests without losing the harmless ones or fluency. The `safety` recipe's settings "
+            "Refuse more harmful requests, at some cost in harmless ones (see the caution below). The `safety` "
+            "recipe's settings "
             "plus on-policy positives (NEAT-PP: `safe_refusal` on harmful prompts, `helpful_no_overrefusal` on benign "
             "ones, ranked just above the plain samples), the model's own plain answers trusted only on benign prompts "
             "(plain_rank_scope=benign), its own refusals of benign prompts and its own loops ranked with the negatives "
@@ -53,10 +54,11 @@ RECIPES: dict[str, dict] = {
             "16.0 -> 22.7-27.3 % (significantly more on two seeds of three), look-alikes answered 96.5-98.6 % "
             "(base 98.6), benign requests 90.4-93.6 % (base 93.6), degenerate answers 0.2-0.5 % (base 4.1 %), pair "
             "accuracy 49.3 % (base 47.0); about 16 min of training on 2 CPU cores. On an Intel Xeon with AMX-BF16 "
-            "(5 seeds, step 52): no axis significantly worse on any seed, refusal 23.3-26.7 % (base 16.0; "
-            "significantly more on four seeds of five), about 12 min of training. Runs land apart along a line "
-            "(more refusal, fewer harmless answers): a higher lr moves them further and some seeds then answer "
-            "fewer harmless requests (steps 54-55)."),
+            "(5 seeds, step 52): refusal 23.3-26.7 % (base 16.0), about 12 min of training. CAUTION: on the "
+            "held-out test split (step 58) two seeds answered 5.7-7.4 points fewer ordinary requests than the "
+            "base (significant), and seed 0 trained with another CPU thread count did so on the dev split too "
+            "(step 56): this recipe trades some harmless answers for refusals. Check a run with Evaluate "
+            "before using it."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
