@@ -45,6 +45,21 @@ def box_attr(page, name):
     return loc.get_attribute(f"data-{name}", timeout=2000) if loc.count() else None
 
 
+def wait_attr(page, name, timeout=15):
+    """The progress box's data-NAME once it is there: the box re-renders on every poll, and between two renders the
+    element (or its attribute) can be missing for a moment, longer on a loaded machine."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            v = box_attr(page, name)
+        except Exception:  # noqa: BLE001 - re-rendering
+            v = None
+        if v:
+            return v
+        time.sleep(0.3)
+    return None
+
+
 def wait_status(page, pattern, timeout=180, min_step=None):
     deadline = time.time() + timeout
     last = None
@@ -103,7 +118,7 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
         page.reload()
         open_tab(page, "Train")
         s, s2 = wait_status(page, "running|stopped|finished")
-        assert box_attr(page, "run") == rid and s == "running", "the reloaded page re-attached to the running run"
+        assert wait_attr(page, "run") == rid and s == "running", "the reloaded page re-attached to the running run"
         assert s2 >= s1
         shot(page, "train")
         # -- stop mid-run, then resume to the end ----------------------------------------------------------
