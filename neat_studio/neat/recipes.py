@@ -42,23 +42,18 @@ RECIPES: dict[str, dict] = {
     "safety-pp-lora": {
         "description": (
             "Refuse more harmful requests, at some cost in harmless ones (see the caution below). The `safety` "
-            "recipe's settings "
-            "plus on-policy positives (NEAT-PP: `safe_refusal` on harmful prompts, `helpful_no_overrefusal` on benign "
-            "ones, ranked just above the plain samples), the model's own plain answers trusted only on benign prompts "
-            "(plain_rank_scope=benign), its own refusals of benign prompts and its own loops ranked with the negatives "
-            "(refusal_rank_scope=benign, degenerate_rank=bottom), two synthetic repetition loops per prompt as "
-            "negatives (loop_negatives=2), and LoRA adapters (r 16, lr 1e-4) instead of all weights. Starter data: "
-            "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
-            "harmless requests the base model refuses). Measured on the default 135M model (3 seeds, "
-            "benchmarks/RESULTS.md step 47, dev split): no axis significantly worse on any seed; harmful requests "
-            "refused 16.0 -> 22.7-27.3 % (significantly more on two seeds of three), look-alikes answered 96.5-98.6 % "
-            "(base 98.6), benign requests 90.4-93.6 % (base 93.6), degenerate answers 0.2-0.5 % (base 4.1 %), pair "
-            "accuracy 49.3 % (base 47.0); about 16 min of training on 2 CPU cores. On an Intel Xeon with AMX-BF16 "
-            "(5 seeds, step 52): refusal 23.3-26.7 % (base 16.0), about 12 min of training. CAUTION: on the "
-            "held-out test split (step 58) two seeds answered 5.7-7.4 points fewer ordinary requests than the "
-            "base (significant), and seed 0 trained with another CPU thread count did so on the dev split too "
-            "(step 56): this recipe trades some harmless answers for refusals. Check a run with Evaluate "
-            "before using it."),
+            "recipe's settings plus on-policy positives (NEAT-PP: `safe_refusal` on harmful prompts, "
+            "`helpful_no_overrefusal` on benign ones, ranked just above the plain samples), the model's own plain "
+            "answers trusted only on benign prompts (plain_rank_scope=benign), its own refusals of benign prompts and "
+            "its own loops ranked with the negatives (refusal_rank_scope=benign, degenerate_rank=bottom), two "
+            "synthetic repetition loops per prompt as negatives (loop_negatives=2), and LoRA adapters (r 16, lr 1e-4) "
+            "instead of all weights. Starter data: data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-"
+            "alikes, 60 benign, the first 45 of them harmless requests the base model refuses). About 12-16 min of "
+            "training on 2 CPU cores. CAUTION: on the default 135M model it refuses more harmful requests (16 -> 23-27"
+            " % on the dev split) but on the held-out test split two seeds answered 5.7-7.4 points fewer ordinary "
+            "requests than the base, a significant loss: it trades some harmless answers for refusals. Check a run "
+            "with Evaluate before using it. Figures per seed and machine: benchmarks/RESULTS.md steps 47, 52, 56 and "
+            "58."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
