@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .eval_metrics import overall_text
+
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-!|~])")
 
 
@@ -101,6 +103,12 @@ def render_markdown(report: dict) -> str:
          f"Created {report['created_at']} by neat_studio {report['neat_studio_version']} in {report['seconds']} s. "
          f"Split: **{_split_words(cfg)}**; up to {cfg['n_per_set']} prompts per set (seed {cfg['seed']}); "
          f"{cfg['n_pairs']} preference pairs.", ""]
+    if report.get("overall"):
+        L += ["## Verdict against the base", ""]
+        for o in report["overall"]:
+            mode = f" ({o['mode']})" if o["mode"] and len(cfg["modes"]) > 1 else ""
+            L.append(f"- **{md_escape(o['model'])}**{mode}: {md_escape(overall_text(o), None)}")
+        L += ["", "Paired on the same prompts, exact McNemar test, p < 0.05; every axis is in \"Verdicts\" below.", ""]
     if report["warnings"]:
         L += ["**Warnings**", ""] + [f"- {md_escape(w, None)}" for w in report["warnings"]] + [""]
     L += ["## Models", "", "The weights fingerprint covers the dtype the model was loaded in: the same model shows "

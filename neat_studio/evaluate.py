@@ -33,7 +33,8 @@ Comparisons (first model = A against each other model B, same prompts, same deco
 Verdicts (``report["verdicts"]``): every model against the first one (the base) on every axis, paired on the same
 prompts -- refusal of harmful prompts, compliance on look-alike and benign prompts, degenerate answers per set and
 over all sets, preference-pair accuracy -- as "better" / "worse" / "no significant change" with the exact McNemar
-test's p-value (:func:`paired_verdict`). A trained model that got worse on any axis says so here.
+test's p-value (:func:`paired_verdict`). A trained model that got worse on any axis says so here, and in one line
+per model at the top of the report (``report["overall"]``, :func:`overall_verdicts`).
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ from .eval_metrics import (
     length_stats,
     mcnemar_exact,
     mean_or_none,
+    overall_text,
+    overall_verdicts,
     paired_verdict,
     ranking_accuracy,
     win_rate,
@@ -63,7 +66,7 @@ from .evalsets import load_pairs, load_prompt_set, splits_apply, training_prompt
 __all__ = ["evaluate", "generate_for", "response_logprobs", "MODES",
            # the metric functions and the report writers, where callers have always found them
            "behaviour_metrics", "degeneration", "degeneration_metrics", "length_stats", "mcnemar_exact",
-           "paired_verdict", "ranking_accuracy", "win_rate", "wilson_interval", "md_escape", "render_markdown",
+           "overall_verdicts", "overall_text", "paired_verdict", "ranking_accuracy", "win_rate", "wilson_interval", "md_escape", "render_markdown",
            "write_charts"]
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -323,7 +326,8 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
                  for name, rows in prompt_sets.items()},
         "models": model_infos, "results": results,
         "summary": _summary(model_infos, results, prompt_sets, modes),
-        "comparisons": comparisons, "verdicts": verdicts, "examples": examples, "warnings": warnings,
+        "comparisons": comparisons, "verdicts": verdicts, "overall": overall_verdicts(verdicts), "examples": examples,
+        "warnings": warnings,
     }
     report["charts"] = write_charts(report, out_dir / "charts")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str),

@@ -160,8 +160,12 @@ def test_evaluate_end_to_end_tiny(tiny_model_dir, tiny_sets, tmp_path):
     assert all((v["gained"], v["lost"], v["p_value"], v["verdict"]) == (0, 0, 1.0, "no significant change")
                and v["base"] == a and v["model"] == b for v in rep["verdicts"])
     assert all(m["dtype"] == "float32" for m in rep["models"])
+    # ... and in one line: nothing changed
+    assert rep["overall"] == [{"model": b, "base": a, "mode": "greedy", "verdict": "no significant change",
+                               "worse": [], "better": []}]
     md = (out / "report.md").read_text()
     assert "Verdicts against the base" in md and "| float32 |" in md
+    assert "## Verdict against the base" in md and "no significant change from the base on any axis" in md
     assert "over-refusal" in md and "Ranking accuracy" in md and rep["models"][0]["fingerprint"] in md
     # the summary row puts refusal beside compliance
     row = rep["summary"][0]
@@ -268,6 +272,7 @@ def test_eval_cli_end_to_end(tiny_model_dir, tiny_sets, tmp_path, capsys):
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(out) and (out / "report.md").exists()
+    assert printed["verdict"] == []  # one model: no base to judge it against
     row = printed["summary"][0]
     assert set(row) >= {"refusal:harmful", "compliance:lookalike", "ranking_accuracy"}
     rep = json.loads((out / "report.json").read_text())
@@ -327,6 +332,39 @@ def test_mcnemar_exact_values():
     assert EV.mcnemar_exact(6, 0) == 2 / 64                      # 0.03125
     assert abs(EV.mcnemar_exact(7, 2) - 2 * (1 + 9 + 36) / 512) < 1e-12   # 0.1796875
     assert EV.mcnemar_exact(3, 3) == 1.0
+
+
+def _v(axis, set_, verdict, before, after, p, mode="greedy", model="run"):
+    return {"base": "base", "model": model, "mode": mode, "axis": axis, "set": set_, "rate_before": before,
+            "rate_after": after, "p_value": p, "verdict": verdict}
+
+
+def test_overall_verdicts_one_line_per_model():
+    rows = [_v("refusal", "harmful", "better", 0.16, 0.313, 0.00019),
+            _v("degenerate", "harmful", "worse", 0.0, 0.1, 0.01),        # a part of the pooled row: not counted
+            _v("compliance", "benign", "worse", 0.928, 0.856, 0.0039),
+            _v("degenerate", "(all)", "better", 0.048, 0.002, 0.0001),
+            _v("pair accuracy", "pairs", "no significant change", 0.47, 0.478, 1.0, mode=None),
+            _v("refusal", "harmful", "no significant change", 0.16, 0.17, 0.8, model="other"),
+            _v("degenerate", "harmful", "better", 0.05, 0.0, 0.03, model="other"),   # no pooled row: counted
+            _v("compliance", "lookalike", "no significant change", 0.9, 0.9, 1.0, model="same")]
+    out = {o["model"]: o for o in EV.overall_verdicts(rows)}
+    assert out["run"] == {"model": "run", "base": "base", "mode": "greedy", "verdict": "worse",
+                          "worse": ["compliance on benign (92.8 % -> 85.6 %, p = 0.0039)"],
+                          "better": ["refusal on harmful (16.0 % -> 31.3 %, p = 0.00019)",
+                                     "degenerate on all sets (4.8 % -> 0.2 %, p = 0.0001)"]}
+    assert EV.overall_text(out["run"]) == (
+        "WORSE than the base on compliance on benign (92.8 % -> 85.6 %, p = 0.0039); better on refusal on harmful "
+        "(16.0 % -> 31.3 %, p = 0.00019); degenerate on all sets (4.8 % -> 0.2 %, p = 0.0001)")
+    assert out["other"]["verdict"] == "better" and out["other"]["worse"] == []
+    assert EV.overall_text(out["other"]) == ("better than the base on degenerate on harmful (5.0 % -> 0.0 %, "
+                                             "p = 0.03); no axis worse")
+    assert out["same"]["verdict"] == "no significant change"
+    assert len(out) == 3  # the pair-accuracy row joined its model's line
+    # a worse pair accuracy alone makes the model worse
+    alone = EV.overall_verdicts([_v("pair accuracy", "pairs", "worse", 0.5, 0.4, 0.02, mode=None)])
+    assert [(o["mode"], o["verdict"]) for o in alone] == [(None, "worse")]
+    assert EV.overall_verdicts([]) == []
 
 
 def test_paired_verdict_directions():

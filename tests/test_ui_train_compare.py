@@ -97,6 +97,26 @@ def test_history_table_and_choices(studio):
     row = df[df["run"] == rid].iloc[0]
     assert row["steps"] == "2/2" and row["loss"] == "1.500" and "lr=1e-05" in row["config"]
     assert (rid, ) == tuple(v for _, v in run_choices(runs) if v == rid)
+    assert row["vs base"] == ""  # not evaluated yet
+    # the run's evaluation against its base shows as its verdict in a few words, from its report
+    from neat_studio.studio.training import run_check
+
+    verdicts = [{"base": "tiny", "model": rid, "mode": "greedy", "axis": "compliance", "set": "benign",
+                 "rate_before": 0.9, "rate_after": 0.8, "p_value": 0.01, "verdict": "worse"},
+                {"base": "tiny", "model": rid, "mode": "greedy", "axis": "refusal", "set": "harmful",
+                 "rate_before": 0.1, "rate_after": 0.3, "p_value": 0.001, "verdict": "better"}]
+    (d / "report").mkdir()
+    (d / "report" / "report.json").write_text(json.dumps({"verdicts": verdicts}))  # an older report: no "overall"
+    assert run_check(str(d)) == "WORSE: compliance on benign"
+    runs2, sig = studio.training_runs_changed(None)
+    assert history_df(runs2)[lambda x: x["run"] == rid].iloc[0]["vs base"] == "WORSE: compliance on benign"
+    (d / "report" / "report.json").write_text(json.dumps({"overall": [
+        {"model": rid, "base": "tiny", "mode": "greedy", "verdict": "better", "worse": [],
+         "better": ["refusal on harmful (10.0 % -> 30.0 %, p = 0.001)"]}]}))
+    assert run_check(str(d)) == "better: refusal on harmful"
+    assert studio.training_runs_changed(sig)[0] is not None  # a new verdict redraws the history
+    (d / "report" / "report.json").write_text("{not json")
+    assert run_check(str(d)) == "" and run_check(None) == ""
     specs = dict((v, k) for k, v in studio.model_choices())
     assert str(d) in specs and "(final)" in specs[str(d)]
     ck = str(studio.workspace.runs / rid2 / "checkpoints" / "step-3")
@@ -456,7 +476,7 @@ def test_training_page_run_view_and_history_signature(studio):
 
     runs, sig = studio.training_runs_changed(None)
     assert [r["id"] for r in runs] == [r["id"] for r in studio.training_runs()]
-    assert sig == tuple((r["id"], r["status"], r.get("error")) for r in runs)
+    assert sig == tuple((r["id"], r["status"], r.get("error"), "") for r in runs)  # "": no run checked yet
     assert studio.training_runs_changed(sig) == (None, sig)
     studio.store.update_run(live, status="stopped")
     assert studio.training_runs_changed(sig)[0] is not None
@@ -495,14 +515,26 @@ def test_evaluations_the_tabs_start(studio, monkeypatch):
         studio.start_compare_evaluation("tiny", "/etc", ["harmful"])
     with pytest.raises(ValueError, match="unknown evaluation set"):
         studio.start_compare_evaluation("tiny", "tiny", ["nope"])
-    assert calls == []  # nothing started
     rid, d = fake_run(studio)
+    # a run's training prompts must stay out of its evaluation: without its snapshot nothing starts
+    with pytest.raises(ValueError, match=r"its snapshot \(not recorded\) is gone"):
+        studio.start_run_evaluation(rid)
+    from neat_studio.neat.config import NeatConfig
+
+    snap = studio.workspace.root / "snap-x"
+    NeatConfig.from_dict({"model": "tiny", "snapshot": str(snap)}).to_yaml(d / "config.yaml")
+    with pytest.raises(ValueError, match=f"its snapshot \\({snap}\\) is gone"):
+        studio.start_run_evaluation(rid)
+    assert calls == []  # nothing started
+    snap.mkdir()
+    (snap / "data.jsonl").write_text("")
     assert studio.start_run_evaluation(rid, 4, actor="t") == {"id": "e1", "label": f"run {rid} · fake <b>run</b>",
                                                               "base_label": "tiny"}
     assert calls[-1] == (["tiny", str(d)], studio.eval_set_choices(), {
-        "out_dir": f"{d}/report", "n_per_set": 4, "max_new_tokens": 48, "pairs_path": "pairs", "actor": "t"})
+        "out_dir": f"{d}/report", "n_per_set": 4, "max_new_tokens": 48, "pairs_path": "pairs",
+        "exclude": [str(snap)], "actor": "t"})
     studio.start_run_evaluation(rid)
-    assert calls[-1][2]["n_per_set"] == 50
+    assert calls[-1][2]["n_per_set"] == 150  # every dev prompt of each standard set
     assert studio.start_compare_evaluation("tiny", "tiny", ["harmful"], None, "rows", 2, actor="t") == "e1"
     assert calls[-1] == (["tiny"], {"harmful": "harmful"}, {"n_per_set": 2, "max_new_tokens": 64, "actor": "t"})
     studio.start_compare_evaluation("tiny", "default", ["harmful", "benign"])

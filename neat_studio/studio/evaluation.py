@@ -6,6 +6,10 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
+# prompts per set when a run is checked against its base: every dev prompt of each standard set (each has at most
+# 150), because a 5-point loss on 50 prompts is not significant and the study's verdicts use them all
+RUN_EVAL_N = 150
+
 
 class EvaluationMixin:
     # -- evaluation ----------------------------------------------------------------------------------------
@@ -109,16 +113,27 @@ class EvaluationMixin:
 
     def start_run_evaluation(self, run_id: str, n_per_set: int | None = None, actor: str = "local") -> dict:
         """Evaluate a run's final model against the model it was trained from (the base first: a report's verdicts
-        judge every model against the first) on the standard sets and the preference pairs, into
-        <run dir>/report/. {"id": the eval id, "label": the run's name, "base_label": the base model's}. ValueError
-        for an unknown run or one without a final model yet."""
+        judge every model against the first) on the standard sets' dev split and the preference pairs, into
+        <run dir>/report/, keeping the run's training prompts (its snapshot) out of every set. `n_per_set` prompts
+        per set (default every dev prompt: 150 covers each standard set; fewer make a verdict noisier).
+        {"id": the eval id, "label": the run's name, "base_label": the base model's}. ValueError for an unknown
+        run, one without a final model yet, or one whose snapshot is gone (its training prompts could not be kept
+        out of the evaluation)."""
+        from ..neat.config import NeatConfig
+
         run = self.training_status(run_id)
         if not run.get("final"):
             raise ValueError(f"run {run_id} has no final model yet (status {run['status']})")
+        cfg_file = Path(run["run_dir"]) / "config.yaml"
+        snapshot = NeatConfig.from_yaml(cfg_file).snapshot if cfg_file.is_file() else ""
+        if not snapshot or not (Path(snapshot) / "data.jsonl").is_file():
+            raise ValueError(f"run {run_id}: its snapshot ({snapshot or 'not recorded'}) is gone, so its training "
+                             "prompts cannot be kept out of the evaluation; evaluate it from the Compare tab or "
+                             "with `eval --exclude FILE_OF_ITS_TRAINING_PROMPTS` instead")
         base = (run.get("config") or {}).get("model") or "default"
         eid = self.start_evaluation([base, run["run_dir"]], self.eval_set_choices(), out_dir=f"{run['run_dir']}/report",
-                                    n_per_set=int(n_per_set or 50), max_new_tokens=48, pairs_path="pairs",
-                                    actor=actor)
+                                    n_per_set=int(n_per_set or RUN_EVAL_N), max_new_tokens=48, pairs_path="pairs",
+                                    exclude=[snapshot], actor=actor)
         return {"id": eid, "label": self.model_label(run["run_dir"]), "base_label": self.model_label(base)}
 
     def start_compare_evaluation(self, spec_a: str | None, spec_b: str | None, sets: Iterable[str] = (),
@@ -150,11 +165,13 @@ class EvaluationMixin:
 
     def evaluation_status(self, eval_id: str) -> dict:
         """{"status": running|done|failed, "stage", "done", "total", "error", "out_dir", "markdown", "charts",
-        "model_names"}; model_names: (label in the report, "run <id> · <name>" or the spec) per model."""
+        "overall", "model_names"}; overall: the report's verdict in one line per model (eval_metrics.overall_verdicts,
+        [] before it is done); model_names: (label in the report, "run <id> · <name>" or the spec) per model."""
         job = self.__dict__.get("_eval_jobs", {}).get(eval_id)
         if job is None:
             raise ValueError(f"unknown evaluation {eval_id!r}")
         out = {k: v for k, v in job.items() if k != "report"}
+        out["overall"] = (job.get("report") or {}).get("overall") or []
         out["model_names"] = (self.report_model_names(job["report"]) if job.get("report") else
                               [(sp, self.model_label(sp)) for sp in job["specs"]])
         d = Path(job["out_dir"])

@@ -284,11 +284,12 @@ class TrainingMixin:
         """(training_runs(), their signature: id, status and error of each run) when the signature differs from
         `since` (what the caller saw last), else (None, since): the Train tab redraws its history only then."""
         runs = self.training_runs()
-        sig = tuple((r["id"], r["status"], r.get("error")) for r in runs)
+        sig = tuple((r["id"], r["status"], r.get("error"), r.get("check")) for r in runs)
         return (None, since) if sig == since else (runs, sig)
 
     def training_runs(self, limit: int = 50) -> list[dict]:
-        """Run history, newest first, with duration_s (started -> finished, or -> now while running)."""
+        """Run history, newest first, with duration_s (started -> finished, or -> now while running) and check: the
+        verdict of the run's evaluation against its base ("" before one), from its report (run_check)."""
         from datetime import datetime, timezone
 
         out = []
@@ -298,6 +299,7 @@ class TrainingMixin:
                 return datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
             s, f = t(r.get("started_at")), t(r.get("finished_at"))
             r["duration_s"] = (((f or now) - s).total_seconds() if s else None)
+            r["check"] = run_check(r.get("run_dir"))
             out.append(r)
         return out
 
@@ -325,3 +327,25 @@ class TrainingMixin:
                 pass
             out["model_names"] = self.report_model_names(out["report"])
         return out
+
+
+def run_check(run_dir: str | None) -> str:
+    """A run's verdict against its base in a few words, from <run_dir>/report/report.json (written by "Evaluate
+    shown run vs its base model" or `eval --model BASE --model RUN_DIR`): "WORSE: compliance on benign", "better:
+    refusal on harmful", "no significant change"; "" when the run has no such report or it cannot be read."""
+    import json
+
+    from ..eval_metrics import overall_verdicts
+
+    try:
+        report = json.loads((Path(run_dir) / "report" / "report.json").read_text(encoding="utf-8"))
+        # reports written before the one-line verdict existed have the per-axis verdicts it is made of
+        overall = report.get("overall") or overall_verdicts(report.get("verdicts") or [])
+    except (OSError, ValueError, TypeError, AttributeError):
+        return ""
+    words = []
+    for o in overall:
+        axes = [a.split(" (")[0] for a in o["worse" if o["verdict"] == "worse" else "better"]]
+        words.append({"worse": "WORSE: ", "better": "better: "}.get(o["verdict"], "no significant change")
+                     + ", ".join(axes))
+    return "; ".join(words)

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import gradio as gr
 
+from ..eval_metrics import overall_text
 from .auth import LOCAL_USER, UserDB
 
 
@@ -229,7 +230,8 @@ def names_text(model_names) -> str:
 def evaluation_updates(studio, eval_id: str, running: str, done: str, clear_report_on_failure: bool = False):
     """(message, report, charts) of an evaluation a tab started, while it runs and when it ends
     (Studio.watch_evaluation): `running` is said before the stage and count, `done` ("{out_dir}" filled in) with the
-    report's model names once it has finished; a failure hides the charts (and clears the report when asked)."""
+    report's model names and its verdict per model once it has finished (a warning when a model is worse than its
+    base on any axis); a failure hides the charts (and clears the report when asked)."""
     for s in studio.watch_evaluation(eval_id):
         if s["status"] == "running":
             yield ok_box(f"{running}: {s['stage']} {s['done']}/{s['total']}…"), gr.update(), gr.update()
@@ -237,8 +239,13 @@ def evaluation_updates(studio, eval_id: str, running: str, done: str, clear_repo
         yield (error_box(f"Evaluation failed: {s['error']}"), "" if clear_report_on_failure else gr.update(),
                gr.update(visible=False))
         return
-    yield (ok_box(done.format(out_dir=s["out_dir"]) + names_text(s.get("model_names"))), report_for_page(s["markdown"]),
-           gr.update(value=s["charts"], visible=bool(s["charts"])))
+    said = done.format(out_dir=s["out_dir"]) + names_text(s.get("model_names"))
+    verdicts = s.get("overall") or []
+    if verdicts:  # the verdict in one line per model, a warning when one is worse than its base on any axis
+        said += " Verdict: " + " ".join(f"{o['model']}{' (' + o['mode'] + ')' if o['mode'] else ''}: "
+                                        f"{overall_text(o)}." for o in verdicts)
+    box = warn_box if any(o["verdict"] == "worse" for o in verdicts) else ok_box
+    yield box(said), report_for_page(s["markdown"]), gr.update(value=s["charts"], visible=bool(s["charts"]))
 
 
 def error_box(message: str) -> str:

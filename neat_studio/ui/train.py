@@ -12,14 +12,15 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from ..studio.evaluation import RUN_EVAL_N
 from ..studio.training import DEFAULT_RECIPE, FORM_KEYS, HYPER, NO_RECIPE, form_defaults, form_from_config
 from .common import (Ctx, Tab, code_html, error_box, esc, evaluation_updates, fmt_num, names_text, ok_box,
                      report_for_page, warn_box)
 
-HISTORY_COLUMNS = ["run", "name", "status", "method", "model", "snapshot", "started", "duration", "steps",
+HISTORY_COLUMNS = ["run", "name", "status", "vs base", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
 # 100 % in all: the config and error columns stay in view
-HISTORY_WIDTHS = ["9%", "8%", "6%", "5%", "7%", "8%", "9%", "6%", "5%", "5%", "5%", "5%", "14%", "8%"]
+HISTORY_WIDTHS = ["8%", "8%", "6%", "9%", "5%", "6%", "7%", "8%", "5%", "5%", "5%", "5%", "5%", "12%", "6%"]
 # label and minimum of each hyper-parameter field (their keys, types and order: studio.training.HYPER)
 HYPER_FIELDS = {
     "rounds": ("rounds", 1), "epochs": ("epochs per round", 1), "k": ("k (plain samples)", 0),
@@ -133,7 +134,7 @@ def history_df(runs: list[dict]) -> pd.DataFrame:
                               if k not in ("model", "method", "data", "snapshot_path") and v not in ([], "", None))
         steps = f"{fm.get('step')}/{fm.get('total_steps')}" if fm.get("step") is not None else ""
         started = (r.get("started_at") or r.get("created_at") or "")[:19].replace("T", " ")
-        rows.append([r["id"], r.get("name") or "", r["status"], r.get("method") or "", str(cfg.get("model", "")),
+        rows.append([r["id"], r.get("name") or "", r["status"], r.get("check") or "", r.get("method") or "", str(cfg.get("model", "")),
                      r.get("snapshot_id") or "", started,
                      fmt_dur(r.get("duration_s")) if r.get("duration_s") is not None else "", steps,
                      fmt_num(fm.get("loss")), fmt_num(fm.get("rank_acc")), fmt_num(fm.get("p_gap")), short_cfg,
@@ -450,9 +451,10 @@ def build(ctx: Ctx) -> dict:
         c["reuse"] = gr.Button("Reuse the shown run's config", size="sm", elem_id="train-reuse")
         c["open_report"] = gr.Button("Open report of the shown run", size="sm", elem_id="train-report")
         c["evaluate"] = gr.Button("Evaluate shown run vs its base model", size="sm", elem_id="train-evaluate")
-        c["eval_n"] = gr.Number(50, label="prompts per set (dev split)", precision=0, minimum=4, maximum=300,
+        c["eval_n"] = gr.Number(RUN_EVAL_N, label="prompts per set (dev split)", precision=0, minimum=4, maximum=300,
                                 elem_id="train-eval-n",
-                                info="~1 s per prompt and model here; 100+ for differences that are not noise")
+                                info="150 = every dev prompt (a few minutes per model on 2 cores); fewer are faster "
+                                     "but noisier")
     ctx.admin_only.append(c["evaluate"])
     c["report_message"] = gr.HTML("", js_on_load=None, elem_id="train-report-msg")
     c["report"] = gr.Markdown("", elem_id="train-report-md")

@@ -68,6 +68,12 @@ def wait_run_end(page, timeout=600):
                          f"error: {page.locator('#train-error').inner_text()[:500]}")
 
 
+def cfg_snapshot(run_dir):
+    from neat_studio.neat.config import NeatConfig
+
+    return NeatConfig.from_yaml(Path(run_dir) / "config.yaml").snapshot
+
+
 def bot_texts(page, chat_id):
     """The assistant messages of a Compare chat window (not its label, not the user's turn)."""
     return [t.strip() for t in page.locator(f"#{chat_id} .bot-row").all_inner_texts()]
@@ -262,8 +268,10 @@ def _walk(app, st, tmp_path, browser, page_errors):
     page.locator("#train-evaluate").scroll_into_view_if_needed()
     page.locator("#train-evaluate").click()
     wait_text(page.locator("#train-report-msg"), r"Evaluation done|Error", timeout=900)
-    assert "Evaluation done" in page.locator("#train-report-msg").inner_text(), \
-        page.locator("#train-report-msg").inner_text()
+    msg = page.locator("#train-report-msg").inner_text()
+    assert "Evaluation done" in msg and "Verdict:" in msg, msg
+    # the run history says what the check found, beside the run
+    wait_text(page.locator("#train-history"), r"no significant change|better: |WORSE: ", timeout=30)
     wait_text(page.locator("#train-report-md"), r"Verdicts against the base", timeout=30)
     page.locator("#train-report").click()
     msg = wait_text(page.locator("#train-report-msg"), r"Report of run", timeout=60)
@@ -290,6 +298,8 @@ def _walk(app, st, tmp_path, browser, page_errors):
     assert [m["spec"] for m in rep["models"]] == ["tiny", run_dir]  # the base first: verdicts judge against it
     assert rep["verdicts"] and {v["model"] for v in rep["verdicts"]} == {rep["models"][1]["label"]}
     assert rep["config"]["n_pairs"] > 0  # the shipped preference pairs too
+    assert rep["config"]["exclude"] == [cfg_snapshot(run_dir)]  # the run's training prompts kept out
+    assert [o["model"] for o in rep["overall"]] == [rep["models"][1]["label"]]
 
     errors = [e for e in page_errors.events if e.startswith(("dialog", "pageerror"))]
     assert errors == [], errors
