@@ -473,6 +473,8 @@ class JobRunner:
         last_ev = events[-1] if events else None
         if not rows and not events:
             return "starting: loading the model and data, sampling round 0"
+        if last_ev and last_ev.get("event") == "check_start":  # config `check`: after the last step
+            return f"trained; checking the final model against {last_ev.get('base')} on every dev prompt"
         if last_ev and last_ev.get("event") == "resumed" and (not rows
                                                               or rows[-1].get("step", 0) <= last_ev.get("step", 0)):
             return f"resumed at step {last_ev.get('step')}; sampling / training"

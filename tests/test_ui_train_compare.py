@@ -99,7 +99,7 @@ def test_history_table_and_choices(studio):
     assert (rid, ) == tuple(v for _, v in run_choices(runs) if v == rid)
     assert row["vs base"] == ""  # not evaluated yet
     # the run's evaluation against its base shows as its verdict in a few words, from its report
-    from neat_studio.studio.training import run_check
+    from neat_studio.run_check import run_check
 
     verdicts = [{"base": "tiny", "model": rid, "mode": "greedy", "axis": "compliance", "set": "benign",
                  "rate_before": 0.9, "rate_after": 0.8, "p_value": 0.01, "verdict": "worse"},
@@ -404,7 +404,7 @@ def test_recipe_form_and_train_config(studio):
     assert none == {"description": None, "values": {
         "method": d["method"], "negatives": ["rude@1"], "positives": d["positives"], "min_responses": 2,
         "lora": False, "anchor": d["anchor"], "rank_reduction": d["rank_reduction"], "val_file": "", "select": "last",
-        **{k: d[k] for k, _ in HYPER}}}
+        "check": False, **{k: d[k] for k, _ in HYPER}}}
     cpu = studio.recipe_form("cpu", ["rude@1"])  # names no system prompt: the form's choice stays
     assert cpu == {"description": RECIPES["cpu"]["description"], "values": none["values"] | RECIPES["cpu"]["config"]}
     for nm in ("dangerous_compliance", "over_refusal"):
@@ -419,6 +419,10 @@ def test_recipe_form_and_train_config(studio):
         studio.store.save_system_prompt(nm, "positive", f"{nm} text", None, "t")
     pp = studio.recipe_form("safety-pp-lora", ["rude@1"])["values"]
     assert pp["lora"] is True and pp["lr"] == 1e-4 and v["lora"] is False
+    # the safety recipes tick "check against the base model when done"; the form's box is what a run gets
+    assert pp["check"] is True and v["check"] is True and cpu["values"]["check"] is False
+    assert studio.train_config(form_from_config({"model": "tiny", "negatives": ["rude@1"], "data": {}})[0]
+                               | pp | {"recipe": "safety-pp-lora", "check": False})["check"] is False
 
     form, extra = form_from_config({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "data": {}})
     pp_cfg = studio.train_config(form | pp | {"recipe": "safety-pp-lora"})
@@ -530,9 +534,9 @@ def test_evaluations_the_tabs_start(studio, monkeypatch):
     (snap / "data.jsonl").write_text("")
     assert studio.start_run_evaluation(rid, 4, actor="t") == {"id": "e1", "label": f"run {rid} · fake <b>run</b>",
                                                               "base_label": "tiny"}
-    assert calls[-1] == (["tiny", str(d)], studio.eval_set_choices(), {
+    assert calls[-1] == (["tiny", str(d)], {n: n for n in studio.eval_set_choices()}, {
         "out_dir": f"{d}/report", "n_per_set": 4, "max_new_tokens": 48, "pairs_path": "pairs",
-        "exclude": [str(snap)], "actor": "t"})
+        "exclude": [str(snap)], "dtype": studio.gen_dtype, "batch_size": 16, "actor": "t"})
     studio.start_run_evaluation(rid)
     assert calls[-1][2]["n_per_set"] == 150  # every dev prompt of each standard set
     assert studio.start_compare_evaluation("tiny", "tiny", ["harmful"], None, "rows", 2, actor="t") == "e1"

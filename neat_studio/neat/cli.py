@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -73,6 +74,7 @@ def build_config(args):
 
 def cmd_train(args) -> int:
     from ..config import Workspace
+    from .config import NeatConfig
     from .trainer import train
 
     try:
@@ -98,8 +100,37 @@ def cmd_train(args) -> int:
         record_error(args, e)
         raise  # the caller prints "error: ..." and exits 2 (ConfigError etc.) or shows the traceback
     if int(os.environ.get("RANK", "0")) == 0:
+        run_cfg = NeatConfig.from_yaml(Path(result["run_dir"]) / "config.yaml")
+        if run_cfg.check and result.get("status") == "finished":
+            result["check"] = check_finished_run(Path(result["run_dir"]), run_cfg.model, ws)
         print(json.dumps(result, indent=2))
     return 0
+
+
+def check_finished_run(run_dir: Path, base: str, ws) -> dict:
+    """The config key `check`: evaluate the finished run against the model it started from (run_check.py) and log
+    `check_start` / `check` (the verdict per model, in words) to metrics.jsonl, so the Train tab can say what is
+    happening and the run history what came out. A check that fails leaves the trained run as it is: it is logged
+    (`check_failed`) and printed, and the command still succeeds."""
+    from ..eval_metrics import overall_text
+    from ..run_check import check_run
+
+    def log(event: dict) -> None:
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
+
+    log({"event": "check_start", "base": base})
+    try:
+        report = check_run(run_dir, base, workspace=ws)
+    except Exception as e:  # noqa: BLE001 - the run itself succeeded; say why the check did not
+        msg = f"{type(e).__name__}: {e}"
+        log({"event": "check_failed", "message": msg})
+        print(f"warning: the run finished, but its check against {base} failed: {msg}", file=sys.stderr)
+        return {"error": msg}
+    verdict = [f"{o['model']}: {overall_text(o)}" for o in report["overall"]]
+    worse = any(o["verdict"] == "worse" for o in report["overall"])
+    log({"event": "check", "worse": worse, "verdict": verdict, "report": str(run_dir / "report" / "report.md")})
+    return {"worse": worse, "verdict": verdict, "report": str(run_dir / "report" / "report.md")}
 
 
 def record_error(args, exc: BaseException) -> None:

@@ -145,6 +145,11 @@ class NeatConfig:
                              "the starting model", choices=SELECTS)
     val_tolerance: float = _f(0.03, "select=best_val: the share of held-out harmless prompts a kept model may "
                                     "answer fewer (and loop more) than the starting model")
+    # after the run (neat_studio/run_check.py)
+    check: bool = _f(False, "when the run has finished, evaluate its final model against the model it started from on "
+                            "every dev prompt of the shipped sets (its training prompts kept out) into RUN_DIR/report/"
+                            " and say whether it got worse on any axis (a few minutes for the default model on 2 CPU "
+                            "cores)")
     # run
     dtype: str = _f("auto", "compute dtype: bf16 (autocast, fp32 master weights) | fp32 | auto (bf16 where the "
                             "CPU has bf16 matrix instructions or on GPU)", choices=DTYPES)

@@ -26,7 +26,8 @@ RECIPES: dict[str, dict] = {
             "starting policy (anchor=round) and asks each negative to lose against it, and never ranks the model's own "
             "plain answers below a reference (plain_rank=tie_best). Measured on the default 135M model (3 seeds, "
             "benchmarks/RESULTS.md): no axis significantly worse than the base, and no significant gain in refusing "
-            "harmful requests either; settings that raise refusal on this model also refuse harmless requests."),
+            "harmful requests either; settings that raise refusal on this model also refuse harmless requests. Every "
+            "run is checked against the base model when it finishes (check)."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
@@ -34,6 +35,7 @@ RECIPES: dict[str, dict] = {
             "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0, "anchor_weight": 1.0,
             "plain_rank": "tie_best",
             "lr": 1e-5, "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 16,
+            "check": True,
         },
         # which curated prompts a run of this recipe freezes: rows with only a reference answer count too (the
         # recipe's own samples complete their lists)
@@ -51,9 +53,10 @@ RECIPES: dict[str, dict] = {
             "alikes, 60 benign, the first 45 of them harmless requests the base model refuses). About 12-16 min of "
             "training on 2 CPU cores. CAUTION: on the default 135M model it refuses more harmful requests (16 -> 23-27"
             " % on the dev split) but on the held-out test split two seeds answered 5.7-7.4 points fewer ordinary "
-            "requests than the base, a significant loss: it trades some harmless answers for refusals. Check a run "
-            "with Evaluate before using it. Figures per seed and machine: benchmarks/RESULTS.md steps 47, 52, 56 and "
-            "58."),
+            "requests than the base, a significant loss: it trades some harmless answers for refusals. So every run is "
+            "checked against the base model when it finishes (check: a few more minutes; the verdict shows in the "
+            "run history's 'vs base' column and in RUN_DIR/report/): read it before using the model. Figures per "
+            "seed and machine: benchmarks/RESULTS.md steps 47, 52, 56 and 58."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
@@ -64,6 +67,7 @@ RECIPES: dict[str, dict] = {
             "refusal_rank_scope": "benign", "degenerate_rank": "bottom", "loop_negatives": 2,
             "lora": True, "lora_r": 16, "lora_alpha": 32, "lr": 1e-4,
             "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 64,
+            "check": True,
         },
         "data": {"min_responses": 1},
     },

@@ -6,10 +6,6 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-# prompts per set when a run is checked against its base: every dev prompt of each standard set (each has at most
-# 150), because a 5-point loss on 50 prompts is not significant and the study's verdicts use them all
-RUN_EVAL_N = 150
-
 
 class EvaluationMixin:
     # -- evaluation ----------------------------------------------------------------------------------------
@@ -112,28 +108,19 @@ class EvaluationMixin:
         return eid
 
     def start_run_evaluation(self, run_id: str, n_per_set: int | None = None, actor: str = "local") -> dict:
-        """Evaluate a run's final model against the model it was trained from (the base first: a report's verdicts
-        judge every model against the first) on the standard sets' dev split and the preference pairs, into
-        <run dir>/report/, keeping the run's training prompts (its snapshot) out of every set. `n_per_set` prompts
-        per set (default every dev prompt: 150 covers each standard set; fewer make a verdict noisier).
-        {"id": the eval id, "label": the run's name, "base_label": the base model's}. ValueError for an unknown
-        run, one without a final model yet, or one whose snapshot is gone (its training prompts could not be kept
-        out of the evaluation)."""
-        from ..neat.config import NeatConfig
+        """Check a run's final model against the model it was trained from (run_check.check_settings: the base
+        first, every dev prompt of the standard sets unless `n_per_set` says fewer, the pairs, the run's training
+        prompts kept out), into <run dir>/report/, in the background. {"id": the eval id, "label": the run's name,
+        "base_label": the base model's}. ValueError for an unknown run, one without a final model yet, or one whose
+        snapshot is gone."""
+        from ..run_check import check_settings
 
         run = self.training_status(run_id)
         if not run.get("final"):
             raise ValueError(f"run {run_id} has no final model yet (status {run['status']})")
-        cfg_file = Path(run["run_dir"]) / "config.yaml"
-        snapshot = NeatConfig.from_yaml(cfg_file).snapshot if cfg_file.is_file() else ""
-        if not snapshot or not (Path(snapshot) / "data.jsonl").is_file():
-            raise ValueError(f"run {run_id}: its snapshot ({snapshot or 'not recorded'}) is gone, so its training "
-                             "prompts cannot be kept out of the evaluation; evaluate it from the Compare tab or "
-                             "with `eval --exclude FILE_OF_ITS_TRAINING_PROMPTS` instead")
         base = (run.get("config") or {}).get("model") or "default"
-        eid = self.start_evaluation([base, run["run_dir"]], self.eval_set_choices(), out_dir=f"{run['run_dir']}/report",
-                                    n_per_set=int(n_per_set or RUN_EVAL_N), max_new_tokens=48, pairs_path="pairs",
-                                    exclude=[snapshot], actor=actor)
+        kw = check_settings(run["run_dir"], base, n_per_set, dtype=self.gen_dtype)
+        eid = self.start_evaluation(kw.pop("models"), kw.pop("sets"), actor=actor, **kw)
         return {"id": eid, "label": self.model_label(run["run_dir"]), "base_label": self.model_label(base)}
 
     def start_compare_evaluation(self, spec_a: str | None, spec_b: str | None, sets: Iterable[str] = (),

@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..run_check import run_check
 from .core import start_confirmation
 
 # The Train form (ui/train.py): the hyper-parameters it shows (NeatConfig key, type of its value) and every setting by
@@ -19,7 +20,7 @@ DEFAULT_RECIPE = "cpu"
 NO_RECIPE = "(none)"
 FORM_KEYS = ("model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags",
              "min_responses", "lora", "dtype", "name", "anchor", "rank_reduction", "recipe", "val_file", "select",
-             *(k for k, _ in HYPER))
+             "check", *(k for k, _ in HYPER))
 
 
 def form_defaults() -> dict:
@@ -41,7 +42,7 @@ def config_from_form(form: dict, recipe_cfg: dict | None = None, extra: dict | N
             "negatives": list(v["negatives"] or []), "positives": list(v["positives"] or []),
             "lora": bool(v["lora"]), "dtype": v["dtype"] or "auto", "name": (v["name"] or "").strip() or None,
             "anchor": v["anchor"] or "none", "rank_reduction": v["rank_reduction"] or "sum",
-            "val_file": (v["val_file"] or "").strip(), "select": v["select"] or "last",
+            "val_file": (v["val_file"] or "").strip(), "select": v["select"] or "last", "check": bool(v["check"]),
             "data": {"annotated_only": bool(v["annotated_only"]), "include_imported": bool(v["include_imported"]),
                      "tags": list(v["tags"] or []), "split": "train", "min_responses": int(v["min_responses"] or 2)}}
     for key, kind in HYPER:
@@ -194,8 +195,8 @@ class TrainingMixin:
         values = {"method": c["method"], "negatives": c["negatives"] if mine else negatives,
                   "positives": c["positives"], "min_responses": data.get("min_responses", 2),
                   "lora": c["lora"], "anchor": c["anchor"], "rank_reduction": c["rank_reduction"],
-                  "val_file": c["val_file"],
-                  "select": c["select"], **{k: c[k] for k, _ in HYPER}}
+                  "val_file": c["val_file"], "select": c["select"], "check": c["check"],
+                  **{k: c[k] for k, _ in HYPER}}
         return {"values": values, "description": description}
 
     def training_page(self, negatives: list | None = None, auto: list | None = None) -> dict:
@@ -327,25 +328,3 @@ class TrainingMixin:
                 pass
             out["model_names"] = self.report_model_names(out["report"])
         return out
-
-
-def run_check(run_dir: str | None) -> str:
-    """A run's verdict against its base in a few words, from <run_dir>/report/report.json (written by "Evaluate
-    shown run vs its base model" or `eval --model BASE --model RUN_DIR`): "WORSE: compliance on benign", "better:
-    refusal on harmful", "no significant change"; "" when the run has no such report or it cannot be read."""
-    import json
-
-    from ..eval_metrics import overall_verdicts
-
-    try:
-        report = json.loads((Path(run_dir) / "report" / "report.json").read_text(encoding="utf-8"))
-        # reports written before the one-line verdict existed have the per-axis verdicts it is made of
-        overall = report.get("overall") or overall_verdicts(report.get("verdicts") or [])
-    except (OSError, ValueError, TypeError, AttributeError):
-        return ""
-    words = []
-    for o in overall:
-        axes = [a.split(" (")[0] for a in o["worse" if o["verdict"] == "worse" else "better"]]
-        words.append({"worse": "WORSE: ", "better": "better: "}.get(o["verdict"], "no significant change")
-                     + ", ".join(axes))
-    return "; ".join(words)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from ..studio.evaluation import RUN_EVAL_N
+from ..run_check import RUN_EVAL_N
 from ..studio.training import DEFAULT_RECIPE, FORM_KEYS, HYPER, NO_RECIPE, form_defaults, form_from_config
 from .common import (Ctx, Tab, code_html, error_box, esc, evaluation_updates, fmt_num, names_text, ok_box,
                      report_for_page, warn_box)
@@ -38,7 +38,7 @@ HYPER_KEYS = tuple(k for k, _ in HYPER)
 FORM_IN = (*FORM_KEYS, "extra")
 VIEW_OUT = ("progress", "loss_plot", "acc_plot", "gap_plot", "val_plot", "error", "log", "plot_key", "stop", "resume")
 RECIPE_OUT = ("recipe_info", "method", "negatives", "positives", "min_responses", "lora", "anchor", "rank_reduction",
-              "val_file", "select", *HYPER_KEYS)
+              "val_file", "select", "check", *HYPER_KEYS)
 FORM_OUT = (*FORM_IN, "message")
 SHOW_IN = ("negatives_auto", *FORM_IN)
 SHOW_OUT = ("run", "history", *VIEW_OUT, "model", "negatives", "positives", "tags", "estimate", "negatives_auto")
@@ -52,7 +52,8 @@ REPORT_OUT = (*EVAL_OUT, "config")
 RESTORE_OUT = (*FORM_OUT, "restored")
 # what other tabs and tests find as "train.<name>" (the hyper-parameters as "train.hp_<key>")
 EXPORTED = ("model", "method", "negatives", "positives", "annotated_only", "include_imported", "tags", "estimate",
-            "start", "stop", "resume", "message", "run", "progress", "loss_plot", "acc_plot", "gap_plot", "val_plot", "error",
+            "start", "stop", "resume", "message", "run", "progress", "loss_plot", "acc_plot", "gap_plot", "val_plot",
+            "error",
             "log", "timer", "history", "report", "lora", "dtype", "name", "reuse", "recipe")
 
 
@@ -134,7 +135,8 @@ def history_df(runs: list[dict]) -> pd.DataFrame:
                               if k not in ("model", "method", "data", "snapshot_path") and v not in ([], "", None))
         steps = f"{fm.get('step')}/{fm.get('total_steps')}" if fm.get("step") is not None else ""
         started = (r.get("started_at") or r.get("created_at") or "")[:19].replace("T", " ")
-        rows.append([r["id"], r.get("name") or "", r["status"], r.get("check") or "", r.get("method") or "", str(cfg.get("model", "")),
+        rows.append([r["id"], r.get("name") or "", r["status"], r.get("check") or "", r.get("method") or "",
+                     str(cfg.get("model", "")),
                      r.get("snapshot_id") or "", started,
                      fmt_dur(r.get("duration_s")) if r.get("duration_s") is not None else "", steps,
                      fmt_num(fm.get("loss")), fmt_num(fm.get("rank_acc")), fmt_num(fm.get("p_gap")), short_cfg,
@@ -423,6 +425,8 @@ def build(ctx: Ctx) -> dict:
         validation_row(c, start, helps, opts["selects"])
     c["estimate"] = gr.Markdown("", elem_id="train-estimate")
     with gr.Row():
+        c["check"] = gr.Checkbox(start.get("check", False), label="Check against the base model when done",
+                                 info=helps.get("check"), elem_id="train-check")
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="train-stop")
         c["resume"] = gr.Button("Resume", elem_id="train-resume")
@@ -452,9 +456,7 @@ def build(ctx: Ctx) -> dict:
         c["open_report"] = gr.Button("Open report of the shown run", size="sm", elem_id="train-report")
         c["evaluate"] = gr.Button("Evaluate shown run vs its base model", size="sm", elem_id="train-evaluate")
         c["eval_n"] = gr.Number(RUN_EVAL_N, label="prompts per set (dev split)", precision=0, minimum=4, maximum=300,
-                                elem_id="train-eval-n",
-                                info="150 = every dev prompt (a few minutes per model on 2 cores); fewer are faster "
-                                     "but noisier")
+                                elem_id="train-eval-n", info="150 = every dev prompt; fewer: faster but noisier")
     ctx.admin_only.append(c["evaluate"])
     c["report_message"] = gr.HTML("", js_on_load=None, elem_id="train-report-msg")
     c["report"] = gr.Markdown("", elem_id="train-report-md")
