@@ -5,8 +5,9 @@
 Starts the studio on a throwaway workspace (seed prompts and presets only; nothing from ../shared), then, in
 Debian's chromium through playwright: Prompts; a seeded preview of a preset negative prompt on three seed prompts
 (normal vs negative side by side) and "Add to pool"; ranking those candidates in Annotate (keyboard, origins
-shown); the Data tab; a short NEAT run started from the Train tab on the three ranked prompts; and the Compare tab
-chatting with the base and the trained model. Takes ~5 min on a 2-core CPU with the default model. The browser
+shown); the Data tab; a short NEAT run started from the Train tab on the three ranked prompts, checked against the
+base model when done (its verdict in the run history and the report); and the Compare tab chatting with the base
+and the trained model. Takes ~12 min on a 2-core CPU with the default model (the check: ~7). The browser
 tests take their own screenshots of the same pages on the tiny test model, into a temporary folder.
 """
 from __future__ import annotations
@@ -139,11 +140,12 @@ def main() -> int:
             for k, v in (("epochs", 4), ("k", 1), ("k_neg", 1), ("max_new_tokens", 32), ("max_response_len", 96)):
                 set_number(page, f"train-{k}", v)
             field(page, "train-name").fill("first NEAT run")
+            page.locator("#train-check label").click()  # check the run against the base model when done
             wait_text(page.locator("#train-estimate"), r"3 training prompt", timeout=60)
             page.locator("#train-start").click()
             wait_text(page.locator("#train-msg"), r"Started run", timeout=60)
             rid = st.store.active_run()["id"]
-            deadline = time.time() + 900
+            deadline = time.time() + 2400  # the check answers every dev prompt with both models
             while st.store.get_run(rid)["status"] in ("queued", "running") and time.time() < deadline:
                 time.sleep(2)
             run = st.store.get_run(rid)
@@ -153,6 +155,13 @@ def main() -> int:
             page.wait_for_timeout(2500)  # curves re-render on the next poll
             page.locator("#train-progress").scroll_into_view_if_needed()
             shot(page, "train")
+            # the check's verdict: in the run history and at the top of the run's report
+            wait_text(page.locator("#train-history"), r"no significant change|better: |WORSE: ", timeout=60)
+            page.locator("#train-report").click()
+            wait_text(page.locator("#train-report-md"), r"Verdict against the base", timeout=60)
+            page.locator("#train-history").scroll_into_view_if_needed()
+            page.wait_for_timeout(1000)
+            shot(page, "train_check")
 
             # -- Compare: base vs the trained model ------------------------------------------------------
             open_tab(page, "Compare")

@@ -510,6 +510,17 @@ def test_lora_trains_adapters_and_freezes_the_base(tiny_model_dir, snap, tmp_pat
             assert torch.equal(p, before[n]), f"frozen parameter {n} changed"
 
 
+def test_lora_targets_adapt_only_the_named_modules(tiny_model_dir, snap, tmp_path):
+    t, _ = _trainer(tiny_model_dir, snap, tmp_path / "run", method="sft", lora=True, lora_r=4,
+                    lora_targets=["q_proj", "v_proj"])
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in t.model.named_parameters() if p.requires_grad}
+    assert adapted == {"q_proj", "v_proj"}
+    every, _ = _trainer(tiny_model_dir, snap, tmp_path / "run2", method="sft", lora=True, lora_r=4)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in every.model.named_parameters() if p.requires_grad}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # all-linear
+    assert NeatConfig().apply_overrides(["lora_targets=q_proj, o_proj"]).lora_targets == ["q_proj", "o_proj"]
+
+
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 def test_lora_init_from_the_weights_starts_at_the_base_function_and_ignores_the_seed(tiny_model_dir, snap,
                                                                                       tmp_path, init):

@@ -129,6 +129,8 @@ class NeatConfig:
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_targets: list = _f([], "the modules LoRA adapts, by name (e.g. q_proj,k_proj,v_proj,o_proj: attention only); "
+                                "empty = every linear layer but the output head (PEFT's all-linear)")
     lora_init: str = _f("random", "LoRA initialisation: random = PEFT's default (A random from the seed, B zero) | "
                                   "pissa = A and B from the weights' top singular vectors (PiSSA, deterministic: the "
                                   "seed no longer draws the adapters' subspace) | olora = from a QR decomposition "

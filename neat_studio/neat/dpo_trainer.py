@@ -138,7 +138,7 @@ def train_dpo(cfg: NeatConfig, run_dir: str | Path, *, workspace=None, resume: b
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
+                                 target_modules=cfg.lora_targets or "all-linear", task_type="CAUSAL_LM")
     args = DPOConfig(
         output_dir=str(run_dir / "checkpoints"), max_steps=total,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,

@@ -118,9 +118,9 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
             # pissa/olora take the adapters from the weights themselves (and leave the residual in the base
             # layer), so the run seed no longer picks the subspace the adapters start in
             init = True if cfg.lora_init == "random" else cfg.lora_init
-            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                     lora_dropout=cfg.lora_dropout, target_modules="all-linear",
-                                                     task_type="CAUSAL_LM", init_lora_weights=init))
+            model = get_peft_model(model, LoraConfig(
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                target_modules=cfg.lora_targets or "all-linear", init_lora_weights=init))
         if cfg.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
