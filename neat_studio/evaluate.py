@@ -267,7 +267,8 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
             params = gen_params[mode]
             pdict = _params_dict(params)
             for name, rows in prompt_sets.items():
-                samples = generate_for(lm, rows, params, batch_size, prog(f"{label}: {name} ({mode})"))
+                samples = generate_for(lm, rows, params, batch_size, prog(f"{label}: {name} ({mode})"),
+                                       warnings=warnings, where=f"set {name!r}, model {label}")
                 texts = [s.text for s in samples]
                 flags = list(refusal_detector.is_refusal(texts))
                 rewards = ([float(x) for x in scorer.score([r["messages"] for r in rows], texts)]
@@ -336,11 +337,25 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
     return report
 
 
-def generate_for(lm, rows: Sequence[dict], params, batch_size: int, progress=None) -> list:
-    """One sample per prompt row (messages), via generation.generate."""
+def generate_for(lm, rows: Sequence[dict], params, batch_size: int, progress=None, warnings: list | None = None,
+                 where: str = "") -> list:
+    """One sample per prompt row (messages), via generation.generate. A prompt too long for the model's context
+    with room for the answer keeps its end (as training does) and `warnings` says how many were cut, instead of
+    the whole evaluation failing on a small-context model."""
+    from .chat_tokens import encode_chat
     from .generation import generate
+    from .models import model_max_length
 
-    out = generate(lm, [r["messages"] for r in rows], params=params, batch_size=batch_size, progress=progress)
+    room = model_max_length(lm) - params.max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt in the model's context "
+                         f"({model_max_length(lm)} tokens)")
+    long = sum(len(encode_chat(lm.tokenizer, r["messages"])) > room for r in rows)
+    if long and warnings is not None:
+        warnings.append(f"{where}: {long} prompt(s) longer than the model's context allows with {params.max_new_tokens}"
+                        f" new tokens kept their last {room} tokens")
+    out = generate(lm, [r["messages"] for r in rows], params=params, batch_size=batch_size, progress=progress,
+                   max_prompt_tokens=room if long else None)
     return [s[0] for s in out]
 
 

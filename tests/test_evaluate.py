@@ -121,6 +121,28 @@ def tiny_sets(tmp_path):
     return d
 
 
+def test_a_prompt_longer_than_the_context_keeps_its_end_and_is_reported(tiny_model_dir, tmp_path):
+    from neat_studio.chat_tokens import encode_chat
+    from neat_studio.generation import GenParams
+    from neat_studio.models import load_model, model_max_length
+
+    lm = load_model(str(tiny_model_dir))
+    room = model_max_length(lm) - 8
+    long = "word " * 2000 + "Now name three fruits."
+    rows = [{"messages": [{"role": "user", "content": long}]},
+            {"messages": [{"role": "user", "content": "Name three fruits."}]}]
+    assert len(encode_chat(lm.tokenizer, rows[0]["messages"])) > model_max_length(lm)  # generate alone refuses it
+    warnings = []
+    params = GenParams(temperature=0.0, max_new_tokens=8)
+    got = EV.generate_for(lm, rows, params, 2, warnings=warnings, where="set 'x', model m")
+    assert len(got) == 2 and all(isinstance(s.text, str) for s in got)
+    assert warnings == [f"set 'x', model m: 1 prompt(s) longer than the model's context allows with 8 new tokens kept "
+                        f"their last {room} tokens"]
+    # the short prompt's answer is the one it gets alone: cutting the long one changed nothing else
+    alone = EV.generate_for(lm, rows[1:], params, 1, warnings=warnings)
+    assert alone[0].text == got[1].text and len(warnings) == 1
+
+
 def test_evaluate_end_to_end_tiny(tiny_model_dir, tiny_sets, tmp_path):
     out = tmp_path / "report"
     sets = {n: tiny_sets / f"{n}.jsonl" for n in ("harmful", "lookalike", "benign")}

@@ -72,7 +72,7 @@ def test_a_check_that_cannot_run_leaves_the_finished_run(tiny_model_dir, tmp_pat
     assert (out / "final" / "config.json").exists() and not (out / "report").exists()
 
 
-def test_no_check_unless_asked_and_the_safety_recipes_ask(tiny_model_dir, tmp_path, capsys):
+def test_no_check_unless_asked_and_the_recipes_ask(tiny_model_dir, tmp_path, capsys):
     from neat_studio.neat.recipes import recipe
 
     snap = make_snapshot(tmp_path / "snap", toy_rows())
@@ -82,4 +82,4 @@ def test_no_check_unless_asked_and_the_safety_recipes_ask(tiny_model_dir, tmp_pa
     events = {e.get("event") for e in read_metrics(out)}
     assert not events & {"check_start", "check", "check_failed"} and not (out / "report").exists()
     assert recipe("safety")["config"]["check"] is True and recipe("safety-pp-lora")["config"]["check"] is True
-    assert "check" not in recipe("cpu")["config"]
+    assert recipe("cpu")["config"]["check"] is True  # the Train tab starts from it: a run is checked by default

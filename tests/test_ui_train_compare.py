@@ -420,7 +420,8 @@ def test_recipe_form_and_train_config(studio):
     pp = studio.recipe_form("safety-pp-lora", ["rude@1"])["values"]
     assert pp["lora"] is True and pp["lr"] == 1e-4 and v["lora"] is False
     # the safety recipes tick "check against the base model when done"; the form's box is what a run gets
-    assert pp["check"] is True and v["check"] is True and cpu["values"]["check"] is False
+    assert pp["check"] is True and v["check"] is True and cpu["values"]["check"] is True
+    assert none["values"]["check"] is False  # NeatConfig's default: the CLI without a recipe does not check
     assert studio.train_config(form_from_config({"model": "tiny", "negatives": ["rude@1"], "data": {}})[0]
                                | pp | {"recipe": "safety-pp-lora", "check": False})["check"] is False
 

@@ -11,10 +11,11 @@ RECIPES: dict[str, dict] = {
     "cpu": {
         "description": (
             "Any curated data, sized for a 2-core CPU: one round, one plain sample and one sample per negative prompt, "
-            "short samples. The Train tab starts from it."),
+            "short samples, and the finished run checked against the model it started from (check: a few minutes "
+            "more; untick it to skip). The Train tab starts from it."),
         "config": {
             "rounds": 1, "epochs": 1, "k": 1, "k_neg": 1, "k_pos": 0, "batch_size": 2, "max_steps": 0,
-            "max_new_tokens": 48, "max_prompt_len": 192, "max_response_len": 96, "save_every": 0,
+            "max_new_tokens": 48, "max_prompt_len": 192, "max_response_len": 96, "save_every": 0, "check": True,
         },
     },
     "safety": {

@@ -102,11 +102,16 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
     prec.fill("fp32")
     prec.press("Enter")
     wait_text(page.locator("#train-estimate"), r"120 steps.*4 training prompt", timeout=30)
+    page.locator("#train-check input[type=checkbox]").uncheck()  # the form checks a run by default: not here
     page.locator("#train-start").click()
     wait_text(page.locator("#train-msg"), r"Started run", timeout=60)
     rid = st.store.active_run()["id"]
     assert st.store.get_run(rid)["config"]["model"] == "tiny"
     assert st.store.get_run(rid)["config"]["dtype"] == "fp32"  # the Precision choice reached the run
+    # and the unticked check (the store keeps what differs from the defaults; the run's config.yaml has every key)
+    from neat_studio.neat.config import NeatConfig
+
+    assert NeatConfig.from_yaml(st.workspace.runs / rid / "config.yaml").check is False
 
     # -- progress moves; a reload mid-run still shows it ---------------------------------------------------
     # The trainer is frozen with SIGSTOP across the reload and the stop click (it stays alive, so its run stays
