@@ -151,6 +151,16 @@ def test_estimate_time_hand_computed(monkeypatch):
     assert (e["sampling_s"], e["training_s"], e["seconds"]) == (11.2, 19.6, 50.8)
     # without tag counts a scoped prompt is counted on every prompt (the estimate errs long)
     assert estimate_time({**cfg, "negatives": ["a@1:x"], "dtype": "fp32"}, 10)["seconds"] == 47.0
+    # the check after the run, per model: 10 s (half the startup: a load) + 26 batches of 16 x 48 steps of
+    # (0.0415385 + 0.75 x 16 x 0.0077143 = 0.1341099 s) = 167.369 s, + prefill (416 x 60 + 134 x 300) tokens x
+    # 2N / 1.2e11 = 146.610 s, + 416 answers x 0.03 s = 12.48 s: 336.459 s; two models: 672.9 s
+    e = estimate_time({**cfg, "dtype": "fp32", "check": True}, 10)
+    assert (e["check_s"], e["seconds"]) == (672.9, 719.9)
+    assert "then the check against the base ~11 min 13 s" in e["text"]
+    assert estimate_time({**cfg, "dtype": "fp32"}, 10)["check_s"] == 0.0
+    # bf16: decoding and prefill / 1.5: 2 x (10 + 313.979 / 1.5 + 12.48) = 463.6 s
+    monkeypatch.setattr(M, "native_bf16", lambda device="cpu": True)
+    assert estimate_time({**cfg, "dtype": "auto", "check": True}, 10)["check_s"] == 463.6
 
 
 def test_bad_config_is_refused_before_anything_is_recorded(studio):

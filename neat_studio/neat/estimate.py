@@ -25,6 +25,13 @@ STARTUP_S = 20.0            # process start, imports (torch, transformers, accel
 PROMPT_TOKENS = 48          # typical prompt length (tokens) of the studio's data
 RESPONSE_TOKENS = 64        # typical curated response length (tokens; capped by max_response_len)
 CURATED_PER_LIST = 2        # typical curated responses per prompt
+# the check after a run (config `check`, run_check.py): both models answer every dev prompt of the shipped sets
+# (harmful 150, look-alikes 141, benign 125) greedily, 16 at a time, and score the 134 dev preference pairs; a
+# study evaluation of one 135M model this way took ~185 s in bf16 on 2 cores, the model below says ~220 s
+CHECK_PROMPTS, CHECK_PAIRS, CHECK_NEW_TOKENS, CHECK_BATCH = 416, 134, 48, 16
+CHECK_PROMPT_TOKENS = 60    # typical evaluation prompt (tokens)
+CHECK_PAIR_TOKENS = 300     # a preference pair's prompt and both responses (tokens)
+JUDGE_S_PER_ANSWER = 0.03   # the refusal detector's embedding of one answer (MiniLM, 2 cores)
 
 
 def model_params(spec: str, workspace=None) -> tuple[float, str]:
@@ -126,12 +133,28 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
         step_tokens, flops_tok = bs * acc * (PROMPT_TOKENS + per_list), 6
     train_flops = TRAIN_FLOPS * (BF16_TRAIN_SPEEDUP if bf16 else 1.0)
     training = steps * (step_tokens * flops_tok * params / train_flops + OPT_S_PER_PARAM * params)
-    total = STARTUP_S + sampling + training
+    check = check_seconds(params, bf16) if str(g("check")).lower() in ("true", "1") else 0.0
+    total = STARTUP_S + sampling + training + check
+    then = f", then the check against the base ~{fmt_duration(check)}" if check else ""
     text = (f"about {fmt_duration(total)} ({steps} steps; sampling ~{fmt_duration(sampling)}, training "
-            f"~{fmt_duration(training)}; {how}{', bf16' if bf16 else ''}; rough, ±2x)") if n else \
+            f"~{fmt_duration(training)}{then}; {how}{', bf16' if bf16 else ''}; rough, ±2x)") if n else \
         "no training data matches the filters"
     return {"seconds": round(total, 1), "steps": steps, "sampling_s": round(sampling, 1),
-            "training_s": round(training, 1), "startup_s": STARTUP_S, "params": params, "bf16": bf16, "text": text}
+            "training_s": round(training, 1), "check_s": round(check, 1), "startup_s": STARTUP_S, "params": params,
+            "bf16": bf16, "text": text}
+
+
+def check_seconds(params: float, bf16: bool) -> float:
+    """The check after a run (config `check`): for each of the two models, a load, greedy answers to every dev
+    prompt in batches of CHECK_BATCH (decoding and prefill as a sampling round), the refusal detector on them,
+    and the preference pairs' forward passes."""
+    batches = math.ceil(CHECK_PROMPTS / CHECK_BATCH)
+    decode = CHECK_NEW_TOKENS * batches * (params * 4 / DECODE_BYTES_S
+                                           + SAMPLE_FILL * CHECK_BATCH * 2 * params / DECODE_ROW_FLOPS)
+    prefill = (CHECK_PROMPTS * CHECK_PROMPT_TOKENS + CHECK_PAIRS * CHECK_PAIR_TOKENS) * 2 * params / PREFILL_FLOPS
+    per_model = STARTUP_S / 2 + (decode + prefill) / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) \
+        + CHECK_PROMPTS * JUDGE_S_PER_ANSWER
+    return 2 * per_model
 
 
 
