@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -347,6 +348,12 @@ def test_compare_fingerprints_and_vote_flow_into_export(studio, finished_run, tm
     assert base["fingerprint"] != trained["fingerprint"]
     assert studio.compare_info("tiny")["fingerprint"] == base["fingerprint"]
     assert studio.compare_info(str(Path(run_dir) / "final"))["fingerprint"] == trained["fingerprint"]
+    assert trained["check"] == "" == base["check"]  # not checked yet; a checked run says its verdict beside it
+    (Path(run_dir) / "report").mkdir(exist_ok=True)
+    (Path(run_dir) / "report" / "report.json").write_text(json.dumps({"overall": [
+        {"model": "r", "base": "tiny", "mode": "greedy", "verdict": "no significant change", "worse": [], "better": []}]}))
+    assert studio.compare_info(str(Path(run_dir) / "final"))["check"] == "no significant change"
+    shutil.rmtree(Path(run_dir) / "report")
 
     params = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 6, "seed": 3}
     outs = list(studio.compare_stream("tiny", run_dir, [], [], "Hello <b>there</b>", params))

@@ -168,6 +168,11 @@ def test_compare_rendering_is_inert():
     assert "<b>" not in h.replace("<b>A</b>", "") and "m&lt;1&gt;" in h and "data-fingerprint='abc'" in h
     assert "<code class='neat-fp'>abc</code> · bfloat16<br>" in h
     assert "neat-error" in info_html("B", None, "cannot <load>") and "&lt;load&gt;" in info_html("B", None, "<load>")
+    assert "checked against" not in h  # not a checked run
+    worse = info_html("B", {"spec": "r", "model_id": "m", "fingerprint": "f", "check": "WORSE: compliance on <b>"})
+    assert "class='neat-warn'" in worse and "checked against its base: WORSE: compliance on &lt;b&gt;" in worse
+    assert "class='neat-ok'" in info_html("B", {"spec": "r", "model_id": "m", "fingerprint": "f",
+                                                "check": "no significant change"})
 
 
 def test_compare_vote_validation(studio):

@@ -172,9 +172,15 @@ class CompareMixin:
             return lm
 
     def compare_info(self, spec: str) -> dict:
+        """{"spec", "model_id", "fingerprint", "dtype", "check"}; check: a run's verdict against its base in a few
+        words (run_check.run_check; "" for a model that is not a checked run), shown beside the model."""
+        from ..run_check import run_check
+
         lm = self.compare_model(spec)
+        p = Path(str(spec))
         return {"spec": spec, "model_id": lm.model_id, "fingerprint": lm.fingerprint,
-                "dtype": str(lm.model.dtype).removeprefix("torch.")}
+                "dtype": str(lm.model.dtype).removeprefix("torch."),
+                "check": run_check(p.parent if p.name == "final" else p)}
 
     def compare_side(self, spec: str | None) -> tuple[dict | None, str | None]:
         """(compare_info, None) of a Compare side's model, (None, why it does not load) when it fails, (None, None)

@@ -53,7 +53,15 @@ def info_html(side: str, info: dict | None, error: str | None = None) -> str:
             f"<b>{esc(side)}</b>: <code>{esc(info['model_id'])}</code> · weights "
             f"<code class='neat-fp'>{esc(info['fingerprint'])}</code>"
             f"{' · ' + esc(info['dtype']) if info.get('dtype') else ''}<br><span style='font-size:.8rem'>"
-            f"{esc(info['spec'])}</span></div>")
+            f"{esc(info['spec'])}</span>{check_line(info.get('check'))}</div>")
+
+
+def check_line(check: str | None) -> str:
+    """A checked run's verdict against its base under its name (a warning when it is worse on any axis)."""
+    if not check:
+        return ""
+    cls = "neat-warn" if check.startswith("WORSE") else "neat-ok"
+    return f"<div class='{cls}' style='font-size:.8rem;margin-top:.2rem'>checked against its base: {esc(check)}</div>"
 
 
 # -- the handlers ----------------------------------------------------------------------------------------------
