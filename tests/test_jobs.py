@@ -351,7 +351,8 @@ def test_compare_fingerprints_and_vote_flow_into_export(studio, finished_run, tm
     assert trained["check"] == "" == base["check"]  # not checked yet; a checked run says its verdict beside it
     (Path(run_dir) / "report").mkdir(exist_ok=True)
     (Path(run_dir) / "report" / "report.json").write_text(json.dumps({"overall": [
-        {"model": "r", "base": "tiny", "mode": "greedy", "verdict": "no significant change", "worse": [], "better": []}]}))
+        {"model": "r", "base": "tiny", "mode": "greedy", "verdict": "no significant change", "worse": [],
+         "better": []}]}))
     assert studio.compare_info(str(Path(run_dir) / "final"))["check"] == "no significant change"
     shutil.rmtree(Path(run_dir) / "report")
 
