@@ -140,7 +140,7 @@ def main() -> int:
             for k, v in (("epochs", 4), ("k", 1), ("k_neg", 1), ("max_new_tokens", 32), ("max_response_len", 96)):
                 set_number(page, f"train-{k}", v)
             field(page, "train-name").fill("first NEAT run")
-            page.locator("#train-check label").click()  # check the run against the base model when done
+            page.locator("#train-check input[type=checkbox]").check()  # against the base model when done (default)
             wait_text(page.locator("#train-estimate"), r"3 training prompt", timeout=60)
             page.locator("#train-start").click()
             wait_text(page.locator("#train-msg"), r"Started run", timeout=60)
