@@ -63,7 +63,17 @@ def test_progress_html_escapes_and_clamps():
     assert "step 0 / ?" in h and "estimating" in h and "grad norm" not in h
     h = progress_html({"run_id": "r1", "status": "running", "progress": 0.5, "step": 3, "total_steps": 6,
                        "metrics": [{"step": 2, "grad_norm": 12.345}, {"step": 3, "grad_norm": None}]})
-    assert "grad norm 12.35 (step 2)" in h
+    assert "grad norm 12.35 (step 2)" in h and "train-check-msg" not in h
+    # the check after the run: its verdict under the bar, a warning when worse, escaped
+    done = {"run_id": "r1", "status": "finished", "progress": 1, "step": 2, "total_steps": 2}
+    h = progress_html({**done, "events": [{"event": "finished"}, {"event": "check_start", "base": "default"},
+                                          {"event": "check", "worse": True, "verdict": ["r1: WORSE than <b>"]}]})
+    assert "class='neat-warn' id='train-check-msg'" in h and "r1: WORSE than &lt;b&gt;" in h
+    h = progress_html({**done, "events": [{"event": "check", "worse": False,
+                                          "verdict": ["r1: no significant change"]}]})
+    assert "class='neat-ok' id='train-check-msg'" in h and "r1: no significant change" in h
+    h = progress_html({**done, "events": [{"event": "check_failed", "message": "snapshot <gone>"}]})
+    assert "The check against the base failed: snapshot &lt;gone&gt;" in h
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 40])

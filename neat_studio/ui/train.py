@@ -89,7 +89,23 @@ def progress_html(p: dict | None) -> str:
             f"{esc(p.get('name') or '')} · {' · '.join(parts)}</div>"
             f"<div role='progressbar' aria-valuemin='0' aria-valuemax='100' aria-valuenow='{pct:.0f}' "
             f"style='background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden'>"
-            f"<div style='width:{pct:.1f}%;background:{color};height:100%;transition:width .5s'></div></div></div>")
+            f"<div style='width:{pct:.1f}%;background:{color};height:100%;transition:width .5s'></div></div>"
+            f"{check_html(p.get('events') or [])}</div>")
+
+
+def check_html(events: list[dict]) -> str:
+    """The run's check against its base (config `check`: its last `check` / `check_failed` event), under the
+    progress bar; a warning when the run is worse than its base on any axis."""
+    ev = next((e for e in reversed(events) if e.get("event") in ("check", "check_failed")), None)
+    if ev is None:
+        return ""
+    if ev["event"] == "check_failed":
+        return (f"<div class='neat-warn' id='train-check-msg'>The check against the base failed: "
+                f"{esc(ev.get('message'))}</div>")
+    cls = "neat-warn" if ev.get("worse") else "neat-ok"
+    said = " ".join(str(v) for v in ev.get("verdict") or [])
+    return (f"<div class='{cls}' id='train-check-msg'>Checked against the base model on every dev prompt: "
+            f"{esc(said)} (report: Open report of the shown run)</div>")
 
 
 def curves_figure(rows: list[dict], keys: list[tuple[str, str]], title: str):
