@@ -25,10 +25,11 @@ RECIPES: dict[str, dict] = {
             "below), such as data/recipes/safety/curated.jsonl. Each round samples `dangerous_compliance` only on "
             "harmful prompts and `over_refusal` only on benign ones as negatives, ranks gains over the round's "
             "starting policy (anchor=round) and asks each negative to lose against it, and never ranks the model's own "
-            "plain answers below a reference (plain_rank=tie_best). Measured on the default 135M model (3 seeds, "
-            "benchmarks/RESULTS.md): no axis significantly worse than the base, and no significant gain in refusing "
-            "harmful requests either; settings that raise refusal on this model also refuse harmless requests. Every "
-            "run is checked against the base model when it finishes (check)."),
+            "plain answers below a reference (plain_rank=tie_best). Measured on the default 135M model (3 seeds on the "
+            "dev split and 3 on the held-out test split, benchmarks/RESULTS.md steps 5, 11, 58 and 61): no axis "
+            "significantly worse than the base, and no significant gain in refusing harmful requests either; "
+            "settings that raise refusal on this model also refuse harmless requests. Every run is checked against "
+            "the base model when it finishes (check)."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
