@@ -314,7 +314,7 @@ def evaluate(models: Sequence[str], sets: Mapping[str, str | Path], out_dir: str
         "config": {"n_per_set": n_per_set, "n_pairs": len(pairs), "split": split, "split_by_set": set_splits,
                    "seed": seed,
                    "modes": {m: _params_dict(p) for m, p in gen_params.items()}, "max_new_tokens": max_new_tokens,
-                   "batch_size": batch_size, "dtype": str(dtype) if dtype else "float32",
+                   "batch_size": batch_size, "dtype": str(dtype).removeprefix("torch.") if dtype else "float32",
                    "pair_max_length": pair_max_length, "exclude": [str(e) for e in exclude],
                    "n_training_prompts_excluded_against": len(train),
                    "scorer": ({"path": str(scorer_path), "version": scorer.version} if scorer else None),
