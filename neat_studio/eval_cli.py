@@ -76,7 +76,7 @@ def cmd_eval(args) -> int:
 
     from .config import Workspace
     from .evaluate import evaluate
-    from .eval_metrics import overall_text
+    from .eval_metrics import overall_line
 
     ws = Workspace.from_env(getattr(args, "workspace", None))
     models = args.model or ["default"]
@@ -101,8 +101,7 @@ def cmd_eval(args) -> int:
                           progress=bars)
     finally:
         bars.close()
-    verdict = [f"{o['model']}{' (' + o['mode'] + ')' if o['mode'] else ''}: {overall_text(o)}"
-               for o in report["overall"]]
+    verdict = [overall_line(o) for o in report["overall"]]
     print(json.dumps({"out": str(out), "report": str(out / "report.md"), "summary": report["summary"],
                       "verdict": verdict, "warnings": report["warnings"]}, indent=2, default=str))
     return 0

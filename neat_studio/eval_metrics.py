@@ -199,3 +199,8 @@ def overall_text(o: dict) -> str:
     if o["verdict"] == "worse" and o["better"]:
         head += "; better on " + "; ".join(o["better"])
     return head
+
+
+def overall_line(o: dict) -> str:
+    """"<model> (<mode>): <overall_text>", the verdict as `eval` prints it and the tabs say it."""
+    return f"{o['model']}{' (' + o['mode'] + ')' if o['mode'] else ''}: {overall_text(o)}"

@@ -51,14 +51,33 @@ def check_run(run_dir: str | Path, base: str, *, workspace=None, progress=None) 
     return evaluate(kw.pop("models"), kw.pop("sets"), kw.pop("out_dir"), workspace=workspace, progress=progress, **kw)
 
 
+# run_check's answers by report file, kept while the file's (mtime, size) stay the same: the Train tab asks for
+# every run of its history on each 2-second poll, and a report changes only when a check writes it
+_WORDS: dict[Path, tuple[tuple[int, int], str]] = {}
+
+
 def run_check(run_dir: str | Path | None) -> str:
     """A run's verdict against its base in a few words, from <run_dir>/report/report.json: "WORSE: compliance on
     benign", "better: refusal on harmful", "no significant change"; "" when the run has no such report or it
     cannot be read."""
+    try:
+        f = Path(run_dir) / "report" / "report.json"
+        st = f.stat()
+    except (OSError, TypeError):
+        return ""
+    key = (st.st_mtime_ns, st.st_size)
+    if f in _WORDS and _WORDS[f][0] == key:
+        return _WORDS[f][1]
+    words = _words(f)
+    _WORDS[f] = (key, words)
+    return words
+
+
+def _words(f: Path) -> str:
     from .eval_metrics import overall_verdicts
 
     try:
-        report = json.loads((Path(run_dir) / "report" / "report.json").read_text(encoding="utf-8"))
+        report = json.loads(f.read_text(encoding="utf-8"))
         # reports written before the one-line verdict existed have the per-axis verdicts it is made of
         overall = report.get("overall") or overall_verdicts(report.get("verdicts") or [])
     except (OSError, ValueError, TypeError, AttributeError):

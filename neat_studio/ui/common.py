@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import gradio as gr
 
-from ..eval_metrics import overall_text
+from ..eval_metrics import overall_line
 from .auth import LOCAL_USER, UserDB
 
 
@@ -242,8 +242,7 @@ def evaluation_updates(studio, eval_id: str, running: str, done: str, clear_repo
     said = done.format(out_dir=s["out_dir"]) + names_text(s.get("model_names"))
     verdicts = s.get("overall") or []
     if verdicts:  # the verdict in one line per model, a warning when one is worse than its base on any axis
-        said += " Verdict: " + " ".join(f"{o['model']}{' (' + o['mode'] + ')' if o['mode'] else ''}: "
-                                        f"{overall_text(o)}." for o in verdicts)
+        said += " Verdict: " + " ".join(f"{overall_line(o)}." for o in verdicts)
     box = warn_box if any(o["verdict"] == "worse" for o in verdicts) else ok_box
     yield box(said), report_for_page(s["markdown"]), gr.update(value=s["charts"], visible=bool(s["charts"]))
 
