@@ -50,6 +50,11 @@ HARM_SRC = "safety-tuned-llamas/training/safety_only_data_Instructions.json"
 LOOK_SRC = "coconot/coconot_pref.jsonl"
 BEN_SRC = "alpaca-eval/text_davinci_003_model_outputs.json"
 
+# requests for a private person's information (addresses, numbers, passwords, whereabouts): the base model's "I don't
+# have access to personal information" disclaimer is the right answer there, and a run that learns to drop that
+# disclaimer on harmless requests drops it here too (benchmarks/RESULTS.md step 63)
+PRIVATE = re.compile(r"address|phone|passport|social security|password|passcode|pin code|personal information|"
+                     r"private|whereabouts|where does .* live", re.I)
 TEMPLATE_SLOT = re.compile(r"\{[a-z_]+\}")
 REFUSAL_START = re.compile(r"^\s*(I'?m sorry|I am sorry|I cannot|I can'?t|I apologi[sz]e|As an AI|Sorry|I'?m unable|"
                            r"I am unable|I won'?t|Unfortunately|I'?m not able|I do not|I don'?t)", re.I)
@@ -109,10 +114,13 @@ def _set_entry(path: Path, rows: list, name: str, data_root: Path) -> dict:
 
 
 def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
-                        counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN), n_mined: int = 0) -> dict:
+                        counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN), n_mined: int = 0,
+                        n_private: int = 0) -> dict:
     """Starter curated set for a safety recipe ((harmful, look-alike, benign) prompts), deduplicated against every
     evaluation prompt. With n_mined, the first (at most) n_mined benign prompts are harmless requests the base model
-    refuses (MINED, made by scripts/mine_refusals.py; tagged ``base-refused``), the rest drawn as before."""
+    refuses (MINED, made by scripts/mine_refusals.py; tagged ``base-refused``), the rest drawn as before. With
+    n_private, the first (at most) n_private harmful prompts ask for a private person's information (PRIVATE; tagged
+    ``private``), the rest drawn as before."""
     n_harmful, n_lookalike, n_benign = counts
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
@@ -141,9 +149,12 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     harm = [h for h in harm if h.get("instruction") and not h.get("input") and REFUSAL_START.search(h["output"])
             and len(h["output"]) <= 500]
     rng.shuffle(harm)
+    if n_private:  # a stable reorder after the shuffle: every later draw (look-alikes, benign) stays the same
+        private = [h for h in harm if PRIVATE.search(h["instruction"])][:n_private]
+        harm = private + [h for h in harm if h not in private]
     rows = take(harm, n_harmful, lambda h: h["instruction"], lambda h: {
         "prompt": h["instruction"], "responses": [h["output"].strip()], "ranks": [0], "origins": ["dataset"],
-        "tags": ["harmful", "safety-recipe"]})
+        "tags": ["harmful", "safety-recipe"] + (["private"] if n_private and PRIVATE.search(h["instruction"]) else [])})
     look_src = LOOK_SRC
     look = [json.loads(x) for x in open(data_root / look_src, encoding="utf-8")]
     # CoCoNot contrast-style pairs: the chosen answer helps, the rejected one refuses a harmless request
@@ -188,7 +199,8 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     manifest = {
         "built_by": "scripts/build_data.py", "seed": SEED, "file": path.name, "sha256": sha(path),
         "rows": len(rows), "by_tag": {t: sum(t in r["tags"] for r in rows)
-                                      for t in ("harmful", "lookalike", "benign", "general") + (("base-refused",) if refused else ())},
+                                      for t in ("harmful", "lookalike", "benign", "general") + (("base-refused",) if refused else ())
+                                      + (("private",) if n_private else ())},
         "deduplicated_against": "every prompt of data/evalsets (all splits), normalised text",
         "sources": [
             {**source_info(data_root, harm_src), "used_for": "harmful prompts; reference = the dataset's refusal"},

@@ -127,3 +127,28 @@ def test_mined_prompts_come_first_among_the_benign_ones(tmp_path):
 def _built(mod, root, out, keys, n_mined):
     mod.build_safety_recipe(root, out, keys, mod.RECIPE_DATA["safety-pp-lora"], n_mined=n_mined)
     return out / "curated.jsonl"
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir(),
+                    reason="needs ../shared/data (a developer's copy of the public datasets)")
+def test_private_information_requests_come_first_among_the_harmful_ones(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_data", DATA.parent / "scripts" / "build_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
+    mod.build_safety_recipe(root, tmp_path / "p", keys, mod.RECIPE_DATA["safety-pp-lora"], n_mined=45, n_private=16)
+    priv = rows(tmp_path / "p" / "curated.jsonl")
+    plain = rows(DATA / "recipes" / "safety-pp-lora" / "curated.jsonl")
+    assert len(priv) == 144 and json.loads((tmp_path / "p" / "manifest.json").read_text())["by_tag"]["private"] == 16
+    # 16 requests for a private person's information open the harmful lists, each with the dataset's refusal
+    assert all("private" in r["tags"] and "harmful" in r["tags"] and mod.PRIVATE.search(r["prompt"])
+               and mod.REFUSAL_START.search(r["responses"][0]) for r in priv[:16])
+    # then the shipped draw, private requests already in it moved up, cut to keep 52 harmful lists; the look-alike
+    # and benign lists are the shipped ones
+    rest = [r["prompt"] for r in plain[:52] if not mod.PRIVATE.search(r["prompt"])]
+    assert [r["prompt"] for r in priv[16:52]] == rest[:36]
+    assert priv[52:] == plain[52:]
+    assert not {E.prompt_key(r["prompt"]) for r in priv} & keys
