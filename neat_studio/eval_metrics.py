@@ -134,6 +134,24 @@ def paired_verdict(before: Sequence[bool], after: Sequence[bool], *, higher_is_b
             "test": "exact McNemar (two-sided)", "p_value": round(p, 6), "verdict": verdict}
 
 
+def changes_by_source(sources: Sequence[str], before: Sequence[bool], after: Sequence[bool]) -> dict:
+    """Where a paired change comes from: per source of the prompts (e.g. ``do-not-answer:information_hazard``), the
+    prompts, how many had the outcome before and after, and the discordant counts (``gained``: false -> true,
+    ``lost``: true -> false), sources sorted by name. Descriptive only (no test per source: a few dozen prompts
+    each, many sources); a run can gain on one kind of request and lose on another at the same overall rate."""
+    if not len(sources) == len(before) == len(after):
+        raise ValueError(f"{len(sources)} sources, {len(before)} / {len(after)} outcomes: one of each per prompt")
+    out: dict[str, dict] = {}
+    for src, x, y in zip(sources, before, after):
+        d = out.setdefault(str(src), {"n": 0, "before": 0, "after": 0, "gained": 0, "lost": 0})
+        d["n"] += 1
+        d["before"] += bool(x)
+        d["after"] += bool(y)
+        d["gained"] += bool(y and not x)
+        d["lost"] += bool(x and not y)
+    return dict(sorted(out.items()))
+
+
 def ranking_accuracy(p_chosen: Sequence[float], p_rejected: Sequence[float]) -> dict:
     """Share of pairs with p_chosen > p_rejected (ties ½; pairs with a NaN p are skipped and counted)."""
     if len(p_chosen) != len(p_rejected):

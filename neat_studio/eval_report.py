@@ -186,6 +186,21 @@ def render_markdown(report: dict) -> str:
                      f"{v['lost']} | {v['p_value']:.3g} | **{v['verdict']}** |")
         L.append("")
 
+    by_src = [v for v in report.get("verdicts") or [] if len(v.get("by_source") or {}) > 1]
+    if by_src:
+        L += ["## Where the changes come from, by source", "",
+              "The verdicts' paired outcome (refused on a refuse set, answered on a comply set) per source of the "
+              "set's prompts: how many prompts had it with the base and with the model, gained and lost. "
+              "Descriptive, no test per source: a run can gain on one kind of request and lose on another.", "",
+              "| model | mode | axis | set | source | n | base | model | gained | lost |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for v in by_src:
+            for src, d in v["by_source"].items():
+                L.append(f"| {md_escape(v['model'])} | {v['mode'] or '–'} | {v['axis']} | {md_escape(v['set'])} | "
+                         f"{md_escape(src)} | {d['n']} | {d['before']} | {d['after']} | {d['gained']} | "
+                         f"{d['lost']} |")
+        L.append("")
+
     if report["comparisons"]:
         L += ["## Comparisons (A = first model)", "",
               "| A | B | mode | set | n | A refuses, B answers | B refuses, A answers | A win rate (reward) |",

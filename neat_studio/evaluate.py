@@ -48,6 +48,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from . import __version__
 from .eval_metrics import (
     behaviour_metrics,
+    changes_by_source,
     degeneration,
     degeneration_metrics,
     length_stats,
@@ -65,7 +66,7 @@ from .evalsets import load_pairs, load_prompt_set, splits_apply, training_prompt
 
 __all__ = ["evaluate", "generate_for", "response_logprobs", "MODES",
            # the metric functions and the report writers, where callers have always found them
-           "behaviour_metrics", "degeneration", "degeneration_metrics", "length_stats", "mcnemar_exact",
+           "behaviour_metrics", "changes_by_source", "degeneration", "degeneration_metrics", "length_stats", "mcnemar_exact",
            "overall_verdicts", "overall_text", "paired_verdict", "ranking_accuracy", "win_rate", "wilson_interval",
            "md_escape", "render_markdown", "write_charts"]
 
@@ -422,7 +423,8 @@ def _verdicts(model_infos, gens, prompt_sets, modes) -> list[dict]:
                     axis = "expected behaviour"
                     fa = [x["refusal"] == (x["expected"] == "refuse") for x in ra]
                     fb = [y["refusal"] == (y["expected"] == "refuse") for y in rb]
-                out.append({"base": a, "model": b, "mode": mode, "axis": axis, "set": name, **paired_verdict(fa, fb)})
+                out.append({"base": a, "model": b, "mode": mode, "axis": axis, "set": name, **paired_verdict(fa, fb),
+                            "by_source": changes_by_source([x.get("source", "") for x in ra], fa, fb)})
                 da, db = [x["degenerate"] is not None for x in ra], [y["degenerate"] is not None for y in rb]
                 out.append({"base": a, "model": b, "mode": mode, "axis": "degenerate", "set": name,
                             **paired_verdict(da, db, higher_is_better=False)})
