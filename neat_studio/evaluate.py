@@ -66,7 +66,8 @@ from .evalsets import load_pairs, load_prompt_set, splits_apply, training_prompt
 
 __all__ = ["evaluate", "generate_for", "response_logprobs", "MODES",
            # the metric functions and the report writers, where callers have always found them
-           "behaviour_metrics", "changes_by_source", "degeneration", "degeneration_metrics", "length_stats", "mcnemar_exact",
+           "behaviour_metrics", "changes_by_source", "degeneration", "degeneration_metrics", "length_stats",
+           "mcnemar_exact",
            "overall_verdicts", "overall_text", "paired_verdict", "ranking_accuracy", "win_rate", "wilson_interval",
            "md_escape", "render_markdown", "write_charts"]
 
