@@ -162,6 +162,11 @@ def main() -> int:
             page.locator("#train-history").scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
             shot(page, "train_check")
+            # further down the report: where each change comes from, by source of the prompts
+            sources = page.locator("#train-report-md").get_by_text("Where the changes come from, by source")
+            sources.scroll_into_view_if_needed()
+            page.wait_for_timeout(800)
+            shot(page, "train_report_sources")
 
             # -- Compare: base vs the trained model ------------------------------------------------------
             open_tab(page, "Compare")
