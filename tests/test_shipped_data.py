@@ -9,6 +9,19 @@ import pytest
 from neat_studio import evalsets as E
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+NEEDS_SHARED = pytest.mark.skipif(not SHARED.is_dir(),
+                                  reason="needs ../shared/data (a developer's copy of the public datasets)")
+
+
+def _build_data():
+    """scripts/build_data.py as a module, and the public data it builds from."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_data", DATA.parent / "scripts" / "build_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, SHARED
 
 
 def rows(path):
@@ -61,15 +74,9 @@ def test_standard_sets_load_without_shared_data(monkeypatch, tmp_path):
     assert len(E.load_pairs("pairs", split="dev")) == 134
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir(),
-                    reason="needs ../shared/data (a developer's copy of the public datasets)")
+@NEEDS_SHARED
 def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("build_data", DATA.parent / "scripts" / "build_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    mod, root = _build_data()
     m, keys = mod.build_evalsets(root, tmp_path / "evalsets")
     mod.build_safety_recipe(root, tmp_path / "recipe", keys)
     for name in ("harmful", "lookalike", "benign", "pairs"):
@@ -101,15 +108,9 @@ def test_mined_refusals_match_their_manifest_and_are_never_evaluation_prompts():
     assert [i for i, r in enumerate(shipped) if "base-refused" in r["tags"]] == list(range(84, 129))
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir(),
-                    reason="needs ../shared/data (a developer's copy of the public datasets)")
+@NEEDS_SHARED
 def test_mined_prompts_come_first_among_the_benign_ones(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("build_data", DATA.parent / "scripts" / "build_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    mod, root = _build_data()
     _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
     plain = rows(_built(mod, root, tmp_path / "plain", keys, 0))
     mixed = rows(_built(mod, root, tmp_path / "mixed", keys, 10))
@@ -129,15 +130,9 @@ def _built(mod, root, out, keys, n_mined):
     return out / "curated.jsonl"
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir(),
-                    reason="needs ../shared/data (a developer's copy of the public datasets)")
+@NEEDS_SHARED
 def test_private_information_requests_come_first_among_the_harmful_ones(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("build_data", DATA.parent / "scripts" / "build_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    mod, root = _build_data()
     _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
     mod.build_safety_recipe(root, tmp_path / "p", keys, mod.RECIPE_DATA["safety-pp-lora"], n_mined=45, n_private=16)
     priv = rows(tmp_path / "p" / "curated.jsonl")
