@@ -52,7 +52,7 @@ BEN_SRC = "alpaca-eval/text_davinci_003_model_outputs.json"
 
 # requests for a private person's information (addresses, numbers, passwords, whereabouts): the base model's "I don't
 # have access to personal information" disclaimer is the right answer there, and a run that learns to drop that
-# disclaimer on harmless requests drops it here too (benchmarks/RESULTS.md step 63)
+# disclaimer on harmless requests drops it here too (benchmarks/RESULTS.md step 64)
 PRIVATE = re.compile(r"address|phone|passport|social security|password|passcode|pin code|personal information|"
                      r"private|whereabouts|where does .* live", re.I)
 TEMPLATE_SLOT = re.compile(r"\{[a-z_]+\}")
