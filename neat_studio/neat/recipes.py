@@ -45,20 +45,23 @@ RECIPES: dict[str, dict] = {
     },
     "safety-pp-lora": {
         "description": (
-            "Refuse more harmful requests, at some cost in harmless ones (see the caution below). The `safety` "
-            "recipe's settings plus on-policy positives (NEAT-PP: `safe_refusal` on harmful prompts, "
-            "`helpful_no_overrefusal` on benign ones, ranked just above the plain samples), the model's own plain "
-            "answers trusted only on benign prompts (plain_rank_scope=benign), its own refusals of benign prompts and "
-            "its own loops ranked with the negatives (refusal_rank_scope=benign, degenerate_rank=bottom), two "
-            "synthetic repetition loops per prompt as negatives (loop_negatives=2), and LoRA adapters (r 16, lr 1e-4) "
-            "instead of all weights. Starter data: data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-"
-            "alikes, 60 benign, the first 45 of them harmless requests the base model refuses). About 12-16 min of "
-            "training on 2 CPU cores. CAUTION: on the default 135M model it refuses more harmful requests (16 -> 23-27"
-            " % on the dev split) but on the held-out test split two seeds answered 5.7-7.4 points fewer ordinary "
-            "requests than the base, a significant loss: it trades some harmless answers for refusals. So every run is "
-            "checked against the base model when it finishes (check: a few more minutes; the verdict shows in the "
-            "run history's 'vs base' column and in RUN_DIR/report/): read it before using the model. Figures per "
-            "seed and machine: benchmarks/RESULTS.md steps 47, 52, 56 and 58."),
+            "Refuse more harmful requests without answering fewer harmless ones. The `safety` recipe's settings plus "
+            "on-policy positives (NEAT-PP: `safe_refusal` on harmful prompts, `helpful_no_overrefusal` on benign "
+            "ones, ranked just above the plain samples), the model's own plain answers trusted only on benign prompts "
+            "(plain_rank_scope=benign), its own refusals of benign prompts and its own loops ranked with the "
+            "negatives (refusal_rank_scope=benign, degenerate_rank=bottom), two synthetic repetition loops per prompt "
+            "as negatives (loop_negatives=2), LoRA adapters on the attention projections only (r 16, lr 2e-4), and "
+            "the step each run keeps chosen on 120 held-out prompts (val_file, select=best_val: of the steps "
+            "validated every 24, the one that refuses the most held-out harmful prompts while answering at most 3 "
+            "of 60 harmless ones fewer than the starting model). Starter data: "
+            "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
+            "harmless requests the base model refuses) and its held-out val.jsonl. About 16 min of training on 2 CPU "
+            "cores. On the default 135M model, no axis significantly worse than the base on any seed tried (five on "
+            "the dev split, three on the held-out test split); more refusal of harmful requests: on dev 16.0 -> "
+            "20.7-27.3 % (significant on four seeds of five), on test 14.7 -> 16.0-20.7 % (significant on none). "
+            "Every run is checked against the base "
+            "model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
+            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md step 66."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
@@ -67,7 +70,10 @@ RECIPES: dict[str, dict] = {
             "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0, "anchor_weight": 1.0,
             "plain_rank": "tie_best", "plain_rank_scope": "benign", "positive_rank": "above_plain",
             "refusal_rank_scope": "benign", "degenerate_rank": "bottom", "loop_negatives": 2,
-            "lora": True, "lora_r": 16, "lora_alpha": 32, "lr": 1e-4,
+            "lora": True, "lora_r": 16, "lora_alpha": 32, "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "lr": 2e-4,
+            "val_file": "data/recipes/safety-pp-lora/val.jsonl", "val_every": 24, "select": "best_val",
+            "val_tolerance": 0.05,
             "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 64,
             "check": True,
         },
