@@ -164,6 +164,32 @@ def test_estimate_time_hand_computed(monkeypatch):
     assert estimate_time({**cfg, "dtype": "auto", "check": True}, 10)["check_s"] == 463.6
 
 
+def test_estimate_time_counts_validations(monkeypatch, tmp_path):
+    """A val_file adds its validations, by hand: 10 held-out prompts (the blank line is not one), 32 new tokens
+    (val_max_new_tokens), batches of 8 and 2 rows as a sampling pass: 32 x (0.0878242 + 0.0531099) = 4.50989 s,
+    + prefill 10 x 48 x 2N / 1.2e11 = 1.08 s, + 10 answers x 0.03 s = 0.3 s: 5.88989 s per validation."""
+    import neat_studio.models as M
+
+    monkeypatch.setattr(M, "native_bf16", lambda device="cpu": False)
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(f'{{"prompt": "p{i}", "tags": ["{"harmful" if i < 5 else "benign"}"]}}\n'
+                           for i in range(10)) + "\n")
+    cfg = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "gen_batch_size": 8,
+           "max_new_tokens": 32, "rounds": 1, "batch_size": 2, "max_response_len": 128, "dtype": "fp32"}
+    plain = estimate_time(cfg, 10)
+    assert (plain["validations"], plain["validation_s"], plain["seconds"]) == (0, 0.0, 47.0)
+    # val_every 0: at the start and at the end of the one round: 2 x 5.88989 = 11.78 s; 46.975 + 11.78 = 58.75
+    e = estimate_time({**cfg, "val_file": str(val)}, 10)
+    assert (e["validations"], e["validation_s"], e["seconds"]) == (2, 11.8, 58.8)
+    assert "2 validations ~12 s" in e["text"]
+    # every 2 of the 5 steps and at the last: steps 0, 2, 4, 5: 4 x 5.88989 = 23.56 s
+    e = estimate_time({**cfg, "val_file": str(val), "val_every": 2}, 10)
+    assert (e["validations"], e["validation_s"], e["seconds"]) == (4, 23.6, 70.5)
+    # a file that is not there counts nothing here (the run itself refuses it, naming the file); dpo never validates
+    assert estimate_time({**cfg, "val_file": str(tmp_path / "none.jsonl")}, 10)["validation_s"] == 0.0
+    assert estimate_time({**cfg, "method": "dpo", "val_file": str(val)}, 10)["validations"] == 0
+
+
 def test_bad_config_is_refused_before_anything_is_recorded(studio):
     n = len(studio.store.list_runs())
     with pytest.raises(ValueError, match="negative"):

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .config import NeatConfig, split_scope
+from .config import ConfigError, NeatConfig, split_scope
 from .rounds import LOOP_WORDS
 
 # A model of where a run's time goes on a 2-core CPU, float32. Its constants are throughputs measured with
@@ -69,6 +69,9 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
       OPT_S_PER_PARAM x N per step;
     - bf16 (dtype bf16, or auto on a CPU with AVX512-BF16 / AMX): training BF16_TRAIN_SPEEDUP and sampling
       BF16_SAMPLE_SPEEDUP times faster;
+    - with a val_file, each validation decodes its prompts greedily (val_max_new_tokens, gen_batch_size at a
+      time, as a sampling round) and runs the refusal detector on the answers (JUDGE_S_PER_ANSWER); it runs at
+      the start and every val_every steps and at the last one (val_every 0: at the end of each round);
     - plus STARTUP_S; N = parameter count (config.json of a local model; 135M for `default`).
 
     A system prompt scoped to a tag (`over_refusal@1:benign`) samples only that tag's prompts: `tag_counts`
@@ -76,7 +79,8 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
     leaves out take NeatConfig's defaults (the one source of defaults); a job config's own keys (data filters, run
     name) are ignored.
 
-    Returns {"seconds", "steps", "sampling_s", "training_s", "startup_s", "params", "bf16", "text"}."""
+    Returns {"seconds", "steps", "sampling_s", "training_s", "validation_s", "validations", "check_s",
+    "startup_s", "params", "bf16", "text"}."""
     from ..models import bf16_compute
 
     defaults = NeatConfig().to_dict()
@@ -133,15 +137,48 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
         step_tokens, flops_tok = bs * acc * (PROMPT_TOKENS + per_list), 6
     train_flops = TRAIN_FLOPS * (BF16_TRAIN_SPEEDUP if bf16 else 1.0)
     training = steps * (step_tokens * flops_tok * params / train_flops + OPT_S_PER_PARAM * params)
+    # validation (val_file): the held-out prompts at the start and every val_every steps and at the last one, or
+    # at the end of each round (val_every 0)
+    n_val = val_prompt_count(str(g("val_file") or "")) if method != "dpo" and steps else 0
+    every = int(g("val_every") or 0)
+    validations = (1 + (math.ceil(steps / every) if every else rounds_run)) if n_val else 0
+    validation = validations * validation_seconds(params, bf16, n_val, int(g("val_max_new_tokens")), gen_batch)
     check = check_seconds(params, bf16) if str(g("check")).lower() in ("true", "1") else 0.0
-    total = STARTUP_S + sampling + training + check
+    total = STARTUP_S + sampling + training + validation + check
+    val_text = f", {validations} validations ~{fmt_duration(validation)}" if validations else ""
     then = f", then the check against the base ~{fmt_duration(check)}" if check else ""
     text = (f"about {fmt_duration(total)} ({steps} steps; sampling ~{fmt_duration(sampling)}, training "
-            f"~{fmt_duration(training)}{then}; {how}{', bf16' if bf16 else ''}; rough, ±2x)") if n else \
+            f"~{fmt_duration(training)}{val_text}{then}; {how}{', bf16' if bf16 else ''}; rough, ±2x)") if n else \
         "no training data matches the filters"
     return {"seconds": round(total, 1), "steps": steps, "sampling_s": round(sampling, 1),
-            "training_s": round(training, 1), "check_s": round(check, 1), "startup_s": STARTUP_S, "params": params,
-            "bf16": bf16, "text": text}
+            "training_s": round(training, 1), "validation_s": round(validation, 1), "validations": validations,
+            "check_s": round(check, 1), "startup_s": STARTUP_S, "params": params, "bf16": bf16, "text": text}
+
+
+def val_prompt_count(val_file: str) -> int:
+    """Prompts in a run's val_file (non-empty lines); 0 when there is none or it cannot be found (the run's own
+    checks say why)."""
+    if not val_file:
+        return 0
+    from .validation import resolve_val_file
+
+    try:
+        return sum(1 for line in resolve_val_file(val_file).read_text(encoding="utf-8").splitlines() if line.strip())
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return 0
+
+
+def validation_seconds(params: float, bf16: bool, n_prompts: int, new_tokens: int, batch: int) -> float:
+    """One validation: greedy answers to `n_prompts` held-out prompts in batches of `batch` (decoding and prefill
+    as a sampling round) and the refusal detector on them."""
+    if n_prompts <= 0:
+        return 0.0
+    batch = max(int(batch), 1)
+    rows = [batch] * (n_prompts // batch) + ([n_prompts % batch] if n_prompts % batch else [])
+    decode = new_tokens * sum(params * 4 / DECODE_BYTES_S + SAMPLE_FILL * r * 2 * params / DECODE_ROW_FLOPS
+                              for r in rows)
+    prefill = n_prompts * PROMPT_TOKENS * 2 * params / PREFILL_FLOPS
+    return (decode + prefill) / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) + n_prompts * JUDGE_S_PER_ANSWER
 
 
 def check_seconds(params: float, bf16: bool) -> float:
