@@ -122,7 +122,9 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
         _, s1 = wait_status(page, "running", min_step=1)
         page.reload()
         open_tab(page, "Train")
-        s, s2 = wait_status(page, "running|stopped|finished")
+        # the reloaded page re-attaches to the running run and shows its progress (the trainer is frozen at step
+        # s1; the box may render the run a poll before its step is read, so wait for the step, not the first paint)
+        s, s2 = wait_status(page, "running", min_step=s1, timeout=60)
         assert wait_attr(page, "run") == rid and s == "running", "the reloaded page re-attached to the running run"
         assert s2 >= s1
         shot(page, "train")
