@@ -28,6 +28,25 @@ def rows(path):
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+
+def test_the_safety_pp_lora_recipe_validates_on_held_out_prompts():
+    """The recipe keeps the step chosen on its shipped val.jsonl: a file that holds none of the recipe's training
+    prompts nor any prompt of the shipped evaluation sets (either would make the choice, or the figures,
+    meaningless)."""
+    from neat_studio.neat.recipes import recipe
+    from neat_studio.neat.validation import load_val_prompts
+
+    cfg = recipe("safety-pp-lora")["config"]
+    assert (cfg["val_file"], cfg["select"], cfg["val_every"]) == (
+        "data/recipes/safety-pp-lora/val.jsonl", "best_val", 24)
+    held_out = {E.normalize_text(p.prompt) for p in load_val_prompts(cfg["val_file"])[0]}
+    assert len(held_out) == 120
+    key = lambda r: E.normalize_text(E.prompt_text(r))  # noqa: E731 - the build script's deduplication key
+    trained = {key(r) for r in rows(DATA / "recipes" / "safety-pp-lora" / "curated.jsonl")}
+    evaluated = {key(r) for f in (DATA / "evalsets").glob("*.jsonl") for r in rows(f)}
+    assert len(trained) == 144 and len(evaluated) > 800
+    assert not held_out & trained and not held_out & evaluated
+
 def test_evalsets_match_their_manifest_and_split_rule():
     m = json.loads((DATA / "evalsets" / "manifest.json").read_text())
     assert set(m["sets"]) == {"harmful", "lookalike", "benign", "pairs"}

@@ -75,30 +75,6 @@ def test_the_recipes_validation_file_is_found_from_any_directory(tmp_path, monke
     assert sum(p.harmful for p in prompts) >= 40 and sum(not p.harmful for p in prompts) >= 40
 
 
-def test_the_safety_pp_lora_recipe_validates_on_held_out_prompts():
-    """The recipe keeps the step chosen on its shipped val.jsonl: a file that holds none of the recipe's training
-    prompts nor any prompt of the shipped evaluation sets (either would make the choice, or the figures,
-    meaningless)."""
-    import json
-    from pathlib import Path
-
-    from neat_studio.evalsets import normalize_text as key
-    from neat_studio.neat.recipes import recipe
-
-    cfg = recipe("safety-pp-lora")["config"]
-    assert (cfg["val_file"], cfg["select"], cfg["val_every"]) == (
-        "data/recipes/safety-pp-lora/val.jsonl", "best_val", 24)
-    held_out = {key(p.prompt) for p in load_val_prompts(cfg["val_file"])[0]}
-    assert len(held_out) == 120
-    data = Path(__file__).resolve().parents[1] / "data"
-    rows = lambda f: [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]  # noqa: E731
-    text = lambda p: p[-1]["content"] if isinstance(p, list) else p  # noqa: E731 - a chat's last user turn
-    trained = {key(text(r["prompt"])) for r in rows(data / "recipes" / "safety-pp-lora" / "curated.jsonl")}
-    evaluated = {key(text(r["prompt"])) for f in (data / "evalsets").glob("*.jsonl") for r in rows(f)}
-    assert len(trained) == 144 and len(evaluated) > 800
-    assert not held_out & trained and not held_out & evaluated
-
-
 def test_select_and_val_options_are_checked():
     base = dict(snapshot="s", negatives=["rude"])
     for kw, msg in [(dict(select="best_val"), "needs val_file"), (dict(select="best"), "select must be one of"),

@@ -120,12 +120,7 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
     # rounds actually reached when max_steps cuts the run short
     rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))
     gen_batch = max(int(g("gen_batch_size")), 1)
-    sampling = 0.0
-    for kk, m in passes:  # one generate call per pass; a prompt's k samples share a batch
-        seqs, per_batch = m * kk, max(1, gen_batch // kk) * kk
-        batches = [per_batch] * (seqs // per_batch) + ([seqs % per_batch] if seqs % per_batch else [])
-        sampling += new_tok * sum(params * 4 / DECODE_BYTES_S + SAMPLE_FILL * rows * 2 * params / DECODE_ROW_FLOPS
-                                  for rows in batches) + m * PROMPT_TOKENS * 2 * params / PREFILL_FLOPS
+    sampling = sum(pass_seconds(params, m, kk, new_tok, gen_batch) for kk, m in passes)
     sampling *= rounds_run / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0)
     resp_curated, resp_online = min(RESPONSE_TOKENS, max_resp), min(SAMPLE_FILL * new_tok, max_resp)
     if method == "dpo":
@@ -155,30 +150,35 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
             "check_s": round(check, 1), "startup_s": STARTUP_S, "params": params, "bf16": bf16, "text": text}
 
 
+def pass_seconds(params: float, prompts: int, k: int, new_tokens: int, gen_batch: int) -> float:
+    """One generate pass in float32: `k` samples of each of `prompts` prompts, gen_batch_size sequences at a time
+    (a prompt's k samples share a batch), new_tokens decoding steps per batch, plus the prompts' prefill."""
+    seqs, per_batch = prompts * k, max(1, gen_batch // k) * k
+    batches = [per_batch] * (seqs // per_batch) + ([seqs % per_batch] if seqs % per_batch else [])
+    return new_tokens * sum(params * 4 / DECODE_BYTES_S + SAMPLE_FILL * rows * 2 * params / DECODE_ROW_FLOPS
+                            for rows in batches) + prompts * PROMPT_TOKENS * 2 * params / PREFILL_FLOPS
+
+
 def val_prompt_count(val_file: str) -> int:
-    """Prompts in a run's val_file (non-empty lines); 0 when there is none or it cannot be found (the run's own
-    checks say why)."""
+    """Prompts a run's val_file holds (as the run reads them); 0 when there is none or it cannot be used (the
+    run's own checks say why)."""
     if not val_file:
         return 0
-    from .validation import resolve_val_file
+    from .validation import load_val_prompts
 
     try:
-        return sum(1 for line in resolve_val_file(val_file).read_text(encoding="utf-8").splitlines() if line.strip())
-    except (ConfigError, OSError, UnicodeDecodeError):
+        return len(load_val_prompts(val_file)[0])
+    except (ConfigError, OSError):
         return 0
 
 
 def validation_seconds(params: float, bf16: bool, n_prompts: int, new_tokens: int, batch: int) -> float:
-    """One validation: greedy answers to `n_prompts` held-out prompts in batches of `batch` (decoding and prefill
-    as a sampling round) and the refusal detector on them."""
+    """One validation: greedy answers to `n_prompts` held-out prompts (a generate pass with k = 1) and the refusal
+    detector on them."""
     if n_prompts <= 0:
         return 0.0
-    batch = max(int(batch), 1)
-    rows = [batch] * (n_prompts // batch) + ([n_prompts % batch] if n_prompts % batch else [])
-    decode = new_tokens * sum(params * 4 / DECODE_BYTES_S + SAMPLE_FILL * r * 2 * params / DECODE_ROW_FLOPS
-                              for r in rows)
-    prefill = n_prompts * PROMPT_TOKENS * 2 * params / PREFILL_FLOPS
-    return (decode + prefill) / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) + n_prompts * JUDGE_S_PER_ANSWER
+    decode = pass_seconds(params, n_prompts, 1, new_tokens, max(int(batch), 1))
+    return decode / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) + n_prompts * JUDGE_S_PER_ANSWER
 
 
 def check_seconds(params: float, bf16: bool) -> float:
