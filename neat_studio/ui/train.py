@@ -19,8 +19,9 @@ from .common import (Ctx, Tab, code_html, error_box, esc, evaluation_updates, fm
 
 HISTORY_COLUMNS = ["run", "name", "status", "vs base", "method", "model", "snapshot", "started", "duration", "steps",
                    "loss", "rank acc", "p-gap", "config", "error"]
-# 100 % in all: the config and error columns stay in view
-HISTORY_WIDTHS = ["8%", "8%", "6%", "9%", "5%", "6%", "7%", "8%", "5%", "5%", "5%", "5%", "5%", "12%", "6%"]
+# 100 % in all: the config and error columns stay in view; at 1280 px each short column's longest word ("finished",
+# "significant", "default", "144/144", "1.210") fits whole in studio.css's 13 px
+HISTORY_WIDTHS = ["7%", "8%", "7%", "8.5%", "5.5%", "6%", "6.5%", "8%", "6.5%", "6.5%", "5%", "5%", "5%", "10.5%", "5%"]
 # label and minimum of each hyper-parameter field (their keys, types and order: studio.training.HYPER)
 HYPER_FIELDS = {
     "rounds": ("rounds", 1), "epochs": ("epochs per round", 1), "k": ("k (plain samples)", 0),

@@ -143,6 +143,12 @@ def test_train_stop_resume_history_then_compare_and_vote(app, browser, page_erro
     wait_text(page.locator("#train-history"), rid[:8], timeout=30)
     wait_text(page.locator("#train-history"), r"finished", timeout=30)
     assert "120/120" in page.locator("#train-history").inner_text()
+    # short cells keep their words whole at 1280 px: one line each (a cell's text is a block span; gradio's cells
+    # broke "finish ed" over two lines before ui/studio.css and HISTORY_WIDTHS)
+    lines = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('#train-history span.text')]
+        .filter(s => ['finished', '120/120'].includes(s.textContent.trim()))
+        .map(s => [s.textContent.trim(), Math.round(s.clientHeight / parseFloat(getComputedStyle(s).lineHeight))]))""")
+    assert lines.get("finished") == 1 and lines.get("120/120") == 1, lines
     assert page.locator("#train-loss-plot img, #train-loss-plot svg, #train-loss-plot canvas").count() >= 1
     assert "resumed" in field(page, "train-log").input_value() or "Resumed" in page.locator("#train-msg").inner_text()
 
