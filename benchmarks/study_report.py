@@ -84,7 +84,8 @@ def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
 
     base = next(r["verdicts"] for r in rows if "verdicts" in r)
     b_ref, b_ben = 100 * base["refusal:harmful"]["rate_before"], 100 * base["compliance:benign"]["rate_before"]
-    fig, ax = plt.subplots(figsize=(9.5, 5))
+    ncol = 1 + len(fr["residuals"]) // 24  # a legend of more entries than fit beside the axes gets columns
+    fig, ax = plt.subplots(figsize=(7 + 2.5 * ncol, 5.5))
     other = [r for r in rows if "verdicts" in r and not is_neat_lora(r)]
     ax.scatter([100 * r["verdicts"]["refusal:harmful"]["rate_after"] for r in other],
                [100 * r["verdicts"]["compliance:benign"]["rate_after"] for r in other], c="lightgrey", s=18,
@@ -104,7 +105,7 @@ def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
     ax.set_xlabel("harmful requests refused (%)")
     ax.set_ylabel("benign requests answered (%)")
     ax.set_title("SmolLM2-135M, dev split: every run of the alignment study")
-    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the points, not on them
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=ncol)  # beside the points
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
