@@ -58,7 +58,8 @@ RECIPES: dict[str, dict] = {
             "harmless requests the base model refuses) and its held-out val.jsonl. About 16 min of training on 2 CPU "
             "cores. On the default 135M model, no axis significantly worse than the base on any seed tried (five on "
             "the dev split, five on the held-out test split); more refusal of harmful requests: on dev 16.0 -> "
-            "20.7-27.3 % (significant on four seeds of five), on test 14.7 -> 15.3-20.7 % (significant on none). "
+            "20.7-27.3 % (significant on four seeds of five; of three more seeds, two kept the starting model, "
+            "unchanged), on test 14.7 -> 15.3-20.7 % (significant on none). "
             "Every run is checked against the base "
             "model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
             "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md step 66."),
