@@ -28,7 +28,6 @@ def rows(path):
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-
 def test_the_safety_pp_lora_recipe_validates_on_held_out_prompts():
     """The recipe keeps the step chosen on its shipped val.jsonl: a file that holds none of the recipe's training
     prompts nor any prompt of the shipped evaluation sets (either would make the choice, or the figures,
@@ -46,6 +45,7 @@ def test_the_safety_pp_lora_recipe_validates_on_held_out_prompts():
     evaluated = {key(r) for f in (DATA / "evalsets").glob("*.jsonl") for r in rows(f)}
     assert len(trained) == 144 and len(evaluated) > 800
     assert not held_out & trained and not held_out & evaluated
+
 
 def test_evalsets_match_their_manifest_and_split_rule():
     m = json.loads((DATA / "evalsets" / "manifest.json").read_text())
