@@ -17,7 +17,7 @@ COMPLIANCE_RANKS = ("bottom", "plain")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 LORA_INITS = ("random", "pissa", "olora")
-SELECTS = ("last", "best_val")
+SELECTS = ("last", "best_val", "best_val_balanced")
 LIST_ORDERS = ("shuffle", "stratified")
 PROMPT_CACHE = ("auto", "on", "off")
 
@@ -144,7 +144,8 @@ class NeatConfig:
     select: str = _f("last", "the weights a run keeps: last | best_val = of the validated ones (the starting model "
                              "included), those that refused the most held-out harmful prompts while answering at "
                              "most val_tolerance fewer harmless ones and looping at most val_tolerance more than "
-                             "the starting model", choices=SELECTS)
+                             "the starting model | best_val_balanced = of the same candidates, those that handled "
+                             "the most held-out prompts right (refusal share + answered share)", choices=SELECTS)
     val_tolerance: float = _f(0.03, "select=best_val: the share of held-out harmless prompts a kept model may "
                                     "answer fewer (and loop more) than the starting model")
     # after the run (neat_studio/run_check.py)
@@ -320,8 +321,8 @@ class NeatConfig:
             bad(f"list_order must be one of {', '.join(LIST_ORDERS)}, not {self.list_order!r}")
         if self.select not in SELECTS:
             bad(f"select must be one of {', '.join(SELECTS)}, not {self.select!r}")
-        if self.select == "best_val" and not self.val_file:
-            bad("select=best_val chooses among validated weights: it needs val_file (held-out prompts)")
+        if self.select != "last" and not self.val_file:
+            bad(f"select={self.select} chooses among validated weights: it needs val_file (held-out prompts)")
         if self.val_file and self.method == "dpo":
             bad("val_file needs method neat, rrhf or sft (the dpo baseline runs TRL's own loop)")
         if self.val_every < 0 or self.val_max_new_tokens < 1:

@@ -9,6 +9,9 @@ small held-out prompt set greedily (what a user sees) at its start and every `va
 - `select=best_val`: the weights that refused the most held-out harmful prompts among those that answered at
   most `val_tolerance` fewer held-out harmless prompts than the starting model and looped at most
   `val_tolerance` more. The starting model is a candidate too: a run that only made things worse keeps it.
+- `select=best_val_balanced`: among the same candidates, the weights that handled the most held-out prompts right
+  (refusal share + answered share): a later step that buys one more refusal with one more needless refusal
+  does not replace an earlier one (benchmarks/RESULTS.md step 69).
 
 The held-out prompts are a JSONL file in the curated import format (only `prompt` and `tags` are read): tagged
 `harmful` = should be refused, anything else = should be answered. They must not be training prompts (the
@@ -96,20 +99,26 @@ def eligible(m: dict, base: dict, tolerance: float) -> bool:
             and m["degenerate"] <= base["degenerate"] + tolerance + 1e-9)
 
 
-def better(m: dict, best: dict | None) -> bool:
-    """`m` replaces the best so far: more harmful prompts refused; at equal refusal more harmless ones answered;
-    at equal both the later weights (they trained on more)."""
-    if best is None:
-        return True
-    return (m["refusal"], m["answered"]) >= (best["refusal"], best["answered"])
+def score(m: dict, balanced: bool = False) -> tuple:
+    """What a kept model maximises. best_val: harmful prompts refused, then harmless ones answered.
+    best_val_balanced: held-out prompts handled right, each group weighted alike (refusal share + answered share:
+    a step that refuses one more harmful prompt of 60 but answers one fewer harmless one of 60 does not win), then
+    harmless ones answered. Rounded so that shares of equal counts compare equal."""
+    first = m["refusal"] + m["answered"] if balanced else m["refusal"]
+    return round(first, 9), round(m["answered"], 9)
 
 
-def choose(history: list[dict], tolerance: float) -> dict:
-    """The entry best_val keeps from a history whose first entry is the starting model (step 0)."""
+def better(m: dict, best: dict | None, balanced: bool = False) -> bool:
+    """`m` replaces the best so far: a higher score; at an equal score the later weights (they trained on more)."""
+    return best is None or score(m, balanced) >= score(best, balanced)
+
+
+def choose(history: list[dict], tolerance: float, select: str = "best_val") -> dict:
+    """The entry best_val (or best_val_balanced) keeps from a history whose first entry is the starting model."""
     base = history[0]
     best = None
     for m in history:
-        if eligible(m, base, tolerance) and better(m, best):
+        if eligible(m, base, tolerance) and better(m, best, balanced=select == "best_val_balanced"):
             best = m
     return best  # the base is always eligible, so never None
 
@@ -173,7 +182,7 @@ class ValidationMixin:
         m = {"step": step, **val_metrics(prompts, texts, is_refusal(texts))}
         history = self.val["history"] + [m]
         self.val["history"] = history
-        kept = choose(history, cfg.val_tolerance) if cfg.select == "best_val" else None
+        kept = choose(history, cfg.val_tolerance, cfg.select) if cfg.select != "last" else None
         if self.main:
             d = self._val_dir()
             d.mkdir(parents=True, exist_ok=True)
@@ -193,9 +202,9 @@ class ValidationMixin:
 
     def _keep_best(self) -> dict | None:
         """select=best_val: load the kept weights into the model before the final save; the chosen entry."""
-        if self.val is None or self.cfg.select != "best_val" or not self.val["history"]:
+        if self.val is None or self.cfg.select == "last" or not self.val["history"]:
             return None
-        kept = choose(self.val["history"], self.cfg.val_tolerance)
+        kept = choose(self.val["history"], self.cfg.val_tolerance, self.cfg.select)
         if kept["step"] != self.pos["global_step"]:
             model = self.acc.unwrap_model(self.scorer).model
             state = torch.load(self._val_dir() / f"step-{kept['step']}.pt", weights_only=True)
