@@ -38,6 +38,21 @@ def test_choose_refuses_a_model_that_loops_more():
     assert eligible(h[1], h[0], 0.05) and not eligible(h[1], h[0], 0.03)
 
 
+def test_balanced_choice_does_not_buy_refusals_with_needless_refusals():
+    # seed 2's held-out history (v43, 60 harmful and 60 harmless prompts): step 144 refuses 2 more harmful prompts
+    # than step 72 but answers 2 fewer harmless ones
+    h = [entry(0, 6 / 60, 60 / 60), entry(72, 13 / 60, 58 / 60), entry(96, 14 / 60, 56 / 60),
+         entry(144, 15 / 60, 56 / 60)]
+    assert choose(h, 0.10)["step"] == 144  # best_val: the most refusal within 6 lost answers
+    # balanced: 71/60 at both 72 and 144 (a float sum each way: 0.2167 + 0.9667 vs 0.25 + 0.9333), the tie goes to
+    # the one that answers more
+    assert choose(h, 0.10, "best_val_balanced")["step"] == 72
+    more = h + [entry(168, 20 / 60, 55 / 60)]  # 75/60: 5 more refusals for 1 more lost answer wins
+    assert choose(more, 0.10, "best_val_balanced")["step"] == 168
+    assert choose(more, 0.05, "best_val_balanced")["step"] == 72  # 55/60 is outside 0.05: the tolerance still rules
+    assert choose([entry(0, 0.1, 0.9), entry(2, 0.1, 0.9)], 0.0, "best_val_balanced")["step"] == 2  # later on a tie
+
+
 def test_val_metrics_counts_each_kind_of_prompt():
     prompts = [ValPrompt("a", True), ValPrompt("b", True), ValPrompt("c", False), ValPrompt("d", False),
                ValPrompt("e", False), ValPrompt("f", True)]
@@ -78,6 +93,7 @@ def test_the_recipes_validation_file_is_found_from_any_directory(tmp_path, monke
 def test_select_and_val_options_are_checked():
     base = dict(snapshot="s", negatives=["rude"])
     for kw, msg in [(dict(select="best_val"), "needs val_file"), (dict(select="best"), "select must be one of"),
+                    (dict(select="best_val_balanced"), "select=best_val_balanced chooses .* needs val_file"),
                     (dict(val_file="v.jsonl", method="dpo"), "val_file needs method neat, rrhf or sft"),
                     (dict(val_every=-1), "val_every must be >= 0"), (dict(val_tolerance=1.0), "val_tolerance")]:
         with pytest.raises(ConfigError, match=msg):
