@@ -42,14 +42,24 @@ def with_model(lm, model):
 def adapters_merged(model):
     """LoRA (peft): the adapters merged into the frozen weights while the model samples (peft's merge_adapter /
     unmerge_adapter, as TRL's online trainers do around generation), so a sample costs what the base model's does
-    instead of two more matmuls and a dropout in every adapted layer. The frozen weights come back within float32
-    rounding (w + d - d). Any other model: as it is."""
+    instead of two more matmuls and a dropout in every adapted layer. The frozen weights come back exactly: peft's
+    unmerge computes (w + d) - d, which is w only within float32 rounding, and a run that samples and validates a
+    dozen times would drift by that (a run that kept its starting weights answered a few prompts unlike the base,
+    benchmarks/RESULTS.md step 69); so the adapted layers' weights are copied (to the CPU) before the merge and
+    copied back after it. Any other model: as it is."""
     merge = getattr(model, "merge_adapter", None)
     if merge is None:
         yield model
         return
+    frozen = [m.get_base_layer().weight for m in model.modules()
+              if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")]
+    with torch.no_grad():
+        saved = [w.detach().to("cpu", copy=True) for w in frozen]
     merge()
     try:
         yield model
     finally:
         model.unmerge_adapter()
+        with torch.no_grad():
+            for w, c in zip(frozen, saved):
+                w.copy_(c)
