@@ -140,7 +140,7 @@ def test_training_options_and_estimate(studio):
     assert "lr" in opts["help"] and opts["defaults"]["method"] == "neat"
     from neat_studio.neat.preflight import bf16_supported
 
-    assert opts["selects"] == ["last", "best_val"]
+    assert opts["selects"] == ["last", "best_val", "best_val_balanced"]
     assert opts["dtypes"] == ["auto", "bf16", "fp32"] and opts["auto_dtype"] == ("bf16" if bf16_supported() else "fp32")
     e = studio.estimate_training({"model": "tiny", "method": "neat", "negatives": ["rude@1"], "rounds": 1,
                                   "batch_size": 2, "data": {"tags": ["t"]}})
