@@ -58,8 +58,15 @@ def frontier_points(rows: list[dict]) -> list[dict]:
         shift = [0.0 if None in (x0, x) else x0 - x for x0, x in zip(b0, b)]
         out.append({"variant": r["variant"], "seed": r["seed"],
                     "refusal": 100 * (v["refusal:harmful"]["rate_after"] + shift[0]),
-                    "benign": 100 * (v["compliance:benign"]["rate_after"] + shift[1])})
+                    "benign": 100 * (v["compliance:benign"]["rate_after"] + shift[1]),
+                    "replayed": is_replayed(r)})
     return out
+
+
+def is_replayed(r: dict) -> bool:
+    """A row that replays another selection rule on a run already recorded (its note starts with INFERRED): a
+    point of its variant, not another training run, so the line is not fitted over it twice."""
+    return (r.get("note") or "").startswith("INFERRED")
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
@@ -69,12 +76,14 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 
 def frontier(points: list[dict]) -> dict:
-    """The line over all points and each variant's residuals (benign minus the line at its refusal), in order seen."""
-    a, b, r = fit_line([p["refusal"] for p in points], [p["benign"] for p in points])
+    """The line over the trained runs' points (replayed rows left out) and each variant's residuals (benign minus
+    the line at its refusal, replayed rows too), in order seen."""
+    fit = [p for p in points if not p.get("replayed")]
+    a, b, r = fit_line([p["refusal"] for p in fit], [p["benign"] for p in fit])
     res: dict = {}
     for p in points:
         res.setdefault(p["variant"], []).append(p["benign"] - (a + b * p["refusal"]))
-    return {"a": a, "b": b, "r": r, "n": len(points), "residuals": res}
+    return {"a": a, "b": b, "r": r, "n": len(fit), "residuals": res}
 
 
 def plot(rows: list[dict], points: list[dict], fr: dict, path: str) -> None:
@@ -155,9 +164,9 @@ def main() -> int:
     points = frontier_points(rows)
     if len({p["refusal"] for p in points}) >= 2:
         fr = frontier(points)
-        print(f"\nFrontier of the {fr['n']} NEAT LoRA runs: benign = {fr['a']:.1f} {fr['b']:+.2f} x refusal "
-              f"(Pearson r = {fr['r']:.2f}); each variant's distance above that line (benign points at equal "
-              "refusal), per seed:\n")
+        print(f"\nFrontier of the {fr['n']} NEAT LoRA training runs (replayed rows left out of the fit): "
+              f"benign = {fr['a']:.1f} {fr['b']:+.2f} x refusal (Pearson r = {fr['r']:.2f}); each variant's distance "
+              "above that line (benign points at equal refusal), per seed:\n")
         print("| variant | seeds | mean above the line | per seed |")
         print("|---|---|---|---|")
         for name, res in fr["residuals"].items():

@@ -52,3 +52,16 @@ def test_frontier_moves_runs_on_another_base_by_the_bases_difference():
     assert [p["benign"] for p in pts] == pytest.approx([90.0, 92.8])    # 0.92 + (0.936 - 0.928)
     # rows without the base's rates (older records) are not moved
     assert study_report.frontier_points([_row("c", 0, 0.3, 0.8)])[0]["benign"] == pytest.approx(80.0)
+
+
+def test_frontier_fits_the_line_over_trained_runs_only():
+    """A replayed row (another selection rule on a recorded run, note INFERRED ...) gets its residual but does not
+    count in the fit: the same three points as above plus a replayed one far off the line give the same line."""
+    replay = _row("c", 0, 0.50, 0.20)
+    replay["note"] = "INFERRED from run a-s1: another rule replayed on its history"
+    pts = study_report.frontier_points([_row("a", 0, 0.10, 0.91), _row("a", 1, 0.30, 0.70),
+                                        _row("b", 0, 0.20, 0.79), replay])
+    assert [p["replayed"] for p in pts] == [False, False, False, True]
+    fr = study_report.frontier(pts)
+    assert fr["n"] == 3 and fr["a"] == pytest.approx(101.0) and fr["b"] == pytest.approx(-1.05)
+    assert fr["residuals"]["c"] == pytest.approx([20 - (101.0 - 1.05 * 50)])  # 20 - 48.5 = -28.5
