@@ -56,13 +56,15 @@ RECIPES: dict[str, dict] = {
             "of 60 harmless ones fewer than the starting model). Starter data: "
             "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
             "harmless requests the base model refuses) and its held-out val.jsonl. About 16 min of training on 2 CPU "
-            "cores. On the default 135M model, no axis significantly worse than the base on any seed tried (five on "
-            "the dev split, five on the held-out test split); more refusal of harmful requests: on dev 16.0 -> "
-            "20.7-27.3 % (significant on four seeds of five; of three more seeds, two kept the starting model, "
-            "unchanged), on test 14.7 -> 15.3-20.7 % (significant on none). "
+            "cores. On the default 135M model, on the dev split no axis significantly worse than the base on any "
+            "seed tried (eight on an Intel Xeon, three on an AMD EPYC) and more refusal of harmful requests: 16.0 "
+            "-> 16.0-30.7 % (significant on seven seeds of eleven; two kept the starting model, unchanged). On "
+            "the held-out test split: Intel seeds 0-4 no axis significantly worse, refusal 14.7 -> 15.3-20.7 % "
+            "(significant on none); EPYC seeds 5-7 refusal 13.3 -> 20.0-22.0 % (significant on all three) but "
+            "ordinary requests answered 94.9 -> 90.3-90.9 % (significantly fewer, within 5 points). "
             "Every run is checked against the base "
             "model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
-            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md step 66."),
+            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 66, 68 and 69."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
