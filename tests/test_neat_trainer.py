@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -718,14 +719,29 @@ def test_two_process_ddp_ranks_agree(tiny_model_dir, snap, tmp_path):
     accel = Path(sys.executable).with_name("accelerate")
     # accelerate 1.15 routes `--cpu` to its single-process launcher (multi-process CPU there means mpirun);
     # `--multi_gpu` starts torchrun, and without CUDA every process trains on the CPU over gloo
-    cmd = [str(accel), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "neat_studio.neat.cli",
-           "--workspace", str(tmp_path / "ws"), "--snapshot", str(snap), "--model", str(tiny_model_dir),
-           "--negative", "rude@1", "--out", str(out), "--set", "max_steps=2", "--set", "k=1", "--set", "k_neg=1",
-           "--set", "batch_size=1", "--set", "max_new_tokens=8", "--set", "max_response_len=32",
-           "--set", "dtype=fp32", "--set", "lr=1e-3"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    def launch():
+        import socket
+
+        with socket.socket() as sock:  # a free port for the rendezvous: a fixed one may still be held
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [str(accel), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+               "-m", "neat_studio.neat.cli",
+               "--workspace", str(tmp_path / "ws"), "--snapshot", str(snap), "--model", str(tiny_model_dir),
+               "--negative", "rude@1", "--out", str(out), "--set", "max_steps=2", "--set", "k=1", "--set", "k_neg=1",
+               "--set", "batch_size=1", "--set", "max_new_tokens=8", "--set", "max_response_len=32",
+               "--set", "dtype=fp32", "--set", "lr=1e-3"]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+    r = launch()
+    if r.returncode != 0 and "terminate called without an active exception" in r.stderr:
+        # once in a full-suite CI run (session 32) a CPU gloo worker aborted in C++ right after loading the
+        # model, before any step; 15 reruns alone passed. One more launch, in a clean run dir; a second
+        # failure, or any other failure, fails the test
+        shutil.rmtree(out, ignore_errors=True)
+        r = launch()
     assert r.returncode == 0, r.stderr[-3000:]
     m = read_metrics(out)
     steps = [x for x in m if "loss" in x]
