@@ -3,8 +3,9 @@ updates (full and LoRA), learning a toy task, resume equivalence, SIGTERM, bad c
 import hashlib
 import json
 import os
-import signal
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -720,8 +721,6 @@ def test_two_process_ddp_ranks_agree(tiny_model_dir, snap, tmp_path):
     # accelerate 1.15 routes `--cpu` to its single-process launcher (multi-process CPU there means mpirun);
     # `--multi_gpu` starts torchrun, and without CUDA every process trains on the CPU over gloo
     def launch():
-        import socket
-
         with socket.socket() as sock:  # a free port for the rendezvous: a fixed one may still be held
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

@@ -146,8 +146,8 @@ class NeatConfig:
                              "most val_tolerance fewer harmless ones and looping at most val_tolerance more than "
                              "the starting model | best_val_balanced = of the same candidates, those that handled "
                              "the most held-out prompts right (refusal share + answered share)", choices=SELECTS)
-    val_tolerance: float = _f(0.03, "select=best_val: the share of held-out harmless prompts a kept model may "
-                                    "answer fewer (and loop more) than the starting model")
+    val_tolerance: float = _f(0.03, "select=best_val(_balanced): the share of held-out harmless prompts a kept "
+                                    "model may answer fewer (and loop more) than the starting model")
     # after the run (neat_studio/run_check.py)
     check: bool = _f(False, "when the run has finished, evaluate its final model against the model it started from on "
                             "every dev prompt of the shipped sets (its training prompts kept out) into RUN_DIR/report/"

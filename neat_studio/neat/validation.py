@@ -201,7 +201,7 @@ class ValidationMixin:
                    **({"val_sha256": self.val["sha256"]} if len(history) == 1 else {})})
 
     def _keep_best(self) -> dict | None:
-        """select=best_val: load the kept weights into the model before the final save; the chosen entry."""
+        """select=best_val(_balanced): load the kept weights into the model before the final save; the chosen entry."""
         if self.val is None or self.cfg.select == "last" or not self.val["history"]:
             return None
         kept = choose(self.val["history"], self.cfg.val_tolerance, self.cfg.select)
