@@ -219,6 +219,12 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
 # held-out validation prompts of a recipe (val.jsonl; the trainer's val_file): (harmful, look-alike, benign), drawn from
 # the training sources after every recipe's training prompts and every evaluation prompt are excluded
 VAL_DATA = {"safety-pp-lora": (60, 20, 40)}
+# a wider held-out set for the same recipe (val-wide.jsonl, benchmarks/RESULTS.md step 70): val.jsonl's 120 prompts
+# first, unchanged, then ordinary requests of two more kinds, so that the step a run keeps is checked on more than
+# one source of harmless requests: Self-Instruct seed tasks that no evaluation set holds, and MT-Bench / Vicuna-Bench
+# first turns (none of them a training or evaluation prompt)
+VAL_WIDE = {"safety-pp-lora": {"self-instruct-seed/seed_tasks.jsonl": 25,
+                               "mt-bench/mt_bench_question.jsonl+mt-bench/vicuna_bench_question.jsonl": 55}}
 
 
 def build_val_set(data_root: Path, out: Path, exclude: set, counts: tuple) -> dict:
@@ -270,6 +276,49 @@ def build_val_set(data_root: Path, out: Path, exclude: set, counts: tuple) -> di
     return entry
 
 
+def build_wide_val_set(data_root: Path, out: Path, exclude: set, extra: dict) -> dict:
+    """val.jsonl's rows, then `extra` ordinary requests per source group ("a+b": files drawn from as one pool, each
+    row's prompt as the evaluation sets read it), none of them a training prompt, an evaluation prompt or already
+    taken; written to val-wide.jsonl and recorded in the recipe's manifest.json under `validation_wide`."""
+    rows = [json.loads(x) for x in open(out / "val.jsonl", encoding="utf-8")]
+    seen = set(exclude) | {evalsets.normalize_text(r["prompt"]) for r in rows}
+    rng = random.Random(SEED + 2)
+    counts = {}
+    for group, n in extra.items():
+        pool = []
+        for rel in group.split("+"):
+            for line in open(data_root / rel, encoding="utf-8"):
+                p = evalsets._prompt_of_row(json.loads(line))
+                if isinstance(p, str) and p.strip():
+                    pool.append(p)
+        pool = sorted(set(pool))
+        rng.shuffle(pool)
+        got = 0
+        for p in pool:
+            k = evalsets.normalize_text(p)
+            if got < n and k and k not in seen:
+                seen.add(k)
+                rows.append({"prompt": p, "tags": ["benign", "validation", group.split("/")[0]]})
+                got += 1
+        if got < n:
+            raise SystemExit(f"only {got} fresh prompts in {group} (wanted {n})")
+        counts[group] = got
+    path = out / "val-wide.jsonl"
+    evalsets.write_jsonl(path, rows)
+    entry = {"file": path.name, "sha256": sha(path), "rows": len(rows),
+             "by_tag": {t: sum(t in r["tags"] for r in rows) for t in ("harmful", "lookalike", "benign")},
+             "extra_by_source": counts,
+             "used_for": "a wider held-out validation set (val.jsonl's rows first, then more ordinary requests)",
+             "deduplicated_against": "every recipe's training prompts, every prompt of data/evalsets and val.jsonl, "
+                                     "normalised text",
+             "sources": [source_info(data_root, rel) for g in extra for rel in g.split("+")]}
+    mf = out / "manifest.json"
+    manifest = json.loads(mf.read_text(encoding="utf-8"))
+    manifest["validation_wide"] = entry
+    mf.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return entry
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
@@ -286,6 +335,8 @@ def main() -> int:
                for line in open(REPO / "data" / "recipes" / name / "curated.jsonl", encoding="utf-8")}
     for name, counts in VAL_DATA.items():
         recipes[name]["validation"] = build_val_set(root, REPO / "data" / "recipes" / name, keys | trained, counts)
+    for name, extra in VAL_WIDE.items():
+        build_wide_val_set(root, REPO / "data" / "recipes" / name, keys | trained, extra)
     print(json.dumps({"evalsets": {k: {"total": v["total"], "by_split": v["by_split"]} for k, v in m["sets"].items()},
                       "recipes": {n: {"rows": r["rows"], "by_tag": r["by_tag"],
                                       **({"validation": r["validation"]["by_tag"]} if "validation" in r else {})}
