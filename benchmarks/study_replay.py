@@ -10,6 +10,11 @@ for both sets. Prints the choice; with `--as NAME` it also writes `runs/NAME/` i
 starting model with that step's LoRA adapter (checkpoints/step-N, the run needs save_every = val_every and
 keep_checkpoints=0) merged in as the trainer merges it, beside the run's config.yaml, metrics.jsonl and wall_s.txt,
 so that `study_safety.py --variant NAME-without-sN --seeds N` evaluates it like any run (mark its note INFERRED).
+
+`--rows` is an approximation of a run with the shorter file: greedy answers depend on which prompts share a batch
+(padding), and the first 120 rows decoded among 200 are not exactly what val.jsonl's own batches give (RESULTS step
+70: the starting model's answers loop on 5 of those 120 prompts, on 7 in val.jsonl's batches). A merged step's model
+is the trainer's bit for bit (checked against a run's own final/).
 """
 from __future__ import annotations
 
