@@ -47,6 +47,25 @@ def test_the_safety_pp_lora_recipe_validates_on_held_out_prompts():
     assert not held_out & trained and not held_out & evaluated
 
 
+def test_the_wider_held_out_set_starts_with_val_jsonl_and_holds_no_trained_or_evaluated_prompt():
+    """val-wide.jsonl (RESULTS step 70): val.jsonl's rows first, byte for byte, then 80 more ordinary requests, none
+    a training prompt of either recipe, an evaluation prompt or a val.jsonl prompt; its manifest entry matches."""
+    import hashlib
+
+    d = DATA / "recipes" / "safety-pp-lora"
+    narrow, wide = rows(d / "val.jsonl"), rows(d / "val-wide.jsonl")
+    assert wide[:120] == narrow and len(wide) == 200
+    extra = wide[120:]
+    assert [r["tags"][-1] for r in extra] == ["self-instruct-seed"] * 25 + ["mt-bench"] * 55
+    assert all("harmful" not in r["tags"] for r in extra)
+    key = lambda r: E.normalize_text(E.prompt_text(r))  # noqa: E731
+    seen = {key(r) for f in ("safety/curated.jsonl", "safety-pp-lora/curated.jsonl", "safety-pp-lora/val.jsonl")
+            for r in rows(DATA / "recipes" / f)} | {key(r) for f in (DATA / "evalsets").glob("*.jsonl") for r in rows(f)}
+    assert len({key(r) for r in extra}) == 80 and not {key(r) for r in extra} & seen
+    entry = json.loads((d / "manifest.json").read_text())["validation_wide"]
+    assert entry["sha256"] == hashlib.sha256((d / "val-wide.jsonl").read_bytes()).hexdigest() and entry["rows"] == 200
+
+
 def test_evalsets_match_their_manifest_and_split_rule():
     m = json.loads((DATA / "evalsets" / "manifest.json").read_text())
     assert set(m["sets"]) == {"harmful", "lookalike", "benign", "pairs"}
@@ -105,6 +124,13 @@ def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
                             n_mined=mod.RECIPE_MINED["safety-pp-lora"])
     assert (tmp_path / "recipe2" / "curated.jsonl").read_bytes() == \
         (DATA / "recipes" / "safety-pp-lora" / "curated.jsonl").read_bytes()
+    # both held-out sets, built after every recipe's training set as main() builds them
+    trained = {E.normalize_text(r["prompt"]) for f in (tmp_path / "recipe" / "curated.jsonl",
+                                                       tmp_path / "recipe2" / "curated.jsonl") for r in rows(f)}
+    mod.build_val_set(root, tmp_path / "recipe2", keys | trained, mod.VAL_DATA["safety-pp-lora"])
+    mod.build_wide_val_set(root, tmp_path / "recipe2", keys | trained, mod.VAL_WIDE["safety-pp-lora"])
+    for name in ("val.jsonl", "val-wide.jsonl"):
+        assert (tmp_path / "recipe2" / name).read_bytes() == (DATA / "recipes" / "safety-pp-lora" / name).read_bytes()
 
 
 def test_mined_refusals_match_their_manifest_and_are_never_evaluation_prompts():
