@@ -60,7 +60,8 @@ def test_the_wider_held_out_set_starts_with_val_jsonl_and_holds_no_trained_or_ev
     assert all("harmful" not in r["tags"] for r in extra)
     key = lambda r: E.normalize_text(E.prompt_text(r))  # noqa: E731
     seen = {key(r) for f in ("safety/curated.jsonl", "safety-pp-lora/curated.jsonl", "safety-pp-lora/val.jsonl")
-            for r in rows(DATA / "recipes" / f)} | {key(r) for f in (DATA / "evalsets").glob("*.jsonl") for r in rows(f)}
+            for r in rows(DATA / "recipes" / f)}
+    seen |= {key(r) for f in (DATA / "evalsets").glob("*.jsonl") for r in rows(f)}
     assert len({key(r) for r in extra}) == 80 and not {key(r) for r in extra} & seen
     entry = json.loads((d / "manifest.json").read_text())["validation_wide"]
     assert entry["sha256"] == hashlib.sha256((d / "val-wide.jsonl").read_bytes()).hexdigest() and entry["rows"] == 200
