@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))
 from neat_studio import evalsets  # noqa: E402
 
 ROLEPLAY = re.compile(r"^\s*(please\s+)?(act (as|like)|pretend (to be|you are)|imagine you are"
-                      r"|assume the (persona|role)|play the (role|part)|you are an? [\w -]+\. |write an? [\w ]*monologue)", re.I)
+                      r"|assume the (persona|role)|play the (role|part)|you are an? [\w -]+\. "
+                      r"|write an? [\w ]*monologue)", re.I)
 USED = ["data/evalsets/benign.jsonl", "data/evalsets/harmful.jsonl", "data/evalsets/lookalike.jsonl",
         "data/recipes/safety/curated.jsonl", "data/recipes/safety-pp-lora/curated.jsonl",
         "data/recipes/safety-pp-lora/val-wide.jsonl"]
