@@ -8,7 +8,7 @@ validation answers (val/answers-step-N.json) keeps the step a rerun with that ru
 the first N held-out prompts of the run's val file (val-wide.jsonl starts with val.jsonl's 120), so one run answers
 for both sets. Prints the choice; with `--as NAME` it also writes `runs/NAME/` in the same workdir: `final/` is the
 starting model with that step's LoRA adapter (checkpoints/step-N, the run needs save_every = val_every and
-keep_checkpoints=0) merged in as the trainer merges it, beside the run's config.yaml, metrics.jsonl and wall_s.txt,
+keep_checkpoints=0) merged in as the trainer merges it, beside the run's config.yaml, wall_s.txt and metrics.jsonl (its "selected" event naming that step),
 so that `study_safety.py --variant NAME-without-sN --seeds N` evaluates it like any run (mark its note INFERRED).
 
 `--rows` is an approximation of a run with the shorter file: greedy answers depend on which prompts share a batch
@@ -43,8 +43,9 @@ def history(run: Path, rows: int | None) -> list[dict]:
     return out
 
 
-def merge_step(run: Path, step: int, dest: Path, workspace: Path) -> None:
-    """dest/final = the run's starting model with checkpoints/step-N's adapter merged (step 0: the starting model)."""
+def merge_step(run: Path, kept: dict, dest: Path, workspace: Path) -> None:
+    """dest/final = the run's starting model with the kept step's adapter (checkpoints/step-N) merged (step 0: the
+    starting model)."""
     import torch
     import yaml
     from peft import PeftModel
@@ -52,6 +53,7 @@ def merge_step(run: Path, step: int, dest: Path, workspace: Path) -> None:
     from neat_studio.config import Workspace
     from neat_studio.models import load_model
 
+    step = kept["step"]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     lm = load_model(cfg.get("model", "default"), workspace=Workspace(workspace), dtype=torch.float32)
     model = lm.model
@@ -61,9 +63,19 @@ def merge_step(run: Path, step: int, dest: Path, workspace: Path) -> None:
             raise SystemExit(f"{ck} has no adapter (train with save_every=val_every, keep_checkpoints=0)")
         model = PeftModel.from_pretrained(model, ck).merge_and_unload()
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "metrics.jsonl", "wall_s.txt"):
+    for name in ("config.yaml", "wall_s.txt"):
         if (run / name).exists():
             shutil.copy2(run / name, dest / name)
+    # the run's log, its "selected" event saying which step this folder holds (and that it was replayed)
+    lines = []
+    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        ev = json.loads(line) if line.strip() else None
+        if ev and ev.get("event") == "selected":
+            ev.update(selected_step=step, replayed_from=str(run), trained_selected_step=ev.get("selected_step"),
+                      **{k: kept[k] for k in ("refusal", "answered", "degenerate")})
+            line = json.dumps(ev)
+        lines.append(line)
+    (dest / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     final = dest / "final"
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(final)
@@ -93,7 +105,7 @@ def main() -> int:
               f"degenerate {m['degenerate']:.3f} (n {m['n_harmful']}/{m['n_harmless']})"
               + ("  <- kept" if m is kept else ""))
     if args.as_name:
-        merge_step(run, kept["step"], work / "runs" / args.as_name, work / "ws")
+        merge_step(run, kept, work / "runs" / args.as_name, work / "ws")
         print(f"wrote {work / 'runs' / args.as_name / 'final'} (step {kept['step']})")
     return 0
 
