@@ -8,8 +8,9 @@ validation answers (val/answers-step-N.json) keeps the step a rerun with that ru
 the first N held-out prompts of the run's val file (val-wide.jsonl starts with val.jsonl's 120), so one run answers
 for both sets. Prints the choice; with `--as NAME` it also writes `runs/NAME/` in the same workdir: `final/` is the
 starting model with that step's LoRA adapter (checkpoints/step-N, the run needs save_every = val_every and
-keep_checkpoints=0) merged in as the trainer merges it, beside the run's config.yaml, wall_s.txt and metrics.jsonl (its "selected" event naming that step),
-so that `study_safety.py --variant NAME-without-sN --seeds N` evaluates it like any run (mark its note INFERRED).
+keep_checkpoints=0) merged in as the trainer merges it, beside the run's config.yaml, wall_s.txt and metrics.jsonl
+(its "selected" event naming that step), so that `study_safety.py --variant PREFIX --seeds N` (NAME = PREFIX-sN)
+evaluates it like any run (mark its note INFERRED).
 
 `--rows` is an approximation of a run with the shorter file: greedy answers depend on which prompts share a batch
 (padding), and the first 120 rows decoded among 200 are not exactly what val.jsonl's own batches give (RESULTS step
