@@ -227,6 +227,15 @@ VAL_WIDE = {"safety-pp-lora": {"self-instruct-seed/seed_tasks.jsonl": 25,
                                "mt-bench/mt_bench_question.jsonl+mt-bench/vicuna_bench_question.jsonl": 55}}
 
 
+def _record(out: Path, key: str, entry: dict) -> dict:
+    """Put `entry` under `key` in the recipe's manifest.json (the recipe's own entries stay); returns it."""
+    mf = out / "manifest.json"
+    manifest = json.loads(mf.read_text(encoding="utf-8"))
+    manifest[key] = entry
+    mf.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return entry
+
+
 def build_val_set(data_root: Path, out: Path, exclude: set, counts: tuple) -> dict:
     """A recipe's validation prompts (prompt + tags only), from the same sources as its training prompts, none of
     them a training prompt of any recipe or an evaluation prompt; recorded in the recipe's manifest.json."""
@@ -269,11 +278,7 @@ def build_val_set(data_root: Path, out: Path, exclude: set, counts: tuple) -> di
              "deduplicated_against": "every recipe's training prompts and every prompt of data/evalsets, normalised "
                                      "text",
              "sources": [source_info(data_root, rel) for rel in (HARM_SRC, LOOK_SRC, BEN_SRC)]}
-    mf = out / "manifest.json"
-    manifest = json.loads(mf.read_text(encoding="utf-8"))
-    manifest["validation"] = entry
-    mf.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return entry
+    return _record(out, "validation", entry)
 
 
 def build_wide_val_set(data_root: Path, out: Path, exclude: set, extra: dict) -> dict:
@@ -285,13 +290,8 @@ def build_wide_val_set(data_root: Path, out: Path, exclude: set, extra: dict) ->
     rng = random.Random(SEED + 2)
     counts = {}
     for group, n in extra.items():
-        pool = []
-        for rel in group.split("+"):
-            for line in open(data_root / rel, encoding="utf-8"):
-                p = evalsets._prompt_of_row(json.loads(line))
-                if isinstance(p, str) and p.strip():
-                    pool.append(p)
-        pool = sorted(set(pool))
+        pool = sorted({p for rel in group.split("+") for p in evalsets.read_prompts(data_root / rel)
+                       if isinstance(p, str) and p.strip()})
         rng.shuffle(pool)
         got = 0
         for p in pool:
@@ -312,11 +312,7 @@ def build_wide_val_set(data_root: Path, out: Path, exclude: set, extra: dict) ->
              "deduplicated_against": "every recipe's training prompts, every prompt of data/evalsets and val.jsonl, "
                                      "normalised text",
              "sources": [source_info(data_root, rel) for g in extra for rel in g.split("+")]}
-    mf = out / "manifest.json"
-    manifest = json.loads(mf.read_text(encoding="utf-8"))
-    manifest["validation_wide"] = entry
-    mf.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return entry
+    return _record(out, "validation_wide", entry)
 
 
 def main() -> int:
