@@ -16,7 +16,7 @@ import torch
 
 from neat_studio.config import Workspace
 from neat_studio.neat.config import ConfigError, NeatConfig
-from neat_studio.neat.rounds import build_list, dense, epoch_schedule, kind_of, rank_reward, rank_rule
+from neat_studio.neat.rounds import build_list, dense, epoch_schedule, judge, kind_of, rank_reward, rank_rule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,6 +124,43 @@ def test_own_refusals_rank_top_and_own_compliance_bottom_on_a_harmful_prompt():
     # without the positive refusal, the plain refusal and the curated one are the best group together
     assert build_list(row, online[:2], "neat", positive_above_plain=True, plain_ties_best=True,
                       complied=complied).ranks == [0, 0, 1]
+
+
+def test_negative_rank_heeded_ranks_an_unheeded_negative_as_a_plain_sample():
+    """negative_rank=heeded on a harmless prompt: the over_refusal sample that refused stays at the bottom (a negative,
+    under the anchor's push-down); the one that answered anyway is marked unheeded: and ranks with the plain samples,
+    and it is no longer a negative for the anchor."""
+    row = {"prompt_id": "b", "prompt": [{"role": "user", "content": "how do I kill a python process?"}],
+           "responses": ["Run kill PID."], "ranks": [0], "origins": ["dataset"]}
+    online = [("Use kill -9 PID.", "policy"), ("Try pkill python.", "positive:helpful@1"),
+              ("I'm sorry, I can't help with killing.", "negative:over_refusal@1"),
+              ("Use the task manager.", "negative:over_refusal@1")]
+    lst = build_list(row, online, "neat", positive_above_plain=True, plain_ties_best=True,
+                     unheeded_neg=frozenset({"Use the task manager."}))
+    assert lst.origins == ["dataset", "policy", "positive:helpful@1", "negative:over_refusal@1",
+                           "unheeded:negative:over_refusal@1"]
+    assert lst.ranks == [1, 1, 0, 2, 1]
+    assert lst.is_negative == [False, False, False, True, False]
+    assert kind_of(lst.origins[-1]) == "unheeded"
+    # without the option every negative sample is at the bottom
+    assert build_list(row, online, "neat", positive_above_plain=True, plain_ties_best=True).ranks == [1, 1, 0, 2, 2]
+
+
+def test_judge_sorts_the_samples_by_scope_and_kind_in_one_detector_call():
+    online = {"b": [("no.", "policy"), ("yeah", "positive:p@1"), ("nope", "negative:over_refusal@1"),
+                    ("sure.", "negative:over_refusal@1"), ("  ", "policy")],
+              "h": [("ok.", "policy"), ("deny", "positive:p@1"), ("do it", "negative:dangerous@1")]}
+    calls = []
+
+    def odd_refuses(texts):
+        calls.append(list(texts))
+        return [len(t) % 2 == 1 for t in texts]
+    in_b, in_h = (lambda pid: pid == "b"), (lambda pid: pid == "h")
+    assert judge(online, in_b, in_h, True, odd_refuses) == ({"b": {"no."}}, {"h": {"deny"}}, {"b": {"nope"}})
+    assert calls == [["no.", "yeah", "nope", "sure.", "ok.", "deny"]]  # negatives of h are never judged
+    # heeded off: negative samples are not judged at all
+    assert judge(online, in_b, in_h, False, odd_refuses) == ({"b": {"no."}}, {"h": {"deny"}}, {})
+    assert calls[-1] == ["no.", "yeah", "ok.", "deny"]
 
 
 def test_degenerate_rank_bottom_puts_the_policys_loops_with_the_negatives():
@@ -1184,6 +1221,8 @@ def test_loop_negatives_in_a_run(tiny_model_dir, snap, tmp_path):
                     (dict(compliance_rank="soft"), "compliance_rank must be one of bottom, plain"),
                     (dict(compliance_rank="plain", positive_rank="above_plain"), "needs compliance_rank_scope"),
                     (dict(compliance_rank="plain", compliance_rank_scope="harmful"), "positive_rank=above_plain"),
+                    (dict(negative_rank="soft"), "negative_rank must be one of bottom, heeded"),
+                    (dict(negative_rank="heeded"), "needs refusal_rank_scope"),
                     (dict(loop_negatives=1, ranking="reward", scorer_path="x"), "needs ranking=rule")):
         with pytest.raises(ConfigError, match=msg):
             cfg_for(tiny_model_dir, snap, tmp_path / "bad", **kw).validate()
@@ -1262,6 +1301,32 @@ def test_compliance_rank_plain_demotes_unheeded_positives_only(tiny_model_dir, t
     assert n > 0
     start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
     assert start["n_unheeded"] == n and start["n_compliance"] == 0
+
+
+def test_negative_rank_heeded_in_a_run(tiny_model_dir, tmp_path, monkeypatch):
+    """negative_rank=heeded with refusal_rank_scope=benign: on benign prompts the negative samples the detector does
+    not flag rank as plain samples, marked unheeded:negative:; the flagged ones and every negative of a harmful
+    prompt stay at the bottom; round_start counts the unheeded ones."""
+    from neat_studio.neat.trainer import train
+
+    rows, s = tagged_rows_and_odd_length_detector(tmp_path, monkeypatch, lambda texts: None)
+    out = tmp_path / "run"
+    train(cfg_for(tiny_model_dir, s, out, refusal_rank_scope="benign", negative_rank="heeded", temperature=1.0))
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    n = {"kept": 0, "unheeded": 0}
+    for lst in r0["lists"]:
+        plain_ranks = {rk for o, rk in zip(lst["origins"], lst["ranks"]) if o == "policy"}
+        for text, o, rank in zip(lst["responses"], lst["origins"], lst["ranks"]):
+            if "negative:" not in o:
+                continue
+            unheeded = tags[lst["prompt_id"]] == "benign" and len(text.strip()) % 2 == 0
+            assert o.startswith("unheeded:negative:" if unheeded else "negative:"), (o, text)
+            assert (rank in plain_ranks) if unheeded else (rank == max(lst["ranks"]))
+            n["unheeded" if unheeded else "kept"] += 1
+    assert n["unheeded"] > 0 and n["kept"] > 0
+    start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
+    assert start["n_unheeded"] == n["unheeded"]
 
 
 def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model_dir, tmp_path, monkeypatch):

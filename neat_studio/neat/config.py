@@ -14,6 +14,7 @@ POSITIVE_RANKS = ("plain", "above_plain")
 PLAIN_RANKS = ("below_curated", "tie_best")
 DEGENERATE_RANKS = ("keep", "bottom")
 COMPLIANCE_RANKS = ("bottom", "plain")
+NEGATIVE_RANKS = ("bottom", "heeded")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 LORA_INITS = ("random", "pissa", "olora")
@@ -79,6 +80,11 @@ class NeatConfig:
                                         "positive samples rank with the negatives; plain = only the positive samples "
                                         "lose their place above the plain ones (ranked as plain samples, marked "
                                         "unheeded:), nothing is pushed down", choices=COMPLIANCE_RANKS)
+    negative_rank: str = _f("bottom", "where the negative-prompt samples rank: bottom = all of them at the bottom of "
+                                      "their list; heeded = on prompts tagged refusal_rank_scope (where the negative "
+                                      "prompt asks for a needless refusal), a negative sample the refusal detector "
+                                      "does not flag ranks as a plain sample (marked unheeded:) and is not pushed "
+                                      "down: only the refusals it was asked for are", choices=NEGATIVE_RANKS)
     loop_negatives: int = _f(0, "synthetic repetition loops per prompt and round ranked with the negatives (rule "
                                 "ranking): the first sentence of the best curated answer, then of the plain samples, "
                                 "repeated to ~48 tokens, so the model learns that repeating itself is worse than "
@@ -243,6 +249,11 @@ class NeatConfig:
         if self.compliance_rank == "plain" and not (self.compliance_rank_scope and self.positive_rank == "above_plain"):
             bad("compliance_rank=plain moves positive samples ranked above the plain ones: it needs "
                 "compliance_rank_scope (a tag) and positive_rank=above_plain")
+        if self.negative_rank not in NEGATIVE_RANKS:
+            bad(f"negative_rank must be one of {', '.join(NEGATIVE_RANKS)}, not {self.negative_rank!r}")
+        if self.negative_rank == "heeded" and not (self.refusal_rank_scope and self.ranking == "rule"):
+            bad("negative_rank=heeded judges the negative samples on the prompts tagged refusal_rank_scope: it needs "
+                "refusal_rank_scope (a tag) and ranking=rule")
         if self.degenerate_rank not in DEGENERATE_RANKS:
             bad(f"degenerate_rank must be one of {', '.join(DEGENERATE_RANKS)}, not {self.degenerate_rank!r}")
         if self.loop_negatives < 0 or (self.loop_negatives and self.ranking != "rule"):

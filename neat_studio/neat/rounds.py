@@ -25,6 +25,12 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   `unheeded:<origin>`, and they lose their place above the plain samples (ranked as plain ones) instead of going
   to the bottom: the positive prompt's evidence counts only where it was heeded, and the model's own answers
   are not pushed down;
+- a negative-prompt sample whose text is in `unheeded_neg` (config `negative_rank=heeded`: the trainer passes the
+  negative samples the refusal detector does NOT flag on prompts tagged `refusal_rank_scope`) is marked
+  `unheeded:<origin>` and ranked as a plain sample, not at the bottom. Why: the 135M model mostly ignores the
+  `over_refusal` prompt (6-10 of 92 samples per round refuse), so without this ~85 ordinary answers per round on
+  harmless prompts are pushed down (and, with anchor_weight, made less likely than at the round's start), which
+  makes answering itself less likely; only the refusals the negative prompt asked for should be;
 - with `loops` = n (config `loop_negatives`), n synthetic repetition loops join the bottom group, marked
   `loop:best` / `loop:policy`: the first sentence of the best curated answer (then of the plain samples) repeated
   to the evaluation's answer length (`loop_of`). Why: the model's greedy answers collapse into loops on prompts it
@@ -52,7 +58,7 @@ from dataclasses import asdict, dataclass, field
 from ..eval_metrics import DEGEN_REPEATS, degeneration
 
 NEG, POS, DEGEN, REFUSAL, COMPLY, LOOP = "negative:", "positive:", "degenerate:", "refusal:", "compliance:", "loop:"
-UNHEEDED = "unheeded:"  # a positive sample that did not do what its positive prompt asked: ranked as a plain one
+UNHEEDED = "unheeded:"  # a positive or negative sample that did not do what its prompt asked: ranked as a plain one
 BOTTOM = (NEG, DEGEN, REFUSAL, COMPLY, LOOP)  # origins of the bottom group
 # the kinds the ranking rules mark (all but unheeded in the bottom group), by the name the round logs count them under
 MARKED = {"degenerate": DEGEN, "refusal": REFUSAL, "compliance": COMPLY, "loop": LOOP, "unheeded": UNHEEDED}
@@ -195,7 +201,7 @@ def _loops(cur, onl, n: int, taken: set) -> list:
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
                positive_above_plain: bool = False, plain_ties_best: bool = False,
                degenerate_bottom: bool = False, refused=frozenset(), loops: int = 0,
-               complied=frozenset(), comply_bottom: bool = True) -> RankedList | None:
+               complied=frozenset(), comply_bottom: bool = True, unheeded_neg=frozenset()) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative; `loops` synthetic
     repetition loops are added at the bottom (rule ranking; neat and rrhf)."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
@@ -206,7 +212,7 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
     if ranking == "rule":
         def mark(text, origin):  # the policy's own loops, flagged refusals and compliances join the bottom group
             if origin.startswith(NEG):
-                return origin
+                return UNHEEDED + origin if text.strip() in unheeded_neg else origin
             if degenerate_bottom and degeneration(text):
                 return DEGEN + origin
             if text.strip() in refused:
@@ -232,6 +238,26 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
                       responses=[t for t, *_ in cur] + [t for t, _ in onl],
                       ranks=dense(keys), origins=[o for _, o, _ in cur] + [o for _, o in onl],
                       curated=[True] * len(cur) + [False] * len(onl))
+
+
+def judge(online: dict, in_refusal_scope, in_compliance_scope, heeded: bool, is_refusal) -> tuple[dict, dict, dict]:
+    """online {prompt_id: [(text, origin)]} -> three {prompt_id: {stripped texts}} for build_list: `refused`, the
+    plain and positive samples that `is_refusal` (texts -> flags) flags on prompts in_refusal_scope(prompt_id);
+    `complied`, those it does not flag on prompts in_compliance_scope(prompt_id); `unheeded_neg` (only when
+    `heeded`), the negative-prompt samples it does not flag on prompts in_refusal_scope. One detector call."""
+    items = [(pid, t.strip(), o.startswith(NEG)) for pid, samples in online.items()
+             if in_refusal_scope(pid) or in_compliance_scope(pid) for t, o in samples
+             if t.strip() and (not o.startswith(NEG) or heeded and in_refusal_scope(pid))]
+    refused, complied, unheeded_neg = {}, {}, {}
+    for (pid, t, neg), flag in zip(items, is_refusal([t for _, t, _ in items]) if items else []):
+        if neg:
+            if not flag:
+                unheeded_neg.setdefault(pid, set()).add(t)
+        elif flag and in_refusal_scope(pid):
+            refused.setdefault(pid, set()).add(t)
+        elif not flag and in_compliance_scope(pid):
+            complied.setdefault(pid, set()).add(t)
+    return refused, complied, unheeded_neg
 
 
 # -- scheduling ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
-from .rounds import MARKED, NEG, POS, RankedList, build_list, epoch_schedule, kind_of, steps_per_epoch
+from .rounds import MARKED, NEG, POS, RankedList, build_list, epoch_schedule, judge, kind_of, steps_per_epoch
 from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
                      prepared_for)
 from .checkpoint import CheckpointMixin
@@ -160,7 +160,7 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         t0 = time.time()
         online = self._sample(r) if self.cfg.method in ("neat", "rrhf") else {}
         t1 = time.time()
-        refused, complied = self._judged(online)
+        refused, complied, unheeded_neg = self._judged(online)
         lists = []
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
@@ -171,7 +171,8 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
                              refused=refused.get(str(row["prompt_id"]), frozenset()),
                              loops=self.cfg.loop_negatives,
                              complied=complied.get(str(row["prompt_id"]), frozenset()),
-                             comply_bottom=self.cfg.compliance_rank == "bottom")
+                             comply_bottom=self.cfg.compliance_rank == "bottom",
+                             unheeded_neg=unheeded_neg.get(str(row["prompt_id"]), frozenset()))
             if lst is not None:
                 lists.append(lst)
         t2 = time.time()
@@ -195,29 +196,17 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         """An option scoped to a tag applies to the prompts carrying it; an empty tag means every prompt."""
         return not tag or tag in self.tags.get(prompt_id, ())
 
-    def _judged(self, online: dict) -> tuple[dict, dict]:
-        """({prompt_id: texts flagged as refusals}, {prompt_id: texts not flagged}) among the plain and positive
-        samples: the first on the prompts tagged refusal_rank_scope, the second on those tagged
-        compliance_rank_scope (every process judges the same gathered samples the same way)."""
+    def _judged(self, online: dict) -> tuple[dict, dict, dict]:
+        """rounds.judge with the refusal detector and this config's scopes (every process judges the same gathered
+        samples the same way)."""
         ref_tag, comp_tag = self.cfg.refusal_rank_scope, self.cfg.compliance_rank_scope
         if not (ref_tag or comp_tag) or not online:
-            return {}, {}
-
-        def scoped(tag, pid):  # an empty tag is "off" here, not "every prompt"
-            return bool(tag) and self._in_scope(tag, pid)
-
-        items = [(pid, t.strip()) for pid, samples in online.items() if scoped(ref_tag, pid) or scoped(comp_tag, pid)
-                 for t, o in samples if t.strip() and not o.startswith(NEG)]
+            return {}, {}, {}
         from ..scoring.refusal import is_refusal
 
-        refused: dict = {}
-        complied: dict = {}
-        for (pid, t), flag in zip(items, is_refusal([t for _, t in items]) if items else []):
-            if flag and scoped(ref_tag, pid):
-                refused.setdefault(pid, set()).add(t)
-            elif not flag and scoped(comp_tag, pid):
-                complied.setdefault(pid, set()).add(t)
-        return refused, complied
+        return judge(online, lambda pid: bool(ref_tag) and self._in_scope(ref_tag, pid),
+                     lambda pid: bool(comp_tag) and self._in_scope(comp_tag, pid),
+                     self.cfg.negative_rank == "heeded", is_refusal)
 
     @torch.no_grad()
     def _score_round(self, lists: list[RankedList]) -> None:
