@@ -28,9 +28,10 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
 - a negative-prompt sample whose text is in `unheeded_neg` (config `negative_rank=heeded`: the trainer passes the
   negative samples the refusal detector does NOT flag on prompts tagged `refusal_rank_scope`) is marked
   `unheeded:<origin>` and ranked as a plain sample, not at the bottom. Why: the 135M model mostly ignores the
-  `over_refusal` prompt (6-10 of 92 samples per round refuse), so without this ~85 ordinary answers per round on
-  harmless prompts are pushed down (and, with anchor_weight, made less likely than at the round's start), which
-  makes answering itself less likely; only the refusals the negative prompt asked for should be;
+  `over_refusal` prompt (the detector flags ~15 of its ~92 samples per round), so without this ~77 ordinary
+  answers per round on harmless prompts are pushed down (with anchor_weight, below their round-start log-prob).
+  Tested (benchmarks/RESULTS.md step 71): held-out harmless answers fell sooner with it, so those pushed-down
+  answers act as a brake; off by default;
 - with `loops` = n (config `loop_negatives`), n synthetic repetition loops join the bottom group, marked
   `loop:best` / `loop:policy`: the first sentence of the best curated answer (then of the plain samples) repeated
   to the evaluation's answer length (`loop_of`). Why: the model's greedy answers collapse into loops on prompts it
