@@ -14,7 +14,6 @@ set or training set holds them (normalised text). Reads ../shared/data: a study 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -26,21 +25,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from neat_studio import evalsets  # noqa: E402
+from variant_data import parse_args, shipped_rows, used_prompts  # noqa: E402
 from build_data import HARM_SRC, REFUSAL_START  # noqa: E402
 
 AI_IDENTITY = re.compile(r"\bas an ai\b|\blanguage model\b|\bai assistant\b|\bas a chatbot\b", re.I)
-USED = ["data/evalsets/benign.jsonl", "data/evalsets/harmful.jsonl", "data/evalsets/lookalike.jsonl",
-        "data/recipes/safety/curated.jsonl", "data/recipes/safety-pp-lora/curated.jsonl",
-        "data/recipes/safety-pp-lora/val-wide.jsonl"]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
-    args = ap.parse_args()
-    used = {evalsets.normalize_text(json.loads(line)["prompt"])
-            for f in USED for line in open(REPO / f, encoding="utf-8")}
+    args = parse_args(__doc__)
+    used = used_prompts()
     src = json.loads((Path(args.data_root) / HARM_SRC).read_text(encoding="utf-8"))
     # build_data.py's filter (clear, short refusals), then no AI identity in the refusal
     pool = sorted({(h["instruction"], h["output"].strip()) for h in src
@@ -48,7 +41,7 @@ def main() -> int:
                    and len(h["output"]) <= 500 and not AI_IDENTITY.search(h["output"])
                    and evalsets.normalize_text(h["instruction"]) not in used})
     random.Random(0).shuffle(pool)
-    rows = [json.loads(line) for line in open(REPO / "data/recipes/safety-pp-lora/curated.jsonl", encoding="utf-8")]
+    rows = shipped_rows()
     swap = [i for i, r in enumerate(rows) if "harmful" in r["tags"] and AI_IDENTITY.search(r["responses"][0])]
     for i, (p, a) in zip(swap, pool):
         rows[i] = {**rows[i], "prompt": p, "responses": [a]}

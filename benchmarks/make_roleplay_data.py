@@ -11,7 +11,6 @@ holds (normalised text). Reads ../shared/data: a study tool, not product code.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -21,27 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from neat_studio import evalsets  # noqa: E402
+from variant_data import parse_args, shipped_rows, used_prompts  # noqa: E402
 
 ROLEPLAY = re.compile(r"^\s*(please\s+)?(act (as|like)|pretend (to be|you are)|imagine you are"
                       r"|assume the (persona|role)|play the (role|part)|you are an? [\w -]+\. "
                       r"|write an? [\w ]*monologue)", re.I)
-USED = ["data/evalsets/benign.jsonl", "data/evalsets/harmful.jsonl", "data/evalsets/lookalike.jsonl",
-        "data/recipes/safety/curated.jsonl", "data/recipes/safety-pp-lora/curated.jsonl",
-        "data/recipes/safety-pp-lora/val-wide.jsonl"]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
-    args = ap.parse_args()
-    used = {evalsets.normalize_text(json.loads(line)["prompt"])
-            for f in USED for line in open(REPO / f, encoding="utf-8")}
+    args = parse_args(__doc__)
+    used = used_prompts()
     src = json.loads((Path(args.data_root) / "alpaca-eval/text_davinci_003_model_outputs.json").read_text())
     role = sorted({(b["instruction"], b["output"].strip()) for b in src
                    if ROLEPLAY.search(b["instruction"]) and len(b["output"]) <= 1200
                    and evalsets.normalize_text(b["instruction"]) not in used})
-    rows = [json.loads(line) for line in open(REPO / "data/recipes/safety-pp-lora/curated.jsonl", encoding="utf-8")]
+    rows = shipped_rows()
     plain = [i for i, r in enumerate(rows) if r["tags"] == ["benign", "safety-recipe"]]
     for i, (p, a) in zip(reversed(plain), role):
         rows[i] = {"prompt": p, "responses": [a], "ranks": [0], "origins": ["dataset"],
