@@ -146,6 +146,44 @@ def test_negative_rank_heeded_ranks_an_unheeded_negative_as_a_plain_sample():
     assert build_list(row, online, "neat", positive_above_plain=True, plain_ties_best=True).ranks == [1, 1, 0, 2, 2]
 
 
+def test_borrow_refusals_lends_the_openings_of_other_prompts_refusals():
+    """refusal_negatives: the plain and positive samples of the lending prompts that the detector flags give their
+    first sentence; each borrowing prompt draws n distinct ones, the same draw for the same seed."""
+    from neat_studio.neat.rounds import borrow_refusals, opening_of
+
+    assert opening_of("I'm sorry, but I can't help with that. Here is why.") == "I'm sorry, but I can't help with that."
+    assert opening_of("No.") is None and opening_of(" ".join(["w"] * 40)) == " ".join(["w"] * 30)
+    online = {"h1": [("I'm sorry, but I can't. It is unsafe.", "policy"), ("Sure, here is how.", "policy"),
+                     ("I won't do that at all.", "positive:safe@1"), ("Fine, I will help you.", "negative:bad@1")],
+              "h2": [("I'm sorry, but I can't. Really.", "policy"), ("As an AI I cannot do it.", "positive:safe@1")],
+              "b1": [("I cannot do this for you.", "policy")], "b2": [("Bread needs flour.", "policy")]}
+    calls = []
+
+    def refuses(texts):
+        calls.append(list(texts))
+        return ["sorry" in t or "won't" in t or "cannot" in t for t in texts]
+    lend, borrow = (lambda pid: pid.startswith("h")), (lambda pid: pid.startswith("b"))
+    got = borrow_refusals(online, lend, borrow, 2, refuses, "0:0")
+    # one detector call over the lenders' plain and positive samples (negatives and borrowers' samples never asked)
+    assert calls == [sorted(["I'm sorry, but I can't. It is unsafe.", "Sure, here is how.", "I won't do that at all.",
+                             "I'm sorry, but I can't. Really.", "As an AI I cannot do it."])]
+    pool = {"I'm sorry, but I can't.", "I won't do that at all.", "As an AI I cannot do it."}  # deduplicated
+    assert sorted(got) == ["b1", "b2"] and all(len(v) == 2 and len(set(v)) == 2 and set(v) <= pool
+                                                 for v in got.values())
+    assert got == borrow_refusals(online, lend, borrow, 2, refuses, "0:0")      # reproducible
+    assert {len(v) for v in borrow_refusals(online, lend, borrow, 5, refuses, "0:0").values()} == {3}  # all there is
+    assert borrow_refusals(online, lend, borrow, 2, lambda texts: [False] * len(texts), "0:0") == {}   # none refused
+    # build_list puts them at the bottom, once, after the loops; a borrowed text already in the list stays as it was
+    row = {"prompt_id": "b1", "prompt": [{"role": "user", "content": "q"}], "responses": ["Here it is."],
+           "ranks": [0], "origins": ["dataset"]}
+    lst = build_list(row, online["b1"], "neat", plain_ties_best=True,
+                     borrowed=["I won't do that at all.", "I cannot do this for you.", "Here it is."])
+    assert lst.responses == ["Here it is.", "I cannot do this for you.", "I won't do that at all."]
+    assert lst.origins == ["dataset", "policy", "borrowed:refusal"] and lst.ranks == [0, 0, 1]
+    assert kind_of("borrowed:refusal") == "borrowed" and lst.is_negative == [False, False, False]
+    assert build_list(row, online["b1"], "sft", borrowed=["I won't do that at all."]).responses == ["Here it is."]
+
+
 def test_judge_sorts_the_samples_by_scope_and_kind_in_one_detector_call():
     online = {"b": [("no.", "policy"), ("yeah", "positive:p@1"), ("nope", "negative:over_refusal@1"),
                     ("sure.", "negative:over_refusal@1"), ("  ", "policy")],
@@ -1327,6 +1365,41 @@ def test_negative_rank_heeded_in_a_run(tiny_model_dir, tmp_path, monkeypatch):
     assert n["unheeded"] > 0 and n["kept"] > 0
     start = [x for x in read_metrics(out) if x.get("event") == "round_start"][0]
     assert start["n_unheeded"] == n["unheeded"]
+
+
+def test_refusal_negatives_in_a_run(tiny_model_dir, tmp_path, monkeypatch):
+    """refusal_negatives=1 with refusal_rank_scope=benign: every benign list holds one opening of a sample the
+    detector flagged on a harmful prompt of the same round, at the bottom; harmful lists hold none; round_start
+    counts them; the estimate counts their tokens; a config without the scope is refused."""
+    from neat_studio.neat.estimate import estimate_time
+    from neat_studio.neat.rounds import opening_of
+    from neat_studio.neat.trainer import train
+
+    rows, s = tagged_rows_and_odd_length_detector(tmp_path, monkeypatch, lambda texts: None)
+    out = tmp_path / "run"
+    train(cfg_for(tiny_model_dir, s, out, refusal_rank_scope="benign", refusal_negatives=1, temperature=1.0, k=3,
+                  max_new_tokens=24))
+    tags = {r["prompt_id"]: r["tags"][0] for r in rows}
+    r0 = json.loads((out / "rounds" / "round-0.json").read_text())
+    lent = {opening_of(t) for x in r0["lists"] if tags[x["prompt_id"]] == "harmful"
+            for t, o in zip(x["responses"], x["origins"]) if o == "policy" and len(t.strip()) % 2}
+    n = 0
+    for lst in r0["lists"]:
+        got = [(t, rk) for t, o, rk in zip(lst["responses"], lst["origins"], lst["ranks"]) if o == "borrowed:refusal"]
+        if tags[lst["prompt_id"]] == "harmful":
+            assert got == []
+        else:
+            assert len(got) == 1 and got[0][0] in lent and got[0][1] == max(lst["ranks"])
+            n += 1
+    assert n == sum(1 for t in tags.values() if t == "benign")
+    assert [x for x in read_metrics(out) if x.get("event") == "round_start"][0]["n_borrowed"] == n
+    base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
+    assert estimate_time({**base, "refusal_negatives": 2}, 100)["training_s"] > \
+        estimate_time(base, 100)["training_s"]
+    for kw, msg in ((dict(refusal_negatives=1), "needs refusal_rank_scope"),
+                    (dict(refusal_negatives=-1, refusal_rank_scope="benign"), "refusal_negatives must be >= 0")):
+        with pytest.raises(ConfigError, match=msg):
+            cfg_for(tiny_model_dir, s, tmp_path / "bad", **kw).validate()
 
 
 def test_refusal_rank_scope_judges_the_samples_of_tagged_prompts_only(tiny_model_dir, tmp_path, monkeypatch):

@@ -89,6 +89,11 @@ class NeatConfig:
                                 "ranking): the first sentence of the best curated answer, then of the plain samples, "
                                 "repeated to ~48 tokens, so the model learns that repeating itself is worse than "
                                 "going on (neat, rrhf); 0 = off")
+    refusal_negatives: int = _f(0, "on prompts tagged refusal_rank_scope, this many openings (first sentence) of the "
+                                   "refusals the policy gave to the OTHER prompts in the round (its plain and "
+                                   "positive samples the refusal detector flags, e.g. on harmful prompts) ranked "
+                                   "with the negatives, so the refusal it learns there is pushed down here (rule "
+                                   "ranking; neat, rrhf); 0 = off")
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")
@@ -258,6 +263,10 @@ class NeatConfig:
             bad(f"degenerate_rank must be one of {', '.join(DEGENERATE_RANKS)}, not {self.degenerate_rank!r}")
         if self.loop_negatives < 0 or (self.loop_negatives and self.ranking != "rule"):
             bad(f"loop_negatives must be >= 0 and needs ranking=rule, got {self.loop_negatives}")
+        if self.refusal_negatives < 0 or (self.refusal_negatives and not (self.refusal_rank_scope
+                                                                         and self.ranking == "rule")):
+            bad(f"refusal_negatives must be >= 0 and needs refusal_rank_scope (a tag) and ranking=rule, got "
+                f"{self.refusal_negatives}")
         if self.positive_rank not in POSITIVE_RANKS:
             bad(f"positive_rank must be one of {', '.join(POSITIVE_RANKS)}, not {self.positive_rank!r}")
         if self.anchor not in ANCHORS:

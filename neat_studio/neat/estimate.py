@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from .config import ConfigError, NeatConfig, split_scope
-from .rounds import LOOP_WORDS
+from .rounds import LOOP_WORDS, OPENING_WORDS
 
 # A model of where a run's time goes on a 2-core CPU, float32. Its constants are throughputs measured with
 # benchmarks/bench_train.py and whole runs (README, "Training time estimate"); bf16 (autocast on a CPU with bf16
@@ -129,6 +129,7 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
         per_list = (resp_curated if method == "sft" else CURATED_PER_LIST * resp_curated + online * resp_online)
         if method in ("neat", "rrhf"):  # synthetic loops: ~LOOP_WORDS words, ~1.4 tokens a word
             per_list += int(g("loop_negatives") or 0) * min(int(1.4 * LOOP_WORDS), max_resp)
+            per_list += int(g("refusal_negatives") or 0) * min(int(1.4 * OPENING_WORDS), max_resp)
         step_tokens, flops_tok = bs * acc * (PROMPT_TOKENS + per_list), 6
     train_flops = TRAIN_FLOPS * (BF16_TRAIN_SPEEDUP if bf16 else 1.0)
     training = steps * (step_tokens * flops_tok * params / train_flops + OPT_S_PER_PARAM * params)

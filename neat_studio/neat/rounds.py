@@ -38,7 +38,13 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   never saw ("No, no, no, ...", "Santa Claus, Santa Claus, ..."), which a 144-prompt curated set rarely shows it
   doing during sampling; a loop of its own best answer ranked below that answer teaches it that repeating what it
   just said is worse than going on (the pseudo-repetition data of Xu et al. 2022, "Learning to Break the Loop",
-  in the ranking loss's terms).
+  in the ranking loss's terms);
+- `borrowed` texts (config `refusal_negatives` = n: the trainer passes, on prompts tagged `refusal_rank_scope`, n
+  openings of the refusals the policy gave to OTHER prompts this round, `borrow_refusals`) join the bottom group,
+  marked `borrowed:refusal`. Why: the refusals the model learns on harmful prompts spread to harmless ones (the
+  refusal-benign line of benchmarks/RESULTS.md), while the `over_refusal` prompt rarely makes the 135M model refuse
+  (~15 of ~92 samples per round), so a harmless prompt's list seldom holds a refusal to push down; the same words
+  ranked up on harmful prompts and down on harmless ones ask the model to tell the two apart.
 Reward rule (`ranking="reward"`): a scorer object with `.score(prompts, responses) -> scores` (higher = better)
 scores curated and online responses. Curated groups keep their human order; each gets the threshold
 t_g = min(mean score of groups 0..g) (monotone). An online sample with score s ties with group g when s == t_g,
@@ -59,10 +65,12 @@ from dataclasses import asdict, dataclass, field
 from ..eval_metrics import DEGEN_REPEATS, degeneration
 
 NEG, POS, DEGEN, REFUSAL, COMPLY, LOOP = "negative:", "positive:", "degenerate:", "refusal:", "compliance:", "loop:"
+BORROWED = "borrowed:"  # another prompt's refusal opening, ranked with the negatives (config refusal_negatives)
 UNHEEDED = "unheeded:"  # a positive or negative sample that did not do what its prompt asked: ranked as a plain one
-BOTTOM = (NEG, DEGEN, REFUSAL, COMPLY, LOOP)  # origins of the bottom group
+BOTTOM = (NEG, DEGEN, REFUSAL, COMPLY, LOOP, BORROWED)  # origins of the bottom group
 # the kinds the ranking rules mark (all but unheeded in the bottom group), by the name the round logs count them under
-MARKED = {"degenerate": DEGEN, "refusal": REFUSAL, "compliance": COMPLY, "loop": LOOP, "unheeded": UNHEEDED}
+MARKED = {"degenerate": DEGEN, "refusal": REFUSAL, "compliance": COMPLY, "loop": LOOP, "borrowed": BORROWED,
+          "unheeded": UNHEEDED}
 
 
 def kind_of(origin: str) -> str:
@@ -71,6 +79,7 @@ def kind_of(origin: str) -> str:
         return "negative"
     marked = [k for k, prefix in MARKED.items() if origin.startswith(prefix)]
     return marked[0] if marked else "positive" if origin.startswith(POS) else "plain"
+OPENING_WORDS = 30  # a borrowed refusal is its first sentence, at most 30 words: the part that says "I can't"
 LOOP_UNIT_WORDS, LOOP_WORDS = 12, 40  # a loop repeats at most 12 words to >= 40 words (~48 tokens, the eval's length)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 
@@ -202,9 +211,10 @@ def _loops(cur, onl, n: int, taken: set) -> list:
 def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=None,
                positive_above_plain: bool = False, plain_ties_best: bool = False,
                degenerate_bottom: bool = False, refused=frozenset(), loops: int = 0,
-               complied=frozenset(), comply_bottom: bool = True, unheeded_neg=frozenset()) -> RankedList | None:
+               complied=frozenset(), comply_bottom: bool = True, unheeded_neg=frozenset(),
+               borrowed=()) -> RankedList | None:
     """One prompt's list. online: [(text, origin)] in the order plain, positive, negative; `loops` synthetic
-    repetition loops are added at the bottom (rule ranking; neat and rrhf)."""
+    repetition loops and the `borrowed` refusal texts are added at the bottom (rule ranking; neat and rrhf)."""
     cur = _dedupe(curated_items(row, best_only=(method == "sft")))
     texts = {t.strip() for t, *_ in cur}
     onl = [it for it in _dedupe(list(online)) if it[0].strip() not in texts]
@@ -226,6 +236,8 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
         onl = [(t, mark(t, o)) for t, o in onl]
         if loops > 0 and method in ("neat", "rrhf"):
             onl += _loops(cur, onl, loops, texts | {t.strip() for t, _ in onl})
+        if method in ("neat", "rrhf"):
+            onl = _dedupe(onl + [(t, BORROWED + "refusal") for t in borrowed if t.strip() not in texts])
     if not cur and not onl:
         return None
     if ranking == "reward" and onl:
@@ -259,6 +271,25 @@ def judge(online: dict, in_refusal_scope, in_compliance_scope, heeded: bool, is_
         elif not flag and in_compliance_scope(pid):
             complied.setdefault(pid, set()).add(t)
     return refused, complied, unheeded_neg
+
+
+def opening_of(text: str) -> str | None:
+    """The first sentence (or line) of `text`, cut to OPENING_WORDS words; None under 3 words."""
+    words = _SENTENCE_END.split(text.strip(), maxsplit=1)[0].split()[:OPENING_WORDS]
+    return " ".join(words) if len(words) >= 3 else None
+
+
+def borrow_refusals(online: dict, lend, borrow, n: int, is_refusal, seed) -> dict:
+    """online {prompt_id: [(text, origin)]} -> {prompt_id: [n texts]} for build_list's `borrowed`: for each prompt
+    with borrow(prompt_id), n distinct openings (`opening_of`) of the plain and positive samples that `is_refusal`
+    flags on the prompts with lend(prompt_id) (fewer when fewer exist), drawn by a Random seeded with `seed` and the
+    prompt id, so a round's lists are the same on every process and on a resumed run. One detector call."""
+    texts = sorted({t.strip() for pid, samples in online.items() if lend(pid) for t, o in samples
+                    if t.strip() and not o.startswith(NEG)})
+    flags = is_refusal(texts) if texts else []
+    pool = sorted({op for t, f in zip(texts, flags) if f for op in [opening_of(t)] if op})
+    return {pid: random.Random(f"{seed}:{pid}").sample(pool, min(n, len(pool)))
+            for pid in sorted(online) if borrow(pid) and pool}
 
 
 # -- scheduling ---------------------------------------------------------------------------------------------

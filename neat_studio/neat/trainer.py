@@ -48,7 +48,8 @@ from .dpo_trainer import train_dpo
 from .head import sparse_tied_embedding
 from .loss import neat_loss, token_kl
 from .preflight import Prepared, preflight, use_bf16
-from .rounds import MARKED, NEG, POS, RankedList, build_list, epoch_schedule, judge, kind_of, steps_per_epoch
+from .rounds import (MARKED, NEG, POS, RankedList, borrow_refusals, build_list, epoch_schedule, judge, kind_of,
+                     steps_per_epoch)
 from .rundir import (RunExistsError, Stop, _seed, holds_run, install_stop_signals, new_run_dir, prepare_run_dir,
                      prepared_for)
 from .checkpoint import CheckpointMixin
@@ -161,6 +162,7 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         online = self._sample(r) if self.cfg.method in ("neat", "rrhf") else {}
         t1 = time.time()
         refused, complied, unheeded_neg = self._judged(online)
+        borrowed = self._borrowed(online, r)
         lists = []
         for row in self.prep.rows:
             lst = build_list(row, online.get(str(row["prompt_id"]), []), self.cfg.method, self.cfg.ranking,
@@ -172,7 +174,8 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
                              loops=self.cfg.loop_negatives,
                              complied=complied.get(str(row["prompt_id"]), frozenset()),
                              comply_bottom=self.cfg.compliance_rank == "bottom",
-                             unheeded_neg=unheeded_neg.get(str(row["prompt_id"]), frozenset()))
+                             unheeded_neg=unheeded_neg.get(str(row["prompt_id"]), frozenset()),
+                             borrowed=borrowed.get(str(row["prompt_id"]), ()))
             if lst is not None:
                 lists.append(lst)
         t2 = time.time()
@@ -207,6 +210,16 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         return judge(online, lambda pid: bool(ref_tag) and self._in_scope(ref_tag, pid),
                      lambda pid: bool(comp_tag) and self._in_scope(comp_tag, pid),
                      self.cfg.negative_rank == "heeded", is_refusal)
+
+    def _borrowed(self, online: dict, r: int) -> dict:
+        """refusal_negatives: the round's refusals of prompts outside refusal_rank_scope lent to those inside it."""
+        tag, n = self.cfg.refusal_rank_scope, self.cfg.refusal_negatives
+        if not (n and tag and online):
+            return {}
+        from ..scoring.refusal import is_refusal
+
+        return borrow_refusals(online, lambda pid: not self._in_scope(tag, pid), lambda pid: self._in_scope(tag, pid),
+                               n, is_refusal, f"{self.cfg.seed}:{r}")
 
     @torch.no_grad()
     def _score_round(self, lists: list[RankedList]) -> None:
