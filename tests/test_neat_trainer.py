@@ -147,32 +147,39 @@ def test_negative_rank_heeded_ranks_an_unheeded_negative_as_a_plain_sample():
 
 
 def test_borrow_refusals_lends_the_openings_of_other_prompts_refusals():
-    """refusal_negatives: the plain and positive samples of the lending prompts that the detector flags give their
-    first sentence; each borrowing prompt draws n distinct ones, the same draw for the same seed."""
+    """refusal_negatives: the first sentences of the other prompts' best curated answers and plain and positive
+    samples that the detector flags on their own make the pool; each borrowing prompt draws n distinct ones, the
+    same draw for the same seed."""
     from neat_studio.neat.rounds import borrow_refusals, opening_of
 
     assert opening_of("I'm sorry, but I can't help with that. Here is why.") == "I'm sorry, but I can't help with that."
     assert opening_of("No.") is None and opening_of(" ".join(["w"] * 40)) == " ".join(["w"] * 30)
-    online = {"h1": [("I'm sorry, but I can't. It is unsafe.", "policy"), ("Sure, here is how.", "policy"),
-                     ("I won't do that at all.", "positive:safe@1"), ("Fine, I will help you.", "negative:bad@1")],
-              "h2": [("I'm sorry, but I can't. Really.", "policy"), ("As an AI I cannot do it.", "positive:safe@1")],
-              "b1": [("I cannot do this for you.", "policy")], "b2": [("Bread needs flour.", "policy")]}
+    def make(pid, *answers):
+        return {"prompt_id": pid, "prompt": [{"role": "user", "content": pid}], "responses": list(answers),
+                "ranks": list(range(len(answers))), "origins": ["dataset"] * len(answers)}
+    rows = [make("h1", "I must decline to help. It is unsafe.", "I won't do that ever."), make("h2", "Fine then."),
+            make("b1", "Bread needs flour."), make("b2", "I'm sorry, but I can't say.")]
+    online = {"h1": [("I'm sorry, but I can't. It is unsafe.", "policy"), ("Sure, here is how. Step one.", "policy"),
+                     ("Fine, I will help you.", "negative:bad@1")],
+              "h2": [("I'm sorry, but I can't. Really.", "policy"), ("Crime is bad. I cannot help you.", "positive:s@1")],
+              "b1": [("I cannot do this for you.", "policy")]}
     calls = []
 
     def refuses(texts):
         calls.append(list(texts))
-        return ["sorry" in t or "won't" in t or "cannot" in t for t in texts]
-    lend, borrow = (lambda pid: pid.startswith("h")), (lambda pid: pid.startswith("b"))
-    got = borrow_refusals(online, lend, borrow, 2, refuses, "0:0")
-    # one detector call over the lenders' plain and positive samples (negatives and borrowers' samples never asked)
-    assert calls == [sorted(["I'm sorry, but I can't. It is unsafe.", "Sure, here is how.", "I won't do that at all.",
-                             "I'm sorry, but I can't. Really.", "As an AI I cannot do it."])]
-    pool = {"I'm sorry, but I can't.", "I won't do that at all.", "As an AI I cannot do it."}  # deduplicated
-    assert sorted(got) == ["b1", "b2"] and all(len(v) == 2 and len(set(v)) == 2 and set(v) <= pool
-                                                 for v in got.values())
-    assert got == borrow_refusals(online, lend, borrow, 2, refuses, "0:0")      # reproducible
-    assert {len(v) for v in borrow_refusals(online, lend, borrow, 5, refuses, "0:0").values()} == {3}  # all there is
-    assert borrow_refusals(online, lend, borrow, 2, lambda texts: [False] * len(texts), "0:0") == {}   # none refused
+        return ["sorry" in t or "decline" in t or "cannot" in t for t in texts]
+    in_b = lambda pid: pid.startswith("b")  # noqa: E731
+    got = borrow_refusals(rows, online, in_b, 2, refuses, "0:0")
+    # one detector call over the openings of the lenders' best curated answers (not the worse one) and of their plain
+    # and positive samples (not the negatives); the borrowers' own texts are never asked about
+    assert calls == [sorted(["I must decline to help.", "I'm sorry, but I can't.", "Sure, here is how.",
+                             "Crime is bad."])]
+    pool = {"I must decline to help.", "I'm sorry, but I can't."}  # flagged on their own, deduplicated
+    assert sorted(got) == ["b1", "b2"] and all(set(v) == pool and len(v) == 2 for v in got.values())
+    one = borrow_refusals(rows, online, in_b, 1, refuses, "0:0")
+    assert one == borrow_refusals(rows, online, in_b, 1, refuses, "0:0") and all(len(v) == 1 for v in one.values())
+    assert {len(v) for v in borrow_refusals(rows, online, in_b, 5, refuses, "0:0").values()} == {2}  # all there is
+    assert borrow_refusals(rows, online, in_b, 2, lambda texts: [False] * len(texts), "0:0") == {}   # none refused
     # build_list puts them at the bottom, once, after the loops; a borrowed text already in the list stays as it was
     row = {"prompt_id": "b1", "prompt": [{"role": "user", "content": "q"}], "responses": ["Here it is."],
            "ranks": [0], "origins": ["dataset"]}
@@ -1381,8 +1388,10 @@ def test_refusal_negatives_in_a_run(tiny_model_dir, tmp_path, monkeypatch):
                   max_new_tokens=24))
     tags = {r["prompt_id"]: r["tags"][0] for r in rows}
     r0 = json.loads((out / "rounds" / "round-0.json").read_text())
-    lent = {opening_of(t) for x in r0["lists"] if tags[x["prompt_id"]] == "harmful"
-            for t, o in zip(x["responses"], x["origins"]) if o == "policy" and len(t.strip()) % 2}
+    # the pool: openings of the harmful prompts' best curated answers and plain samples, odd-length ones "refuse"
+    lent = {op for x in r0["lists"] if tags[x["prompt_id"]] == "harmful"
+            for t, o, rk in zip(x["responses"], x["origins"], x["ranks"]) if o == "policy" or o.startswith("dataset")
+            and rk == 0 for op in [opening_of(t)] if op and len(op) % 2}
     n = 0
     for lst in r0["lists"]:
         got = [(t, rk) for t, o, rk in zip(lst["responses"], lst["origins"], lst["ranks"]) if o == "borrowed:refusal"]

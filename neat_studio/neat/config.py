@@ -89,11 +89,11 @@ class NeatConfig:
                                 "ranking): the first sentence of the best curated answer, then of the plain samples, "
                                 "repeated to ~48 tokens, so the model learns that repeating itself is worse than "
                                 "going on (neat, rrhf); 0 = off")
-    refusal_negatives: int = _f(0, "on prompts tagged refusal_rank_scope, this many openings (first sentence) of the "
-                                   "refusals the policy gave to the OTHER prompts in the round (its plain and "
-                                   "positive samples the refusal detector flags, e.g. on harmful prompts) ranked "
-                                   "with the negatives, so the refusal it learns there is pushed down here (rule "
-                                   "ranking; neat, rrhf); 0 = off")
+    refusal_negatives: int = _f(0, "on prompts tagged refusal_rank_scope, this many refusal openings (first sentence, "
+                                   "flagged by the refusal detector on its own) of the OTHER prompts' best curated "
+                                   "answers and of the policy's plain and positive samples of them this round (e.g. "
+                                   "the refusals of harmful prompts) ranked with the negatives, so the refusal "
+                                   "learned there is pushed down here (rule ranking; neat, rrhf); 0 = off")
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")

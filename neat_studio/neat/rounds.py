@@ -40,7 +40,7 @@ Ranking rule (`ranking="rule"`), per prompt; ranks are dense afterwards (0 = bes
   just said is worse than going on (the pseudo-repetition data of Xu et al. 2022, "Learning to Break the Loop",
   in the ranking loss's terms);
 - `borrowed` texts (config `refusal_negatives` = n: the trainer passes, on prompts tagged `refusal_rank_scope`, n
-  openings of the refusals the policy gave to OTHER prompts this round, `borrow_refusals`) join the bottom group,
+  refusal openings of the OTHER prompts' best answers and samples this round, `borrow_refusals`) join the bottom group,
   marked `borrowed:refusal`. Why: the refusals the model learns on harmful prompts spread to harmless ones (the
   refusal-benign line of benchmarks/RESULTS.md), while the `over_refusal` prompt rarely makes the 135M model refuse
   (~15 of ~92 samples per round), so a harmless prompt's list seldom holds a refusal to push down; the same words
@@ -279,17 +279,20 @@ def opening_of(text: str) -> str | None:
     return " ".join(words) if len(words) >= 3 else None
 
 
-def borrow_refusals(online: dict, lend, borrow, n: int, is_refusal, seed) -> dict:
-    """online {prompt_id: [(text, origin)]} -> {prompt_id: [n texts]} for build_list's `borrowed`: for each prompt
-    with borrow(prompt_id), n distinct openings (`opening_of`) of the plain and positive samples that `is_refusal`
-    flags on the prompts with lend(prompt_id) (fewer when fewer exist), drawn by a Random seeded with `seed` and the
+def borrow_refusals(rows: list, online: dict, in_scope, n: int, is_refusal, seed) -> dict:
+    """-> {prompt_id: [n texts]} for build_list's `borrowed`, for the rows with in_scope(prompt_id): the openings
+    (`opening_of`) of the OTHER rows' best curated answers and their plain and positive samples in `online`
+    ({prompt_id: [(text, origin)]}) that `is_refusal` flags on their own (the opening must say no, not the rest of the
+    answer); each borrower draws n distinct ones (fewer when fewer exist) with a Random seeded by `seed` and its
     prompt id, so a round's lists are the same on every process and on a resumed run. One detector call."""
-    texts = sorted({t.strip() for pid, samples in online.items() if lend(pid) for t, o in samples
-                    if t.strip() and not o.startswith(NEG)})
-    flags = is_refusal(texts) if texts else []
-    pool = sorted({op for t, f in zip(texts, flags) if f for op in [opening_of(t)] if op})
+    ids = [str(row["prompt_id"]) for row in rows]
+    texts = [t for row, pid in zip(rows, ids) if not in_scope(pid) for t in
+             [t for t, _, _ in curated_items(row, best_only=True)] +
+             [t for t, o in online.get(pid, []) if not o.startswith(NEG)]]
+    openings = sorted({op for t in texts for op in [opening_of(t)] if op})
+    pool = [op for op, flag in zip(openings, is_refusal(openings) if openings else []) if flag]
     return {pid: random.Random(f"{seed}:{pid}").sample(pool, min(n, len(pool)))
-            for pid in sorted(online) if borrow(pid) and pool}
+            for pid in sorted(ids) if in_scope(pid) and pool}
 
 
 # -- scheduling ---------------------------------------------------------------------------------------------

@@ -212,14 +212,14 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
                      self.cfg.negative_rank == "heeded", is_refusal)
 
     def _borrowed(self, online: dict, r: int) -> dict:
-        """refusal_negatives: the round's refusals of prompts outside refusal_rank_scope lent to those inside it."""
+        """refusal_negatives: the refusals of the prompts outside refusal_rank_scope lent to those inside it."""
         tag, n = self.cfg.refusal_rank_scope, self.cfg.refusal_negatives
-        if not (n and tag and online):
+        if not (n and tag):
             return {}
         from ..scoring.refusal import is_refusal
 
-        return borrow_refusals(online, lambda pid: not self._in_scope(tag, pid), lambda pid: self._in_scope(tag, pid),
-                               n, is_refusal, f"{self.cfg.seed}:{r}")
+        return borrow_refusals(self.prep.rows, online, lambda pid: self._in_scope(tag, pid), n, is_refusal,
+                               f"{self.cfg.seed}:{r}")
 
     @torch.no_grad()
     def _score_round(self, lists: list[RankedList]) -> None:
