@@ -183,12 +183,16 @@ def rank_reward(curated, online, scores) -> list:
     return keys
 
 
+def _first_words(text: str, n: int) -> list[str]:
+    """The words of the first sentence (or line) of `text`, at most n."""
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0].split()[:n]
+
+
 def loop_of(text: str) -> str | None:
     """A synthetic repetition loop of `text`: its first sentence (or line), cut to LOOP_UNIT_WORDS words, repeated
     (space-joined) until the loop has LOOP_WORDS words and at least DEGEN_REPEATS copies, so that
     `eval_metrics.degeneration` flags it. None when that sentence has under 3 words (no 3-gram to repeat)."""
-    first = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
-    words = first.split()[:LOOP_UNIT_WORDS]
+    words = _first_words(text, LOOP_UNIT_WORDS)
     if len(words) < 3:
         return None
     reps = max(DEGEN_REPEATS, math.ceil(LOOP_WORDS / len(words)))
@@ -275,7 +279,7 @@ def judge(online: dict, in_refusal_scope, in_compliance_scope, heeded: bool, is_
 
 def opening_of(text: str) -> str | None:
     """The first sentence (or line) of `text`, cut to OPENING_WORDS words; None under 3 words."""
-    words = _SENTENCE_END.split(text.strip(), maxsplit=1)[0].split()[:OPENING_WORDS]
+    words = _first_words(text, OPENING_WORDS)
     return " ".join(words) if len(words) >= 3 else None
 
 
