@@ -79,6 +79,8 @@ def kind_of(origin: str) -> str:
         return "negative"
     marked = [k for k, prefix in MARKED.items() if origin.startswith(prefix)]
     return marked[0] if marked else "positive" if origin.startswith(POS) else "plain"
+
+
 OPENING_WORDS = 30  # a borrowed refusal is its first sentence, at most 30 words: the part that says "I can't"
 LOOP_UNIT_WORDS, LOOP_WORDS = 12, 40  # a loop repeats at most 12 words to >= 40 words (~48 tokens, the eval's length)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
@@ -238,9 +240,8 @@ def build_list(row: dict, online, method: str, ranking: str = "rule", scorer=Non
                 return COMPLY + origin
             return UNHEEDED + origin if origin.startswith(POS) else origin
         onl = [(t, mark(t, o)) for t, o in onl]
-        if loops > 0 and method in ("neat", "rrhf"):
-            onl += _loops(cur, onl, loops, texts | {t.strip() for t, _ in onl})
-        if method in ("neat", "rrhf"):
+        if method in ("neat", "rrhf"):  # the synthetic negatives: loops, and other prompts' refusals
+            onl += _loops(cur, onl, loops, texts | {t.strip() for t, _ in onl}) if loops > 0 else []
             onl = _dedupe(onl + [(t, BORROWED + "refusal") for t in borrowed if t.strip() not in texts])
     if not cur and not onl:
         return None
