@@ -433,7 +433,7 @@ def test_recipe_form_and_train_config(studio):
     for nm in ("safe_refusal", "helpful_no_overrefusal"):
         studio.store.save_system_prompt(nm, "positive", f"{nm} text", None, "t")
     pp = studio.recipe_form("safety-pp-lora", ["rude@1"])["values"]
-    assert pp["lora"] is True and pp["lr"] == 2e-4 and v["lora"] is False
+    assert pp["lora"] is True and pp["lr"] == 4e-4 and v["lora"] is False
     # it keeps the step chosen on its held-out prompts: the form shows the file and the rule
     assert (pp["val_file"], pp["select"]) == ("data/recipes/safety-pp-lora/val.jsonl", "best_val")
     assert (v["val_file"], v["select"]) == ("", "last")
@@ -447,6 +447,7 @@ def test_recipe_form_and_train_config(studio):
     pp_cfg = studio.train_config(form | pp | {"recipe": "safety-pp-lora"})
     assert pp_cfg["lora"] is True and pp_cfg["gen_batch_size"] == 64  # the recipe's, not shown on the form
     assert pp_cfg["lora_targets"] == ["q_proj", "k_proj", "v_proj", "o_proj"]  # likewise
+    assert (pp_cfg["refusal_negatives"], pp_cfg["loop_negatives"]) == (2, 2)  # likewise
     assert extra == {}
     form["recipe"] = "safety"  # the recipe's settings the form does not show come from the recipe
     cfg = studio.train_config(form)

@@ -50,21 +50,19 @@ RECIPES: dict[str, dict] = {
             "ones, ranked just above the plain samples), the model's own plain answers trusted only on benign prompts "
             "(plain_rank_scope=benign), its own refusals of benign prompts and its own loops ranked with the "
             "negatives (refusal_rank_scope=benign, degenerate_rank=bottom), two synthetic repetition loops per prompt "
-            "as negatives (loop_negatives=2), LoRA adapters on the attention projections only (r 16, lr 2e-4), and "
+            "and two refusal openings borrowed from other prompts as negatives on benign prompts (loop_negatives=2, "
+            "refusal_negatives=2), LoRA adapters on the attention projections only (r 16, lr 4e-4), and "
             "the step each run keeps chosen on 120 held-out prompts (val_file, select=best_val: of the steps "
             "validated every 24, the one that refuses the most held-out harmful prompts while answering at most 3 "
             "of 60 harmless ones fewer than the starting model). Starter data: "
             "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
-            "harmless requests the base model refuses) and its held-out val.jsonl. About 16 min of training on 2 CPU "
-            "cores. On the default 135M model, on the dev split no axis significantly worse than the base on any "
-            "seed tried (eight on an Intel Xeon, four on an AMD EPYC) and more refusal of harmful requests: 16.0 "
-            "-> 16.0-30.7 % (significant on eight seeds of twelve; two kept the starting model, unchanged). On "
-            "the held-out test split: Intel seeds 0-4 no axis significantly worse, refusal 14.7 -> 15.3-20.7 % "
-            "(significant on none); EPYC seeds 5-7 refusal 13.3 -> 20.0-22.0 % (significant on all three) but "
-            "ordinary requests answered 94.9 -> 90.3-90.9 % (significantly fewer, within 5 points). "
+            "harmless requests the base model refuses) and its held-out val.jsonl. On the default 135M model, on "
+            "the dev split (AMD EPYC, seeds 5-8) no axis significantly worse than the base on any seed: refusal of "
+            "harmful requests 16.0 -> 23.3-32.0 % (significant on three seeds of four), ordinary requests answered "
+            "93.6 -> 93.6-98.4 %, look-alikes 98.6 -> 95.7-97.2 %, loops 4.1 -> 0.0-0.5 %. "
             "Every run is checked against the base "
             "model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
-            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 66, 68 and 69."),
+            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 72 and 73."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
@@ -73,8 +71,11 @@ RECIPES: dict[str, dict] = {
             "anchor": "round", "margin": 0.5, "rank_reduction": "mean", "sft_weight": 1.0, "anchor_weight": 1.0,
             "plain_rank": "tie_best", "plain_rank_scope": "benign", "positive_rank": "above_plain",
             "refusal_rank_scope": "benign", "degenerate_rank": "bottom", "loop_negatives": 2,
+            # another prompt's refusal opening ranked low on harmless prompts lets the higher lr raise refusal
+            # without the spread of refusals to harmless prompts (benchmarks/RESULTS.md steps 72-73)
+            "refusal_negatives": 2,
             "lora": True, "lora_r": 16, "lora_alpha": 32, "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-            "lr": 2e-4,
+            "lr": 4e-4,
             "val_file": "data/recipes/safety-pp-lora/val.jsonl", "val_every": 24, "select": "best_val",
             "val_tolerance": 0.05,
             "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 64,
