@@ -300,3 +300,19 @@ def test_train_tab_asks_before_starting_a_long_run(studio, demo, monkeypatch):
     data[state] = again[-1]
     start(data, None)
     assert len(started) == 2 and started[1]["rounds"] == 5
+
+
+def test_the_train_estimate_is_one_listener_over_the_form_where_the_last_change_wins(demo):
+    """A recipe fills ~20 fields of the Train form at once. With one estimate listener per field they ran side by
+    side, and the estimate of a half-filled form could land last and stay shown (seen in Chromium: "3
+    validations" for safety-pp-lora's 7). One listener, one queue, the last trigger wins."""
+    from neat_studio.ui.train import FORM_IN
+
+    fns = _fns(demo, "do_estimate", "train")
+    on_change = [f for f in fns if all(ev == "change" for _, ev in f.targets)]
+    assert len(on_change) == 1
+    f = on_change[0]
+    assert f.trigger_mode == "always_last" and f.concurrency_limit == 1
+    # every form field that can change the estimate triggers it (all but the free-text ones)
+    assert len(f.targets) == len({t for t, _ in f.targets}) >= len(FORM_IN) - 4
+    assert len(f.inputs) == len(FORM_IN)
