@@ -488,8 +488,7 @@ def build(ctx: Ctx) -> dict:
     c["recipe"].input(lambda: {}, None, c["extra"])  # a recipe chosen by hand replaces what a reused run brought
     c["reuse"].click(tab.reuse, [c["run"]], tab.comps(FORM_OUT)).then(tab.do_estimate, form, c["estimate"])
     ctx.admin_only.append(c["reuse"])
-    # one listener (one queue, the last trigger wins) for every field: a recipe changes ~20 fields at once, and one
-    # listener per field ran side by side, so an estimate of the half-filled form could land last and stay shown
+    # one queue, the last change wins: a recipe fills ~20 fields at once, and per-field listeners left stale estimates
     gr.on([comp.change for comp in form if isinstance(comp, (gr.Number, gr.Checkbox, gr.Dropdown, gr.Radio))],
           tab.do_estimate, form, c["estimate"], show_progress="hidden", trigger_mode="always_last", concurrency_limit=1)
     c["start"].click(tab.start, {c["run"], c["confirm"], *form}, tab.comps(START_OUT))
