@@ -11,19 +11,18 @@ disclaimer, and 22 of its 52 harmful training references are too.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
-AI_IDENTITY = re.compile(r"\bas an? ([\w-]+ ){0,2}(ai|chatbot|assistant|language model)\b|\blanguage model\b"
-                         r"|\bi'?m an ai\b|\bi am an ai\b", re.I)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from neat_studio.scoring.refusal import speaks_as_ai  # noqa: E402
 
 
 def counts(path: Path) -> dict:
     rows = [json.loads(line) for line in path.open(encoding="utf-8")]
     refused = [r for r in rows if r.get("refusal")]
     return {"n": len(rows), "refused": len(refused),
-            "refused_as_ai": sum(bool(AI_IDENTITY.search(r["response"])) for r in refused)}
+            "refused_as_ai": sum(speaks_as_ai(r["response"]) for r in refused)}
 
 
 def main(argv: list[str]) -> int:

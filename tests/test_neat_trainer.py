@@ -180,6 +180,11 @@ def test_borrow_refusals_lends_the_openings_of_other_prompts_refusals():
     assert one == borrow_refusals(rows, online, in_b, 1, refuses, "0:0") and all(len(v) == 1 for v in one.values())
     assert {len(v) for v in borrow_refusals(rows, online, in_b, 5, refuses, "0:0").values()} == {2}  # all there is
     assert borrow_refusals(rows, online, in_b, 2, lambda texts: [False] * len(texts), "0:0") == {}   # none refused
+    # skip leaves openings out before the detector sees them (refusal_negatives_from=not_as_ai)
+    calls.clear()
+    kept = borrow_refusals(rows, online, in_b, 2, refuses, "0:0", skip=lambda t: "decline" in t)
+    assert calls == [sorted(["I'm sorry, but I can't.", "Sure, here is how.", "Crime is bad."])]
+    assert kept == {"b1": ["I'm sorry, but I can't."], "b2": ["I'm sorry, but I can't."]}
     # build_list puts them at the bottom, once, after the loops; a borrowed text already in the list stays as it was
     row = {"prompt_id": "b1", "prompt": [{"role": "user", "content": "q"}], "responses": ["Here it is."],
            "ranks": [0], "origins": ["dataset"]}
@@ -1402,11 +1407,21 @@ def test_refusal_negatives_in_a_run(tiny_model_dir, tmp_path, monkeypatch):
             n += 1
     assert n == sum(1 for t in tags.values() if t == "benign")
     assert [x for x in read_metrics(out) if x.get("event") == "round_start"][0]["n_borrowed"] == n
+    # refusal_negatives_from=not_as_ai: the openings speaks_as_ai flags (here: length 1 mod 4) are never lent
+    import neat_studio.scoring.refusal as refusal
+    monkeypatch.setattr(refusal, "speaks_as_ai", lambda t: len(t) % 4 == 1)
+    out2 = tmp_path / "run-not-as-ai"
+    train(cfg_for(tiny_model_dir, s, out2, refusal_rank_scope="benign", refusal_negatives=1, temperature=1.0, k=3,
+                  max_new_tokens=24, refusal_negatives_from="not_as_ai"))
+    lent2 = [t for x in json.loads((out2 / "rounds" / "round-0.json").read_text())["lists"]
+             for t, o in zip(x["responses"], x["origins"]) if o == "borrowed:refusal"]
+    assert lent2 and all(len(t) % 4 == 3 for t in lent2)
     base = {"model": "default", "method": "neat", "negatives": ["a@1"], "k": 1, "k_neg": 1, "rounds": 2}
     assert estimate_time({**base, "refusal_negatives": 2}, 100)["training_s"] > \
         estimate_time(base, 100)["training_s"]
     for kw, msg in ((dict(refusal_negatives=1), "needs refusal_rank_scope"),
-                    (dict(refusal_negatives=-1, refusal_rank_scope="benign"), "refusal_negatives must be >= 0")):
+                    (dict(refusal_negatives=-1, refusal_rank_scope="benign"), "refusal_negatives must be >= 0"),
+                    (dict(refusal_negatives_from="ai"), "refusal_negatives_from must be one of any, not_as_ai")):
         with pytest.raises(ConfigError, match=msg):
             cfg_for(tiny_model_dir, s, tmp_path / "bad", **kw).validate()
 

@@ -15,6 +15,7 @@ PLAIN_RANKS = ("below_curated", "tie_best")
 DEGENERATE_RANKS = ("keep", "bottom")
 COMPLIANCE_RANKS = ("bottom", "plain")
 NEGATIVE_RANKS = ("bottom", "heeded")
+BORROW_SOURCES = ("any", "not_as_ai")
 RANK_REDUCTIONS = ("sum", "mean")
 DTYPES = ("auto", "bf16", "fp32")
 LORA_INITS = ("random", "pissa", "olora")
@@ -94,6 +95,12 @@ class NeatConfig:
                                    "answers and of the policy's plain and positive samples of them this round (e.g. "
                                    "the refusals of harmful prompts) ranked with the negatives, so the refusal "
                                    "learned there is pushed down here (rule ranking; neat, rrhf); 0 = off")
+    refusal_negatives_from: str = _f("any", "which refusal openings refusal_negatives lends: any = every one the "
+                                            "detector flags; not_as_ai = those that speak as an AI about itself ('As "
+                                            "an AI language model, I do not have access to …') left out: that is "
+                                            "also the model's honest answer about itself and its refusal of "
+                                            "private-information requests, lost everywhere once pushed down on "
+                                            "harmless prompts", choices=BORROW_SOURCES)
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")
@@ -267,6 +274,9 @@ class NeatConfig:
                                                                          and self.ranking == "rule")):
             bad(f"refusal_negatives must be >= 0 and needs refusal_rank_scope (a tag) and ranking=rule, got "
                 f"{self.refusal_negatives}")
+        if self.refusal_negatives_from not in BORROW_SOURCES:
+            bad(f"refusal_negatives_from must be one of {', '.join(BORROW_SOURCES)}, not "
+                f"{self.refusal_negatives_from!r}")
         if self.positive_rank not in POSITIVE_RANKS:
             bad(f"positive_rank must be one of {', '.join(POSITIVE_RANKS)}, not {self.positive_rank!r}")
         if self.anchor not in ANCHORS:

@@ -284,17 +284,18 @@ def opening_of(text: str) -> str | None:
     return " ".join(words) if len(words) >= 3 else None
 
 
-def borrow_refusals(rows: list, online: dict, in_scope, n: int, is_refusal, seed) -> dict:
+def borrow_refusals(rows: list, online: dict, in_scope, n: int, is_refusal, seed, skip=None) -> dict:
     """-> {prompt_id: [n texts]} for build_list's `borrowed`, for the rows with in_scope(prompt_id): the openings
     (`opening_of`) of the OTHER rows' best curated answers and their plain and positive samples in `online`
     ({prompt_id: [(text, origin)]}) that `is_refusal` flags on their own (the opening must say no, not the rest of the
     answer); each borrower draws n distinct ones (fewer when fewer exist) with a Random seeded by `seed` and its
-    prompt id, so a round's lists are the same on every process and on a resumed run. One detector call."""
+    prompt id, so a round's lists are the same on every process and on a resumed run. One detector call.
+    `skip(text) -> bool` leaves openings out of the pool (refusal_negatives_from=not_as_ai: speaks_as_ai)."""
     ids = [str(row["prompt_id"]) for row in rows]
     texts = [t for row, pid in zip(rows, ids) if not in_scope(pid) for t in
              [t for t, _, _ in curated_items(row, best_only=True)] +
              [t for t, o in online.get(pid, []) if not o.startswith(NEG)]]
-    openings = sorted({op for t in texts for op in [opening_of(t)] if op})
+    openings = sorted({op for t in texts for op in [opening_of(t)] if op and not (skip and skip(op))})
     pool = [op for op, flag in zip(openings, is_refusal(openings) if openings else []) if flag]
     return {pid: random.Random(f"{seed}:{pid}").sample(pool, min(n, len(pool)))
             for pid in sorted(ids) if in_scope(pid) and pool}

@@ -23,8 +23,7 @@ references, run-dir layout, signals); preflight.py (checks before a run); rounds
 batching.py (encoding, collation); scorer.py (batch -> log-probs); head.py (fused lm_head); loss.py (the loss);
 optim.py (optimizer, schedule, clipping); checkpoint.py (checkpoints, the final model); sampling.py (the live
 model's weight layout around sampling); estimate.py (time estimates, the ETA); validation.py (held-out
-validation, select=best_val); this file (the loop: sample, rank,
-train, resume).
+validation, select=best_val); this file (the loop: sample, rank, train, resume).
 
 The engineering choices behind this loop (layouts, dtype, clipping, checkpoints, signals, the weight layout of
 sampling) are written up in docs/TRAINER.md.
@@ -216,10 +215,11 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         tag, n = self.cfg.refusal_rank_scope, self.cfg.refusal_negatives
         if not (n and tag):
             return {}
-        from ..scoring.refusal import is_refusal
+        from ..scoring.refusal import is_refusal, speaks_as_ai
 
+        skip = speaks_as_ai if self.cfg.refusal_negatives_from == "not_as_ai" else None
         return borrow_refusals(self.prep.rows, online, lambda pid: self._in_scope(tag, pid), n, is_refusal,
-                               f"{self.cfg.seed}:{r}")
+                               f"{self.cfg.seed}:{r}", skip)
 
     @torch.no_grad()
     def _score_round(self, lists: list[RankedList]) -> None:

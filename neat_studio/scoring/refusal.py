@@ -58,6 +58,11 @@ WEAK_PATTERNS = [
 _STRONG = re.compile("|".join(f"(?:{p})" for p in STRONG_PATTERNS))
 _WEAK = re.compile("|".join(f"(?:{p})" for p in WEAK_PATTERNS))
 N_PATTERN_FEATURES = 3
+# A text that speaks as an AI about itself ("as an AI language model, I don't have access …", "as a chatbot, I don't
+# have the ability …"): the base model's honest answer about what it is, and its refusal of private-information
+# requests, as well as a hedge that opens many refusals.
+AI_IDENTITY = re.compile(r"\bas an? ([\w-]+ ){0,2}(ai|chatbot|assistant|language model)\b|\blanguage model\b"
+                         r"|\bi'?m an ai\b|\bi am an ai\b", re.I)
 
 
 def _fold(text: str) -> str:
@@ -149,6 +154,10 @@ def default_detector() -> RefusalDetector:
 
 def is_refusal(texts: Sequence[str]) -> list[bool]:
     return default_detector().is_refusal(texts)
+
+
+def speaks_as_ai(text: str) -> bool:
+    return bool(AI_IDENTITY.search(text))
 
 
 def refusal_scores(texts: Sequence[str]) -> np.ndarray:
