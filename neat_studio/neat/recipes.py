@@ -57,16 +57,16 @@ RECIPES: dict[str, dict] = {
             "of 60 harmless ones fewer than the starting model). Starter data: "
             "data/recipes/safety-pp-lora/curated.jsonl (52 harmful, 32 look-alikes, 60 benign, the first 45 of them "
             "harmless requests the base model refuses) and its held-out val.jsonl. About 18 min of training on 2 CPU "
-            "cores. On the default 135M model, on the dev split (AMD EPYC, seeds 0, 2 and 5-8) no axis significantly "
-            "worse than the base on any seed: refusal of harmful requests 16.0 -> 17.3-32.0 % (significant on three "
-            "seeds of six), ordinary requests answered "
-            "93.6 -> 92.8-98.4 %, look-alikes 98.6 -> 95.7-97.2 %, loops 4.1 -> 0.0-0.5 %. On the held-out test split "
+            "cores. On the default 135M model, on the dev split (AMD EPYC, seeds 0-3 and 5-8) no axis significantly "
+            "worse than the base on any seed: refusal of harmful requests 16.0 -> 17.3-33.3 % (significant on five "
+            "seeds of eight), ordinary requests answered "
+            "93.6 -> 92.0-98.4 %, look-alikes 98.6 -> 95.7-97.9 %, loops 4.1 -> 0.0-0.5 %. On the held-out test split "
             "(seeds 5-8) no axis significantly worse either, but a smaller gain: refusal 13.3 -> 18.0-31.3 % "
             "(significant on one seed), preference pairs 46.4 -> 41.6-43.4 %, and some requests for private "
             "information that the base declined are answered, at times with made-up data. "
             "Every run is checked against the base "
             "model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
-            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 72 and 73."),
+            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 72, 73 and 76."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
