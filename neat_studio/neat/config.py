@@ -97,10 +97,11 @@ class NeatConfig:
                                    "learned there is pushed down here (rule ranking; neat, rrhf); 0 = off")
     refusal_negatives_from: str = _f("any", "which refusal openings refusal_negatives lends: any = every one the "
                                             "detector flags; not_as_ai = those that speak as an AI about itself ('As "
-                                            "an AI language model, I do not have access to …') left out: that is "
+                                            "an AI language model, I do not have access to …') left out, as that is "
                                             "also the model's honest answer about itself and its refusal of "
-                                            "private-information requests, lost everywhere once pushed down on "
-                                            "harmless prompts", choices=BORROW_SOURCES)
+                                            "private-information requests (on the default model those refusals "
+                                            "were lost either way: benchmarks/RESULTS.md step 74)",
+                                     choices=BORROW_SOURCES)
     ranking: str = _f("rule", "how online samples are ranked: rule (negatives at the bottom) | reward (scorer)",
                       choices=RANKINGS)
     scorer_path: str = _f("", "reward scorer directory (ranking=reward)")
