@@ -35,8 +35,9 @@ def table(v: dict) -> str:
         if not v.get(axis, {}).get("n"):  # a set neither folder evaluated
             continue
         x = v[axis]
+        p = f"{x['p_value']:.3g}" if x["p_value"] else "< 1e-06"  # rounded to 6 decimals by paired_verdict
         lines.append(f"| {axis} | {100 * x['rate_before']:.1f} | {100 * x['rate_after']:.1f} | "
-                     f"{x['gained']} / {x['lost']} | {x['p_value']:.3g} | {x['verdict']} |")
+                     f"{x['gained']} / {x['lost']} | {p} | {x['verdict']} |")
     return "\n".join(lines)
 
 
