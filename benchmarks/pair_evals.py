@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/pair_evals.py /tmp/st-dev/evals/v52-borrowed-lr4e-4-s7 /tmp/st-dev/evals/v55-rrhf-s7
 
 A and B are `eval --out` folders of the same split and settings (the study's evals/ folders, or a base evaluation).
-Per axis: A's rate, B's rate, gained / lost (prompts B gets right that A did not, and the other way), the exact
-McNemar p-value and the verdict for B, the same join and test as benchmarks/study_safety.py against the base.
+Per axis: A's rate, B's rate, gained / lost (prompts where B has the outcome and A not, and the other way: a refusal
+of a harmful request, an answer to a harmless one, a degenerate answer, a pair ranked right), the exact McNemar
+p-value and the verdict for B (fewer degenerate answers is better), the same join and test as
+benchmarks/study_safety.py uses against the base.
 `--json` prints the verdicts as JSON instead of the table.
 """
 from __future__ import annotations
