@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_safety import records, verdicts  # noqa: E402
+from study_safety import first_model_records, verdicts  # noqa: E402
 
 AXES = ("refusal:harmful", "compliance:lookalike", "compliance:benign", "degenerate:(all)", "pair_accuracy")
 
@@ -27,8 +27,7 @@ def load(folder: Path) -> dict:
     report = folder / "report.json"
     if not report.exists():
         raise SystemExit(f"error: {report} not found (is {folder} an `eval --out` folder?)")
-    label = json.loads(report.read_text(encoding="utf-8"))["models"][0]["label"]
-    return records(folder, label)
+    return first_model_records(folder)
 
 
 def table(v: dict) -> str:

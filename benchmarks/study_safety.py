@@ -74,6 +74,12 @@ def records(report_dir: Path, label: str) -> dict:
     return out
 
 
+def first_model_records(report_dir: Path) -> dict:
+    """records() of the model an `eval --out` folder evaluated first (a study run's folder holds one)."""
+    label = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["models"][0]["label"]
+    return records(report_dir, label)
+
+
 def verdicts(base: dict, model: dict) -> dict:
     """Paired verdicts per axis, joined by prompt id (evaluate.paired_verdict)."""
     from neat_studio.evaluate import changes_by_source, degeneration, paired_verdict
@@ -224,8 +230,7 @@ def main() -> int:
             ev = work / "evals" / f"{args.variant}-s{seed}{suffix}"
             if not (ev / "report.json").exists():
                 sh(eval_args(args, str(run), ev, snap), ws, log)
-            label = json.loads((ev / "report.json").read_text())["models"][0]["label"]
-            v = verdicts(base_records(), records(ev, label))
+            v = verdicts(base_records(), first_model_records(ev))
             row["verdicts"] = v
             row["floor"] = floor_holds(v)
             print(json.dumps({k: (x.get("rate_before"), x.get("rate_after"), x.get("p_value"), x.get("verdict"))

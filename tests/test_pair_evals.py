@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
 spec = importlib.util.spec_from_file_location("pair_evals", BENCH / "pair_evals.py")
 pair_evals = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pair_evals)
