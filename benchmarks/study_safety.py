@@ -21,6 +21,7 @@ Every result (settings, figures, verdicts, failures too) is appended to benchmar
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import subprocess
@@ -136,6 +137,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def data_mismatch(state: dict, data: str | None) -> str | None:
+    """Why --data cannot be used with a workdir whose state is `state` (None when it can): a workdir imports its curated
+    set once, so a different file given later would otherwise be ignored and its runs trained on the old data."""
+    if not data or "snapshot" not in state:
+        return None
+    path = Path(data)
+    if not path.is_file():
+        return f"--data {data}: no such file"
+    had = (state.get("data") or {}).get("sha256")
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if had != got:
+        return (f"--data {data} (sha256 {got[:12]}) is not the curated set this workdir's snapshot was built from "
+                f"({(state.get('data') or {}).get('file', 'unrecorded')}, sha256 {(had or 'unrecorded')[:12]}): "
+                "give a new --workdir for other data")
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/neat-study")
@@ -152,21 +170,26 @@ def main() -> int:
                     help="evaluation split: dev for the study; test once, for final numbers of a shipped recipe "
                          "(results in safety_study_test.jsonl; a run whose final/ exists is only evaluated)")
     ap.add_argument("--note", default="", help="free text stored with the result")
-    ap.add_argument("--data", default=str(REPO / "data" / "recipes" / "safety" / "curated.jsonl"),
-                    help="curated set imported once per workdir (default: the shipped starter set)")
+    ap.add_argument("--data", default=None,
+                    help="curated set imported once per workdir (default: the shipped starter set of the safety "
+                         "recipe); a workdir built from another file refuses it")
     args = ap.parse_args()
 
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    ws, log = work / "ws", work / "commands.log"
     state_f = work / "state.json"
     state = json.loads(state_f.read_text()) if state_f.exists() else {}
+    problem = data_mismatch(state, args.data)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    data = Path(args.data or REPO / "data" / "recipes" / "safety" / "curated.jsonl").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    ws, log = work / "ws", work / "commands.log"
 
     if "snapshot" not in state:
         sh(["init"], ws, log)
-        sh(["import", str(Path(args.data).resolve()), "--split", "train"], ws, log)
-        state["data"] = {"file": str(Path(args.data).resolve()),
-                         "sha256": __import__("hashlib").sha256(Path(args.data).read_bytes()).hexdigest()}
+        sh(["import", str(data), "--split", "train"], ws, log)
+        state["data"] = {"file": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
         _, _, out = sh(["snapshot", "--tag", "safety-recipe", "--min-responses", "1"], ws, log)
         snap = json.loads(out)
         state.update(snapshot=snap["path"], snapshot_counts=snap["counts"])
