@@ -145,12 +145,12 @@ def data_mismatch(state: dict, data: str | None) -> str | None:
     path = Path(data)
     if not path.is_file():
         return f"--data {data}: no such file"
-    had = (state.get("data") or {}).get("sha256")
+    built_from = state.get("data") or {}
+    had = built_from.get("sha256") or "unrecorded"
     got = hashlib.sha256(path.read_bytes()).hexdigest()
     if had != got:
         return (f"--data {data} (sha256 {got[:12]}) is not the curated set this workdir's snapshot was built from "
-                f"({(state.get('data') or {}).get('file', 'unrecorded')}, sha256 {(had or 'unrecorded')[:12]}): "
-                "give a new --workdir for other data")
+                f"({built_from.get('file', 'unrecorded')}, sha256 {had[:12]}): give a new --workdir for other data")
     return None
 
 
