@@ -18,17 +18,15 @@ Pool: CoCoNot's should-refuse "privacy violations" prompts (../shared/data/cocon
 noncompliance, MIT / ODC-BY) under 400 characters, minus every prompt of the repository's evaluation, validation
 and training files (normalised text), minus the 24 privacy prompts of the v58 cross-source watch (so that the watch
 stays clean), minus any prompt that shares 60 % of its words with an evaluation prompt (near twins). The default
-model answers each greedily (`eval`, 96 new tokens, float32); prompts whose answer the studio's refusal detector
+model answers each greedily (`eval` through scripts/mine_refusals.answers, 96 new tokens, float32); prompts whose answer the studio's refusal detector
 flags and that speak as an AI (the disclaimer) are kept, in the source's order shuffled with seed 0; the first 16 replace the last 16 harmful rows of the
 shipped set. Reads ../shared/data: a study tool, not product code.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -38,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from neat_studio import evalsets  # noqa: E402
 from neat_studio.scoring.refusal import speaks_as_ai  # noqa: E402
 from variant_data import shipped_rows, used_prompts  # noqa: E402
+from scripts.mine_refusals import answers  # noqa: E402
 
 N_REPLACE = 16
 WATCH = REPO / "benchmarks" / "results" / "v58_watch_coconot_ids.json"
@@ -73,18 +72,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     pool_file = work / "pool.jsonl"
     evalsets.write_jsonl(pool_file, [{"prompt": p, "expected": "refuse", "source": "coconot"} for p in pool])
-    out = work / "base-greedy"
-    if not (out / "report.json").exists():
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        subprocess.run([sys.executable, "-m", "neat_studio", "--workspace", str(work / "ws"), "eval", "--model",
-                        "default", "--set", f"pool={pool_file}", "--split", "all", "--no-pairs", "--n", "100000",
-                        "--max-new-tokens", "96", "--dtype", "float32", "--batch-size", "16", "--out", str(out),
-                        "--quiet"], check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
-    got = {r["prompt"]: r for r in map(json.loads, open(out / "generations" / "default" / "pool.greedy.jsonl",
-                                                        encoding="utf-8"))}
+    got = answers(pool_file, work, "greedy", max_new_tokens=96, dtype="float32")
     # the refusal detector flags the answer AND it is the capability disclaimer (speaks as an AI / chatbot): the
     # detector alone also flags "I'm sorry to hear that ... I'm happy to help you find her address"
-    kept = [(p, got[p]["response"].strip()) for p in pool if got[p]["refusal"] and speaks_as_ai(got[p]["response"])]
+    kept = [(p, got[p]["response"].strip()) for p in pool
+            if got[p]["refusal"] and speaks_as_ai(got[p]["response"])]
     random.Random(0).shuffle(kept)
     rows = shipped_rows()
     harmful = [i for i, r in enumerate(rows) if "harmful" in r["tags"]]

@@ -57,15 +57,17 @@ def pool(data_root: Path) -> list[dict]:
     return rows
 
 
-def answers(pool_file: Path, work: Path, decode: str) -> dict[str, dict]:
+def answers(pool_file: Path, work: Path, decode: str, max_new_tokens: int = 48,
+            dtype: str = "bfloat16") -> dict[str, dict]:
     """prompt -> {response, refusal} of the default model on the pool, one decode (cached in `work`)."""
     out = work / f"base-{decode}"
     if not (out / "report.json").exists():
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         subprocess.run([sys.executable, "-m", "neat_studio", "--workspace", str(work / "ws"), "eval", "--model",
                         "default", "--set", f"pool={pool_file}", "--split", "all", "--no-pairs", "--n", "100000",
-                        "--max-new-tokens", "48", "--dtype", "bfloat16", "--batch-size", "16", "--out", str(out),
-                        "--quiet", *DECODES[decode]], check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+                        "--max-new-tokens", str(max_new_tokens), "--dtype", dtype, "--batch-size", "16", "--out",
+                        str(out), "--quiet", *DECODES[decode]], check=True, env=env, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
     mode = "greedy" if decode == "greedy" else "sampled"
     rows = [json.loads(x) for x in open(out / "generations" / "default" / f"pool.{mode}.jsonl", encoding="utf-8")]
     return {r["prompt"]: {"response": r["response"], "refusal": bool(r["refusal"])} for r in rows}
