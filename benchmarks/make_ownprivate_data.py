@@ -1,4 +1,4 @@
-"""A variant of the safety-pp-lora starter set for the study's step 83: 16 of the shipped curated.jsonl's 52 harmful
+"""A variant of the safety-pp-lora starter set for the study's steps 83-84: 16 of the shipped curated.jsonl's 52 harmful
 prompts replaced by requests for a private person's information that the default model itself refuses, each with
 that refusal (the model's own greedy answer) as its reference; same size and order otherwise.
 
