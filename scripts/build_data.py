@@ -38,9 +38,13 @@ SEED = 20261203
 # starter curated set of the safety recipe
 N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
 # the starter set of each recipe: (harmful, look-alike, benign) prompts (safety-pp-lora's: the alignment study's v28
-# data, benchmarks/RESULTS.md), and how many of its benign prompts are mined refusals of the base model (MINED)
+# data, benchmarks/RESULTS.md), how many of its benign prompts are mined refusals of the base model (MINED), and how
+# many after those are requests the mining saw the base model answer (RECIPE_ANSWERED)
 RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (52, 32, 60)}
 RECIPE_MINED = {"safety-pp-lora": 45}
+# 0: the shipped set. 15 mined + 30 answered is the candidate of benchmarks/RESULTS.md steps 87-88 (fewer pushes to
+# drop the base model's capability disclaimer): more refusal on some seeds, and one seed answered fewer look-alikes
+RECIPE_ANSWERED = {"safety-pp-lora": 0}
 # harmless requests the default model refuses (scripts/mine_refusals.py), first in a recipe's benign lists
 MINED = REPO / "data" / "recipes" / "mined" / "benign_refused_by_base.jsonl"
 MAX_REFERENCE_CHARS = 1200  # benign prompts are kept only with a reference answer at most this long
@@ -115,10 +119,11 @@ def _set_entry(path: Path, rows: list, name: str, data_root: Path) -> dict:
 
 def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
                         counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN), n_mined: int = 0,
-                        n_private: int = 0) -> dict:
+                        n_private: int = 0, n_answered: int = 0) -> dict:
     """Starter curated set for a safety recipe ((harmful, look-alike, benign) prompts), deduplicated against every
     evaluation prompt. With n_mined, the first (at most) n_mined benign prompts are harmless requests the base model
-    refuses (MINED, made by scripts/mine_refusals.py; tagged ``base-refused``), the rest drawn as before. With
+    refuses (MINED, made by scripts/mine_refusals.py; tagged ``base-refused``), then n_answered requests of the same
+    mining pool that the base model answered (shuffled with seed 0), the rest drawn as before. With
     n_private, the first (at most) n_private harmful prompts ask for a private person's information (PRIVATE; tagged
     ``private``), the rest drawn as before."""
     n_harmful, n_lookalike, n_benign = counts
@@ -182,8 +187,19 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
 
     refused = take([by_prompt[p] for p in mined], n_benign, lambda b: b["instruction"],
                    ben_row(["benign", "base-refused", "safety-recipe"]))
-    rows += refused
-    rows += take(ben, n_benign - len(refused), lambda b: b["instruction"], ben_row(["benign", "safety-recipe"]))
+    # every mined prompt stays out of the other draws (the base model refuses them), used or not
+    flagged = {json.loads(x)["prompt"] for x in open(MINED, encoding="utf-8")} if n_mined else set()
+    rest = take([b for b in ben if b["instruction"] not in flagged], n_benign - len(refused) - n_answered,
+                lambda b: b["instruction"], ben_row(["benign", "safety-recipe"]))
+    answered = []
+    if n_answered:
+        from scripts.mine_refusals import pool  # here: mine_refusals imports this module
+
+        cands = [by_prompt[r["prompt"]] for r in pool(data_root) if r["prompt"] in by_prompt
+                 and r["prompt"] not in flagged and evalsets.normalize_text(r["prompt"]) not in seen]
+        random.Random(0).shuffle(cands)
+        answered = take(cands, n_answered, lambda b: b["instruction"], ben_row(["benign", "safety-recipe"]))
+    rows += refused + answered + rest
     gen_src = "self-instruct-seed/seed_tasks.jsonl"
     if N_GENERAL:
         gen = [json.loads(x) for x in open(data_root / gen_src, encoding="utf-8")]
@@ -325,10 +341,12 @@ def main() -> int:
         return 2
     m, keys = build_evalsets(root, REPO / "data" / "evalsets")
     recipes = {name: build_safety_recipe(root, REPO / "data" / "recipes" / name, keys, counts,
-                                         n_mined=RECIPE_MINED.get(name, 0))
+                                         n_mined=RECIPE_MINED.get(name, 0), n_answered=RECIPE_ANSWERED.get(name, 0))
                for name, counts in RECIPE_DATA.items()}
     trained = {evalsets.normalize_text(json.loads(line)["prompt"]) for name in RECIPE_DATA
                for line in open(REPO / "data" / "recipes" / name / "curated.jsonl", encoding="utf-8")}
+    # the mined prompts a recipe leaves out stay out of validation too (as when every one of them was trained on)
+    trained |= {evalsets.normalize_text(json.loads(line)["prompt"]) for line in open(MINED, encoding="utf-8")}
     for name, counts in VAL_DATA.items():
         recipes[name]["validation"] = build_val_set(root, REPO / "data" / "recipes" / name, keys | trained, counts)
     for name, extra in VAL_WIDE.items():

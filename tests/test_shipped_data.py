@@ -1,6 +1,7 @@
 """The data the product ships (data/evalsets, data/recipes): complete, consistent with its manifests, split by the
 documented rule, disjoint from the recipe's training prompts, and usable without ../shared."""
 import hashlib
+import importlib
 import json
 from pathlib import Path
 
@@ -122,12 +123,13 @@ def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
         assert (tmp_path / "evalsets" / f"{name}.jsonl").read_bytes() == (DATA / "evalsets" / f"{name}.jsonl").read_bytes()
     assert (tmp_path / "recipe" / "curated.jsonl").read_bytes() == (DATA / "recipes" / "safety" / "curated.jsonl").read_bytes()
     mod.build_safety_recipe(root, tmp_path / "recipe2", keys, mod.RECIPE_DATA["safety-pp-lora"],
-                            n_mined=mod.RECIPE_MINED["safety-pp-lora"])
+                            n_mined=mod.RECIPE_MINED["safety-pp-lora"], n_answered=mod.RECIPE_ANSWERED["safety-pp-lora"])
     assert (tmp_path / "recipe2" / "curated.jsonl").read_bytes() == \
         (DATA / "recipes" / "safety-pp-lora" / "curated.jsonl").read_bytes()
     # both held-out sets, built after every recipe's training set as main() builds them
     trained = {E.normalize_text(r["prompt"]) for f in (tmp_path / "recipe" / "curated.jsonl",
                                                        tmp_path / "recipe2" / "curated.jsonl") for r in rows(f)}
+    trained |= {E.normalize_text(r["prompt"]) for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")}
     mod.build_val_set(root, tmp_path / "recipe2", keys | trained, mod.VAL_DATA["safety-pp-lora"])
     mod.build_wide_val_set(root, tmp_path / "recipe2", keys | trained, mod.VAL_WIDE["safety-pp-lora"])
     for name in ("val.jsonl", "val-wide.jsonl"):
@@ -160,19 +162,44 @@ def test_mined_prompts_come_first_among_the_benign_ones(tmp_path):
     _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
     plain = rows(_built(mod, root, tmp_path / "plain", keys, 0))
     mixed = rows(_built(mod, root, tmp_path / "mixed", keys, 10))
-    mined = [r["prompt"] for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")][:10]
+    every = [r["prompt"] for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")]
+    mined = every[:10]
     assert len(mixed) == len(plain) == 144
     # harmful and look-alike lists (52 + 32) unchanged; the benign ones open with the 10 mined prompts, tagged, then
-    # the same random draw as before, cut to keep 60 benign lists
+    # the same random draw as before without any of the 45 mined prompts (the base refuses them), cut to keep 60
+    # benign lists
     assert mixed[:84] == plain[:84]
     assert [r["prompt"] for r in mixed[84:94]] == mined
     assert all("base-refused" in r["tags"] for r in mixed[84:94])
     assert not any("base-refused" in r["tags"] for r in mixed[94:] + plain)
-    assert mixed[94:] == [r for r in plain[84:] if r["prompt"] not in mined][:50]
+    assert mixed[94:] == [r for r in plain[84:] if r["prompt"] not in every][:50]
 
 
-def _built(mod, root, out, keys, n_mined):
-    mod.build_safety_recipe(root, out, keys, mod.RECIPE_DATA["safety-pp-lora"], n_mined=n_mined)
+@NEEDS_SHARED
+def test_answered_requests_follow_the_mined_ones(tmp_path):
+    mod, root = _build_data()
+    _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
+    only = rows(_built(mod, root, tmp_path / "only", keys, 15))
+    both = rows(_built(mod, root, tmp_path / "both", keys, 15, 30))
+    every = {r["prompt"] for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")}
+    pool = {r["prompt"] for r in importlib.import_module("scripts.mine_refusals").pool(root)}
+    assert len(both) == 144 and both[:99] == only[:99]
+    # 30 requests of the mining pool that the base answered (not mined), with the source's reference answer
+    answered = both[99:129]
+    assert all(r["prompt"] in pool and r["prompt"] not in every and r["tags"] == ["benign", "safety-recipe"]
+               and r["ranks"] == [0] and len(r["responses"]) == 1 for r in answered)
+    # then the rest of the ordinary draw, cut to keep 60 benign lists; no prompt twice, none an evaluation prompt
+    assert both[129:] == only[99:114]
+    assert len({E.prompt_key(r["prompt"]) for r in both}) == 144
+    assert not {E.prompt_key(r["prompt"]) for r in both} & keys
+    # the file the study's v63-ship15 runs trained on (benchmarks/RESULTS.md step 88)
+    assert hashlib.sha256((tmp_path / "both" / "curated.jsonl").read_bytes()).hexdigest() == \
+        "142365adba815f1b3245d14e3d5915bb4c00e7e07a8b0e9df52784f6e0ca6a99"
+
+
+def _built(mod, root, out, keys, n_mined, n_answered=0):
+    mod.build_safety_recipe(root, out, keys, mod.RECIPE_DATA["safety-pp-lora"], n_mined=n_mined,
+                            n_answered=n_answered)
     return out / "curated.jsonl"
 
 
@@ -180,7 +207,9 @@ def _built(mod, root, out, keys, n_mined):
 def test_private_information_requests_come_first_among_the_harmful_ones(tmp_path):
     mod, root = _build_data()
     _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
-    mod.build_safety_recipe(root, tmp_path / "p", keys, mod.RECIPE_DATA["safety-pp-lora"], n_mined=45, n_private=16)
+    mod.build_safety_recipe(root, tmp_path / "p", keys, mod.RECIPE_DATA["safety-pp-lora"],
+                            n_mined=mod.RECIPE_MINED["safety-pp-lora"], n_private=16,
+                            n_answered=mod.RECIPE_ANSWERED["safety-pp-lora"])
     priv = rows(tmp_path / "p" / "curated.jsonl")
     plain = rows(DATA / "recipes" / "safety-pp-lora" / "curated.jsonl")
     assert len(priv) == 144 and json.loads((tmp_path / "p" / "manifest.json").read_text())["by_tag"]["private"] == 16
