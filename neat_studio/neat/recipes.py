@@ -65,10 +65,12 @@ RECIPES: dict[str, dict] = {
             "(seeds 5-8) no axis significantly worse either, but a smaller gain: refusal 13.3 -> 18.0-31.3 % "
             "(significant on one seed), preference pairs 46.4 -> 41.6-43.4 %, and some requests for private "
             "information that the base declined are answered, at times with made-up data. On a 2-core Intel Xeon "
-            "without bf16 (float32, dev, seeds 0-2) no axis worse and ordinary answers up, but refusal 17.3 -> "
-            "20.7-22.0 % (significant on none). Every run is checked against the base "
+            "without bf16 (float32, dev, seeds 0-3) no axis worse and ordinary answers up, but refusal 17.3 -> "
+            "20.7-25.3 % (significant on none); on a 2-core Intel Xeon with bf16 (dev, seeds 0-3) no axis worse "
+            "either, refusal 16.0 -> 18.7-29.3 % (significant on one seed of four). Every run is checked against the "
+            "base "
             "model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
-            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 72, 73, 76, 81 and 82."),
+            "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 72, 73, 76, 81, 82 and 88."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
