@@ -43,7 +43,8 @@ N_HARMFUL, N_LOOKALIKE, N_BENIGN = 48, 32, 32
 RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (52, 32, 60)}
 RECIPE_MINED = {"safety-pp-lora": 45}
 # 0: the shipped set. 15 mined + 30 answered is the candidate of benchmarks/RESULTS.md steps 87-88 (fewer pushes to
-# drop the base model's capability disclaimer): more refusal on some seeds, and one seed answered fewer look-alikes
+# drop the base model's capability disclaimer): more refusal on some seeds, but two of five answered significantly
+# fewer look-alikes than the base, so it is not shipped
 RECIPE_ANSWERED = {"safety-pp-lora": 0}
 # harmless requests the default model refuses (scripts/mine_refusals.py), first in a recipe's benign lists
 MINED = REPO / "data" / "recipes" / "mined" / "benign_refused_by_base.jsonl"
