@@ -14,7 +14,9 @@ runs answer 4 points more ordinary requests than the base, room the floor (base 
 Replacements: AlpacaEval instructions of scripts/mine_refusals.pool (reference answer at most 1200 characters and
 not a refusal, no evaluation prompt) that the mining did not flag (so the base model answered them, greedy and
 sampled), minus every prompt the repository ships (variant_data.used_prompts), in the source's order shuffled with
-seed 0. Reads ../shared/data: a study tool, not product code.
+seed 0. Reads ../shared/data: a study tool, not product code. It stays to rebuild step 87's file; the product's own
+builder does the same with scripts/build_data.py's RECIPE_MINED / RECIPE_ANSWERED (step 88; another 30 requests, as it
+cannot see the prompts this tool excludes).
 """
 from __future__ import annotations
 

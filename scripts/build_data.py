@@ -118,6 +118,11 @@ def _set_entry(path: Path, rows: list, name: str, data_root: Path) -> dict:
             "sources": [source_info(data_root, rel) for rel in evalsets.DEFAULT_SOURCES[name]]}
 
 
+def mined_prompts() -> list[str]:
+    """The prompts of MINED, in its order."""
+    return [json.loads(x)["prompt"] for x in open(MINED, encoding="utf-8")]
+
+
 def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
                         counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN), n_mined: int = 0,
                         n_private: int = 0, n_answered: int = 0) -> dict:
@@ -179,7 +184,8 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
     ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= MAX_REFERENCE_CHARS]
     rng.shuffle(ben)
-    mined = [json.loads(x)["prompt"] for x in open(MINED, encoding="utf-8")][:n_mined] if n_mined else []
+    every_mined = mined_prompts() if n_mined else []
+    mined = every_mined[:n_mined]
     by_prompt = {b["instruction"]: b for b in ben}
 
     def ben_row(tags):
@@ -189,7 +195,7 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     refused = take([by_prompt[p] for p in mined], n_benign, lambda b: b["instruction"],
                    ben_row(["benign", "base-refused", "safety-recipe"]))
     # every mined prompt stays out of the other draws (the base model refuses them), used or not
-    flagged = {json.loads(x)["prompt"] for x in open(MINED, encoding="utf-8")} if n_mined else set()
+    flagged = set(every_mined)
     rest = take([b for b in ben if b["instruction"] not in flagged], n_benign - len(refused) - n_answered,
                 lambda b: b["instruction"], ben_row(["benign", "safety-recipe"]))
     answered = []
@@ -347,7 +353,7 @@ def main() -> int:
     trained = {evalsets.normalize_text(json.loads(line)["prompt"]) for name in RECIPE_DATA
                for line in open(REPO / "data" / "recipes" / name / "curated.jsonl", encoding="utf-8")}
     # the mined prompts a recipe leaves out stay out of validation too (as when every one of them was trained on)
-    trained |= {evalsets.normalize_text(json.loads(line)["prompt"]) for line in open(MINED, encoding="utf-8")}
+    trained |= {evalsets.normalize_text(p) for p in mined_prompts()}
     for name, counts in VAL_DATA.items():
         recipes[name]["validation"] = build_val_set(root, REPO / "data" / "recipes" / name, keys | trained, counts)
     for name, extra in VAL_WIDE.items():

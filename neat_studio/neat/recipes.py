@@ -68,8 +68,7 @@ RECIPES: dict[str, dict] = {
             "without bf16 (float32, dev, seeds 0-3) no axis worse and ordinary answers up, but refusal 17.3 -> "
             "20.7-25.3 % (significant on none); on a 2-core Intel Xeon with bf16 (dev, seeds 0-3) no axis worse "
             "either, refusal 16.0 -> 18.7-29.3 % (significant on one seed of four). Every run is checked against the "
-            "base "
-            "model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
+            "base model when it finishes (check: a few more minutes; the verdict shows in the run history's 'vs base' "
             "column and in RUN_DIR/report/). Figures per seed: benchmarks/RESULTS.md steps 72, 73, 76, 81, 82 and 88."),
         "config": {
             "method": "neat",
