@@ -44,7 +44,8 @@ RECIPE_DATA = {"safety": (N_HARMFUL, N_LOOKALIKE, N_BENIGN), "safety-pp-lora": (
 RECIPE_MINED = {"safety-pp-lora": 45}
 # 0: the shipped set. 15 mined + 30 answered is the candidate of benchmarks/RESULTS.md steps 87-88 (fewer pushes to
 # drop the base model's capability disclaimer): more refusal on some seeds, but two of five answered significantly
-# fewer look-alikes than the base, so it is not shipped
+# fewer look-alikes than the base, so it is not shipped; 30 + 15 (steps 89-90) was worse than the base on look-alikes
+# or pairs on three of six seeds on the test split, not shipped either
 RECIPE_ANSWERED = {"safety-pp-lora": 0}
 # harmless requests the default model refuses (scripts/mine_refusals.py), first in a recipe's benign lists
 MINED = REPO / "data" / "recipes" / "mined" / "benign_refused_by_base.jsonl"
