@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from neat_studio import evalsets  # noqa: E402
-from scripts.build_data import BEN_SRC, MINED  # noqa: E402
+from scripts.build_data import BEN_SRC, mined_prompts  # noqa: E402
 from scripts.mine_refusals import pool  # noqa: E402
 from variant_data import shipped_rows, used_prompts  # noqa: E402
 
@@ -43,7 +43,7 @@ def main() -> int:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     args = ap.parse_args()
     root = Path(args.data_root)
-    taken = used_prompts() | {evalsets.normalize_text(json.loads(x)["prompt"]) for x in open(MINED, encoding="utf-8")}
+    taken = used_prompts() | {evalsets.normalize_text(p) for p in mined_prompts()}
     refs = {b["instruction"]: b["output"].strip() for b in json.loads((root / BEN_SRC).read_text(encoding="utf-8"))}
     fresh = [r["prompt"] for r in pool(root) if evalsets.normalize_text(r["prompt"]) not in taken]
     random.Random(0).shuffle(fresh)

@@ -124,6 +124,14 @@ def mined_prompts() -> list[str]:
     return [json.loads(x)["prompt"] for x in open(MINED, encoding="utf-8")]
 
 
+def trained_keys(curated_files) -> set:
+    """What a held-out set must not hold besides evaluation prompts: every recipe's training prompt, and every mined
+    prompt, used or not (as when every one of them was trained on)."""
+    return ({evalsets.normalize_text(json.loads(line)["prompt"]) for f in curated_files
+             for line in open(f, encoding="utf-8")}
+            | {evalsets.normalize_text(p) for p in mined_prompts()})
+
+
 def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
                         counts: tuple = (N_HARMFUL, N_LOOKALIKE, N_BENIGN), n_mined: int = 0,
                         n_private: int = 0, n_answered: int = 0) -> dict:
@@ -351,10 +359,7 @@ def main() -> int:
     recipes = {name: build_safety_recipe(root, REPO / "data" / "recipes" / name, keys, counts,
                                          n_mined=RECIPE_MINED.get(name, 0), n_answered=RECIPE_ANSWERED.get(name, 0))
                for name, counts in RECIPE_DATA.items()}
-    trained = {evalsets.normalize_text(json.loads(line)["prompt"]) for name in RECIPE_DATA
-               for line in open(REPO / "data" / "recipes" / name / "curated.jsonl", encoding="utf-8")}
-    # the mined prompts a recipe leaves out stay out of validation too (as when every one of them was trained on)
-    trained |= {evalsets.normalize_text(p) for p in mined_prompts()}
+    trained = trained_keys(REPO / "data" / "recipes" / name / "curated.jsonl" for name in RECIPE_DATA)
     for name, counts in VAL_DATA.items():
         recipes[name]["validation"] = build_val_set(root, REPO / "data" / "recipes" / name, keys | trained, counts)
     for name, extra in VAL_WIDE.items():

@@ -127,9 +127,7 @@ def test_build_script_reproduces_the_shipped_files(tmp_path, monkeypatch):
     assert (tmp_path / "recipe2" / "curated.jsonl").read_bytes() == \
         (DATA / "recipes" / "safety-pp-lora" / "curated.jsonl").read_bytes()
     # both held-out sets, built after every recipe's training set as main() builds them
-    trained = {E.normalize_text(r["prompt"]) for f in (tmp_path / "recipe" / "curated.jsonl",
-                                                       tmp_path / "recipe2" / "curated.jsonl") for r in rows(f)}
-    trained |= {E.normalize_text(r["prompt"]) for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")}
+    trained = mod.trained_keys([tmp_path / "recipe" / "curated.jsonl", tmp_path / "recipe2" / "curated.jsonl"])
     mod.build_val_set(root, tmp_path / "recipe2", keys | trained, mod.VAL_DATA["safety-pp-lora"])
     mod.build_wide_val_set(root, tmp_path / "recipe2", keys | trained, mod.VAL_WIDE["safety-pp-lora"])
     for name in ("val.jsonl", "val-wide.jsonl"):
@@ -162,7 +160,7 @@ def test_mined_prompts_come_first_among_the_benign_ones(tmp_path):
     _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
     plain = rows(_built(mod, root, tmp_path / "plain", keys, 0))
     mixed = rows(_built(mod, root, tmp_path / "mixed", keys, 10))
-    every = [r["prompt"] for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")]
+    every = mod.mined_prompts()
     mined = every[:10]
     assert len(mixed) == len(plain) == 144
     # harmful and look-alike lists (52 + 32) unchanged; the benign ones open with the 10 mined prompts, tagged, then
@@ -181,7 +179,7 @@ def test_answered_requests_follow_the_mined_ones(tmp_path):
     _, keys = mod.build_evalsets(root, tmp_path / "evalsets")
     only = rows(_built(mod, root, tmp_path / "only", keys, 15))
     both = rows(_built(mod, root, tmp_path / "both", keys, 15, 30))
-    every = {r["prompt"] for r in rows(DATA / "recipes" / "mined" / "benign_refused_by_base.jsonl")}
+    every = set(mod.mined_prompts())
     pool = {r["prompt"] for r in importlib.import_module("scripts.mine_refusals").pool(root)}
     assert len(both) == 144 and both[:99] == only[:99]
     # 30 requests of the mining pool that the base answered (not mined), with the source's reference answer
