@@ -193,7 +193,7 @@ def build_safety_recipe(data_root: Path, out: Path, eval_keys: set,
     ben = json.loads((data_root / ben_src).read_text(encoding="utf-8"))
     ben = [b for b in ben if b.get("instruction") and b.get("output") and len(b["output"]) <= MAX_REFERENCE_CHARS]
     rng.shuffle(ben)
-    every_mined = mined_prompts() if n_mined else []
+    every_mined = mined_prompts() if n_mined or n_answered else []  # "answered" = not mined: needs the list too
     mined = every_mined[:n_mined]
     by_prompt = {b["instruction"]: b for b in ben}
 

@@ -193,6 +193,11 @@ def test_answered_requests_follow_the_mined_ones(tmp_path):
     # the file the study's v63-ship15 runs trained on (benchmarks/RESULTS.md step 88)
     assert hashlib.sha256((tmp_path / "both" / "curated.jsonl").read_bytes()).hexdigest() == \
         "142365adba815f1b3245d14e3d5915bb4c00e7e07a8b0e9df52784f6e0ca6a99"
+    # answered requests without mined ones: still none of the mined prompts (the base refuses those)
+    alone = rows(_built(mod, root, tmp_path / "alone", keys, 0, 30))
+    assert len(alone) == 144 and not any("base-refused" in r["tags"] for r in alone)
+    assert not {r["prompt"] for r in alone[84:]} & every
+    assert sum(r["prompt"] in pool for r in alone[84:]) >= 30
 
 
 def _built(mod, root, out, keys, n_mined, n_answered=0):
