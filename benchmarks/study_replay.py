@@ -35,7 +35,8 @@ def history(run: Path, rows: int | None) -> list[dict]:
     from neat_studio.scoring.refusal import is_refusal
 
     out = []
-    files = sorted((run / "val").glob("answers-step-*.json"), key=lambda p: int(p.stem.split("-")[-1]))
+    files = sorted((f for f in (run / "val").glob("answers-step-*.json") if f.stem.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.stem.split("-")[-1]))  # not answers-step-N-xS (adapter_scales)
     for f in files:
         recs = json.loads(f.read_text(encoding="utf-8"))[:rows]
         prompts = [ValPrompt(r["prompt"], r["harmful"]) for r in recs]

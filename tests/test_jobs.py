@@ -188,6 +188,11 @@ def test_estimate_time_counts_validations(monkeypatch, tmp_path):
     # a file that is not there counts nothing here (the run itself refuses it, naming the file); dpo never validates
     assert estimate_time({**cfg, "val_file": str(tmp_path / "none.jsonl")}, 10)["validation_s"] == 0.0
     assert estimate_time({**cfg, "method": "dpo", "val_file": str(val)}, 10)["validations"] == 0
+    # adapter_scales (LoRA, select=best_val): the kept adapter once more per scale, 6 x 5.88989 = 35.34 s
+    scaled = {**cfg, "val_file": str(val), "val_every": 2, "lora": True, "select": "best_val",
+              "adapter_scales": [1.5, 0.5]}
+    assert (estimate_time(scaled, 10)["validations"], estimate_time(scaled, 10)["validation_s"]) == (6, 35.3)
+    assert estimate_time({**scaled, "select": "last"}, 10)["validations"] == 4  # not used without a choice
 
 
 def test_bad_config_is_refused_before_anything_is_recorded(studio):

@@ -30,6 +30,9 @@ def test_history_on_all_rows_and_on_the_first_rows(tmp_path):
     _write(tmp_path, 0, [ANSWER, ANSWER], [ANSWER, ANSWER, ANSWER, ANSWER])
     _write(tmp_path, 24, [REFUSE, ANSWER], [ANSWER, ANSWER, ANSWER, REFUSE])
     _write(tmp_path, 120, [REFUSE, REFUSE], [ANSWER, REFUSE, LOOP, ANSWER])  # numeric order, not 120 < 24
+    _write(tmp_path, 120, [REFUSE, REFUSE], [REFUSE] * 4)
+    (tmp_path / "val/answers-step-120.json").rename(tmp_path / "val/answers-step-120-x1.5.json")  # adapter_scales:
+    _write(tmp_path, 120, [REFUSE, REFUSE], [ANSWER, REFUSE, LOOP, ANSWER])  # not a step of the history
     full = study_replay.history(tmp_path, None)
     assert [m["step"] for m in full] == [0, 24, 120]
     assert [(m["refusal"], m["answered"], m["degenerate"]) for m in full] == [
@@ -42,3 +45,19 @@ def test_history_on_all_rows_and_on_the_first_rows(tmp_path):
     assert choose(full, 0.3)["step"] == 120
     assert choose(first, 0.3)["step"] == 24
     assert choose(full, 0.1)["step"] == 0
+
+
+def test_scaled_state_moves_each_changed_weight_by_the_scale():
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "study_scale", Path(__file__).resolve().parents[1] / "benchmarks" / "study_scale.py")
+    study_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_scale)
+    start = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([5.0])}
+    trained = {"a": torch.tensor([2.0, 2.0]), "b": torch.tensor([5.0])}
+    out, changed = study_scale.scaled_state(start, trained, 1.5)
+    assert changed == 1 and out["a"].tolist() == [2.5, 2.0] and out["b"] is start["b"]
+    assert study_scale.scaled_state(start, trained, 0.5)[0]["a"].tolist() == [1.5, 2.0]  # halfway back
+    with pytest.raises(SystemExit, match="shape"):
+        study_scale.scaled_state(start, {**trained, "b": torch.tensor([5.0, 1.0])}, 1.5)

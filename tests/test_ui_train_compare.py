@@ -661,5 +661,13 @@ def test_val_figure_draws_the_validation_and_marks_the_kept_step():
     assert list(lines["harmless answered"].get_ydata()) == [1.0, 0.95, 0.8]
     kept = [ln for ln in ax.get_lines() if ln.get_label().startswith("_")]  # the unlabelled vertical line
     assert [list(ln.get_xdata()) for ln in kept] == [[3, 3]]
+    assert [t.get_text() for t in ax.texts] == [" kept"]
     empty = val_figure([]).axes[0]
     assert not empty.get_lines() and empty.texts[0].get_text() == "no data yet"
+    # adapter_scales: the kept step validated at 1.5x (hollow markers) and chosen
+    scaled = events[:-1] + [{"event": "val_scaled", "step": 3, "scale": 1.5, "refusal": 0.4, "answered": 0.95},
+                            {"event": "selected", "step": 6, "selected_step": 3, "adapter_scale": 1.5}]
+    ax = val_figure(scaled).axes[0]
+    marks = [ln for ln in ax.get_lines() if ln.get_marker() == "o" and ln.get_linestyle() == "None"]
+    assert [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in marks] == [([3, 3], [0.4, 0.95])]
+    assert [t.get_text() for t in ax.texts] == [" kept at 1.5x its change"]

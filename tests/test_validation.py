@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from neat_studio.neat.config import ConfigError, NeatConfig
-from neat_studio.neat.validation import ValPrompt, choose, eligible, load_val_prompts, val_metrics
+from neat_studio.neat.validation import ValPrompt, choose, choose_scale, eligible, load_val_prompts, val_metrics
 
 from test_neat_trainer import cfg_for, make_snapshot, read_metrics, toy_rows
 
@@ -51,6 +51,39 @@ def test_balanced_choice_does_not_buy_refusals_with_needless_refusals():
     assert choose(more, 0.10, "best_val_balanced")["step"] == 168
     assert choose(more, 0.05, "best_val_balanced")["step"] == 72  # 55/60 is outside 0.05: the tolerance still rules
     assert choose([entry(0, 0.1, 0.9), entry(2, 0.1, 0.9)], 0.0, "best_val_balanced")["step"] == 2  # later on a tie
+
+
+def test_choose_scale_takes_another_scale_only_when_it_is_strictly_better():
+    base, kept = entry(0, 0.10, 1.00), {**entry(96, 0.25, 0.97), "scale": 1.0}
+    more = {**entry(96, 0.30, 0.97), "scale": 1.5}
+    assert choose_scale(kept, [more], base, 0.05) is more
+    # as many refusals and as many answers: the weights as trained stay
+    assert choose_scale(kept, [{**more, "refusal": 0.25}], base, 0.05) is kept
+    # the same refusals, one more harmless prompt answered: better
+    assert choose_scale(kept, [{**more, "refusal": 0.25, "answered": 0.98}], base, 0.05)["scale"] == 1.5
+    # more refusals but 7 points fewer harmless answers than the starting model: out of tolerance
+    far = {**entry(96, 0.50, 0.93), "scale": 2.0}
+    assert choose_scale(kept, [far], base, 0.05) is kept and choose_scale(kept, [far], base, 0.10) is far
+    # two scales: the better of them
+    assert choose_scale(kept, [more, {**more, "refusal": 0.35, "scale": 2.0}], base, 0.05)["scale"] == 2.0
+    # balanced: 0.30 + 0.90 = 1.20 < 0.25 + 0.97 = 1.22, so the extra refusals do not pay for the lost answers
+    assert choose_scale(kept, [{**more, "answered": 0.95}], base, 0.05)["scale"] == 1.5
+    assert choose_scale(kept, [{**more, "answered": 0.90}], base, 0.10, "best_val_balanced") is kept
+
+
+def test_adapter_scales_are_checked_and_read_from_flags():
+    base = dict(snapshot="s", negatives=["rude"], val_file="v.jsonl", select="best_val", lora=True)
+    NeatConfig(**base, adapter_scales=[1.5, 0.5]).validate()
+    for kw, msg in [(dict(lora=False), "adapter_scales needs lora"), (dict(select="last"), "needs lora"),
+                    (dict(lora_init="pissa"), "lora_init=random"), (dict(adapter_scales=[1.0]), "not 1"),
+                    (dict(adapter_scales=[0.0]), r"in \(0, 4\]"), (dict(adapter_scales=[5.0]), r"in \(0, 4\]")]:
+        with pytest.raises(ConfigError, match=msg):
+            NeatConfig(**{**base, "adapter_scales": [1.5], **kw}).validate()
+    assert NeatConfig().apply_overrides(["adapter_scales=1.5,2"]).adapter_scales == [1.5, 2.0]
+    assert NeatConfig().apply_overrides(["adapter_scales=1.5"]).adapter_scales == [1.5]
+    assert NeatConfig.from_dict({"adapter_scales": [2]}).adapter_scales == [2.0]
+    with pytest.raises(ConfigError, match="adapter_scales: cannot use"):
+        NeatConfig().apply_overrides(["adapter_scales=big"])
 
 
 def test_val_metrics_counts_each_kind_of_prompt():
@@ -219,3 +252,49 @@ def test_a_validation_prompt_that_is_trained_on_is_refused_before_training(tiny_
     with pytest.raises(ConfigError, match="1 of its prompts are training prompts"):
         train(cfg_for(tiny_model_dir, snap, out, val_file=str(leak)))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("scaled_refuses,chosen", [((0, 1), 2.0), ((0,), None)])
+def test_adapter_scales_merge_the_kept_adapter_at_the_chosen_scale(tiny_model_dir, tmp_path, val_setup,
+                                                                   scaled_refuses, chosen):
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import train
+
+    val, snap, calls, script = val_setup
+    # validations 0-2: steps 0, 3, 6 (the last kept: the most refusal, later on a tie); validation 3: the kept
+    # adapter at twice its scale, refusing both harmful prompts (better) or one (a tie: the trained scale stays)
+    script.update({1: (0,), 2: (0,), 3: scaled_refuses})
+    kw = dict(val_file=str(val), select="best_val", rounds=2, lr=1e-2, lora=True)
+    train(cfg_for(tiny_model_dir, snap, tmp_path / "plain", **kw), lm=load_model(str(tiny_model_dir)))
+    calls.clear()
+    out = tmp_path / "scaled"
+    train(cfg_for(tiny_model_dir, snap, out, adapter_scales=[2.0], **kw), lm=load_model(str(tiny_model_dir)))
+    assert len(calls) == 4
+    ev = read_metrics(out)
+    vs = [e for e in ev if e.get("event") == "val_scaled"]
+    assert len(vs) == 1 and vs[0]["step"] == 6 and vs[0]["scale"] == 2.0
+    assert vs[0]["refusal"] == len(scaled_refuses) / 2 and vs[0]["eligible"] is True
+    sel = [e for e in ev if e.get("event") == "selected"][0]
+    assert sel["selected_step"] == 6 and sel["adapter_scale"] == (chosen or 1.0)
+    assert json.loads((out / "val/answers-step-6-x2.json").read_text())[0]["answer"] == calls[3][0]
+    meta = json.loads((out / "final/neat_training.json").read_text())
+    assert meta.get("adapter_scale") == chosen
+    w0 = load_model(str(tiny_model_dir)).model.state_dict()
+    w1, w2 = load_file(tmp_path / "plain/final/model.safetensors"), load_file(out / "final/model.safetensors")
+    changed = [k for k in w1 if not torch.equal(w1[k], w0[k].to(w1[k].dtype))]
+    assert changed and all(".self_attn." in k or ".mlp." in k for k in changed)  # the adapted layers only
+    for k in w1:
+        if chosen is None:  # the trained scale: the same model as the run without adapter_scales, bit for bit
+            assert torch.equal(w2[k], w1[k]), k
+        else:  # twice the change the run made to each weight (the merge rounds in float32)
+            torch.testing.assert_close(w2[k], w0[k] + 2 * (w1[k] - w0[k]), atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(w2[k], w1[k]) for k in changed) == (chosen is not None)
+    if chosen:  # the scaled validation decoded what the merged final model decodes
+        from neat_studio.generation import GenParams, generate
+
+        cfg = cfg_for(tiny_model_dir, snap, out, **kw)
+        res = generate(load_model(str(out / "final")), [v["prompt"] for v in VAL],
+                       params=GenParams(temperature=0.0, max_new_tokens=cfg.val_max_new_tokens, k=1),
+                       batch_size=cfg.gen_batch_size, max_prompt_tokens=cfg.max_prompt_len)
+        assert [r[0].text for r in res] == calls[3]
+        assert calls[3] != calls[2]  # and not what the trained scale decodes

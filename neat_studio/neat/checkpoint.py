@@ -94,12 +94,22 @@ class CheckpointMixin:
         self._log({"event": "resumed", "step": self.pos["global_step"], "round": self.pos["round"],
                    "checkpoint": str(ck)})
 
-    def _save_final(self, selected_step: int | None = None) -> Path:
+    def _save_final(self, kept: dict | None = None) -> Path:
+        """final/: the model as it is (LoRA merged); `kept` (select=best_val, validation._keep_best) names the step
+        whose weights these are and the adapter scale chosen (adapter_scales)."""
         final = self.run_dir / "final"
+        selected_step = kept["step"] if kept else None
+        adapter_scale = (kept or {}).get("scale", 1.0)
         if self.main:
             model = self.model
             if self.cfg.lora:
-                model = model.merge_and_unload()
+                from contextlib import nullcontext
+
+                from peft.helpers import rescale_adapter_scale
+
+                # adapter_scales (validation.py): the kept adapter merged at the scale validation chose
+                with rescale_adapter_scale(model, adapter_scale) if adapter_scale != 1 else nullcontext():
+                    model = model.merge_and_unload()
             shutil.rmtree(final, ignore_errors=True)
             model.save_pretrained(final)
             self.tok.save_pretrained(final)
@@ -108,6 +118,7 @@ class CheckpointMixin:
                 "base_model_id": getattr(self.lm, "model_id", None), "snapshot_sha256": self.prep.sha256,
                 "steps": self.pos["global_step"], "lora_merged": self.cfg.lora,
                 # select=best_val: the validated step whose weights these are (0 = the starting model's)
-                **({"selected_step": selected_step} if selected_step is not None else {})}, indent=2))
+                **({"selected_step": selected_step} if selected_step is not None else {}),
+                **({"adapter_scale": adapter_scale} if adapter_scale != 1 else {})}, indent=2))
         self.acc.wait_for_everyone()
         return final

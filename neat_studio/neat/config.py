@@ -21,6 +21,7 @@ DTYPES = ("auto", "bf16", "fp32")
 LORA_INITS = ("random", "pissa", "olora")
 SELECTS = ("last", "best_val", "best_val_balanced")
 LIST_ORDERS = ("shuffle", "stratified")
+FLOAT_LISTS = ("adapter_scales",)  # list settings whose items are numbers
 PROMPT_CACHE = ("auto", "on", "off")
 
 
@@ -167,6 +168,11 @@ class NeatConfig:
                              "the most held-out prompts right (refusal share + answered share)", choices=SELECTS)
     val_tolerance: float = _f(0.03, "select=best_val(_balanced): the share of held-out harmless prompts a kept "
                                     "model may answer fewer (and loop more) than the starting model")
+    adapter_scales: list = _f([], "LoRA with select=best_val(_balanced): after training, also validate the kept "
+                                  "adapter at these multiples of its scale (1.5 = half again the change training "
+                                  "made, as ExPO extrapolates; 0.5 = halfway back to the starting model, as WiSE-FT "
+                                  "interpolates); the same rule chooses, the trained scale winning ties, and final/ "
+                                  "merges the chosen one (empty = off)")
     # after the run (neat_studio/run_check.py)
     check: bool = _f(False, "when the run has finished, evaluate its final model against the model it started from on "
                             "every dev prompt of the shipped sets (its training prompts kept out) into RUN_DIR/report/"
@@ -360,6 +366,14 @@ class NeatConfig:
             bad(f"val_every must be >= 0 and val_max_new_tokens >= 1, got {self.val_every}, {self.val_max_new_tokens}")
         if not 0 <= self.val_tolerance < 1:
             bad(f"val_tolerance must be in [0, 1), got {self.val_tolerance}")
+        if self.adapter_scales:
+            if not self.lora or self.select == "last" or self.lora_init != "random":
+                # pissa/olora adapters are not zero at the start: scaling them scales more than training's change
+                bad("adapter_scales needs lora (lora_init=random) and select=best_val or best_val_balanced "
+                    f"(has lora={self.lora}, lora_init={self.lora_init}, select={self.select})")
+            if any(not 0 < s <= 4 or s == 1 for s in self.adapter_scales):
+                bad(f"adapter_scales must be in (0, 4] and not 1 (the trained scale is always a candidate), "
+                    f"got {self.adapter_scales}")
         return self
 
 
@@ -386,9 +400,14 @@ def _coerce(name: str, v):
         if t is list:
             if v is None:
                 return []
-            if isinstance(v, str):
-                return [x.strip() for x in v.split(",") if x.strip()]
-            return [str(x) for x in v]
+            if name in FLOAT_LISTS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = [v]  # adapter_scales: 1.5 in YAML
+            items = [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else list(v)
+            if name in FLOAT_LISTS:
+                if any(isinstance(x, bool) for x in items):
+                    raise ValueError(v)
+                return [float(x) for x in items]
+            return [str(x) for x in items]
         if t is bool:
             if isinstance(v, str):
                 if v.lower() in ("1", "true", "yes", "on"):

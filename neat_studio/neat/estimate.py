@@ -71,7 +71,8 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
       BF16_SAMPLE_SPEEDUP times faster;
     - with a val_file, each validation decodes its prompts greedily (val_max_new_tokens, gen_batch_size at a
       time, as a sampling round) and runs the refusal detector on the answers (JUDGE_S_PER_ANSWER); it runs at
-      the start and every val_every steps and at the last one (val_every 0: at the end of each round);
+      the start and every val_every steps and at the last one (val_every 0: at the end of each round), and once
+      more per adapter_scales entry;
     - plus STARTUP_S; N = parameter count (config.json of a local model; 135M for `default`).
 
     A system prompt scoped to a tag (`over_refusal@1:benign`) samples only that tag's prompts: `tag_counts`
@@ -138,6 +139,10 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
     n_val = val_prompt_count(str(g("val_file") or "")) if method != "dpo" and steps else 0
     every = int(g("val_every") or 0)
     validations = (1 + (math.ceil(steps / every) if every else rounds_run)) if n_val else 0
+    scales = g("adapter_scales") or []
+    if validations and str(g("lora")).lower() in ("true", "1") and str(g("select")) != "last":
+        # adapter_scales: the kept adapter validated once more per scale
+        validations += len(str(scales).split(",") if isinstance(scales, str) else scales)
     validation = validations * validation_seconds(params, bf16, n_val, int(g("val_max_new_tokens")), gen_batch)
     check = check_seconds(params, bf16) if str(g("check")).lower() in ("true", "1") else 0.0
     total = STARTUP_S + sampling + training + validation + check

@@ -551,7 +551,7 @@ class NeatTrainer(CheckpointMixin, ValidationMixin):
         # every process's weights: equal under data parallelism (the test of the 2-process run checks it)
         kept = self._keep_best()
         prints = gather_object([fingerprint(self.acc.unwrap_model(self.scorer).model)])
-        final = self._save_final(selected_step=kept["step"] if kept else None)
+        final = self._save_final(kept)
         if self.main and self.val is not None:  # final/ holds the kept weights now
             for f in self._val_dir().glob("step-*.pt"):
                 f.unlink()

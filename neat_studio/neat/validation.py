@@ -13,6 +13,11 @@ small held-out prompt set greedily (what a user sees) at its start and every `va
   (refusal share + answered share): a later step that buys one more refusal with one more needless refusal
   does not replace an earlier one (benchmarks/RESULTS.md step 69).
 
+With LoRA, `adapter_scales` (e.g. [1.5]) lets the same rule also look at the kept adapter scaled, once, after
+training: 1.5 is the change training made taken half again as far (ExPO), 0.5 halfway back to the starting model
+(WiSE-FT). A seed whose kept step moved little gains refusal that way; one that went far enough loses harmless
+answers at 1.5 and keeps its trained scale, which wins ties (benchmarks/RESULTS.md step 96).
+
 The held-out prompts are a JSONL file in the curated import format (only `prompt` and `tags` are read): tagged
 `harmful` = should be refused, anything else = should be answered. They must not be training prompts (the
 recipe's set is built deduplicated against its training data and every evaluation set: scripts/build_data.py),
@@ -123,6 +128,17 @@ def choose(history: list[dict], tolerance: float, select: str = "best_val") -> d
     return best  # the base is always eligible, so never None
 
 
+def choose_scale(kept: dict, scaled: list[dict], base: dict, tolerance: float, select: str = "best_val") -> dict:
+    """Of the kept entry (its trained scale) and the same weights validated at other adapter scales (`scaled`),
+    the one the select rule prefers; a scale other than the trained one must be strictly better (a tie keeps the
+    weights as trained)."""
+    best, balanced = kept, select == "best_val_balanced"
+    for m in scaled:
+        if eligible(m, base, tolerance) and score(m, balanced) > score(best, balanced):
+            best = m
+    return best
+
+
 class ValidationMixin:
     """The trainer's side of validation (NeatTrainer): the held-out prompts, validating the live weights, and
     putting the kept ones back before the final save. Uses the trainer's cfg, run_dir, acc, scorer, lm, pos,
@@ -152,23 +168,30 @@ class ValidationMixin:
         model = self.acc.unwrap_model(self.scorer).model
         return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
+    def _write_answers(self, name: str, texts: list[str]) -> None:
+        (self._val_dir() / name).write_text(json.dumps(
+            [{"prompt": p.prompt, "harmful": p.harmful, "answer": t} for p, t in zip(self.val["prompts"], texts)],
+            ensure_ascii=False, indent=1), encoding="utf-8")
+
     @torch.no_grad()
-    def _validate(self, step: int) -> None:
-        """Decode the held-out prompts greedily with the current weights; log the shares, and with select=best_val
-        keep these weights on disk when they are the best so far (validation.choose)."""
+    def _decode_val(self, scale: float = 1.0) -> list[str]:
+        """The held-out prompts decoded greedily by the live weights (LoRA adapters at `scale` times their own),
+        split over the processes and gathered: one answer per prompt, in file order."""
+        from contextlib import nullcontext
+
         from accelerate.utils import gather_object
+        from peft.helpers import rescale_adapter_scale
 
         from ..generation import GenParams, generate
-        from ..scoring.refusal import is_refusal
 
-        cfg, t0 = self.cfg, time.time()
-        prompts = self.val["prompts"]
+        cfg, prompts = self.cfg, self.val["prompts"]
         idx = list(range(len(prompts)))[self.rank::self.world]
         model = self.acc.unwrap_model(self.scorer).model
         was = model.training
         model.eval()
-        try:
-            with adapters_merged(model), self.acc.autocast():
+        try:  # rescaled first: the merge then adds scale x the adapter's change
+            with rescale_adapter_scale(model, scale) if scale != 1 else nullcontext(), adapters_merged(model), \
+                    self.acc.autocast():
                 res = generate(with_model(self.lm, model), [prompts[i].prompt for i in idx],
                                params=GenParams(temperature=0.0, max_new_tokens=cfg.val_max_new_tokens, k=1),
                                batch_size=cfg.gen_batch_size, max_prompt_tokens=cfg.max_prompt_len)
@@ -179,6 +202,17 @@ class ValidationMixin:
         for part in gather_object([dict(zip(idx, (r[0].text for r in res)))]):
             for i, t in part.items():
                 texts[i] = t
+        return texts
+
+    @torch.no_grad()
+    def _validate(self, step: int) -> None:
+        """Decode the held-out prompts greedily with the current weights; log the shares, and with select=best_val
+        keep these weights on disk when they are the best so far (validation.choose)."""
+        from ..scoring.refusal import is_refusal
+
+        cfg, t0 = self.cfg, time.time()
+        prompts = self.val["prompts"]
+        texts = self._decode_val()
         m = {"step": step, **val_metrics(prompts, texts, is_refusal(texts))}
         history = self.val["history"] + [m]
         self.val["history"] = history
@@ -191,9 +225,7 @@ class ValidationMixin:
             tmp = d / "history.json.tmp"
             tmp.write_text(json.dumps(history, indent=1), encoding="utf-8")
             tmp.replace(d / "history.json")
-            (d / f"answers-step-{step}.json").write_text(json.dumps(
-                [{"prompt": p.prompt, "harmful": p.harmful, "answer": t} for p, t in zip(prompts, texts)],
-                ensure_ascii=False, indent=1), encoding="utf-8")
+            self._write_answers(f"answers-step-{step}.json", texts)
         self.acc.wait_for_everyone()
         self._log({"event": "val", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()},
                    "eligible": eligible(m, history[0], cfg.val_tolerance),
@@ -213,7 +245,31 @@ class ValidationMixin:
                 raise RuntimeError(f"validated weights of step {kept['step']} do not fit the model: missing "
                                    f"{sorted(missing)[:3]}")
             model.load_state_dict(state, strict=False)
+        kept = self._choose_scale(kept)
         self._log({"event": "selected", "step": self.pos["global_step"], "selected_step": kept["step"],
                    "refusal": kept["refusal"], "answered": kept["answered"], "degenerate": kept["degenerate"],
+                   **({"adapter_scale": kept["scale"]} if "scale" in kept else {}),
                    "base": {k: self.val["history"][0][k] for k in ("refusal", "answered", "degenerate")}})
         return kept
+
+    def _choose_scale(self, kept: dict) -> dict:
+        """adapter_scales: validate the kept adapter (loaded in the model) at each scale and return the entry
+        choose_scale keeps, with its "scale" (1.0 = as trained). The starting model (step 0) has no change to
+        scale."""
+        from ..scoring.refusal import is_refusal
+
+        cfg = self.cfg
+        if not cfg.adapter_scales or not kept["step"]:
+            return kept
+        base, scaled = self.val["history"][0], []
+        for s in cfg.adapter_scales:
+            t0 = time.time()
+            texts = self._decode_val(s)
+            m = {"step": kept["step"], "scale": s, **val_metrics(self.val["prompts"], texts, is_refusal(texts))}
+            scaled.append(m)
+            if self.main:
+                self._write_answers(f"answers-step-{kept['step']}-x{s:g}.json", texts)
+            self._log({"event": "val_scaled", **{k: (round(v, 4) if isinstance(v, float) else v)
+                                                for k, v in m.items()},
+                       "eligible": eligible(m, base, cfg.val_tolerance), "val_s": round(time.time() - t0, 3)})
+        return choose_scale({**kept, "scale": 1.0}, scaled, base, cfg.val_tolerance, cfg.select)

@@ -1,0 +1,89 @@
+"""Scale what a trained study run changed, and write the model that gives (weight interpolation / extrapolation).
+
+    .venv/bin/python benchmarks/study_scale.py --workdir /tmp/st-s --run v64a-shipped-s0 --scale 1.5 \\
+        --as v70-shipped-x1.5-s0
+
+`runs/NAME/final` = W_start + scale * (W_run - W_start) for every weight: scale 1 is the run's own model, 0 the
+starting model, between them an interpolation (WiSE-FT, Wortsman et al. 2022) and above 1 an extrapolation along the
+training direction (ExPO, Zheng et al. 2024, "Weak-to-strong extrapolation expedites alignment"). A LoRA run changes
+only its adapted matrices, so this is the kept step's adapter at `scale` times its alpha. The run's config.yaml,
+wall_s.txt and metrics.jsonl are copied beside it (the "selected" event gains `scale` and `scaled_from`), so that
+`study_safety.py --variant PREFIX --seeds N` (NAME = PREFIX-sN) evaluates it like any run (mark its note INFERRED).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def scaled_state(start: dict, trained: dict, scale: float) -> tuple[dict, int]:
+    """start + scale * (trained - start), per tensor, in float32; also how many tensors differ."""
+    out, changed = {}, 0
+    for name, w0 in start.items():
+        w1 = trained[name]
+        if w1.shape != w0.shape:
+            raise SystemExit(f"{name}: shape {tuple(w1.shape)} in the run, {tuple(w0.shape)} in the starting model")
+        if not bool((w1 == w0).all()):
+            changed += 1
+            out[name] = (w0.float() + scale * (w1.float() - w0.float())).to(w0.dtype)
+        else:
+            out[name] = w0
+    return out, changed
+
+
+def main() -> int:
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from neat_studio.config import Workspace
+    from neat_studio.models import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--run", required=True, help="a trained run's folder name under WORKDIR/runs")
+    ap.add_argument("--scale", type=float, required=True)
+    ap.add_argument("--as", dest="as_name", required=True, help="write runs/NAME")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    run, dest = work / "runs" / args.run, work / "runs" / args.as_name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    lm = load_model(cfg.get("model", "default"), workspace=Workspace(work / "ws"), dtype=torch.float32)
+    model = lm.model
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trained = load_file(str(run / "final" / "model.safetensors"))
+    # tied weights (lm_head = embed_tokens) are saved once; the state dict names both
+    trained = {k: trained.get(k, trained.get("model.embed_tokens.weight")) for k in start}
+    state, changed = scaled_state(start, trained, args.scale)
+    model.load_state_dict(state)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "wall_s.txt"):
+        if (run / name).exists():
+            shutil.copy2(run / name, dest / name)
+    lines = []
+    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        ev = json.loads(line) if line.strip() else None
+        if ev and ev.get("event") == "selected":
+            ev.update(scale=args.scale, scaled_from=str(run))
+            line = json.dumps(ev)
+        lines.append(line)
+    (dest / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    final = dest / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    model.save_pretrained(final)
+    lm.tokenizer.save_pretrained(final)
+    info = json.loads((run / "final" / "neat_training.json").read_text())
+    info.update(scale=args.scale, scaled_from=str(run))
+    (final / "neat_training.json").write_text(json.dumps(info, indent=2))
+    print(f"wrote {final}: {changed} of {len(start)} tensors changed by the run, scaled by {args.scale}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
