@@ -87,9 +87,6 @@ RECIPES: dict[str, dict] = {
             "lr": 4e-4,
             "val_file": "data/recipes/safety-pp-lora/val.jsonl", "val_every": 24, "select": "best_val",
             "val_tolerance": 0.05,
-            # the kept adapter also validated at 1.5 times its change, kept only when strictly better there: seeds
-            # whose kept step moved little gain refusal (benchmarks/RESULTS.md step 96)
-            "adapter_scales": [1.5],
             "batch_size": 2, "max_new_tokens": 48, "max_response_len": 96, "gen_batch_size": 64,
             "check": True,
         },
