@@ -661,7 +661,7 @@ def test_val_figure_draws_the_validation_and_marks_the_kept_step():
     assert list(lines["harmless answered"].get_ydata()) == [1.0, 0.95, 0.8]
     kept = [ln for ln in ax.get_lines() if ln.get_label().startswith("_")]  # the unlabelled vertical line
     assert [list(ln.get_xdata()) for ln in kept] == [[3, 3]]
-    assert [t.get_text() for t in ax.texts] == [" kept"]
+    assert [(t.get_text(), t.get_ha()) for t in ax.texts] == [(" kept", "left")]  # step 3 of 6: to its right
     empty = val_figure([]).axes[0]
     assert not empty.get_lines() and empty.texts[0].get_text() == "no data yet"
     # adapter_scales: the kept step validated at 1.5x (hollow markers) and chosen
@@ -671,3 +671,5 @@ def test_val_figure_draws_the_validation_and_marks_the_kept_step():
     marks = [ln for ln in ax.get_lines() if ln.get_marker() == "o" and ln.get_linestyle() == "None"]
     assert [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in marks] == [([3, 3], [0.4, 0.95])]
     assert [t.get_text() for t in ax.texts] == [" kept at 1.5x its change"]
+    last = val_figure(events[:-1] + [{"event": "selected", "step": 6, "selected_step": 6, "adapter_scale": 1.5}])
+    assert [(t.get_text(), t.get_ha()) for t in last.axes[0].texts] == [("kept at 1.5x its change ", "right")]

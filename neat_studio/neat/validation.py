@@ -15,8 +15,8 @@ small held-out prompt set greedily (what a user sees) at its start and every `va
 
 With LoRA, `adapter_scales` (e.g. [1.5]) lets the same rule also look at the kept adapter scaled, once, after
 training: 1.5 is the change training made taken half again as far (ExPO), 0.5 halfway back to the starting model
-(WiSE-FT). A seed whose kept step moved little gains refusal that way; one that went far enough loses harmless
-answers at 1.5 and keeps its trained scale, which wins ties (benchmarks/RESULTS.md step 96).
+(WiSE-FT); the trained scale wins ties. On the default model it raised dev refusal on the seeds whose kept step
+moved little, but the gain did not hold on the test split, so no recipe uses it (benchmarks/RESULTS.md steps 96-97).
 
 The held-out prompts are a JSONL file in the curated import format (only `prompt` and `tags` are read): tagged
 `harmful` = should be refused, anything else = should be answered. They must not be training prompts (the

@@ -174,10 +174,12 @@ def val_figure(events: list[dict]):
                         "held-out validation")
     kept = next((e for e in reversed(events) if e.get("event") == "selected"), None)
     if kept is not None and fig.axes:
-        ax, scale = fig.axes[0], kept.get("adapter_scale", 1)
-        ax.axvline(kept.get("selected_step", 0), color="#2f855a", linestyle="--", linewidth=1.2)
-        ax.text(kept.get("selected_step", 0), 0.02, " kept" + (f" at {scale:g}x its change" if scale != 1 else ""),
-                color="#2f855a", fontsize=7, transform=ax.get_xaxis_transform())
+        ax, scale, at = fig.axes[0], kept.get("adapter_scale", 1), kept.get("selected_step", 0)
+        ax.axvline(at, color="#2f855a", linestyle="--", linewidth=1.2)
+        label = "kept" + (f" at {scale:g}x its change" if scale != 1 else "")
+        right = at > max((e.get("step") or 0 for e in val), default=0) / 2  # in the right half: written leftwards
+        ax.text(at, 0.02, f"{label} " if right else f" {label}", ha="right" if right else "left", color="#2f855a",
+                fontsize=7, transform=ax.get_xaxis_transform())
         for e in (e for e in events if e.get("event") == "val_scaled"):  # adapter_scales: the kept step rescaled
             ax.plot([e["step"]] * 2, [e["refusal"], e["answered"]], linestyle="none", marker="o", mfc="none",
                     color="#2f855a", markersize=5)
