@@ -64,27 +64,37 @@ def merge_step(run: Path, kept: dict, dest: Path, workspace: Path) -> None:
         if not (ck / "adapter_model.safetensors").exists():
             raise SystemExit(f"{ck} has no adapter (train with save_every=val_every, keep_checkpoints=0)")
         model = PeftModel.from_pretrained(model, ck).merge_and_unload()
+    def selected(ev: dict) -> None:  # the "selected" event says which step this folder holds (and that it was replayed)
+        ev.update(selected_step=step, replayed_from=str(run), trained_selected_step=ev.get("selected_step"),
+                  **{k: kept[k] for k in ("refusal", "answered", "degenerate")})
+
+    write_run(run, dest, model, lm.tokenizer, selected, dict(selected_step=step, replayed_from=str(run)))
+
+
+def write_run(run: Path, dest: Path, model, tokenizer, on_selected, info_update: dict) -> Path:
+    """dest/ as a run folder the study evaluates: the run's config.yaml and wall_s.txt, its metrics.jsonl with the
+    "selected" event changed in place by `on_selected(event)`, and final/ = `model` + `tokenizer` with the run's
+    neat_training.json updated by `info_update`. Returns dest/final."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("config.yaml", "wall_s.txt"):
         if (run / name).exists():
             shutil.copy2(run / name, dest / name)
-    # the run's log, its "selected" event saying which step this folder holds (and that it was replayed)
     lines = []
     for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         ev = json.loads(line) if line.strip() else None
         if ev and ev.get("event") == "selected":
-            ev.update(selected_step=step, replayed_from=str(run), trained_selected_step=ev.get("selected_step"),
-                      **{k: kept[k] for k in ("refusal", "answered", "degenerate")})
+            on_selected(ev)
             line = json.dumps(ev)
         lines.append(line)
     (dest / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     final = dest / "final"
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(final)
-    lm.tokenizer.save_pretrained(final)
+    tokenizer.save_pretrained(final)
     info = json.loads((run / "final" / "neat_training.json").read_text())
-    info.update(selected_step=step, replayed_from=str(run))
+    info.update(info_update)
     (final / "neat_training.json").write_text(json.dumps(info, indent=2))
+    return final
 
 
 def main() -> int:

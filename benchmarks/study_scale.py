@@ -13,13 +13,12 @@ wall_s.txt and metrics.jsonl are copied beside it (the "selected" event gains `s
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study_replay.write_run
 
 
 def scaled_state(start: dict, trained: dict, scale: float) -> tuple[dict, int]:
@@ -44,6 +43,7 @@ def main() -> int:
 
     from neat_studio.config import Workspace
     from neat_studio.models import load_model
+    from study_replay import write_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True)
@@ -62,25 +62,8 @@ def main() -> int:
     trained = {k: trained.get(k, trained.get("model.embed_tokens.weight")) for k in start}
     state, changed = scaled_state(start, trained, args.scale)
     model.load_state_dict(state)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "wall_s.txt"):
-        if (run / name).exists():
-            shutil.copy2(run / name, dest / name)
-    lines = []
-    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        ev = json.loads(line) if line.strip() else None
-        if ev and ev.get("event") == "selected":
-            ev.update(scale=args.scale, scaled_from=str(run))
-            line = json.dumps(ev)
-        lines.append(line)
-    (dest / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    final = dest / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    model.save_pretrained(final)
-    lm.tokenizer.save_pretrained(final)
-    info = json.loads((run / "final" / "neat_training.json").read_text())
-    info.update(scale=args.scale, scaled_from=str(run))
-    (final / "neat_training.json").write_text(json.dumps(info, indent=2))
+    marks = dict(scale=args.scale, scaled_from=str(run))
+    final = write_run(run, dest, model, lm.tokenizer, lambda ev: ev.update(marks), marks)
     print(f"wrote {final}: {changed} of {len(start)} tensors changed by the run, scaled by {args.scale}")
     return 0
 

@@ -103,12 +103,10 @@ class CheckpointMixin:
         if self.main:
             model = self.model
             if self.cfg.lora:
-                from contextlib import nullcontext
-
-                from peft.helpers import rescale_adapter_scale
+                from .sampling import adapters_scaled
 
                 # adapter_scales (validation.py): the kept adapter merged at the scale validation chose
-                with rescale_adapter_scale(model, adapter_scale) if adapter_scale != 1 else nullcontext():
+                with adapters_scaled(model, adapter_scale):
                     model = model.merge_and_unload()
             shutil.rmtree(final, ignore_errors=True)
             model.save_pretrained(final)

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError
-from .sampling import adapters_merged, restore_training_layout, with_model
+from .sampling import adapters_merged, adapters_scaled, restore_training_layout, with_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,10 +177,7 @@ class ValidationMixin:
     def _decode_val(self, scale: float = 1.0) -> list[str]:
         """The held-out prompts decoded greedily by the live weights (LoRA adapters at `scale` times their own),
         split over the processes and gathered: one answer per prompt, in file order."""
-        from contextlib import nullcontext
-
         from accelerate.utils import gather_object
-        from peft.helpers import rescale_adapter_scale
 
         from ..generation import GenParams, generate
 
@@ -190,8 +187,7 @@ class ValidationMixin:
         was = model.training
         model.eval()
         try:  # rescaled first: the merge then adds scale x the adapter's change
-            with rescale_adapter_scale(model, scale) if scale != 1 else nullcontext(), adapters_merged(model), \
-                    self.acc.autocast():
+            with adapters_scaled(model, scale), adapters_merged(model), self.acc.autocast():
                 res = generate(with_model(self.lm, model), [prompts[i].prompt for i in idx],
                                params=GenParams(temperature=0.0, max_new_tokens=cfg.val_max_new_tokens, k=1),
                                batch_size=cfg.gen_batch_size, max_prompt_tokens=cfg.max_prompt_len)
