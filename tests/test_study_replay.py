@@ -61,3 +61,8 @@ def test_scaled_state_moves_each_changed_weight_by_the_scale():
     assert study_scale.scaled_state(start, trained, 0.5)[0]["a"].tolist() == [1.5, 2.0]  # halfway back
     with pytest.raises(SystemExit, match="shape"):
         study_scale.scaled_state(start, {**trained, "b": torch.tensor([5.0, 1.0])}, 1.5)
+    # two runs: the mean of their changes (a soup), and at scale 2 their sum
+    other = {"a": torch.tensor([1.0, 4.0]), "b": torch.tensor([5.0])}
+    soup, changed = study_scale.scaled_state(start, [trained, other], 1.0)
+    assert changed == 1 and soup["a"].tolist() == [1.5, 3.0] and soup["b"] is start["b"]
+    assert study_scale.scaled_state(start, [trained, other], 2.0)[0]["a"].tolist() == [2.0, 4.0]
