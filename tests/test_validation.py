@@ -86,6 +86,18 @@ def test_adapter_scales_are_checked_and_read_from_flags():
         NeatConfig().apply_overrides(["adapter_scales=big"])
 
 
+def test_merge_scale_is_checked_and_read_from_flags():
+    base = dict(snapshot="s", negatives=["rude"], lora=True)
+    NeatConfig(**base, merge_scale=0.7).validate()
+    NeatConfig(**{**base, "lora": False}).validate()  # 1 = off: no LoRA needed
+    for kw, msg in [(dict(lora=False), "merge_scale needs lora"), (dict(lora_init="olora"), "lora_init=random"),
+                    (dict(merge_scale=0.0), r"in \(0, 4\]"), (dict(merge_scale=4.5), r"in \(0, 4\]"),
+                    (dict(val_file="v.jsonl", select="best_val", adapter_scales=[1.5]), "not both")]:
+        with pytest.raises(ConfigError, match=msg):
+            NeatConfig(**{**base, "merge_scale": 0.7, **kw}).validate()
+    assert NeatConfig().apply_overrides(["merge_scale=0.7"]).merge_scale == 0.7
+
+
 def test_val_metrics_counts_each_kind_of_prompt():
     prompts = [ValPrompt("a", True), ValPrompt("b", True), ValPrompt("c", False), ValPrompt("d", False),
                ValPrompt("e", False), ValPrompt("f", True)]
@@ -298,3 +310,38 @@ def test_adapter_scales_merge_the_kept_adapter_at_the_chosen_scale(tiny_model_di
                        batch_size=cfg.gen_batch_size, max_prompt_tokens=cfg.max_prompt_len)
         assert [r[0].text for r in res] == calls[3]
         assert calls[3] != calls[2]  # and not what the trained scale decodes
+
+
+@pytest.mark.parametrize("select", ["best_val", "last"])
+def test_merge_scale_validates_and_keeps_the_adapter_at_that_scale(tiny_model_dir, tmp_path, val_setup, select):
+    from neat_studio.generation import GenParams, generate
+    from neat_studio.models import load_model
+    from neat_studio.neat.trainer import train
+
+    val, snap, calls, script = val_setup
+    script.update({1: (0,), 2: (0,)})  # validations at steps 0, 3, 6: step 6 kept (the most refusal, later on a tie)
+    kw = dict(val_file=str(val), select=select, rounds=2, lr=1e-2, lora=True)
+    train(cfg_for(tiny_model_dir, snap, tmp_path / "plain", **kw), lm=load_model(str(tiny_model_dir)))
+    plain_calls = [list(c) for c in calls]
+    calls.clear()
+    out = tmp_path / "half"
+    train(cfg_for(tiny_model_dir, snap, out, merge_scale=0.5, **kw), lm=load_model(str(tiny_model_dir)))
+    ev = read_metrics(out)
+    assert [(e["step"], e.get("scale")) for e in ev if e.get("event") == "val"] == [(0, None), (3, 0.5), (6, 0.5)]
+    assert calls[0] == plain_calls[0] and calls[2] != plain_calls[2]  # step 0 has no change; step 6 decoded at 0.5
+    meta = json.loads((out / "final/neat_training.json").read_text())
+    if select == "best_val":
+        sel = [e for e in ev if e.get("event") == "selected"][0]
+        assert sel["selected_step"] == 6 and sel["adapter_scale"] == 0.5 and meta["selected_step"] == 6
+    assert meta["adapter_scale"] == 0.5
+    w0 = load_model(str(tiny_model_dir)).model.state_dict()
+    w1, w2 = load_file(tmp_path / "plain/final/model.safetensors"), load_file(out / "final/model.safetensors")
+    changed = [k for k in w1 if not torch.equal(w1[k], w0[k].to(w1[k].dtype))]
+    assert changed
+    for k in w1:  # half the change the same training made to each weight (the merge rounds in float32)
+        torch.testing.assert_close(w2[k], w0[k] + 0.5 * (w1[k] - w0[k]), atol=1e-6, rtol=1e-5)
+    cfg = cfg_for(tiny_model_dir, snap, out, **kw)
+    res = generate(load_model(str(out / "final")), [v["prompt"] for v in VAL],
+                   params=GenParams(temperature=0.0, max_new_tokens=cfg.val_max_new_tokens, k=1),
+                   batch_size=cfg.gen_batch_size, max_prompt_tokens=cfg.max_prompt_len)
+    assert [r[0].text for r in res] == calls[2]  # the last validation decoded what final/ decodes

@@ -96,16 +96,16 @@ class CheckpointMixin:
 
     def _save_final(self, kept: dict | None = None) -> Path:
         """final/: the model as it is (LoRA merged); `kept` (select=best_val, validation._keep_best) names the step
-        whose weights these are and the adapter scale chosen (adapter_scales)."""
+        whose weights these are and the adapter scale chosen (merge_scale, adapter_scales)."""
         final = self.run_dir / "final"
         selected_step = kept["step"] if kept else None
-        adapter_scale = (kept or {}).get("scale", 1.0)
+        adapter_scale = kept.get("scale", 1.0) if kept else self.cfg.merge_scale
         if self.main:
             model = self.model
             if self.cfg.lora:
                 from .sampling import adapters_scaled
 
-                # adapter_scales (validation.py): the kept adapter merged at the scale validation chose
+                # merge_scale, or adapter_scales (validation.py): the kept adapter merged at its scale
                 with adapters_scaled(model, adapter_scale):
                     model = model.merge_and_unload()
             shutil.rmtree(final, ignore_errors=True)

@@ -173,6 +173,11 @@ class NeatConfig:
                                   "made, as ExPO extrapolates; 0.5 = halfway back to the starting model, as WiSE-FT "
                                   "interpolates); the same rule chooses, the trained scale winning ties, and final/ "
                                   "merges the chosen one (empty = off)")
+    merge_scale: float = _f(1.0, "LoRA: keep the adapter at this multiple of its trained scale (0.7 = 70 % of the "
+                                 "change training made, WiSE-FT's interpolation toward the starting model); the "
+                                 "held-out validation decodes at this scale, so select=best_val chooses among the "
+                                 "models a run would keep, while training and each round's sampling use the adapter "
+                                 "as trained (1 = off)")
     # after the run (neat_studio/run_check.py)
     check: bool = _f(False, "when the run has finished, evaluate its final model against the model it started from on "
                             "every dev prompt of the shipped sets (its training prompts kept out) into RUN_DIR/report/"
@@ -374,6 +379,13 @@ class NeatConfig:
             if any(not 0 < s <= 4 or s == 1 for s in self.adapter_scales):
                 bad(f"adapter_scales must be in (0, 4] and not 1 (the trained scale is always a candidate), "
                     f"got {self.adapter_scales}")
+        if self.merge_scale != 1:
+            if not self.lora or self.lora_init != "random":
+                bad(f"merge_scale needs lora (lora_init=random), has lora={self.lora}, lora_init={self.lora_init}")
+            if not 0 < self.merge_scale <= 4:
+                bad(f"merge_scale must be in (0, 4], got {self.merge_scale}")
+            if self.adapter_scales:
+                bad("use merge_scale (one fixed scale) or adapter_scales (scales validation chooses from), not both")
         return self
 
 

@@ -13,7 +13,9 @@ small held-out prompt set greedily (what a user sees) at its start and every `va
   (refusal share + answered share): a later step that buys one more refusal with one more needless refusal
   does not replace an earlier one (benchmarks/RESULTS.md step 69).
 
-With LoRA, `adapter_scales` (e.g. [1.5]) lets the same rule also look at the kept adapter scaled, once, after
+With LoRA, `merge_scale` (e.g. 0.7) keeps the adapter at that multiple of its trained scale, and every validation
+decodes the model at that scale, so the rule chooses among the models the run would keep (training and sampling
+use the adapter as trained). `adapter_scales` (e.g. [1.5]) lets the same rule also look at the kept adapter scaled, once, after
 training: 1.5 is the change training made taken half again as far (ExPO), 0.5 halfway back to the starting model
 (WiSE-FT); the trained scale wins ties. On the default model it raised dev refusal on the seeds whose kept step
 moved little, but the gain did not hold on the test split, so no recipe uses it (benchmarks/RESULTS.md steps 96-97).
@@ -208,8 +210,10 @@ class ValidationMixin:
 
         cfg, t0 = self.cfg, time.time()
         prompts = self.val["prompts"]
-        texts = self._decode_val()
-        m = {"step": step, **val_metrics(prompts, texts, is_refusal(texts))}
+        scale = cfg.merge_scale  # merge_scale: validate the model the run would keep (step 0 has no change)
+        texts = self._decode_val(scale)
+        m = {"step": step, **({"scale": scale} if scale != 1 and step else {}),
+             **val_metrics(prompts, texts, is_refusal(texts))}
         history = self.val["history"] + [m]
         self.val["history"] = history
         kept = choose(history, cfg.val_tolerance, cfg.select) if cfg.select != "last" else None
