@@ -63,7 +63,11 @@ def merge_step(run: Path, kept: dict, dest: Path, workspace: Path) -> None:
         ck = run / "checkpoints" / f"step-{step}"
         if not (ck / "adapter_model.safetensors").exists():
             raise SystemExit(f"{ck} has no adapter (train with save_every=val_every, keep_checkpoints=0)")
-        model = PeftModel.from_pretrained(model, ck).merge_and_unload()
+        from neat_studio.neat.sampling import adapters_scaled
+
+        peft = PeftModel.from_pretrained(model, ck)
+        with adapters_scaled(peft, float(cfg.get("merge_scale") or 1.0)):  # a merge_scale run keeps it scaled
+            model = peft.merge_and_unload()
     def selected(ev: dict) -> None:  # the "selected" event says which step this folder holds (and that it was replayed)
         ev.update(selected_step=step, replayed_from=str(run), trained_selected_step=ev.get("selected_step"),
                   **{k: kept[k] for k in ("refusal", "answered", "degenerate")})
