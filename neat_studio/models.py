@@ -132,15 +132,6 @@ def native_bf16(device: str = "cpu") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def cpu_amx() -> bool:
-    """True on a CPU with AMX-BF16 tile units (/proc/cpuinfo), where bf16 training and decoding run about twice as
-    fast again as with AVX512-BF16 alone (benchmarks/PERFORMANCE.md, the training-time estimate)."""
-    try:
-        return "amx_bf16" in set(_CPUINFO.read_text().split())
-    except OSError:
-        return False
-
-
 def bf16_compute(setting: str, device: str = "cpu") -> bool:
     """Whether a training dtype setting (bf16 | fp32 | auto) computes in bf16 on `device`: auto follows
     :func:`native_bf16`. The trainer and the training-time estimate both decide with this."""

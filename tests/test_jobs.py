@@ -124,7 +124,6 @@ def test_estimate_time_hand_computed(monkeypatch):
     import neat_studio.models as M
 
     monkeypatch.setattr(M, "native_bf16", lambda device="cpu": False)
-    monkeypatch.setattr(M, "cpu_amx", lambda: False)  # the AVX512-BF16 factors below; AMX at the end
     # sft, 4 prompts, batch 2: 2 steps of 2 x (48 prompt + 64 response) tokens at 6N / 1.2e11, + 0.135 s each
     e = estimate_time({"model": "default", "method": "sft", "rounds": 1, "batch_size": 2, "dtype": "auto"}, 4)
     assert (e["steps"], e["sampling_s"], e["training_s"], e["seconds"], e["bf16"]) == (2, 0.0, 3.3, 23.3, False)
@@ -163,14 +162,6 @@ def test_estimate_time_hand_computed(monkeypatch):
     # bf16: decoding and prefill / 1.5: 2 x (10 + 313.979 / 1.5 + 12.48) = 463.6 s
     monkeypatch.setattr(M, "native_bf16", lambda device="cpu": True)
     assert estimate_time({**cfg, "dtype": "auto", "check": True}, 10)["check_s"] == 463.6
-    # a CPU with AMX-BF16 tiles: sampling as with bf16 (11.17978 / 1.5 = 7.453 s); training 5 x (448 x 6N /
-    # (1.2e11 x 3.7) + 0.135) = 5 x 0.95249 = 4.762 s; the check 2 x (10 + 313.979 / 3.4 + 12.48) = 229.65 s;
-    # + 20 s startup
-    monkeypatch.setattr(M, "cpu_amx", lambda: True)
-    e = estimate_time({**cfg, "dtype": "auto", "check": True}, 10)
-    assert (e["sampling_s"], e["training_s"], e["check_s"], e["seconds"]) == (7.5, 4.8, 229.7, 261.9)
-    assert "bf16 (AMX)" in e["text"]
-    assert estimate_time({**cfg, "dtype": "fp32"}, 10)["seconds"] == 47.0  # AMX does nothing for float32
 
 
 def test_estimate_time_counts_validations(monkeypatch, tmp_path):

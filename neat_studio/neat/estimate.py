@@ -21,12 +21,6 @@ PREFILL_FLOPS = 1.2e11      # prompt prefill, 2·N FLOPs per prompt token (once 
 DPO_SLOWDOWN = 2.3          # TRL DPOTrainer's tokens/s below ours at the same 6·N accounting (bench: 87-97 vs 192-221)
 BF16_TRAIN_SPEEDUP = 1.9    # bf16-autocast / fp32 training step on an AVX512-BF16 CPU (bench 1.83x, a whole run 2.17x)
 BF16_SAMPLE_SPEEDUP = 1.5   # same for a round's sampling (fp32 master weights under autocast: 242 s -> 158 s)
-# on a CPU with AMX-BF16 tiles (fitted on one whole run, safety-pp-lora with rounds=3 on a 2-core Intel Xeon with
-# AMX, RESULTS step 99; checked on a second, benchmarks/PERFORMANCE.md): training steps took 397 s where 1.9x said
-# 766 s, the ten greedy validations 146 s where 1.5x said 288 s, and sampling 393 s where 1.5x said 369 s (its
-# scoring of the samples is not modelled), so sampling keeps BF16_SAMPLE_SPEEDUP
-AMX_TRAIN_SPEEDUP = 3.7
-AMX_DECODE_SPEEDUP = 3.4    # greedy decoding of validation and of the check (less the refusal detector's share)
 STARTUP_S = 20.0            # process start, imports (torch, transformers, accelerate), model load
 PROMPT_TOKENS = 48          # typical prompt length (tokens) of the studio's data
 RESPONSE_TOKENS = 64        # typical curated response length (tokens; capped by max_response_len)
@@ -73,9 +67,8 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
       by max_response_len) at 6·N FLOPs per token (TRAIN_FLOPS); dpo (TRL) runs prompt + response per row for two
       rows per pair, DPO_SLOWDOWN times slower per token (its reference forward, full-vocabulary logits); plus
       OPT_S_PER_PARAM x N per step;
-    - bf16 (dtype bf16, or auto on a CPU with AVX512-BF16 / AMX): training BF16_TRAIN_SPEEDUP and sampling,
-      validation and the check BF16_SAMPLE_SPEEDUP times faster; on a CPU with AMX-BF16 training
-      AMX_TRAIN_SPEEDUP and validation and the check AMX_DECODE_SPEEDUP times faster;
+    - bf16 (dtype bf16, or auto on a CPU with AVX512-BF16 / AMX): training BF16_TRAIN_SPEEDUP and sampling
+      BF16_SAMPLE_SPEEDUP times faster;
     - with a val_file, each validation decodes its prompts greedily (val_max_new_tokens, gen_batch_size at a
       time, as a sampling round) and runs the refusal detector on the answers (JUDGE_S_PER_ANSWER); it runs at
       the start and every val_every steps and at the last one (val_every 0: at the end of each round), and once
@@ -89,7 +82,7 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
 
     Returns {"seconds", "steps", "sampling_s", "training_s", "validation_s", "validations", "check_s",
     "startup_s", "params", "bf16", "text"}."""
-    from ..models import bf16_compute, cpu_amx
+    from ..models import bf16_compute
 
     defaults = NeatConfig().to_dict()
     if isinstance(config, NeatConfig):
@@ -124,16 +117,12 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
     new_tok = int(g("max_new_tokens"))
     max_resp = int(g("max_response_len"))
     bf16 = bf16_compute(str(g("dtype")), "cpu")  # the estimate models a CPU
-    amx = bf16 and cpu_amx()
-    train_speedup = AMX_TRAIN_SPEEDUP if amx else BF16_TRAIN_SPEEDUP if bf16 else 1.0
-    sample_speedup = BF16_SAMPLE_SPEEDUP if bf16 else 1.0
-    decode_speedup = AMX_DECODE_SPEEDUP if amx else sample_speedup  # greedy: validation, the check
     params, how = model_params(str(g("model")), workspace)
     # rounds actually reached when max_steps cuts the run short
     rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))
     gen_batch = max(int(g("gen_batch_size")), 1)
     sampling = sum(pass_seconds(params, m, kk, new_tok, gen_batch) for kk, m in passes)
-    sampling *= rounds_run / sample_speedup
+    sampling *= rounds_run / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0)
     resp_curated, resp_online = min(RESPONSE_TOKENS, max_resp), min(SAMPLE_FILL * new_tok, max_resp)
     if method == "dpo":
         step_tokens, flops_tok = bs * acc * 2 * (PROMPT_TOKENS + resp_curated), 6 * DPO_SLOWDOWN
@@ -143,7 +132,7 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
             per_list += int(g("loop_negatives") or 0) * min(int(1.4 * LOOP_WORDS), max_resp)
             per_list += int(g("refusal_negatives") or 0) * min(int(1.4 * OPENING_WORDS), max_resp)
         step_tokens, flops_tok = bs * acc * (PROMPT_TOKENS + per_list), 6
-    train_flops = TRAIN_FLOPS * train_speedup
+    train_flops = TRAIN_FLOPS * (BF16_TRAIN_SPEEDUP if bf16 else 1.0)
     training = steps * (step_tokens * flops_tok * params / train_flops + OPT_S_PER_PARAM * params)
     # validation (val_file): the held-out prompts at the start and every val_every steps and at the last one, or
     # at the end of each round (val_every 0)
@@ -154,15 +143,13 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
     if validations and str(g("lora")).lower() in ("true", "1") and str(g("select")) != "last":
         # adapter_scales: the kept adapter validated once more per scale
         validations += len(str(scales).split(",") if isinstance(scales, str) else scales)
-    validation = validations * validation_seconds(params, decode_speedup, n_val, int(g("val_max_new_tokens")),
-                                                  gen_batch)
-    check = check_seconds(params, decode_speedup) if str(g("check")).lower() in ("true", "1") else 0.0
+    validation = validations * validation_seconds(params, bf16, n_val, int(g("val_max_new_tokens")), gen_batch)
+    check = check_seconds(params, bf16) if str(g("check")).lower() in ("true", "1") else 0.0
     total = STARTUP_S + sampling + training + validation + check
     val_text = f", {validations} validations ~{fmt_duration(validation)}" if validations else ""
     then = f", then the check against the base ~{fmt_duration(check)}" if check else ""
     text = (f"about {fmt_duration(total)} ({steps} steps; sampling ~{fmt_duration(sampling)}, training "
-            f"~{fmt_duration(training)}{val_text}{then}; {how}{', bf16 (AMX)' if amx else ', bf16' if bf16 else ''}; "
-            "rough, ±2x)") if n else \
+            f"~{fmt_duration(training)}{val_text}{then}; {how}{', bf16' if bf16 else ''}; rough, ±2x)") if n else \
         "no training data matches the filters"
     return {"seconds": round(total, 1), "steps": steps, "sampling_s": round(sampling, 1),
             "training_s": round(training, 1), "validation_s": round(validation, 1), "validations": validations,
@@ -191,24 +178,24 @@ def val_prompt_count(val_file: str) -> int:
         return 0
 
 
-def validation_seconds(params: float, speedup: float, n_prompts: int, new_tokens: int, batch: int) -> float:
-    """One validation: greedy answers to `n_prompts` held-out prompts (a generate pass with k = 1, `speedup` times
-    float32's rate) and the refusal detector on them."""
+def validation_seconds(params: float, bf16: bool, n_prompts: int, new_tokens: int, batch: int) -> float:
+    """One validation: greedy answers to `n_prompts` held-out prompts (a generate pass with k = 1) and the refusal
+    detector on them."""
     if n_prompts <= 0:
         return 0.0
     decode = pass_seconds(params, n_prompts, 1, new_tokens, max(int(batch), 1))
-    return decode / speedup + n_prompts * JUDGE_S_PER_ANSWER
+    return decode / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) + n_prompts * JUDGE_S_PER_ANSWER
 
 
-def check_seconds(params: float, speedup: float) -> float:
+def check_seconds(params: float, bf16: bool) -> float:
     """The check after a run (config `check`): for each of the two models, a load, greedy answers to every dev
-    prompt in batches of CHECK_BATCH (decoding and prefill as a sampling round, `speedup` times float32's rate),
-    the refusal detector on them, and the preference pairs' forward passes."""
+    prompt in batches of CHECK_BATCH (decoding and prefill as a sampling round), the refusal detector on them,
+    and the preference pairs' forward passes."""
     batches = math.ceil(CHECK_PROMPTS / CHECK_BATCH)
     decode = CHECK_NEW_TOKENS * batches * (params * 4 / DECODE_BYTES_S
                                            + SAMPLE_FILL * CHECK_BATCH * 2 * params / DECODE_ROW_FLOPS)
     prefill = (CHECK_PROMPTS * CHECK_PROMPT_TOKENS + CHECK_PAIRS * CHECK_PAIR_TOKENS) * 2 * params / PREFILL_FLOPS
-    per_model = STARTUP_S / 2 + (decode + prefill) / speedup \
+    per_model = STARTUP_S / 2 + (decode + prefill) / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) \
         + CHECK_PROMPTS * JUDGE_S_PER_ANSWER
     return 2 * per_model
 
