@@ -673,3 +673,10 @@ def test_val_figure_draws_the_validation_and_marks_the_kept_step():
     assert [t.get_text() for t in ax.texts] == [" kept at 1.5x its change"]
     last = val_figure(events[:-1] + [{"event": "selected", "step": 6, "selected_step": 6, "adapter_scale": 1.5}])
     assert [(t.get_text(), t.get_ha()) for t in last.axes[0].texts] == [("kept at 1.5x its change ", "right")]
+    assert last.axes[0].get_title() == "held-out validation"
+    # merge_scale: every validation after step 0 judged the adapter at 0.7x, and the title says so
+    fixed = [{**e, "scale": 0.7} if e["event"] == "val" and e["step"] else e for e in events[:-1]]
+    fixed.append({"event": "selected", "step": 6, "selected_step": 3, "adapter_scale": 0.7})
+    ax = val_figure(fixed).axes[0]
+    assert ax.get_title() == "held-out validation (adapter at 0.7x)"
+    assert [t.get_text() for t in ax.texts] == [" kept at 0.7x its change"]

@@ -92,7 +92,8 @@ def test_merge_scale_is_checked_and_read_from_flags():
     NeatConfig(**{**base, "lora": False}).validate()  # 1 = off: no LoRA needed
     for kw, msg in [(dict(lora=False), "merge_scale needs lora"), (dict(lora_init="olora"), "lora_init=random"),
                     (dict(merge_scale=0.0), r"in \(0, 4\]"), (dict(merge_scale=4.5), r"in \(0, 4\]"),
-                    (dict(val_file="v.jsonl", select="best_val", adapter_scales=[1.5]), "not both")]:
+                    (dict(val_file="v.jsonl", select="best_val", adapter_scales=[1.5]), "not both"),
+                    (dict(method="dpo"), "merge_scale needs method neat")]:
         with pytest.raises(ConfigError, match=msg):
             NeatConfig(**{**base, "merge_scale": 0.7, **kw}).validate()
     assert NeatConfig().apply_overrides(["merge_scale=0.7"]).merge_scale == 0.7

@@ -382,6 +382,8 @@ class NeatConfig:
         if self.merge_scale != 1:
             if not self.lora or self.lora_init != "random":
                 bad(f"merge_scale needs lora (lora_init=random), has lora={self.lora}, lora_init={self.lora_init}")
+            if self.method == "dpo":
+                bad("merge_scale needs method neat, rrhf or sft (the dpo baseline merges TRL's adapter as trained)")
             if not 0 < self.merge_scale <= 4:
                 bad(f"merge_scale must be in (0, 4], got {self.merge_scale}")
             if self.adapter_scales:
