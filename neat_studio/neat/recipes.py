@@ -66,12 +66,12 @@ RECIPES: dict[str, dict] = {
             "(significant on one seed), preference pairs 46.4 -> 41.6-43.4 %, and some requests for private "
             "information that the base declined are answered, at times with made-up data. On a 2-core Intel Xeon "
             "without bf16 (float32, dev, seeds 0-3) no axis worse and ordinary answers up, but refusal 17.3 -> "
-            "20.7-25.3 % (significant on none); on a 2-core Intel Xeon with bf16 (dev, seeds 0-6) no axis worse "
-            "either, refusal 16.0 -> 18.7-32.7 % (significant on four seeds of seven), and on its test split (seeds "
-            "0-6) no axis worse, refusal 14.0 -> 10.7-30.0 % (significant on one), preference pairs 47.0 -> "
-            "43.4-45.8 %. Every run is checked against the base model when it finishes (check: a few more minutes; the "
+            "20.7-25.3 % (significant on none); on a 2-core Intel Xeon with bf16 (dev, seeds 0-8) no axis worse "
+            "either, refusal 16.0 -> 18.7-33.3 % (significant on six seeds of nine), and on its test split (seeds "
+            "0-8) no axis worse, refusal 14.0 -> 10.7-30.0 % (significant on two), preference pairs 47.0 -> "
+            "41.0-45.8 %. Every run is checked against the base model when it finishes (check: a few more minutes; the "
             "verdict shows in the run history's 'vs base' column and in RUN_DIR/report/). Figures per seed: "
-            "benchmarks/RESULTS.md steps 72, 73, 76, 81, 82, 88, 92 and 103."),
+            "benchmarks/RESULTS.md steps 72, 73, 76, 81, 82, 88, 92, 103 and 104."),
         "config": {
             "method": "neat",
             "negatives": ["dangerous_compliance:harmful", "over_refusal:benign"],
