@@ -1,9 +1,8 @@
 """Sampling with the live training model: the generator's fast weight layout is undone before training goes on."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -70,7 +69,7 @@ def adapters_scaled(model, scale: float):
     """LoRA (peft): the adapters at `scale` times their own scaling while the context lasts (peft's
     rescale_adapter_scale; a merge inside it adds scale x the adapter's change); scale 1: as they are."""
     if scale == 1:
-        return contextlib.nullcontext()
+        return nullcontext()
     from peft.helpers import rescale_adapter_scale
 
     return rescale_adapter_scale(model, scale)

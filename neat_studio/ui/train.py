@@ -169,10 +169,10 @@ def val_figure(events: list[dict]):
     """Held-out validation (val events): harmful prompts refused and harmless ones answered per validated step, the
     step select=best_val kept marked; 'no data yet' for a run without validation."""
     val = [e for e in events if e.get("event") == "val"]
-    at = next((e["scale"] for e in val if e.get("scale")), None)  # merge_scale: every validation at the kept scale
+    fixed = next((e["scale"] for e in val if e.get("scale")), None)  # merge_scale: every validation at that scale
     fig = curves_figure([{"step": e.get("step"), "refusal": e.get("refusal"), "answered": e.get("answered")}
                          for e in val], [("refusal", "harmful refused"), ("answered", "harmless answered")],
-                        "held-out validation" + (f" (adapter at {at:g}x)" if at else ""))
+                        "held-out validation" + (f" (adapter at {fixed:g}x)" if fixed else ""))
     kept = next((e for e in reversed(events) if e.get("event") == "selected"), None)
     if kept is not None and fig.axes:
         ax, scale, at = fig.axes[0], kept.get("adapter_scale", 1), kept.get("selected_step", 0)
