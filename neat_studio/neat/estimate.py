@@ -122,7 +122,7 @@ def estimate_time(config: NeatConfig | dict, n_prompts: int, workspace=None, tag
     rounds_run = rounds if not spe else min(rounds, math.ceil(max(steps, 1) / (epochs * spe)))
     gen_batch = max(int(g("gen_batch_size")), 1)
     sampling = sum(pass_seconds(params, m, kk, new_tok, gen_batch) for kk, m in passes)
-    sampling *= rounds_run / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0)
+    sampling *= rounds_run / decode_speedup(bf16)
     resp_curated, resp_online = min(RESPONSE_TOKENS, max_resp), min(SAMPLE_FILL * new_tok, max_resp)
     if method == "dpo":
         step_tokens, flops_tok = bs * acc * 2 * (PROMPT_TOKENS + resp_curated), 6 * DPO_SLOWDOWN
@@ -178,13 +178,18 @@ def val_prompt_count(val_file: str) -> int:
         return 0
 
 
+def decode_speedup(bf16: bool) -> float:
+    """How many times float32's rate sampling, validation and the check decode at (bf16 or not)."""
+    return BF16_SAMPLE_SPEEDUP if bf16 else 1.0
+
+
 def validation_seconds(params: float, bf16: bool, n_prompts: int, new_tokens: int, batch: int) -> float:
     """One validation: greedy answers to `n_prompts` held-out prompts (a generate pass with k = 1) and the refusal
     detector on them."""
     if n_prompts <= 0:
         return 0.0
     decode = pass_seconds(params, n_prompts, 1, new_tokens, max(int(batch), 1))
-    return decode / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) + n_prompts * JUDGE_S_PER_ANSWER
+    return decode / decode_speedup(bf16) + n_prompts * JUDGE_S_PER_ANSWER
 
 
 def check_seconds(params: float, bf16: bool) -> float:
@@ -195,7 +200,7 @@ def check_seconds(params: float, bf16: bool) -> float:
     decode = CHECK_NEW_TOKENS * batches * (params * 4 / DECODE_BYTES_S
                                            + SAMPLE_FILL * CHECK_BATCH * 2 * params / DECODE_ROW_FLOPS)
     prefill = (CHECK_PROMPTS * CHECK_PROMPT_TOKENS + CHECK_PAIRS * CHECK_PAIR_TOKENS) * 2 * params / PREFILL_FLOPS
-    per_model = STARTUP_S / 2 + (decode + prefill) / (BF16_SAMPLE_SPEEDUP if bf16 else 1.0) \
+    per_model = STARTUP_S / 2 + (decode + prefill) / decode_speedup(bf16) \
         + CHECK_PROMPTS * JUDGE_S_PER_ANSWER
     return 2 * per_model
 

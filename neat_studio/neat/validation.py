@@ -16,8 +16,8 @@ small held-out prompt set greedily (what a user sees) at its start and every `va
 With LoRA, `merge_scale` (e.g. 0.7) keeps the adapter at that multiple of its trained scale, and every validation
 decodes the model at that scale, so the rule chooses among the models the run would keep (training and sampling
 use the adapter as trained). `adapter_scales` (e.g. [1.5]) lets the same rule also look at the kept adapter
-scaled, once, after training: 1.5 is the change training made taken half again as far (ExPO), 0.5 halfway back to the starting model
-(WiSE-FT); the trained scale wins ties. On the default model it raised dev refusal on the seeds whose kept step
+scaled, once, after training: 1.5 is the change training made taken half again as far (ExPO), 0.5 halfway back
+to the starting model (WiSE-FT); the trained scale wins ties. On the default model it raised dev refusal on the seeds whose kept step
 moved little, but the gain did not hold on the test split, so no recipe uses it (benchmarks/RESULTS.md steps 96-97).
 
 The held-out prompts are a JSONL file in the curated import format (only `prompt` and `tags` are read): tagged
